@@ -1,0 +1,1 @@
+"""Build pipeline: checkpoint -> optimized, validated engine -> Triton model repository."""

@@ -1,0 +1,59 @@
+"""Typed errors. Each message says what went wrong and how to fix it; CLIs print them without a traceback."""
+
+from __future__ import annotations
+
+
+class EngineforgeError(Exception):
+    """Base class for every error engineforge raises on purpose."""
+
+
+class ConfigError(EngineforgeError, ValueError):
+    """A config, recipe or preset is invalid."""
+
+
+class CheckpointError(EngineforgeError):
+    """The input checkpoint is missing, incomplete or unreadable."""
+
+
+class UnsupportedArchitectureError(CheckpointError):
+    """The checkpoint is not a model family the pipeline can build."""
+
+
+class StepOrderError(ConfigError):
+    """Build steps were requested in an order that makes no sense (e.g. pruning after quantization)."""
+
+
+class DataError(EngineforgeError):
+    """Evaluation or calibration data is missing or malformed."""
+
+
+class ValidationError(EngineforgeError):
+    """The optimized engine does not reproduce the reference model closely enough."""
+
+
+class OutputMismatchError(ValidationError):
+    """Raw outputs differ beyond tolerance (e.g. ONNX export vs PyTorch)."""
+
+
+class AccuracyBudgetExceeded(ValidationError):
+    """Task accuracy or agreement fell outside the allowed budget."""
+
+
+class RepositoryError(EngineforgeError):
+    """The Triton model repository cannot be written or read as expected."""
+
+
+class ServerError(EngineforgeError):
+    """The Triton server could not be started, or stopped unexpectedly."""
+
+
+class ServerUnavailableError(ServerError):
+    """No server answers at the given address."""
+
+
+class ModelNotReadyError(ServerError):
+    """The server answers but the requested model is missing or not ready."""
+
+
+class InferenceRequestError(EngineforgeError):
+    """The server rejected a request (bad input, oversized batch, ...)."""

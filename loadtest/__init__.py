@@ -1,0 +1,1 @@
+"""gRPC load generator, metrics and reports."""

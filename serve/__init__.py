@@ -1,0 +1,1 @@
+"""Serving: Triton model repository layout, server process, gRPC client."""
