@@ -1,0 +1,132 @@
+"""Load and check an input checkpoint: a Hugging Face `*ForSequenceClassification` directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engineforge.errors import CheckpointError, UnsupportedArchitectureError
+
+# BERT-family encoders whose ONNX graphs ONNX Runtime's BERT fusions understand.
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    model_type: str
+    architecture: str
+    labels: tuple[str, ...]
+    weights_file: Path
+    weights_sha256: str
+    num_heads: int
+    hidden_size: int
+    max_position_embeddings: int
+    vocab_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "model_type": self.model_type,
+            "architecture": self.architecture,
+            "labels": list(self.labels),
+            "weights_file": self.weights_file.name,
+            "weights_sha256": self.weights_sha256,
+            "num_heads": self.num_heads,
+            "hidden_size": self.hidden_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "vocab_size": self.vocab_size,
+        }
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inspect_checkpoint(path: Path) -> CheckpointInfo:
+    """Check the directory without loading weights; every problem names the file and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a file; pass the directory that holds config.json")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} has no config.json: is it a Hugging Face checkpoint directory?")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_file} is not valid JSON ({exc}): the checkpoint is corrupt") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file} does not hold a JSON object: the checkpoint is corrupt")
+
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or []
+    architecture = architectures[0] if architectures else ""
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedArchitectureError(
+            f"model_type {model_type!r} in {config_file} is not supported; "
+            f"supported BERT-family types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    if not architecture.endswith("ForSequenceClassification"):
+        raise UnsupportedArchitectureError(
+            f"architecture {architecture or '(none)'} in {config_file} is not a sequence classifier; "
+            "engineforge builds *ForSequenceClassification checkpoints (fine-tune a classification head first)"
+        )
+
+    weights = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path} has no weights: expected one of {', '.join(WEIGHT_FILES)}")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the tokenizer with the model "
+            "(tokenizer.save_pretrained(dir))"
+        )
+
+    id2label = config.get("id2label") or {}
+    num_labels = len(id2label) or int(config.get("num_labels", 2))
+    labels = tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels))
+    return CheckpointInfo(
+        path=path,
+        model_type=model_type,
+        architecture=architecture,
+        labels=labels,
+        weights_file=weights,
+        weights_sha256=sha256_file(weights),
+        num_heads=int(config.get("num_attention_heads", 0)),
+        hidden_size=int(config.get("hidden_size", 0)),
+        max_position_embeddings=int(config.get("max_position_embeddings", 512)),
+        vocab_size=int(config["vocab_size"]) if "vocab_size" in config else None,
+    )
+
+
+def load_checkpoint(path: Path) -> tuple[CheckpointInfo, Any, Any]:
+    """Return (info, fp32 model in eval mode with eager attention, fast tokenizer)."""
+    info = inspect_checkpoint(path)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        # Eager attention exports the plain MatMul/Softmax pattern ORT's attention fusion recognises.
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), attn_implementation="eager", local_files_only=True
+        )
+    except Exception as exc:  # safetensors/torch raise many types for truncated or garbled files
+        raise CheckpointError(
+            f"could not load weights from {info.weights_file}: {type(exc).__name__}: {exc}. "
+            "The file is corrupt or does not match config.json; re-save the checkpoint"
+        ) from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"could not load the tokenizer in {path}: {type(exc).__name__}: {exc}") from exc
+    model.eval()
+    return info, model, tokenizer

@@ -1,0 +1,90 @@
+"""Labelled text data for validation (and, later, calibration): JSONL or CSV with `text` and `label`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engineforge.errors import DataError
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str | None = None
+
+
+def load_examples(path: Path, labels: Sequence[str] | None = None, limit: int | None = None) -> list[Example]:
+    """Read `{"text", "label"}` rows. Labels, when given, must be among the model's labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    if path.suffix == ".csv":
+        rows = _read_csv(path)
+    elif path.suffix in (".jsonl", ".json"):
+        rows = _read_jsonl(path)
+    else:
+        raise DataError(f"data file {path}: use .jsonl (one JSON object per line) or .csv with a 'text' column")
+    examples: list[Example] = []
+    for line_no, row in rows:
+        text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}:{line_no}: missing or empty 'text'")
+        label = row.get("label")
+        examples.append(Example(text=text, label=None if label is None else str(label)))
+        if limit is not None and len(examples) >= limit:
+            break
+    if not examples:
+        raise DataError(f"data file {path} holds no examples")
+    if labels is not None:
+        unknown = sorted({e.label for e in examples if e.label is not None} - set(labels))
+        if unknown:
+            raise DataError(
+                f"{path} uses labels {unknown} that the model does not know; model labels: {list(labels)}"
+            )
+    return examples
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object with 'text' and 'label'")
+            yield line_no, row
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "text" not in reader.fieldnames:
+            raise DataError(f"{path}: the CSV header must contain a 'text' column")
+        for line_no, row in enumerate(reader, start=2):
+            yield line_no, dict(row)
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Tokenize exactly as the served tokenizer model does: truncate, pad to the longest, int64."""
+    encoded = tokenizer(
+        list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="np"
+    )
+    arrays = {name: np.asarray(encoded[name], dtype=np.int64) for name in input_names if name in encoded}
+    if "token_type_ids" in input_names and "token_type_ids" not in arrays:
+        arrays["token_type_ids"] = np.zeros_like(arrays["input_ids"])
+    return arrays

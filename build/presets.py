@@ -1,0 +1,89 @@
+"""Named presets and recipe files (TOML) that fully describe a build."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engineforge.errors import ConfigError
+
+from .config import (
+    DynamicInt8Config,
+    ExportConfig,
+    GraphOptimizeConfig,
+    PublishConfig,
+    StepConfig,
+    ValidateConfig,
+    step_config_from_dict,
+)
+
+PRESETS: dict[str, Callable[[], tuple[StepConfig, ...]]] = {
+    # Reference: exported and fused, full precision.
+    "fp32": lambda: (ExportConfig(), GraphOptimizeConfig(), ValidateConfig(), PublishConfig()),
+    # ONNX Runtime dynamic int8 with per-channel weights (what Optimum's dynamic quantizer gives).
+    "int8": lambda: (ExportConfig(), GraphOptimizeConfig(), DynamicInt8Config(), ValidateConfig(), PublishConfig()),
+}
+DEFAULT_PRESET = "int8"
+
+
+def preset_steps(name: str) -> tuple[StepConfig, ...]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def load_recipe(path: Path) -> dict[str, Any]:
+    """Read a recipe: `preset = "int8"` and/or `[[steps]]` tables with a `type`, plus build settings.
+
+    Returns BuildConfig keyword arguments (checkpoint/output may be absent; the CLI supplies them).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from exc
+    allowed = {"preset", "steps", "checkpoint", "output_dir", "eval_data", "train_data", "calibration_data",
+               "max_sequence_length", "intra_op_threads"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"recipe {path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    if "steps" in raw and "preset" in raw:
+        raise ConfigError(f"recipe {path}: give either `preset` or `[[steps]]`, not both")
+    kwargs: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("preset", "steps")}
+    if "steps" in raw:
+        kwargs["steps"] = tuple(step_config_from_dict(s) for s in raw["steps"])
+        kwargs["preset"] = None
+    else:
+        kwargs["preset"] = raw.get("preset", DEFAULT_PRESET)
+        kwargs["steps"] = preset_steps(kwargs["preset"])
+    base = path.parent
+    for key in ("checkpoint", "output_dir", "eval_data", "train_data", "calibration_data"):
+        if key in kwargs:  # recipe paths are relative to the recipe file
+            kwargs[key] = (base / kwargs[key]).resolve()
+    return kwargs
+
+
+def dump_recipe(steps: tuple[StepConfig, ...], settings: dict[str, Any]) -> str:
+    """Serialise a build back to TOML (round-trips through load_recipe)."""
+    lines = []
+    for key, value in settings.items():
+        if value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for step in steps:
+        lines += ["", "[[steps]]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in step.to_dict().items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,157 @@
+"""`engineforge loadtest`: closed-loop gRPC load test of a model served by Triton.
+
+The top-level CLI only needs:
+
+    from engineforge.loadtest import cli as loadtest_cli
+    loadtest_cli.add_parser(subparsers)      # registers "loadtest", sets args.func = loadtest_cli.run
+    ...
+    return args.func(args)
+
+Exit codes of `run`: 0 success; 1 the test ran but a level had no successful request or was
+aborted; 2 it could not run (bad settings, no server, model not ready); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from engineforge.errors import EngineforgeError
+
+from .config import DEFAULT_TIMEOUT_S, DEFAULT_URL, MODES, LoadTestConfig
+
+DEFAULT_OUT = "reports/loadtest"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the `loadtest` subcommand on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "loadtest",
+        help="measure latency and throughput of a served model over gRPC",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    configure_parser(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    defaults = LoadTestConfig(model="-")
+    parser.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC address host:port")
+    parser.add_argument("--model", required=True, help="model name in the Triton repository (the ensemble for text)")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default=defaults.mode,
+        help="text: raw strings to the ensemble (tokenization included); "
+        "tokens: synthetic token ids to the engine model (measures the engine alone)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=parse_concurrency,
+        default=",".join(map(str, defaults.concurrency)),
+        help="comma-separated in-flight request counts, one measurement each, e.g. 1,4,16",
+    )
+    parser.add_argument("--duration", type=float, default=defaults.duration_s, help="measured seconds per level")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup_s, help="discarded seconds per level")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="items per request")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per-request timeout, seconds")
+    parser.add_argument(
+        "--texts-file",
+        help="payload texts (text mode): JSONL with a 'text' field, or one text per line "
+        "(default: built-in customer-support messages)",
+    )
+    parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="tokens mode: tokens per item")
+    parser.add_argument(
+        "--token-type-ids",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tokens mode: send TOKEN_TYPE_IDS (default: iff the model declares it)",
+    )
+    parser.add_argument("--label", help="variant name recorded in the reports, e.g. fp16-trt")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="report directory")
+    parser.add_argument("--name", help="report file stem (default: loadtest_<model>[_<label>]_<mode>)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    parser.add_argument("--save-records", action="store_true", help="also write every request as JSONL")
+    parser.add_argument(
+        "--progress-every", type=float, default=defaults.progress_every_s, help="seconds between progress lines"
+    )
+
+
+def parse_concurrency(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,4,16, got {text!r}") from None
+    if not levels or any(c < 1 for c in levels):
+        raise argparse.ArgumentTypeError(f"concurrency levels must be integers >= 1, got {text!r}")
+    return levels
+
+
+def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
+    from .payloads import DEFAULT_TEXTS, load_texts
+
+    concurrency = args.concurrency
+    if isinstance(concurrency, str):  # argparse does not run `type` on string defaults set elsewhere
+        concurrency = parse_concurrency(concurrency)
+    texts, source = DEFAULT_TEXTS, "built-in"
+    if args.texts_file:
+        texts, source = tuple(load_texts(args.texts_file)), str(args.texts_file)
+    return LoadTestConfig(
+        model=args.model,
+        url=args.url,
+        mode=args.mode,
+        concurrency=concurrency,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        batch_size=args.batch_size,
+        timeout_s=args.timeout,
+        texts=texts,
+        texts_source=source,
+        seq_len=args.seq_len,
+        token_type_ids=args.token_type_ids,
+        label=args.label,
+        progress_every_s=args.progress_every,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the load test described by parsed `args`, print the table, write the reports."""
+    from engineforge.progress import info
+
+    from .report import markdown_table, write_reports
+    from .runner import run_loadtest
+
+    try:
+        config = config_from_args(args)
+        result = run_loadtest(config)
+        paths = write_reports(result, args.out, stem=args.name, plot=not args.no_plot, records=args.save_records)
+    except EngineforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(markdown_table(result))
+    info("reports: " + ", ".join(str(p) for p in paths.values()))
+    if result.failed:
+        info("some concurrency levels had no successful request or were aborted; see the report")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point: `python -m engineforge.loadtest.cli --model ...`."""
+    parser = argparse.ArgumentParser(
+        prog="engineforge loadtest",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

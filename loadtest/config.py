@@ -1,0 +1,71 @@
+"""Load-test settings. Plain data with no heavy imports, so the CLI parser stays fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engineforge.errors import ConfigError
+
+from .payloads import DEFAULT_TEXTS
+
+DEFAULT_URL = "127.0.0.1:8001"
+DEFAULT_TIMEOUT_S = 10.0
+MODES = ("text", "tokens")
+
+
+@dataclass(frozen=True)
+class LoadTestConfig:
+    """Everything that defines a closed-loop load test; written verbatim into the JSON report."""
+
+    model: str
+    url: str = DEFAULT_URL
+    mode: str = "text"  # "text": raw strings to the ensemble; "tokens": token ids to the engine alone
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    duration_s: float = 15.0  # measurement window per concurrency level
+    warmup_s: float = 3.0  # per level, before the window; results discarded
+    batch_size: int = 1  # items per request
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per request (gRPC deadline)
+    texts: tuple[str, ...] = field(default=DEFAULT_TEXTS, repr=False)
+    texts_source: str = "built-in"  # where `texts` came from, for the report
+    seq_len: int = 128  # tokens mode only
+    token_type_ids: bool | None = None  # tokens mode: None = send it iff the model declares it
+    label: str | None = None  # free-form variant name (e.g. "fp16-trt") for comparisons
+    progress_every_s: float = 5.0
+    drain_timeout_s: float = 5.0  # how long to wait for in-flight requests after a window closes
+    # Abort when this many requests fail in a row (e.g. the server died): a closed loop of instant
+    # failures would otherwise spin at full CPU until the duration is over. None disables it.
+    max_consecutive_errors: int | None = 1000
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.model:
+            problems.append("a model name is required")
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.concurrency or any(c < 1 for c in self.concurrency):
+            problems.append(f"concurrency levels must be integers >= 1, got {list(self.concurrency)}")
+        if not self.duration_s > 0:
+            problems.append(f"duration must be > 0 s, got {self.duration_s}")
+        if self.warmup_s < 0:
+            problems.append(f"warm-up must be >= 0 s, got {self.warmup_s}")
+        if self.batch_size < 1:
+            problems.append(f"batch size must be >= 1, got {self.batch_size}")
+        if not self.timeout_s > 0:
+            problems.append(f"request timeout must be > 0 s, got {self.timeout_s}")
+        if self.mode == "tokens" and self.seq_len < 1:
+            problems.append(f"seq-len must be >= 1, got {self.seq_len}")
+        if self.mode == "text" and not self.texts:
+            problems.append("no payload texts")
+        if problems:
+            raise ConfigError("invalid load-test settings: " + "; ".join(problems))
+
+    @property
+    def estimated_runtime_s(self) -> float:
+        return len(self.concurrency) * (self.warmup_s + self.duration_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "texts"}
+        data["concurrency"] = list(self.concurrency)
+        data["n_texts"] = len(self.texts)
+        return data

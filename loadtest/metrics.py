@@ -1,0 +1,119 @@
+"""Aggregate metrics: a pure function of request records (no clocks, no I/O).
+
+Conventions, so numbers from different runs stay comparable:
+- `requests` counts every record given; `completed` the successful ones; `errors` the rest.
+- Throughput counts successful requests only (goodput): a server that fails fast must not look fast.
+  `throughput_items_per_s` weights each request by its batch size.
+- Latency statistics use successful requests only, since failed calls (refused connection,
+  timeout) have latencies that describe the failure, not the model.
+- Percentiles use numpy's default "linear" method (type 7 of Hyndman & Fan): p-th percentile
+  interpolates between the two nearest ranks, so p50 of [1, 2, 3, 4] is 2.5.
+- When nothing succeeded, latency fields are None (undefined, written as null in JSON) and
+  throughputs are 0.0; error_rate is None only when there were no requests at all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .records import MEASURE, RequestResult
+
+PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+
+
+@dataclass(frozen=True)
+class LoadMetrics:
+    duration_s: float
+    requests: int
+    completed: int
+    errors: int
+    error_rate: float | None
+    throughput_rps: float
+    throughput_items_per_s: float
+    latency_mean_ms: float | None
+    latency_p50_ms: float | None
+    latency_p90_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    latency_min_ms: float | None
+    latency_max_ms: float | None
+    latency_std_ms: float | None
+    # error_kind -> count, e.g. {"timeout": 3}; records without a kind count as "unknown".
+    errors_by_kind: Mapping[str, int] = field(default_factory=dict)
+    # A few distinct error messages (first seen first) so a report can say what went wrong.
+    error_examples: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["errors_by_kind"] = dict(self.errors_by_kind)
+        data["error_examples"] = list(self.error_examples)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoadMetrics:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["error_examples"] = tuple(known.get("error_examples", ()))
+        return cls(**known)
+
+
+def calculate_metrics(
+    records: Iterable[RequestResult],
+    duration_s: float,
+    *,
+    measured_only: bool = True,
+    max_error_examples: int = 3,
+) -> LoadMetrics:
+    """Summarize `records` observed over a window of `duration_s` seconds.
+
+    With `measured_only` (default) records tagged warm-up or drain by the runner are ignored, so
+    passing a level's full record list is safe.
+    """
+    if not duration_s > 0:
+        raise ValueError(f"duration_s must be > 0 to compute throughput, got {duration_s!r}")
+    rows = [r for r in records if not measured_only or r.phase == MEASURE]
+    ok = [r for r in rows if r.ok]
+    failed = [r for r in rows if not r.ok]
+
+    kinds = Counter(r.error_kind or "unknown" for r in failed)
+    examples: list[str] = []
+    for r in failed:
+        message = r.error or "(no message)"
+        if message not in examples:
+            examples.append(message)
+            if len(examples) >= max_error_examples:
+                break
+
+    latency = _latency_stats_ms([r.latency_s for r in ok])
+    return LoadMetrics(
+        duration_s=float(duration_s),
+        requests=len(rows),
+        completed=len(ok),
+        errors=len(failed),
+        error_rate=(len(failed) / len(rows)) if rows else None,
+        throughput_rps=len(ok) / duration_s,
+        throughput_items_per_s=sum(r.batch_size for r in ok) / duration_s,
+        errors_by_kind=dict(sorted(kinds.items())),
+        error_examples=tuple(examples),
+        **latency,
+    )
+
+
+def _latency_stats_ms(latencies_s: list[float]) -> dict[str, float | None]:
+    names = ["mean", *(f"p{p}" for p in PERCENTILES), "min", "max", "std"]
+    if not latencies_s:
+        return {f"latency_{n}_ms": None for n in names}
+    ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
+    pct = np.percentile(ms, PERCENTILES, method="linear")
+    stats = {
+        "latency_mean_ms": float(ms.mean()),
+        **{f"latency_p{p}_ms": float(v) for p, v in zip(PERCENTILES, pct, strict=True)},
+        "latency_min_ms": float(ms.min()),
+        "latency_max_ms": float(ms.max()),
+        "latency_std_ms": float(ms.std()),
+    }
+    return stats

@@ -1,0 +1,85 @@
+"""The one record every request produces, successful or not.
+
+Request functions never raise: whatever happens becomes a `RequestResult`, and every number in a
+report is computed from these records alone (see `metrics.calculate_metrics`). That keeps the
+measurement loop dumb and lets later analyses (open-loop queueing delay, server-side breakdowns,
+variant comparisons) re-use the raw records without re-running anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+# Where a record falls relative to the measurement window. Only MEASURE records enter metrics.
+WARMUP = "warmup"  # completed before the measurement window opened
+MEASURE = "measure"  # completed inside the measurement window
+DRAIN = "drain"  # completed after the window closed (was in flight when it closed)
+
+# Coarse error classes so reports can say "37 timeouts" instead of listing 37 messages.
+ERR_TIMEOUT = "timeout"  # client deadline exceeded
+ERR_UNAVAILABLE = "unavailable"  # connection refused / server went away
+ERR_SERVER = "server_error"  # the server answered with an error status (bad input, model failure)
+ERR_BAD_OUTPUT = "bad_output"  # the server answered OK but the outputs are missing or mis-shaped
+ERR_CLIENT = "client_error"  # an exception on our side (including a request function that raised)
+
+# One clock for every timestamp: monotonic, high resolution, comparable across coroutines.
+clock = time.perf_counter
+
+
+@dataclass(frozen=True, slots=True)
+class RequestResult:
+    """Outcome of one inference request (one gRPC call, possibly carrying a batch of items).
+
+    start_s is `clock()` (monotonic seconds, arbitrary origin) taken just before the call was
+    sent; latency_s is the client-observed round trip. Latency statistics only use ok records.
+    """
+
+    start_s: float
+    latency_s: float
+    ok: bool
+    batch_size: int = 1
+    error: str | None = None
+    error_kind: str | None = None
+    # What the server answered, for spot checks (e.g. the first predicted label of the batch).
+    output: str | None = None
+    # Set by the runner, not by request functions.
+    phase: str = MEASURE
+    concurrency: int | None = None
+    worker_id: int | None = None
+    seq: int | None = None  # per-level request sequence number (also the Triton request id)
+    # Open-loop mode: when the request was *meant* to be sent. start_s - scheduled_s is the
+    # client-side queueing delay that closed-loop tests hide (coordinated omission).
+    scheduled_s: float | None = None
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.latency_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def failure(start_s: float, error: str, kind: str, batch_size: int = 1) -> RequestResult:
+    """An error record whose latency runs from `start_s` to now."""
+    return RequestResult(
+        start_s=start_s,
+        latency_s=max(clock() - start_s, 0.0),
+        ok=False,
+        batch_size=batch_size,
+        error=error,
+        error_kind=kind,
+    )
+
+
+class RequestFn(Protocol):
+    """What the runner drives: `await fn(seq)` sends one request and returns its record.
+
+    `seq` numbers requests within a level; implementations use it to pick a payload (cycling
+    through their texts) and as a request id. Implementations must not raise; the runner still
+    guards against it and records a client_error.
+    """
+
+    def __call__(self, seq: int) -> Awaitable[RequestResult]: ...

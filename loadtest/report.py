@@ -1,0 +1,201 @@
+"""Reports: a machine-readable JSON file, a Markdown summary, a PNG plot and optionally raw records.
+
+Everything is rendered from the JSON-shaped dict (`report_dict`), so a report written earlier can
+be reloaded with `load_json_report` and re-rendered or compared with another variant's.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from engineforge.errors import DataError
+
+from .runner import LoadTestResult
+
+SCHEMA = "engineforge.loadtest/v1"
+# Above this client CPU use (% of one core) the load generator itself may limit throughput.
+CLIENT_CPU_WARN_PERCENT = 85.0
+
+Report = Mapping[str, Any]
+
+
+def report_dict(result: LoadTestResult) -> dict[str, Any]:
+    """The JSON-shaped report: settings, per-level metrics, timestamps, server and environment."""
+    cfg = result.config
+    return {
+        "schema": SCHEMA,
+        "started_at": result.started_at,
+        "finished_at": result.finished_at,
+        "server": {"url": cfg.url, "protocol": "grpc", "model": cfg.model},
+        "label": cfg.label,
+        "settings": cfg.to_dict(),
+        "levels": [level.to_dict() for level in result.levels],
+        "model_metadata": result.model_metadata,
+        "environment": {
+            "host": platform.node(),
+            "python": platform.python_version(),
+            "tritonclient": _version("tritonclient"),
+        },
+    }
+
+
+def write_json_report(result: LoadTestResult | Report, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_as_report(result), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_json_report(path: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read load-test report {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise DataError(f"{path} is not an engineforge load-test report (expected schema {SCHEMA})")
+    return data
+
+
+def markdown_table(result: LoadTestResult | Report) -> str:
+    """One row per concurrency level; latencies in ms over successful requests."""
+    report = _as_report(result)
+    batched = report["settings"].get("batch_size", 1) > 1
+    header = ["concurrency", "requests", "errors", "throughput (req/s)"]
+    header += ["items/s"] if batched else []
+    header += ["p50 ms", "p90 ms", "p95 ms", "p99 ms"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+    for level in report["levels"]:
+        m = level["metrics"]
+        cells = [str(level["concurrency"]), str(m["requests"]), str(m["errors"]), f"{m['throughput_rps']:.1f}"]
+        cells += [f"{m['throughput_items_per_s']:.1f}"] if batched else []
+        cells += [_ms(m[f"latency_p{p}_ms"]) for p in (50, 90, 95, 99)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(result: LoadTestResult | Report, plot_name: str | None = None) -> str:
+    report = _as_report(result)
+    s = report["settings"]
+    title = f"# Load test: `{s['model']}`" + (f" ({report['label']})" if report.get("label") else "")
+    if s["mode"] == "tokens":
+        mode = f"tokens — synthetic token ids, seq len {s['seq_len']}; measures the engine alone (no tokenizer)"
+    else:
+        mode = f"text — raw text to the model, tokenization included ({s['n_texts']} texts, {s['texts_source']})"
+    out = [
+        title,
+        "",
+        f"- Server: `{report['server']['url']}` (gRPC, KServe v2)",
+        f"- Mode: {mode}",
+        f"- Closed loop, batch size {s['batch_size']}; per level: warm-up {s['warmup_s']:g} s (discarded), "
+        f"measured {s['duration_s']:g} s; request timeout {s['timeout_s']:g} s",
+        f"- Run: {report['started_at']} → {report['finished_at']}",
+        "",
+        "## Results",
+        "",
+        markdown_table(report),
+        "",
+        "Latency is the client-observed gRPC round trip of successful requests (numpy linear percentiles); "
+        "throughput counts successful requests completed inside the measurement window.",
+    ]
+    notes = _notes(report["levels"])
+    if notes:
+        out += ["", "## Warnings", "", *notes]
+    if plot_name:
+        out += ["", f"![latency and throughput vs concurrency]({plot_name})"]
+    return "\n".join(out) + "\n"
+
+
+def write_markdown_report(result: LoadTestResult | Report, path: str | Path, plot_name: str | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown_report(result, plot_name), encoding="utf-8")
+    return path
+
+
+def write_records_jsonl(result: LoadTestResult, path: str | Path) -> Path:
+    """Every raw record of every level (warm-up and drain included, tagged by phase)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for level in result.levels:
+            for record in level.records:
+                f.write(json.dumps(record.to_dict()) + "\n")
+    return path
+
+
+def write_reports(
+    result: LoadTestResult,
+    out_dir: str | Path,
+    *,
+    stem: str | None = None,
+    plot: bool = True,
+    records: bool = False,
+) -> dict[str, Path]:
+    """Write <stem>.json, <stem>.md, <stem>.png (and <stem>.records.jsonl); return their paths by kind."""
+    out_dir = Path(out_dir)
+    stem = stem or default_stem(result)
+    report = report_dict(result)
+    paths: dict[str, Path] = {"json": write_json_report(report, out_dir / f"{stem}.json")}
+    plot_name = None
+    if plot:
+        from .plot import write_plot  # matplotlib is slow to import; only when asked
+
+        paths["png"] = write_plot(report, out_dir / f"{stem}.png")
+        plot_name = paths["png"].name
+    paths["md"] = write_markdown_report(report, out_dir / f"{stem}.md", plot_name)
+    if records:
+        paths["records"] = write_records_jsonl(result, out_dir / f"{stem}.records.jsonl")
+    return paths
+
+
+def default_stem(result: LoadTestResult) -> str:
+    cfg = result.config
+    name = "_".join(x for x in ("loadtest", cfg.model, cfg.label, cfg.mode) if x)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+def _as_report(result: LoadTestResult | Report) -> Report:
+    return report_dict(result) if isinstance(result, LoadTestResult) else result
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _notes(levels: Sequence[Mapping[str, Any]]) -> list[str]:
+    notes = []
+    for level in levels:
+        c, m = level["concurrency"], level["metrics"]
+        if level.get("aborted"):
+            notes.append(f"- concurrency {c}: {level['aborted']}")
+        if m["errors"]:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in m["errors_by_kind"].items())
+            examples = "; ".join(f"`{e}`" for e in m["error_examples"])
+            notes.append(f"- concurrency {c}: {m['errors']} failed requests ({kinds}), e.g. {examples}")
+        if m["requests"] == 0 and not level.get("aborted"):
+            notes.append(f"- concurrency {c}: no request completed inside the measurement window")
+        cpu = level.get("client_cpu_percent")
+        if cpu is not None and cpu >= CLIENT_CPU_WARN_PERCENT:
+            notes.append(
+                f"- concurrency {c}: the load generator used {cpu:.0f}% of a CPU core; "
+                "it may be the bottleneck (run it on another machine or lower the concurrency)"
+            )
+        if level.get("cancelled_requests"):
+            notes.append(
+                f"- concurrency {c}: {level['cancelled_requests']} requests were still in flight after the "
+                "drain timeout and were cancelled"
+            )
+    return notes

@@ -1,0 +1,266 @@
+"""Closed-loop runner: N workers each send a request, wait for it, and send the next.
+
+Time line of one concurrency level (all deadlines fixed up front, so a run always ends):
+
+    |-- warm-up --|------ measurement window ------|-- drain (<= drain_timeout_s) --|
+
+A record's phase is decided by when it *completes*: before the window -> warmup, inside ->
+measure, after -> drain. Counting completions inside a fixed window gives an unbiased
+throughput for a steady closed loop. No request is started after the window closes; requests
+still in flight then are awaited up to drain_timeout_s, then cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from engineforge.errors import ConfigError
+from engineforge.progress import info
+
+from .config import LoadTestConfig
+from .metrics import LoadMetrics, calculate_metrics
+from .records import (
+    DRAIN,
+    ERR_CLIENT,
+    MEASURE,
+    WARMUP,
+    RequestFn,
+    RequestResult,
+    clock,
+    failure,
+)
+
+
+@dataclass
+class LevelResult:
+    """One concurrency level: its metrics and every raw record (all phases, tagged)."""
+
+    concurrency: int
+    window_s: float  # measurement window actually covered (shorter only if aborted)
+    metrics: LoadMetrics
+    records: list[RequestResult] = field(repr=False)
+    warmup_requests: int = 0
+    drained_requests: int = 0  # completed after the window closed (not in metrics)
+    cancelled_requests: int = 0  # still in flight after the drain timeout (not in metrics)
+    # CPU used by this process over the window, in % of one core. Near 100 % means the load
+    # generator, not the server, may be the bottleneck.
+    client_cpu_percent: float | None = None
+    aborted: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. server-side stats, added later
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "window_s": self.window_s,
+            "metrics": self.metrics.to_dict(),
+            "warmup_requests": self.warmup_requests,
+            "drained_requests": self.drained_requests,
+            "cancelled_requests": self.cancelled_requests,
+            "client_cpu_percent": self.client_cpu_percent,
+            "aborted": self.aborted,
+            "extras": self.extras,
+        }
+
+
+@dataclass
+class LoadTestResult:
+    config: LoadTestConfig
+    levels: list[LevelResult]
+    started_at: str  # ISO 8601 UTC
+    finished_at: str
+    model_metadata: dict[str, Any] | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True when a level was aborted or had no successful request at all."""
+        return any(lv.aborted or lv.metrics.completed == 0 for lv in self.levels)
+
+
+async def run_level(
+    request_fn: RequestFn,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float = 0.0,
+    *,
+    drain_timeout_s: float = 5.0,
+    progress_every_s: float = 5.0,
+    max_consecutive_errors: int | None = None,
+    log: Callable[[str], None] = info,
+) -> LevelResult:
+    """Drive `request_fn` with `concurrency` closed-loop workers; see module docstring."""
+    if concurrency < 1 or not duration_s > 0 or warmup_s < 0:
+        raise ConfigError(f"bad level: concurrency={concurrency}, duration={duration_s}, warmup={warmup_s}")
+    records: list[RequestResult] = []
+    stop = asyncio.Event()
+    abort_reason: list[str] = []
+    consecutive_errors = 0
+    seq = itertools.count()
+    t0 = clock()
+    warm_end, window_end = t0 + warmup_s, t0 + warmup_s + duration_s
+
+    async def worker(worker_id: int) -> None:
+        nonlocal consecutive_errors
+        while not stop.is_set() and clock() < window_end:
+            n = next(seq)
+            start = clock()
+            try:
+                result = await request_fn(n)
+                if not isinstance(result, RequestResult):
+                    raise TypeError(f"request function returned {type(result).__name__}, not RequestResult")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the contract says never raise; record it if one does
+                result = failure(start, f"request function raised {type(exc).__name__}: {exc}", ERR_CLIENT)
+            end = clock()
+            phase = WARMUP if end < warm_end else MEASURE if end <= window_end else DRAIN
+            records.append(replace(result, phase=phase, concurrency=concurrency, worker_id=worker_id, seq=n))
+            consecutive_errors = 0 if result.ok else consecutive_errors + 1
+            if max_consecutive_errors and consecutive_errors >= max_consecutive_errors and not stop.is_set():
+                abort_reason.append(
+                    f"aborted after {consecutive_errors} consecutive failed requests; last error: {result.error}"
+                )
+                stop.set()
+
+    log(f"concurrency {concurrency}: warm-up {warmup_s:g}s, then measuring {duration_s:g}s")
+    workers = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+    reporter = asyncio.create_task(_report_progress(records, concurrency, warm_end, duration_s, progress_every_s, log))
+    try:
+        await _wait_until(stop, warm_end)
+        cpu_start, window_start = time.process_time(), clock()
+        await _wait_until(stop, window_end)
+        window_stop = min(clock(), window_end)
+        cpu_used = time.process_time() - cpu_start
+        stop.set()
+        _, pending = await asyncio.wait(workers, timeout=drain_timeout_s)
+    finally:  # also on cancellation of the whole run: never leave workers behind
+        stop.set()
+        for task in [*workers, reporter]:
+            task.cancel()
+        outcomes = await asyncio.gather(*workers, reporter, return_exceptions=True)
+    for outcome in outcomes:  # a worker can only fail through a bug in this module: surface it
+        if isinstance(outcome, Exception):
+            raise outcome
+
+    window_s = max(window_stop - max(window_start, warm_end), 0.0)
+    if not abort_reason:
+        window_s = duration_s  # deadlines classify records exactly; ignore ms of wake-up jitter
+    metrics = calculate_metrics(records, max(window_s, 1e-9))
+    level = LevelResult(
+        concurrency=concurrency,
+        window_s=window_s,
+        metrics=metrics,
+        records=records,
+        warmup_requests=sum(r.phase == WARMUP for r in records),
+        drained_requests=sum(r.phase == DRAIN for r in records),
+        cancelled_requests=len(pending),
+        client_cpu_percent=100.0 * cpu_used / window_s if window_s > 0 else None,
+        aborted=abort_reason[0] if abort_reason else None,
+    )
+    log(f"concurrency {concurrency}: {_summary(level)}")
+    return level
+
+
+async def run_levels(
+    request_fn: RequestFn,
+    concurrency_levels: Sequence[int],
+    duration_s: float,
+    warmup_s: float = 0.0,
+    **level_kwargs: Any,
+) -> list[LevelResult]:
+    """Run each level in turn; stop early if a level was aborted (the server is likely gone)."""
+    levels = []
+    for concurrency in concurrency_levels:
+        level = await run_level(request_fn, concurrency, duration_s, warmup_s, **level_kwargs)
+        levels.append(level)
+        if level.aborted:
+            info(f"skipping remaining concurrency levels: {level.aborted}")
+            break
+    return levels
+
+
+def run_loadtest(config: LoadTestConfig, request_fn: RequestFn | None = None) -> LoadTestResult:
+    """Check the server, then run every level of `config` against it. Blocking; bounded in time.
+
+    With `request_fn` given (tests, custom payloads) the server check is skipped and the function
+    is used as is. Raises ServerUnavailableError / ModelNotReadyError / ConfigError before any load.
+    """
+    return asyncio.run(run_loadtest_async(config, request_fn))
+
+
+async def run_loadtest_async(config: LoadTestConfig, request_fn: RequestFn | None = None) -> LoadTestResult:
+    started_at = _utc_now()
+    metadata = None
+    owned = None
+    if request_fn is None:
+        from . import triton_requests  # heavy (grpc); only when talking to Triton
+
+        metadata = await triton_requests.check_server(config.url, config.model)
+        request_fn = owned = triton_requests.build_request_fn(config, metadata)
+    info(
+        f"load test of {config.model!r} at {config.url} ({config.mode} mode, batch {config.batch_size}): "
+        f"concurrency {','.join(map(str, config.concurrency))}, ~{config.estimated_runtime_s:g}s"
+    )
+    try:
+        levels = await run_levels(
+            request_fn,
+            config.concurrency,
+            config.duration_s,
+            config.warmup_s,
+            drain_timeout_s=config.drain_timeout_s,
+            progress_every_s=config.progress_every_s,
+            max_consecutive_errors=config.max_consecutive_errors,
+        )
+    finally:
+        if owned is not None:
+            await owned.aclose()
+    return LoadTestResult(config, levels, started_at, _utc_now(), metadata)
+
+
+async def _wait_until(stop: asyncio.Event, deadline: float) -> None:
+    remaining = deadline - clock()
+    if remaining > 0 and not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=remaining)
+        except TimeoutError:
+            pass
+
+
+async def _report_progress(
+    records: list[RequestResult],
+    concurrency: int,
+    warm_end: float,
+    duration_s: float,
+    every_s: float,
+    log: Callable[[str], None],
+) -> None:
+    if every_s <= 0:
+        return
+    last_t, last_n = clock(), 0
+    while True:
+        await asyncio.sleep(every_s)
+        now, n = clock(), len(records)
+        rps = (n - last_n) / (now - last_t)
+        errors = sum(not r.ok for r in records)
+        where = "warming up" if now < warm_end else f"{min(now - warm_end, duration_s):.0f}/{duration_s:g}s"
+        log(f"concurrency {concurrency}: {where}, {n} requests, {rps:.1f} req/s, {errors} errors")
+        last_t, last_n = now, n
+
+
+def _summary(level: LevelResult) -> str:
+    m = level.metrics
+    text = f"{m.completed} ok, {m.errors} errors, {m.throughput_rps:.1f} req/s"
+    if m.latency_p50_ms is not None:
+        text += f", p50 {m.latency_p50_ms:.2f} ms, p99 {m.latency_p99_ms:.2f} ms"
+    if level.aborted:
+        text += f" — {level.aborted}"
+    return text
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,256 @@
+"""Request functions for Triton over gRPC (KServe v2), using the asyncio client.
+
+Each factory returns a `TritonRequestFn`: `await fn(seq)` sends one (possibly batched) request
+and returns a `RequestResult`; it never raises. Payload tensors are built once up front and
+re-used (the client only reads them), so the timed loop does no numpy work on the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from engineforge.errors import ConfigError, ModelNotReadyError, ServerUnavailableError
+
+from . import payloads
+from .config import DEFAULT_TIMEOUT_S, DEFAULT_URL, LoadTestConfig
+from .records import (
+    ERR_BAD_OUTPUT,
+    ERR_CLIENT,
+    ERR_SERVER,
+    ERR_TIMEOUT,
+    ERR_UNAVAILABLE,
+    RequestResult,
+    clock,
+    failure,
+)
+
+# Turns the decoded outputs (name -> array) into a short summary, or raises ValueError if they
+# do not look like a valid answer for `batch_size` items.
+OutputCheck = Callable[[dict[str, np.ndarray], int], str]
+
+
+class TritonRequestFn:
+    """One inference per call against `model` at `url`; see module docstring.
+
+    The gRPC channel is created lazily on the first call so that it binds to the running event
+    loop (grpc.aio channels cannot move between loops). Call `aclose()` when done.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        batches: Sequence[list[grpcclient.InferInput]],
+        output_names: Sequence[str],
+        check: OutputCheck,
+        batch_size: int,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        if not batches:
+            raise ValueError("at least one payload batch is required")
+        self.url, self.model, self.batch_size, self.timeout_s = url, model, batch_size, timeout_s
+        self._batches = list(batches)
+        self._outputs = [grpcclient.InferRequestedOutput(name) for name in output_names]
+        self._output_names = tuple(output_names)
+        self._check = check
+        self._client: grpcclient.InferenceServerClient | None = None
+
+    async def __call__(self, seq: int) -> RequestResult:
+        start = clock()
+        try:
+            if self._client is None:
+                self._client = grpcclient.InferenceServerClient(self.url)
+            result = await self._client.infer(
+                self.model,
+                self._batches[seq % len(self._batches)],
+                outputs=self._outputs,
+                request_id=str(seq),
+                client_timeout=self.timeout_s,
+            )
+            latency = clock() - start
+        except asyncio.CancelledError:
+            raise  # the runner cancels stragglers at the end of a run; let it
+        except InferenceServerException as exc:
+            return failure(start, _describe(exc), classify_error(exc), self.batch_size)
+        except Exception as exc:  # anything else is a client-side bug or misuse: record it
+            return failure(start, f"{type(exc).__name__}: {exc}", ERR_CLIENT, self.batch_size)
+
+        try:
+            arrays = {name: result.as_numpy(name) for name in self._output_names}
+            missing = [name for name, arr in arrays.items() if arr is None]
+            if missing:
+                raise ValueError(f"response has no output(s) {', '.join(missing)}")
+            summary = self._check(arrays, self.batch_size)
+        except Exception as exc:
+            return RequestResult(
+                start_s=start,
+                latency_s=latency,
+                ok=False,
+                batch_size=self.batch_size,
+                error=f"invalid response: {exc}",
+                error_kind=ERR_BAD_OUTPUT,
+            )
+        return RequestResult(start_s=start, latency_s=latency, ok=True, batch_size=self.batch_size, output=summary)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                await client.close()
+            except Exception:  # closing a broken channel must not hide the run's results
+                pass
+
+
+def text_request_fn(
+    model: str,
+    texts: Sequence[str] = payloads.DEFAULT_TEXTS,
+    *,
+    url: str = DEFAULT_URL,
+    batch_size: int = 1,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> TritonRequestFn:
+    """Raw text to the ensemble: TEXT (BYTES [batch, 1]) -> LABEL (BYTES), PROBABILITIES (FP32)."""
+    batches = []
+    for arr in payloads.text_batches(list(texts), batch_size):
+        inp = grpcclient.InferInput("TEXT", list(arr.shape), "BYTES")
+        inp.set_data_from_numpy(arr)
+        batches.append([inp])
+    return TritonRequestFn(url, model, batches, ("LABEL", "PROBABILITIES"), check_text_outputs, batch_size, timeout_s)
+
+
+def token_request_fn(
+    model: str,
+    *,
+    url: str = DEFAULT_URL,
+    seq_len: int = 128,
+    batch_size: int = 1,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    token_type_ids: bool = True,
+    seed: int = 0,
+) -> TritonRequestFn:
+    """Token ids straight to the engine (no tokenizer): INPUT_IDS, ATTENTION_MASK[, TOKEN_TYPE_IDS]
+    (INT64 [batch, seq_len]) -> LOGITS (FP32 [batch, n_labels]). Measures the engine alone."""
+    batches = []
+    for ids in payloads.token_batches(batch_size, seq_len, seed=seed):
+        tensors = {"INPUT_IDS": ids, "ATTENTION_MASK": np.ones_like(ids)}
+        if token_type_ids:
+            tensors["TOKEN_TYPE_IDS"] = np.zeros_like(ids)
+        inputs = []
+        for name, arr in tensors.items():
+            inp = grpcclient.InferInput(name, list(arr.shape), "INT64")
+            inp.set_data_from_numpy(arr)
+            inputs.append(inp)
+        batches.append(inputs)
+    return TritonRequestFn(url, model, batches, ("LOGITS",), check_logits_outputs, batch_size, timeout_s)
+
+
+def check_text_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
+    labels, probs = arrays["LABEL"], arrays["PROBABILITIES"]
+    _expect_rows("LABEL", labels, batch_size)
+    _expect_rows("PROBABILITIES", probs, batch_size)
+    first = labels.reshape(-1)[0]
+    return first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first)
+
+
+def check_logits_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
+    logits = arrays["LOGITS"]
+    _expect_rows("LOGITS", logits, batch_size)
+    return str(int(np.argmax(logits.reshape(batch_size, -1)[0])))
+
+
+def _expect_rows(name: str, arr: np.ndarray, batch_size: int) -> None:
+    # An empty or short output is how a numpy/ABI mismatch in the python backend shows up.
+    if arr.ndim == 0 or arr.shape[0] != batch_size or arr.size == 0:
+        raise ValueError(f"{name} has shape {list(arr.shape)}, expected {batch_size} row(s)")
+
+
+def classify_error(exc: InferenceServerException) -> str:
+    status = exc.status() or ""
+    if "DEADLINE_EXCEEDED" in status:
+        return ERR_TIMEOUT
+    if "UNAVAILABLE" in status:
+        return ERR_UNAVAILABLE
+    return ERR_SERVER
+
+
+def _describe(exc: InferenceServerException) -> str:
+    return f"[{exc.status() or 'error'}] {exc.message() or exc}"
+
+
+async def check_server(url: str, model: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Fail early and clearly if nobody serves `model` at `url`; return the model's metadata.
+
+    Raises ServerUnavailableError when no server answers, ModelNotReadyError (listing the models
+    that are ready) when the server is up but `model` is missing or not ready.
+    """
+    async with grpcclient.InferenceServerClient(url) as client:
+        try:
+            live = await client.is_server_live(client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise ServerUnavailableError(
+                f"no Triton server answers at {url} — start it with `engineforge serve` ({_describe(exc)})"
+            ) from None
+        if not live:
+            raise ServerUnavailableError(f"the Triton server at {url} reports it is not live")
+        try:
+            ready = await client.is_model_ready(model, client_timeout=timeout_s)
+        except InferenceServerException:
+            ready = False
+        if not ready:
+            raise ModelNotReadyError(await _not_ready_message(client, url, model, timeout_s))
+        return await client.get_model_metadata(model, as_json=True, client_timeout=timeout_s)
+
+
+async def _not_ready_message(client: grpcclient.InferenceServerClient, url: str, model: str, timeout_s: float) -> str:
+    try:
+        index = await client.get_model_repository_index(as_json=True, client_timeout=timeout_s)
+        entries = index.get("models", [])
+    except InferenceServerException:
+        entries = []
+    ready = sorted({m["name"] for m in entries if m.get("state") == "READY"})
+    own = [m for m in entries if m.get("name") == model]
+    if own:
+        state = own[0].get("state", "UNKNOWN")
+        reason = own[0].get("reason")
+        why = f"is in state {state}" + (f" ({reason})" if reason else "")
+    else:
+        why = "is not in the server's model repository"
+    listing = ", ".join(ready) if ready else "none"
+    return f"model {model!r} {why} on the Triton server at {url}; ready models: {listing}"
+
+
+def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = None) -> TritonRequestFn:
+    """The request function for `config.mode`, checked against the model's declared inputs."""
+    inputs = {i["name"] for i in (metadata or {}).get("inputs", [])}
+    if config.mode == "text":
+        if metadata is not None and "TEXT" not in inputs:
+            raise ConfigError(
+                f"model {config.model!r} has inputs {sorted(inputs)}, but text mode sends TEXT; "
+                "point --model at the ensemble, or use --mode tokens for an engine model"
+            )
+        return text_request_fn(
+            config.model, config.texts, url=config.url, batch_size=config.batch_size, timeout_s=config.timeout_s
+        )
+    needed = {"INPUT_IDS", "ATTENTION_MASK"}
+    if metadata is not None and not needed <= inputs:
+        raise ConfigError(
+            f"model {config.model!r} has inputs {sorted(inputs)}, but tokens mode sends "
+            "INPUT_IDS and ATTENTION_MASK; point --model at the engine, or use --mode text for the ensemble"
+        )
+    token_type_ids = config.token_type_ids
+    if token_type_ids is None:  # auto: send it exactly when the model declares it
+        token_type_ids = "TOKEN_TYPE_IDS" in inputs if metadata is not None else True
+    return token_request_fn(
+        config.model,
+        url=config.url,
+        seq_len=config.seq_len,
+        batch_size=config.batch_size,
+        timeout_s=config.timeout_s,
+        token_type_ids=token_type_ids,
+    )

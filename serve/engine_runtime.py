@@ -1,0 +1,214 @@
+"""Engine inference logic, independent of Triton so it can be unit-tested in-process.
+
+The python-backend model (`triton/engine_model.py`) only converts Triton tensors to numpy and back;
+validation, batching of a dynamic batch into one ONNX Runtime call, and post-processing live here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engineforge.errors import RepositoryError
+
+from .engine_spec import EngineSpec
+
+PAD_ID = 0
+
+
+class InvalidRequestError(ValueError):
+    """One request's tensors are unusable; the message is sent back to that request's client."""
+
+
+@dataclass(frozen=True)
+class RequestArrays:
+    """One validated request: int64 arrays of shape [batch, seq]."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class ClassifiedRows:
+    """Outputs for one request, rows in request order."""
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    labels: tuple[str, ...]
+
+
+def _as_int_matrix(name: str, value: object) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind not in "iu":
+        raise InvalidRequestError(f"{name} must hold integers (INT64), got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise InvalidRequestError(f"{name} must have rank 2 [batch, sequence], got shape {list(array.shape)}")
+    return array.astype(np.int64, copy=False)
+
+
+def validate_request_arrays(
+    input_ids: object,
+    attention_mask: object,
+    token_type_ids: object | None = None,
+    *,
+    max_positions: int,
+    vocab_size: int | None = None,
+) -> RequestArrays:
+    """Check one request before it joins a batch; raises InvalidRequestError saying what to fix."""
+    ids = _as_int_matrix("input_ids", input_ids)
+    mask = _as_int_matrix("attention_mask", attention_mask)
+    batch, seq = ids.shape
+    if batch == 0:
+        raise InvalidRequestError("the request holds no sequences (batch size 0)")
+    if seq == 0:
+        raise InvalidRequestError("empty sequence: input_ids has length 0; send at least one token")
+    if seq > max_positions:
+        raise InvalidRequestError(
+            f"sequence length {seq} exceeds the model's max_position_embeddings {max_positions}; "
+            f"truncate inputs to at most {max_positions} tokens"
+        )
+    if mask.shape != ids.shape:
+        raise InvalidRequestError(
+            f"attention_mask shape {list(mask.shape)} differs from input_ids shape {list(ids.shape)}"
+        )
+    if not np.isin(mask, (0, 1)).all():
+        raise InvalidRequestError("attention_mask must contain only 0 and 1")
+    empty_rows = np.flatnonzero(mask.sum(axis=1) == 0)
+    if empty_rows.size:
+        raise InvalidRequestError(
+            f"empty sequence: row(s) {empty_rows.tolist()} have no attended tokens (attention_mask all 0)"
+        )
+    if ids.min() < 0 or (vocab_size is not None and ids.max() >= vocab_size):
+        bound = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
+        raise InvalidRequestError(
+            f"input_ids must be in {bound}; got values from {ids.min()} to {ids.max()}"
+        )
+    types = None
+    if token_type_ids is not None:
+        types = _as_int_matrix("token_type_ids", token_type_ids)
+        if types.shape != ids.shape:
+            raise InvalidRequestError(
+                f"token_type_ids shape {list(types.shape)} differs from input_ids shape {list(ids.shape)}"
+            )
+        if types.min() < 0:
+            raise InvalidRequestError("token_type_ids must be >= 0")
+    return RequestArrays(ids, mask, types)
+
+
+def merge_requests(requests: Sequence[RequestArrays]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Stack the requests of a dynamic batch, right-padding each to the longest sequence.
+
+    Padding uses id 0 with mask 0 so the padded positions are ignored by attention. Returns the
+    merged arrays and each request's batch size, for `split_outputs`.
+    """
+    if not requests:
+        raise ValueError("merge_requests needs at least one request")
+    total = sum(r.batch_size for r in requests)
+    longest = max(int(r.input_ids.shape[1]) for r in requests)
+    merged = {
+        name: np.full((total, longest), PAD_ID if name != "attention_mask" else 0, dtype=np.int64)
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    row = 0
+    for request in requests:
+        rows, seq = request.input_ids.shape
+        merged["input_ids"][row : row + rows, :seq] = request.input_ids
+        merged["attention_mask"][row : row + rows, :seq] = request.attention_mask
+        if request.token_type_ids is not None:
+            merged["token_type_ids"][row : row + rows, :seq] = request.token_type_ids
+        row += rows
+    return merged, [r.batch_size for r in requests]
+
+
+def split_outputs(array: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
+    """Inverse of the stacking in `merge_requests` along the batch axis."""
+    if sum(sizes) != array.shape[0]:
+        raise ValueError(f"sizes {list(sizes)} do not add up to the batch of {array.shape[0]} rows")
+    return np.split(array, np.cumsum(sizes)[:-1], axis=0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # subtract the max so exp never overflows
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def labels_for(probabilities: np.ndarray, labels: Sequence[str]) -> tuple[str, ...]:
+    return tuple(labels[i] for i in probabilities.argmax(axis=-1))
+
+
+def load_session(engine_dir: str | os.PathLike[str], spec: EngineSpec):  # -> ort.InferenceSession
+    """Open the engine with graph optimizations and the thread count the build chose."""
+    import onnxruntime as ort
+
+    path = Path(engine_dir) / spec.model_file
+    if not path.is_file():
+        raise RepositoryError(f"{path}: engine file missing; republish the engine bundle")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = spec.intra_op_threads
+    options.inter_op_num_threads = 1  # one sequential graph per call; parallelism is intra-op
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise RepositoryError(f"{path}: ONNX Runtime cannot load the engine ({exc})") from exc
+    model_inputs = {i.name for i in session.get_inputs()}
+    model_outputs = {o.name for o in session.get_outputs()}
+    if model_inputs != set(spec.input_names) or spec.output_name not in model_outputs:
+        raise RepositoryError(
+            f"{path}: graph inputs {sorted(model_inputs)} / outputs {sorted(model_outputs)} do not match "
+            f"engine.json input_names {list(spec.input_names)} / output_name {spec.output_name!r}"
+        )
+    return session
+
+
+def _classify(session, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows]:
+    merged, sizes = merge_requests(requests)
+    feed = {name: merged[name] for name in spec.input_names}
+    (logits,) = session.run([spec.output_name], feed)
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 2 or logits.shape[1] != spec.num_labels:
+        raise RuntimeError(
+            f"engine returned logits of shape {list(logits.shape)}, expected [batch, {spec.num_labels}] "
+            "(one column per label in engine.json)"
+        )
+    results = []
+    for part in split_outputs(logits, sizes):
+        probabilities = softmax(part)
+        results.append(ClassifiedRows(part, probabilities, labels_for(probabilities, spec.labels)))
+    return results
+
+
+def run_batch(
+    session, spec: EngineSpec, requests: Sequence[RequestArrays]
+) -> list[ClassifiedRows | Exception]:
+    """Classify all requests with ONE ONNX Runtime call.
+
+    If that call fails (e.g. a token id beyond the vocabulary when vocab_size is unknown), each
+    request is retried alone so only the offending ones get an error: one bad request never fails
+    the others.
+    """
+    if not requests:
+        return []
+    try:
+        return list(_classify(session, spec, requests))
+    except Exception as batch_error:
+        if len(requests) == 1:
+            return [batch_error]
+    outcomes: list[ClassifiedRows | Exception] = []
+    for request in requests:
+        try:
+            outcomes.append(_classify(session, spec, [request])[0])
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes

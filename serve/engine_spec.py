@@ -1,0 +1,185 @@
+"""`engine.json`: the contract between the build pipeline (writer) and the serving side (reader).
+
+The build pipeline constructs an `EngineSpec` in Python and calls `save(bundle_dir)`; serving calls
+`EngineSpec.load(bundle_dir)`. Validation happens on construction, so a bad spec is rejected where it
+is made, with a message naming the file (when known) and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engineforge.errors import ConfigError
+
+ENGINE_SPEC_FILENAME = "engine.json"
+FORMAT_VERSION = 1
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+REQUIRED_INPUTS = ("input_ids", "attention_mask")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything serving needs to know about an engine bundle besides the model file itself.
+
+    Only `labels` is required; the defaults match a standard BERT export. Lists are accepted
+    wherever tuples are stored. Unknown keys read from a newer writer are kept in `extra`.
+    """
+
+    labels: tuple[str, ...]
+    model_file: str = "model.onnx"
+    input_names: tuple[str, ...] = KNOWN_INPUTS
+    output_name: str = "logits"
+    max_sequence_length: int = 128
+    max_position_embeddings: int = 512
+    precision: str = "fp32"
+    intra_op_threads: int = 2
+    source_checkpoint: str = ""
+    build_id: str = ""
+    runtime: str = "onnxruntime"
+    # Optional: when known, token ids outside [0, vocab_size) are rejected before they reach the model.
+    vocab_size: int | None = None
+    format_version: int = FORMAT_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # Where the spec was read from, for error messages; not serialized.
+    source: str = field(default="<EngineSpec>", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Normalise sequences to tuples so the frozen object is really immutable and comparable.
+        for name in ("labels", "input_names"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                self._fail(name, f"must be a list of strings, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        object.__setattr__(self, "extra", dict(self.extra))
+        self._validate()
+
+    def _fail(self, name: str, problem: str) -> None:
+        raise ConfigError(f"{self.source}: field '{name}' {problem}")
+
+    def _validate(self) -> None:
+        if self.format_version != FORMAT_VERSION:
+            self._fail(
+                "format_version",
+                f"is {self.format_version!r} but this engineforge reads version {FORMAT_VERSION}; "
+                "rebuild the engine with a matching engineforge",
+            )
+        if self.runtime != "onnxruntime":
+            self._fail("runtime", f"is {self.runtime!r}; only 'onnxruntime' engines can be served")
+        for name in ("model_file", "output_name", "precision"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                self._fail(name, f"must be a non-empty string, got {value!r}")
+        if os.path.isabs(self.model_file) or ".." in Path(self.model_file).parts:
+            self._fail("model_file", f"must be a file name inside the bundle, got {self.model_file!r}")
+        for name in ("source_checkpoint", "build_id"):
+            if not isinstance(getattr(self, name), str):
+                self._fail(name, f"must be a string, got {getattr(self, name)!r}")
+        if not self.labels:
+            self._fail("labels", "is empty; list one label per class id")
+        if not all(isinstance(label, str) and label for label in self.labels):
+            self._fail("labels", f"must all be non-empty strings, got {list(self.labels)!r}")
+        if len(set(self.labels)) != len(self.labels):
+            self._fail("labels", f"has duplicates: {list(self.labels)!r}")
+        unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
+        missing = [n for n in REQUIRED_INPUTS if n not in self.input_names]
+        if unknown or missing or len(set(self.input_names)) != len(self.input_names):
+            self._fail(
+                "input_names",
+                f"is {list(self.input_names)!r}; it must contain input_ids and attention_mask, "
+                f"optionally token_type_ids, each once",
+            )
+        self._check_int("max_position_embeddings", minimum=1)
+        self._check_int("max_sequence_length", minimum=1)
+        self._check_int("intra_op_threads", minimum=0)
+        if self.vocab_size is not None:
+            self._check_int("vocab_size", minimum=1)
+        if self.max_sequence_length > self.max_position_embeddings:
+            self._fail(
+                "max_sequence_length",
+                f"({self.max_sequence_length}) exceeds max_position_embeddings "
+                f"({self.max_position_embeddings}); lower it",
+            )
+        clash = set(self.extra) & {f.name for f in fields(self)}
+        if clash:
+            self._fail("extra", f"repeats declared fields {sorted(clash)}")
+
+    def _check_int(self, name: str, *, minimum: int) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self._fail(name, f"must be an integer >= {minimum}, got {value!r}")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def uses_token_type_ids(self) -> bool:
+        return "token_type_ids" in self.input_names
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"format_version": self.format_version, "runtime": self.runtime}
+        for f in fields(self):
+            if f.name in ("extra", "source", "format_version", "runtime"):
+                continue
+            value = getattr(self, f.name)
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+        if data["vocab_size"] is None:
+            del data["vocab_size"]
+        data.update(self.extra)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> EngineSpec:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        declared = {f.name for f in fields(cls)} - {"extra", "source"}
+        if "labels" not in data:
+            raise ConfigError(f"{source}: field 'labels' is missing; list one label per class id")
+        known = {k: v for k, v in data.items() if k in declared}
+        extra = {k: v for k, v in data.items() if k not in declared}
+        try:
+            return cls(**known, extra=extra, source=source)
+        except TypeError as exc:  # e.g. labels given as a number
+            raise ConfigError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> EngineSpec:
+        """Read `engine.json`, given either the file or the bundle directory holding it."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / ENGINE_SPEC_FILENAME
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: not found; an engine bundle must contain {ENGINE_SPEC_FILENAME}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot be read ({exc})") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+        return cls.from_dict(data, source=str(path))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write `engine.json` (into `path` if it is a directory) atomically; returns the file path."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / ENGINE_SPEC_FILENAME
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".engine-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(self.to_json())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path

@@ -1,0 +1,106 @@
+"""The three Triton models engineforge publishes for one classifier, and their tensor contracts.
+
+Kept apart from `repository.py` (which moves files) so the contract can be read and tested alone;
+the client relies on the tensor names and the `labels` parameter defined here.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .engine_spec import EngineSpec
+from .model_config import (
+    DynamicBatching,
+    EnsembleStep,
+    InstanceGroup,
+    ModelConfig,
+    TensorSpec,
+    validate_ensemble,
+)
+
+ENGINE_SUFFIX = "_engine"
+TOKENIZER_SUFFIX = "_tokenizer"
+# Model config parameter holding the JSON list of label names (index = class id).
+LABELS_PARAMETER = "labels"
+
+TEXT = TensorSpec("TEXT", "TYPE_STRING", (1,))
+LABEL = TensorSpec("LABEL", "TYPE_STRING", (1,))
+LOGITS = TensorSpec("LOGITS", "TYPE_FP32", (-1,))
+PROBABILITIES = TensorSpec("PROBABILITIES", "TYPE_FP32", (-1,))
+TOKEN_TENSORS = ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS")
+
+
+def engine_model_name(model_name: str) -> str:
+    return model_name + ENGINE_SUFFIX
+
+
+def tokenizer_model_name(model_name: str) -> str:
+    return model_name + TOKENIZER_SUFFIX
+
+
+def _token_inputs() -> tuple[TensorSpec, ...]:
+    # Ragged batching lets the dynamic batcher group requests of different sequence lengths;
+    # the engine model pads them itself (see engine_runtime.merge_requests).
+    return (
+        TensorSpec("INPUT_IDS", "TYPE_INT64", (-1,), allow_ragged_batch=True),
+        TensorSpec("ATTENTION_MASK", "TYPE_INT64", (-1,), allow_ragged_batch=True),
+        TensorSpec("TOKEN_TYPE_IDS", "TYPE_INT64", (-1,), optional=True, allow_ragged_batch=True),
+    )
+
+
+def build_model_configs(
+    model_name: str,
+    spec: EngineSpec,
+    *,
+    max_batch_size: int = 32,
+    max_queue_delay_us: int = 2000,
+    instances: int = 1,
+) -> dict[str, ModelConfig]:
+    """Configs keyed "tokenizer", "engine", "ensemble"; raises ConfigError with the fix if inconsistent."""
+    labels = json.dumps(list(spec.labels))
+    engine = ModelConfig(
+        name=engine_model_name(model_name),
+        backend="python",
+        max_batch_size=max_batch_size,
+        inputs=_token_inputs(),
+        outputs=(LOGITS, PROBABILITIES, LABEL),
+        dynamic_batching=DynamicBatching(max_queue_delay_us=max_queue_delay_us),
+        instance_group=InstanceGroup(count=instances, kind="CPU"),
+        parameters={
+            LABELS_PARAMETER: labels,
+            "build_id": spec.build_id,
+            "precision": spec.precision,
+            "max_sequence_length": str(spec.max_sequence_length),
+            "max_position_embeddings": str(spec.max_position_embeddings),
+        },
+    )
+    tokenizer = ModelConfig(
+        name=tokenizer_model_name(model_name),
+        backend="python",
+        max_batch_size=max_batch_size,
+        inputs=(TEXT,),
+        outputs=tuple(TensorSpec(name, "TYPE_INT64", (-1,)) for name in TOKEN_TENSORS),
+        # No queue delay: tokenizing is cheap, batching only saves stub round trips here.
+        dynamic_batching=DynamicBatching(max_queue_delay_us=0),
+        instance_group=InstanceGroup(count=instances, kind="CPU"),
+        parameters={"max_sequence_length": str(spec.max_sequence_length)},
+    )
+    token_map = {name: name.lower() for name in TOKEN_TENSORS}
+    ensemble = ModelConfig(
+        name=model_name,
+        platform="ensemble",
+        max_batch_size=max_batch_size,
+        inputs=(TEXT,),
+        outputs=(LABEL, PROBABILITIES, LOGITS),
+        parameters={LABELS_PARAMETER: labels, "build_id": spec.build_id},
+        ensemble_steps=(
+            EnsembleStep(tokenizer.name, input_map={"TEXT": "TEXT"}, output_map=token_map),
+            EnsembleStep(
+                engine.name,
+                input_map=token_map,
+                output_map={"LABEL": "LABEL", "PROBABILITIES": "PROBABILITIES", "LOGITS": "LOGITS"},
+            ),
+        ),
+    )
+    validate_ensemble(ensemble, [tokenizer, engine])
+    return {"tokenizer": tokenizer, "engine": engine, "ensemble": ensemble}

@@ -1,0 +1,271 @@
+"""Publish an engine bundle into a Triton model repository as tokenizer + engine + ensemble models.
+
+Layout written for model name `clf` (version N = one more than any existing version):
+
+    repo/clf_tokenizer/{config.pbtxt, versions.json, N/{model.py, engine.json, tokenizer/...}}
+    repo/clf_engine/{config.pbtxt, versions.json, N/{model.py, engine.json, model.onnx}}
+    repo/clf/{config.pbtxt, versions.json, N/}            (ensemble: TEXT -> LABEL, PROBABILITIES, LOGITS)
+
+Everything is staged in a temporary directory beside the repository, then moved in with renames;
+any failure rolls back, so the repository is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engineforge.errors import ConfigError, RepositoryError
+
+from .engine_spec import ENGINE_SPEC_FILENAME, EngineSpec
+from .model_layout import build_model_configs
+
+DEFAULT_REPO = Path("model_repo")
+DEFAULT_MODEL_NAME = "classifier"
+MANIFEST = "versions.json"
+CONFIG = "config.pbtxt"
+TOKENIZER_DIRNAME = "tokenizer"
+_TRITON_DIR = Path(__file__).resolve().parent / "triton"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """Result of `publish_engine`: clients call `name` (the ensemble) or `engine_model` (token ids)."""
+
+    name: str
+    version: int
+    repo_dir: Path
+    build_id: str
+    engine_model: str
+    tokenizer_model: str
+
+    @property
+    def model_names(self) -> tuple[str, str, str]:
+        return (self.tokenizer_model, self.engine_model, self.name)
+
+
+@dataclass(frozen=True)
+class RepositoryModel:
+    """One model directory as found in a repository."""
+
+    name: str
+    kind: str  # "ensemble", a backend name such as "python", or "unknown"
+    versions: tuple[int, ...]
+    builds: dict[int, str] = field(default_factory=dict, hash=False)  # version -> build_id
+
+    @property
+    def latest_version(self) -> int | None:
+        return max(self.versions) if self.versions else None
+
+
+def check_bundle(bundle_dir: str | os.PathLike[str]) -> EngineSpec:
+    """Validate an engine bundle's files; returns its spec or raises RepositoryError saying what is missing."""
+    bundle = Path(bundle_dir)
+    if not bundle.is_dir():
+        raise RepositoryError(f"engine bundle {bundle} is not a directory; pass the build output directory")
+    try:
+        spec = EngineSpec.load(bundle)
+    except ConfigError as exc:
+        raise RepositoryError(f"engine bundle {bundle} has an unusable {ENGINE_SPEC_FILENAME}: {exc}") from exc
+    if not (bundle / spec.model_file).is_file():
+        raise RepositoryError(f"engine bundle {bundle} lacks {spec.model_file} (named by {ENGINE_SPEC_FILENAME})")
+    tokenizer = bundle / TOKENIZER_DIRNAME
+    if not (tokenizer / "tokenizer.json").is_file() and not (tokenizer / "tokenizer_config.json").is_file():
+        raise RepositoryError(
+            f"engine bundle {bundle} lacks a Hugging Face tokenizer in {TOKENIZER_DIRNAME}/ "
+            "(tokenizer.json or tokenizer_config.json); save it with tokenizer.save_pretrained()"
+        )
+    return spec
+
+
+def _versions_in(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _read_manifest(model_dir: Path) -> dict:
+    path = model_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RepositoryError(f"{path}: unreadable manifest ({exc}); fix or delete it") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("versions", {}), dict):
+        raise RepositoryError(f"{path}: malformed manifest; expected an object with a 'versions' object")
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy(src: Path, dst: Path) -> None:
+    # Indirection so tests can inject a failure part-way through staging.
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+@contextlib.contextmanager
+def _locked(repo: Path) -> Iterator[None]:
+    # Serialises concurrent publishers; Triton ignores plain files in the repository root.
+    with open(repo / ".engineforge-publish.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _stage_version(kind: str, bundle: Path, spec: EngineSpec, version_dir: Path) -> None:
+    version_dir.mkdir(parents=True)
+    if kind == "ensemble":
+        return  # Triton requires the version directory of an ensemble to exist, empty
+    source = "engine_model.py" if kind == "engine" else "tokenizer_model.py"
+    _copy(_TRITON_DIR / source, version_dir / "model.py")
+    _copy(bundle / ENGINE_SPEC_FILENAME, version_dir / ENGINE_SPEC_FILENAME)
+    if kind == "engine":
+        _copy(bundle / spec.model_file, version_dir / spec.model_file)
+        external = bundle / f"{spec.model_file}.data"  # ONNX external weights (models > 2 GB)
+        if external.is_file():
+            _copy(external, version_dir / external.name)
+    else:
+        _copy(bundle / TOKENIZER_DIRNAME, version_dir / TOKENIZER_DIRNAME)
+
+
+def publish_engine(
+    bundle_dir: str | os.PathLike[str],
+    repo_dir: str | os.PathLike[str] = DEFAULT_REPO,
+    model_name: str = DEFAULT_MODEL_NAME,
+    *,
+    max_batch_size: int = 32,
+    max_queue_delay_us: int = 2000,
+    instances: int = 1,
+) -> PublishedModel:
+    """Add the bundle as a new version of `<model_name>`, `<model_name>_engine`, `<model_name>_tokenizer`."""
+    bundle = Path(bundle_dir).resolve()
+    repo = Path(repo_dir)
+    if not isinstance(model_name, str) or not _NAME_RE.match(model_name):
+        raise RepositoryError(
+            f"model name {model_name!r} is invalid; use letters, digits, '_', '-', '.' (not starting with '.')"
+        )
+    spec = check_bundle(bundle)
+    try:
+        configs = build_model_configs(
+            model_name, spec, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+            instances=instances,
+        )
+    except ConfigError as exc:
+        raise RepositoryError(f"cannot publish {model_name!r}: {exc}") from exc
+    if repo.exists() and not repo.is_dir():
+        raise RepositoryError(f"model repository {repo} is a file; pass a directory (default {DEFAULT_REPO}/)")
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RepositoryError(f"cannot create model repository {repo}: {exc}") from exc
+
+    with _locked(repo):
+        model_dirs = {kind: repo / config.name for kind, config in configs.items()}
+        for path in model_dirs.values():
+            if path.exists() and not (path / MANIFEST).is_file():
+                raise RepositoryError(
+                    f"{path} exists but was not published by engineforge (no {MANIFEST}); "
+                    "choose another model name or move that directory away"
+                )
+        version = 1 + max((v for p in model_dirs.values() for v in _versions_in(p)), default=0)
+        record = {
+            "build_id": spec.build_id,
+            "source_checkpoint": spec.source_checkpoint,
+            "precision": spec.precision,
+            "bundle": str(bundle),
+            "model_sha256": _sha256(bundle / spec.model_file),
+            "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.publish-", dir=repo.resolve().parent))
+        try:
+            for kind, config in configs.items():
+                staged = staging / config.name
+                _stage_version(kind, bundle, spec, staged / str(version))
+                (staged / CONFIG).write_text(config.to_pbtxt(), encoding="utf-8")
+                manifest = _read_manifest(model_dirs[kind]) or {"model": config.name, "kind": kind, "versions": {}}
+                manifest["versions"][str(version)] = record
+                (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            # Composing models first, ensemble last, so the ensemble never points at missing models.
+            _commit(staging, model_dirs, [configs[k].name for k in ("tokenizer", "engine", "ensemble")], version)
+        except RepositoryError:
+            raise
+        except Exception as exc:
+            raise RepositoryError(f"publishing {bundle} into {repo} failed, repository left unchanged: {exc}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return PublishedModel(
+        name=configs["ensemble"].name,
+        version=version,
+        repo_dir=repo,
+        build_id=spec.build_id,
+        engine_model=configs["engine"].name,
+        tokenizer_model=configs["tokenizer"].name,
+    )
+
+
+def _commit(staging: Path, model_dirs: dict[str, Path], order: list[str], version: int) -> None:
+    """Move staged files in with renames; on any failure undo the renames already done."""
+    undo: list[Callable[[], None]] = []
+    targets = {path.name: path for path in model_dirs.values()}
+    try:
+        for name in order:
+            staged, target = staging / name, targets[name]
+            if not target.exists():
+                os.rename(staged, target)
+                undo.append(lambda t=target: shutil.rmtree(t))
+                continue
+            os.rename(staged / str(version), target / str(version))
+            undo.append(lambda t=target: shutil.rmtree(t / str(version)))
+            for filename in (CONFIG, MANIFEST):
+                old = (target / filename).read_bytes() if (target / filename).exists() else None
+                os.replace(staged / filename, target / filename)
+                undo.append(lambda t=target / filename, o=old: t.write_bytes(o) if o is not None else t.unlink())
+    except BaseException:
+        for action in reversed(undo):
+            with contextlib.suppress(OSError):
+                action()
+        raise
+
+
+def list_published(repo_dir: str | os.PathLike[str] = DEFAULT_REPO) -> list[RepositoryModel]:
+    """Every model directory in the repository with its versions (and builds, when engineforge published it)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    repo = Path(repo_dir)
+    if not repo.is_dir():
+        raise RepositoryError(f"model repository {repo} does not exist or is not a directory")
+    models = []
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        kind = "unknown"
+        if (model_dir / CONFIG).is_file():
+            with contextlib.suppress(text_format.ParseError, OSError):
+                config = text_format.Parse((model_dir / CONFIG).read_text(), model_config_pb2.ModelConfig())
+                kind = config.platform or config.backend or "unknown"
+        manifest = _read_manifest(model_dir).get("versions", {})
+        builds = {int(v): str(r.get("build_id", "")) for v, r in manifest.items() if v.isdigit()}
+        models.append(RepositoryModel(model_dir.name, kind, tuple(_versions_in(model_dir)), builds))
+    return models

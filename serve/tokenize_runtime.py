@@ -1,0 +1,85 @@
+"""Text -> token id tensors, independent of Triton (used by `triton/tokenizer_model.py` and tests)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from engineforge.errors import RepositoryError
+
+TOKENIZER_DIRNAME = "tokenizer"
+OUTPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class TokenizationError(ValueError):
+    """A request's text cannot be tokenized; the message is sent back to that request's client."""
+
+
+def load_tokenizer(path: str | os.PathLike[str]):  # -> transformers.PreTrainedTokenizerFast
+    """Load the fast tokenizer saved in a bundle's `tokenizer/` directory (offline only)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise RepositoryError(f"{path}: tokenizer directory missing; republish the engine bundle")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, local_files_only=True)
+    except Exception as exc:
+        raise RepositoryError(f"{path}: cannot load the tokenizer ({exc})") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise RepositoryError(f"{path}: only a slow tokenizer could be loaded; add tokenizer.json to the bundle")
+    return tokenizer
+
+
+def decode_texts(raw: np.ndarray | Sequence[bytes | str]) -> list[str]:
+    """Turn a Triton TYPE_STRING tensor ([batch, 1] of bytes) into validated Python strings."""
+    array = np.asarray(raw, dtype=object)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise TokenizationError(f"TEXT must have shape [batch, 1], got {list(np.shape(raw))}")
+    if array.size == 0:
+        raise TokenizationError("the request holds no texts (batch size 0)")
+    texts = []
+    for index, item in enumerate(array):
+        if isinstance(item, bytes | bytearray | np.bytes_):
+            try:
+                item = bytes(item).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TokenizationError(
+                    f"text #{index} is not valid UTF-8 ({exc.reason} at byte {exc.start}); send UTF-8 encoded text"
+                ) from exc
+        elif not isinstance(item, str):
+            raise TokenizationError(f"text #{index} must be a string, got {type(item).__name__}")
+        if not item.strip():
+            raise TokenizationError(f"text #{index} is empty or whitespace only; send some text to classify")
+        texts.append(item)
+    return texts
+
+
+def tokenize_batch(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
+    """Tokenize with truncation to `max_length`, padded to the longest text; int64 [batch, seq] arrays."""
+    if not texts:
+        raise TokenizationError("no texts to tokenize")
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 to hold the special tokens, got {max_length}")
+    encoded = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        padding="longest",
+        return_attention_mask=True,
+        return_token_type_ids=True,
+        return_tensors="np",
+    )
+    ids = np.asarray(encoded["input_ids"], dtype=np.int64)
+    arrays = {
+        "input_ids": ids,
+        "attention_mask": np.asarray(encoded["attention_mask"], dtype=np.int64),
+        # Tokenizers of models without segment embeddings may omit them; the engine ignores zeros.
+        "token_type_ids": np.asarray(encoded.get("token_type_ids", np.zeros_like(ids)), dtype=np.int64),
+    }
+    return arrays

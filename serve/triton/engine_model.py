@@ -1,0 +1,98 @@
+"""Triton python-backend model for `<name>_engine`: token id tensors -> LOGITS, PROBABILITIES, LABEL.
+
+Copied verbatim as `model.py` into each published version directory, next to the engine files.
+All requests of a dynamic batch are classified with ONE ONNX Runtime call; a bad request gets an
+INVALID_ARG error on its own response while the others in the batch are answered normally.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+try:
+    from engineforge.serve import engine_runtime as rt
+    from engineforge.serve.engine_spec import EngineSpec
+except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
+    raise ImportError(
+        "engineforge is not importable by the Triton python backend stub; start the server with "
+        "`engineforge serve` (which puts the engineforge virtualenv first on PATH)"
+    ) from exc
+
+INPUTS = {"input_ids": "INPUT_IDS", "attention_mask": "ATTENTION_MASK", "token_type_ids": "TOKEN_TYPE_IDS"}
+
+
+def _error(message: str, code: int) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.spec = EngineSpec.load(version_dir)
+        # The config is shared by all versions: refuse to serve labels that differ from this build's.
+        configured = config.get("parameters", {}).get("labels", {}).get("string_value")
+        if configured is not None and json.loads(configured) != list(self.spec.labels):
+            raise ValueError(
+                f"config.pbtxt labels {configured} differ from {version_dir}/engine.json labels "
+                f"{list(self.spec.labels)}; republish this engine with engineforge"
+            )
+        self.dtypes = {
+            name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
+            for name in ("LOGITS", "PROBABILITIES", "LABEL")
+        }
+        self.session = rt.load_session(version_dir, self.spec)
+
+    def _read(self, request) -> rt.RequestArrays:
+        arrays = {}
+        for key, tensor_name in INPUTS.items():
+            tensor = pb_utils.get_input_tensor_by_name(request, tensor_name)
+            arrays[key] = None if tensor is None else tensor.as_numpy()
+        if arrays["input_ids"] is None or arrays["attention_mask"] is None:
+            raise rt.InvalidRequestError("INPUT_IDS and ATTENTION_MASK are both required")
+        return rt.validate_request_arrays(
+            arrays["input_ids"],
+            arrays["attention_mask"],
+            arrays["token_type_ids"],
+            max_positions=self.spec.max_position_embeddings,
+            vocab_size=self.spec.vocab_size,
+        )
+
+    def _respond(self, rows: rt.ClassifiedRows) -> pb_utils.InferenceResponse:
+        labels = np.array([[label.encode("utf-8")] for label in rows.labels], dtype=self.dtypes["LABEL"])
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("LOGITS", rows.logits.astype(self.dtypes["LOGITS"])),
+                pb_utils.Tensor("PROBABILITIES", rows.probabilities.astype(self.dtypes["PROBABILITIES"])),
+                pb_utils.Tensor("LABEL", labels),
+            ]
+        )
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        try:
+            valid: list[tuple[int, rt.RequestArrays]] = []
+            for index, request in enumerate(requests):
+                try:
+                    valid.append((index, self._read(request)))
+                except rt.InvalidRequestError as exc:
+                    responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
+            outcomes = rt.run_batch(self.session, self.spec, [arrays for _, arrays in valid])
+            for (index, _), outcome in zip(valid, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    message = f"the engine rejected this request: {outcome}"
+                    responses[index] = _error(message, pb_utils.TritonError.INVALID_ARG)
+                else:
+                    responses[index] = self._respond(outcome)
+        except Exception as exc:  # never crash the stub: answer every unanswered request instead
+            for index, response in enumerate(responses):
+                if response is None:
+                    responses[index] = _error(f"internal error: {exc}", pb_utils.TritonError.INTERNAL)
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None

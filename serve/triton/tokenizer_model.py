@@ -1,0 +1,66 @@
+"""Triton python-backend model for `<name>_tokenizer`: TEXT -> INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS.
+
+Copied verbatim as `model.py` into each published version directory, next to `tokenizer/` and
+`engine.json` (for max_sequence_length). Each request is padded to its own longest text; the engine
+model re-pads when it merges requests of a dynamic batch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+try:
+    from engineforge.serve import tokenize_runtime as rt
+    from engineforge.serve.engine_spec import EngineSpec
+except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
+    raise ImportError(
+        "engineforge is not importable by the Triton python backend stub; start the server with "
+        "`engineforge serve` (which puts the engineforge virtualenv first on PATH)"
+    ) from exc
+
+OUTPUTS = {"input_ids": "INPUT_IDS", "attention_mask": "ATTENTION_MASK", "token_type_ids": "TOKEN_TYPE_IDS"}
+
+
+def _error(message: str, code: int) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.spec = EngineSpec.load(version_dir)
+        self.dtypes = {
+            name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
+            for name in OUTPUTS.values()
+        }
+        self.tokenizer = rt.load_tokenizer(version_dir / rt.TOKENIZER_DIRNAME)
+
+    def _tokenize(self, request) -> pb_utils.InferenceResponse:
+        tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")
+        if tensor is None:
+            raise rt.TokenizationError("TEXT is required")
+        texts = rt.decode_texts(tensor.as_numpy())
+        arrays = rt.tokenize_batch(self.tokenizer, texts, self.spec.max_sequence_length)
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(name, arrays[key].astype(self.dtypes[name])) for key, name in OUTPUTS.items()
+            ]
+        )
+
+    def execute(self, requests: list) -> list:
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._tokenize(request))
+            except rt.TokenizationError as exc:
+                responses.append(_error(str(exc), pb_utils.TritonError.INVALID_ARG))
+            except Exception as exc:  # never crash the stub; this request alone gets the error
+                responses.append(_error(f"internal tokenizer error: {exc}", pb_utils.TritonError.INTERNAL))
+        return responses
+
+    def finalize(self) -> None:
+        self.tokenizer = None

@@ -1,0 +1,113 @@
+"""build-engine end to end on tiny checkpoints: real export, ORT optimizer, quantizer and ORT sessions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engineforge.build.cli import main as build_engine
+from engineforge.build.config import BuildConfig
+from engineforge.build.inference import ort_logits
+from engineforge.build.presets import load_recipe, preset_steps
+from engineforge.build.runner import run_build
+from engineforge.errors import AccuracyBudgetExceeded, CheckpointError, UnsupportedArchitectureError
+from engineforge.serve.engine_spec import EngineSpec
+from tests.helpers.tiny_checkpoint import TINY_LABELS, make_tiny_checkpoint, write_eval_data
+
+
+def _build(checkpoint: Path, eval_data: Path, out: Path, preset: str = "int8") -> dict:
+    steps = tuple(s for s in preset_steps(preset) if s.step_type != "publish")
+    return run_build(BuildConfig(checkpoint=checkpoint, output_dir=out, steps=steps, eval_data=eval_data))
+
+
+def test_int8_build_writes_a_servable_bundle_and_reports(tiny_checkpoint, tiny_eval_data, tmp_path):
+    report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out")
+    assert report["status"] == "ok"
+    assert [s["name"] for s in report["steps"]] == ["export", "graph_optimize", "dynamic_int8", "validate"]
+    optimize = report["steps"][1]["details"]
+    assert optimize["missing_fusions"] == [] and optimize["fused_ops"]["Attention"] == 2
+    assert report["steps"][2]["details"]["quantized_nodes"] > 0
+    assert report["validation"]["agreement"] >= 0.98
+
+    bundle = tmp_path / "out" / "engine"
+    spec = EngineSpec.load(bundle)
+    assert spec.labels == TINY_LABELS and spec.precision.startswith("int8")
+    assert (bundle / "tokenizer" / "tokenizer.json").is_file()
+    # The bundle's model is the validated int8 file, not the fp32 export.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
+    texts = [json.loads(line)["text"] for line in tiny_eval_data.read_text().splitlines()]
+    served = ort_logits(bundle / "model.onnx", tokenizer, texts, 128, threads=1)
+    built = ort_logits(tmp_path / "out" / "work" / "model.int8.onnx", tokenizer, texts, 128, threads=1)
+    np.testing.assert_array_equal(served, built)
+
+    on_disk = json.loads((tmp_path / "out" / "build_report.json").read_text())
+    assert on_disk["validation"]["examples"] == len(texts)
+    assert "## Accuracy" in (tmp_path / "out" / "build_report.md").read_text()
+    recipe = load_recipe(tmp_path / "out" / "recipe.toml")
+    assert [s.step_type for s in recipe["steps"]] == ["export", "graph_optimize", "dynamic_int8", "validate"]
+
+
+def test_fp32_preset_matches_pytorch_closely(tiny_checkpoint, tiny_eval_data, tmp_path):
+    report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out", preset="fp32")
+    assert report["validation"]["agreement"] == 1.0
+    assert report["validation"]["max_abs_logit_diff"] < 1e-4
+
+
+def test_budget_failure_is_clear_and_still_reported(tmp_path):
+    checkpoint = make_tiny_checkpoint(tmp_path / "near-tie", near_tie=True)
+    eval_data = write_eval_data(tmp_path / "eval.jsonl", checkpoint)
+    with pytest.raises(AccuracyBudgetExceeded, match=r"outside the accuracy budget.*Worst output difference"):
+        _build(checkpoint, eval_data, tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
+    assert report["status"] == "failed" and "AccuracyBudgetExceeded" in report["error"]
+    assert report["validation"]["agreement"] < 0.98
+
+
+def test_missing_checkpoint_exits_with_a_clear_message(tmp_path, capsys):
+    assert build_engine([str(tmp_path / "nope"), "-o", str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_corrupt_weights_are_reported(tiny_checkpoint, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"could not load weights from .*model\.safetensors"):
+        _build(broken, None, tmp_path / "out")  # type: ignore[arg-type]
+
+
+def test_corrupt_config_is_reported(tiny_checkpoint, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "config.json").write_text("{ not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        _build(broken, None, tmp_path / "out")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("model_type", "architecture", "fragment"), [
+    ("gpt2", "GPT2ForSequenceClassification", "model_type 'gpt2'"),
+    ("bert", "BertModel", "not a sequence classifier"),
+])
+def test_unsupported_architectures_are_refused(tiny_checkpoint, tmp_path, model_type, architecture, fragment):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_checkpoint, other)
+    config = json.loads((other / "config.json").read_text())
+    config.update(model_type=model_type, architectures=[architecture])
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedArchitectureError, match=fragment):
+        _build(other, None, tmp_path / "out")  # type: ignore[arg-type]
+
+
+def test_eval_labels_unknown_to_the_model_are_refused(tiny_checkpoint, tmp_path, capsys):
+    data = tmp_path / "eval.jsonl"
+    data.write_text('{"text": "hi", "label": "weather"}\n')
+    code = build_engine([str(tiny_checkpoint), "--eval-data", str(data), "-o", str(tmp_path / "out"), "--no-publish"])
+    assert code == 2
+    assert "labels ['weather'] that the model does not know" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""calculate_metrics is a pure function of records: check it on hand-made records."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from engineforge.loadtest.metrics import LoadMetrics, calculate_metrics
+from engineforge.loadtest.records import DRAIN, ERR_TIMEOUT, ERR_UNAVAILABLE, MEASURE, WARMUP, RequestResult
+
+
+def ok(latency_ms: float, batch_size: int = 1, phase: str = MEASURE) -> RequestResult:
+    return RequestResult(start_s=0.0, latency_s=latency_ms / 1000, ok=True, batch_size=batch_size, phase=phase)
+
+
+def err(kind: str | None = ERR_TIMEOUT, message: str = "deadline exceeded", latency_ms: float = 1.0) -> RequestResult:
+    return RequestResult(start_s=0.0, latency_s=latency_ms / 1000, ok=False, error=message, error_kind=kind)
+
+
+def test_percentiles_on_known_latencies_use_linear_interpolation():
+    records = [ok(ms) for ms in range(1, 101)]  # 1..100 ms
+    m = calculate_metrics(records, duration_s=10.0)
+    assert m.latency_p50_ms == pytest.approx(50.5)
+    assert m.latency_p90_ms == pytest.approx(90.1)
+    assert m.latency_p95_ms == pytest.approx(95.05)
+    assert m.latency_p99_ms == pytest.approx(99.01)
+    assert m.latency_mean_ms == pytest.approx(50.5)
+    assert m.latency_min_ms == pytest.approx(1.0)
+    assert m.latency_max_ms == pytest.approx(100.0)
+    assert m.latency_std_ms == pytest.approx(np.std(np.arange(1, 101)))
+    assert (m.requests, m.completed, m.errors, m.error_rate) == (100, 100, 0, 0.0)
+    assert m.throughput_rps == pytest.approx(10.0)
+
+
+def test_small_sample_percentile_matches_documented_example():
+    m = calculate_metrics([ok(1), ok(2), ok(3), ok(4)], duration_s=1.0)
+    assert m.latency_p50_ms == pytest.approx(2.5)
+
+
+def test_errors_are_counted_by_kind_and_excluded_from_latency_and_throughput():
+    records = [ok(10)] * 8 + [err(ERR_TIMEOUT, latency_ms=10_000), err(ERR_UNAVAILABLE, "refused"), err(None, "x")]
+    m = calculate_metrics(records, duration_s=2.0)
+    assert (m.requests, m.completed, m.errors) == (11, 8, 3)
+    assert m.error_rate == pytest.approx(3 / 11)
+    assert m.errors_by_kind == {ERR_TIMEOUT: 1, ERR_UNAVAILABLE: 1, "unknown": 1}
+    assert m.error_examples == ("deadline exceeded", "refused", "x")
+    assert m.throughput_rps == pytest.approx(4.0)  # successes only
+    assert m.latency_max_ms == pytest.approx(10.0)  # the 10 s timeout does not pollute latency
+
+
+def test_error_examples_are_distinct_and_capped():
+    m = calculate_metrics([err(message="same")] * 5 + [err(message=f"m{i}") for i in range(5)], 1.0)
+    assert m.error_examples == ("same", "m0", "m1")
+
+
+def test_zero_successes_gives_none_latencies_and_zero_throughput_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy "mean of empty slice" or division warnings
+        m = calculate_metrics([err(), err()], duration_s=5.0)
+    assert (m.requests, m.completed, m.errors, m.error_rate) == (2, 0, 2, 1.0)
+    assert m.throughput_rps == 0.0 and m.throughput_items_per_s == 0.0
+    for name in ("mean", "p50", "p90", "p95", "p99", "min", "max", "std"):
+        assert getattr(m, f"latency_{name}_ms") is None
+
+
+def test_no_records_at_all_has_undefined_error_rate():
+    m = calculate_metrics([], duration_s=1.0)
+    assert (m.requests, m.completed, m.errors) == (0, 0, 0)
+    assert m.error_rate is None
+    assert m.latency_p99_ms is None
+
+
+def test_throughput_accounts_for_batch_size():
+    records = [ok(5, batch_size=4)] * 10 + [RequestResult(0.0, 0.001, ok=False, batch_size=4, error="e")]
+    m = calculate_metrics(records, duration_s=2.0)
+    assert m.throughput_rps == pytest.approx(5.0)
+    assert m.throughput_items_per_s == pytest.approx(20.0)
+
+
+def test_warmup_and_drain_records_are_ignored_unless_asked():
+    records = [ok(1, phase=WARMUP)] * 5 + [ok(2)] * 3 + [ok(3, phase=DRAIN)] * 2
+    assert calculate_metrics(records, 1.0).requests == 3
+    assert calculate_metrics(records, 1.0).latency_max_ms == pytest.approx(2.0)
+    assert calculate_metrics(records, 1.0, measured_only=False).requests == 10
+
+
+@pytest.mark.parametrize("duration", [0.0, -1.0, math.nan])
+def test_non_positive_duration_is_rejected(duration):
+    with pytest.raises(ValueError, match="duration_s"):
+        calculate_metrics([ok(1)], duration_s=duration)
+
+
+def test_metrics_dict_round_trip():
+    m = calculate_metrics([ok(1), ok(2), err()], 1.0)
+    again = LoadMetrics.from_dict(m.to_dict())
+    assert again == m
+    assert isinstance(m.to_dict()["error_examples"], list)

@@ -1,0 +1,113 @@
+"""Report rendering from hand-made results: JSON round trip, Markdown table, plot, raw records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engineforge.errors import DataError
+from engineforge.loadtest.config import LoadTestConfig
+from engineforge.loadtest.metrics import calculate_metrics
+from engineforge.loadtest.records import ERR_TIMEOUT, WARMUP, RequestResult
+from engineforge.loadtest.report import (
+    SCHEMA,
+    default_stem,
+    load_json_report,
+    markdown_report,
+    markdown_table,
+    report_dict,
+    write_reports,
+)
+from engineforge.loadtest.runner import LevelResult, LoadTestResult
+
+
+def make_level(concurrency: int, latencies_ms: list[float], n_errors: int = 0, batch_size: int = 1) -> LevelResult:
+    records = [RequestResult(0.0, ms / 1000, ok=True, batch_size=batch_size) for ms in latencies_ms]
+    records += [RequestResult(0.0, 1.0, ok=False, error="[DEADLINE_EXCEEDED] slow", error_kind=ERR_TIMEOUT)] * n_errors
+    records.append(RequestResult(0.0, 0.5, ok=True, phase=WARMUP))
+    return LevelResult(
+        concurrency=concurrency,
+        window_s=2.0,
+        metrics=calculate_metrics(records, 2.0),
+        records=records,
+        warmup_requests=1,
+        client_cpu_percent=20.0,
+    )
+
+
+@pytest.fixture
+def result() -> LoadTestResult:
+    config = LoadTestConfig(model="bert/ensemble", concurrency=(1, 4, 8), duration_s=2.0, warmup_s=0.5, label="fp16")
+    levels = [
+        make_level(1, [1.0, 2.0, 3.0, 4.0]),
+        make_level(4, [2.0] * 10, n_errors=2),
+        make_level(8, [], n_errors=3),  # nothing succeeded
+    ]
+    return LoadTestResult(config, levels, "2025-01-01T00:00:00+00:00", "2025-01-01T00:00:09+00:00", {"name": "m"})
+
+
+def test_markdown_table_has_one_row_per_level(result):
+    lines = markdown_table(result).splitlines()
+    assert lines[0] == "| concurrency | requests | errors | throughput (req/s) | p50 ms | p90 ms | p95 ms | p99 ms |"
+    assert set(lines[1]) <= set("|-:")
+    rows = lines[2:]
+    assert len(rows) == 3
+    assert rows[0] == "| 1 | 4 | 0 | 2.0 | 2.50 | 3.70 | 3.85 | 3.97 |"
+    assert rows[1].startswith("| 4 | 12 | 2 | 5.0 | 2.00 |")
+    assert rows[2] == "| 8 | 3 | 3 | 0.0 | — | — | — | — |"
+
+
+def test_markdown_table_adds_items_per_second_for_batches():
+    config = LoadTestConfig(model="m", concurrency=(2,), batch_size=4)
+    res = LoadTestResult(config, [make_level(2, [1.0] * 6, batch_size=4)], "a", "b")
+    lines = markdown_table(res).splitlines()
+    assert "items/s" in lines[0]
+    assert "| 2 | 6 | 0 | 3.0 | 12.0 |" in lines[2]
+
+
+def test_json_report_round_trips(result, tmp_path):
+    paths = write_reports(result, tmp_path / "out", plot=False)
+    loaded = load_json_report(paths["json"])
+    assert loaded == json.loads(json.dumps(report_dict(result)))
+    assert loaded["schema"] == SCHEMA
+    assert loaded["server"] == {"url": "127.0.0.1:8001", "protocol": "grpc", "model": "bert/ensemble"}
+    assert loaded["settings"]["concurrency"] == [1, 4, 8]
+    assert "texts" not in loaded["settings"] and loaded["settings"]["n_texts"] > 0
+    assert [lv["metrics"]["requests"] for lv in loaded["levels"]] == [4, 12, 3]
+    assert loaded["levels"][2]["metrics"]["latency_p50_ms"] is None
+    # Rendering from the reloaded JSON gives the same Markdown as from the live result.
+    assert markdown_table(loaded) == markdown_table(result)
+
+
+def test_markdown_report_mentions_settings_and_warnings(result):
+    text = markdown_report(result, plot_name="x.png")
+    assert text.startswith("# Load test: `bert/ensemble` (fp16)")
+    assert "warm-up 0.5 s (discarded)" in text
+    assert "## Warnings" in text
+    assert "concurrency 4: 2 failed requests (2 timeout)" in text
+    assert "![latency and throughput vs concurrency](x.png)" in text
+
+
+def test_write_reports_writes_json_markdown_plot_and_records(result, tmp_path):
+    paths = write_reports(result, tmp_path, records=True)
+    assert set(paths) == {"json", "md", "png", "records"}
+    assert paths["json"].name == "loadtest_bert-ensemble_fp16_text.json"
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({paths['png'].name})" in paths["md"].read_text()
+    lines = paths["records"].read_text().splitlines()
+    assert len(lines) == sum(len(lv.records) for lv in result.levels)
+    assert {"phase", "latency_s", "ok", "error_kind"} <= set(json.loads(lines[0]))
+
+
+def test_default_stem_is_file_safe(result):
+    assert default_stem(result) == "loadtest_bert-ensemble_fp16_text"
+
+
+def test_load_json_report_rejects_other_files(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text('{"hello": 1}')
+    with pytest.raises(DataError, match="not an engineforge load-test report"):
+        load_json_report(other)
+    with pytest.raises(DataError, match="cannot read"):
+        load_json_report(tmp_path / "missing.json")
