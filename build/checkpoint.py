@@ -113,6 +113,9 @@ def load_checkpoint(path: Path) -> tuple[CheckpointInfo, Any, Any]:
     """Return (info, fp32 model in eval mode with eager attention, fast tokenizer)."""
     info = inspect_checkpoint(path)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # build steps print their own progress
 
     try:
         # Eager attention exports the plain MatMul/Softmax pattern ORT's attention fusion recognises.

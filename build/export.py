@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,12 @@ def export_onnx(ctx: BuildContext, config: ExportConfig) -> dict[str, Any]:
     path = ctx.work_dir / "model.fp32.onnx"
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
-    with torch.inference_mode():
+    # The TorchScript exporter is deliberate (dynamo needs onnxscript rewrites ORT's fusions don't match);
+    # its tracer and deprecation warnings say nothing actionable to a user of build-engine.
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*aten::index.*")
         torch.onnx.export(
             _logits_only(ctx.model, names), args, str(path), input_names=names, output_names=["logits"],
             dynamic_axes=axes, opset_version=config.opset, do_constant_folding=True, dynamo=False,

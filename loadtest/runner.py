@@ -179,7 +179,7 @@ async def run_levels(
         level = await run_level(request_fn, concurrency, duration_s, warmup_s, **level_kwargs)
         levels.append(level)
         if level.aborted:
-            info(f"skipping remaining concurrency levels: {level.aborted}")
+            level_kwargs.get("log", info)(f"skipping remaining concurrency levels: {level.aborted}")
             break
     return levels
 
@@ -245,10 +245,14 @@ async def _report_progress(
     while True:
         await asyncio.sleep(every_s)
         now, n = clock(), len(records)
-        rps = (n - last_n) / (now - last_t)
-        errors = sum(not r.ok for r in records)
-        where = "warming up" if now < warm_end else f"{min(now - warm_end, duration_s):.0f}/{duration_s:g}s"
-        log(f"concurrency {concurrency}: {where}, {n} requests, {rps:.1f} req/s, {errors} errors")
+        rps = (n - last_n) / (now - last_t)  # over the last interval, whatever the phase
+        if now < warm_end:
+            log(f"concurrency {concurrency}: warming up, {n} requests, {rps:.1f} req/s")
+        else:
+            measured = [r for r in records if r.phase == MEASURE]
+            errors = sum(not r.ok for r in measured)
+            done = f"{min(now - warm_end, duration_s):.0f}/{duration_s:g}s"
+            log(f"concurrency {concurrency}: {done}, {len(measured)} requests, {rps:.1f} req/s, {errors} errors")
         last_t, last_n = now, n
 
 

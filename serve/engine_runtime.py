@@ -89,9 +89,7 @@ def validate_request_arrays(
         )
     if ids.min() < 0 or (vocab_size is not None and ids.max() >= vocab_size):
         bound = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
-        raise InvalidRequestError(
-            f"input_ids must be in {bound}; got values from {ids.min()} to {ids.max()}"
-        )
+        raise InvalidRequestError(f"input_ids must be in {bound}; got values from {ids.min()} to {ids.max()}")
     types = None
     if token_type_ids is not None:
         types = _as_int_matrix("token_type_ids", token_type_ids)
@@ -189,9 +187,7 @@ def _classify(session, spec: EngineSpec, requests: Sequence[RequestArrays]) -> l
     return results
 
 
-def run_batch(
-    session, spec: EngineSpec, requests: Sequence[RequestArrays]
-) -> list[ClassifiedRows | Exception]:
+def run_batch(session, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows | Exception]:
     """Classify all requests with ONE ONNX Runtime call.
 
     If that call fails (e.g. a token id beyond the vocabulary when vocab_size is unknown), each

@@ -6,6 +6,7 @@ typo in a field name fails here, not when Triton loads the repository.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,11 +18,12 @@ from engineforge.errors import ConfigError
 DTYPES = frozenset(name for name in pb.DataType.keys() if name != "TYPE_INVALID")
 INSTANCE_KINDS = {"CPU": pb.ModelInstanceGroup.KIND_CPU, "GPU": pb.ModelInstanceGroup.KIND_GPU}
 ENSEMBLE = "ensemble"
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def _check_name(what: str, name: str) -> None:
-    if not isinstance(name, str) or not name or name.strip() != name or "/" in name:
-        raise ConfigError(f"{what} name {name!r} is invalid; use a non-empty name without spaces or '/'")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{what} name {name!r} is invalid; use letters, digits, '_', '-', '.' (no spaces or '/')")
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,7 @@ class TensorSpec:
     def __post_init__(self) -> None:
         _check_name("tensor", self.name)
         if self.dtype not in DTYPES:
-            raise ConfigError(
-                f"tensor {self.name!r}: unknown dtype {self.dtype!r}; use one of {sorted(DTYPES)}"
-            )
+            raise ConfigError(f"tensor {self.name!r}: unknown dtype {self.dtype!r}; use one of {sorted(DTYPES)}")
         object.__setattr__(self, "dims", tuple(self.dims))
         if not self.dims or any(not isinstance(d, int) or d == 0 or d < -1 for d in self.dims):
             raise ConfigError(

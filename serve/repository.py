@@ -170,7 +170,10 @@ def publish_engine(
     spec = check_bundle(bundle)
     try:
         configs = build_model_configs(
-            model_name, spec, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+            model_name,
+            spec,
+            max_batch_size=max_batch_size,
+            max_queue_delay_us=max_queue_delay_us,
             instances=instances,
         )
     except ConfigError as exc:
@@ -191,22 +194,25 @@ def publish_engine(
                     "choose another model name or move that directory away"
                 )
         version = 1 + max((v for p in model_dirs.values() for v in _versions_in(p)), default=0)
-        record = {
-            "build_id": spec.build_id,
-            "source_checkpoint": spec.source_checkpoint,
-            "precision": spec.precision,
-            "bundle": str(bundle),
-            "model_sha256": _sha256(bundle / spec.model_file),
-            "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.publish-", dir=repo.resolve().parent))
+        staging: Path | None = None
         try:
+            record = {
+                "build_id": spec.build_id,
+                "source_checkpoint": spec.source_checkpoint,
+                "precision": spec.precision,
+                "bundle": str(bundle),
+                "model_sha256": _sha256(bundle / spec.model_file),
+                "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+            # Beside the repository (same filesystem, so renames are atomic) but outside it, so a
+            # polling Triton never sees half-written models.
+            staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.publish-", dir=repo.resolve().parent))
             for kind, config in configs.items():
                 staged = staging / config.name
                 _stage_version(kind, bundle, spec, staged / str(version))
                 (staged / CONFIG).write_text(config.to_pbtxt(), encoding="utf-8")
-                manifest = _read_manifest(model_dirs[kind]) or {"model": config.name, "kind": kind, "versions": {}}
-                manifest["versions"][str(version)] = record
+                manifest = _read_manifest(model_dirs[kind]) or {"model": config.name, "kind": kind}
+                manifest.setdefault("versions", {})[str(version)] = record
                 (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             # Composing models first, ensemble last, so the ensemble never points at missing models.
             _commit(staging, model_dirs, [configs[k].name for k in ("tokenizer", "engine", "ensemble")], version)
@@ -215,7 +221,8 @@ def publish_engine(
         except Exception as exc:
             raise RepositoryError(f"publishing {bundle} into {repo} failed, repository left unchanged: {exc}") from exc
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
     return PublishedModel(
         name=configs["ensemble"].name,
         version=version,

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers.tiny_checkpoint import make_tiny_checkpoint, write_eval_data  # noqa: E402
+from tests.helpers.tiny_checkpoint import make_tiny_checkpoint, write_eval_data
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ pytest session (under the session's base temp dir, so modules that import the fi
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def make_tiny_bundle(
     example = (ids, torch.ones_like(ids), torch.zeros_like(ids))
     dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
     dynamic["logits"] = {0: "batch"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about constant shapes are expected here
         torch.onnx.export(
             model,
             example,

@@ -1,0 +1,149 @@
+"""Distill step: recover accuracy after pruning by distilling the unpruned fp32 teacher into the student.
+
+Loss per example: (1-alpha)·T²·KL(teacher_T || student_T) + alpha·CE(label); unlabelled text gets the KL
+term alone. Early stopping watches the student-teacher KL on a held-out slice of the training text
+(not the eval file, which the validate step must judge untouched); the best epoch's weights are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from engineforge import progress
+from engineforge.errors import ConfigError
+
+from .config import STAGE_DISTILL, StepConfig, register_config_type
+from .kd import accuracy, agreement_and_kl, kd_loss, make_batches, training_examples, with_teacher_logits
+from .pipeline import BuildContext, register_step
+
+
+@register_config_type
+@dataclass(frozen=True)
+class DistillConfig(StepConfig):
+    """Knowledge distillation from the original model (teacher) into the current one (student)."""
+
+    step_type: ClassVar[str] = "distill"
+    stage: ClassVar[int] = STAGE_DISTILL
+
+    epochs: int = 10
+    learning_rate: float = 1e-4
+    batch_size: int = 16
+    max_length: int = 128
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the hard-label cross-entropy where labels exist
+    patience: int = 3  # epochs without held-out improvement before stopping; 0 = never stop early
+    holdout_fraction: float = 0.1  # slice of the training text kept for early stopping
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"distill.epochs must be >= 1, got {self.epochs}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"distill.learning_rate={self.learning_rate}: use a small positive rate, e.g. 1e-4")
+        if self.batch_size < 1:
+            raise ConfigError(f"distill.batch_size must be >= 1, got {self.batch_size}")
+        if not 8 <= self.max_length <= 8192:
+            raise ConfigError(f"distill.max_length={self.max_length}: use 8..8192 (128 is typical)")
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature={self.temperature}: must be > 0 (1-4 is typical)")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"distill.alpha={self.alpha}: give the hard-label weight in [0, 1], e.g. 0.5")
+        if self.patience < 0:
+            raise ConfigError(f"distill.patience must be >= 0 (0 = no early stopping), got {self.patience}")
+        if not 0 <= self.holdout_fraction < 0.5:
+            raise ConfigError(f"distill.holdout_fraction={self.holdout_fraction}: use [0, 0.5), e.g. 0.1")
+        if self.weight_decay < 0:
+            raise ConfigError(f"distill.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, held-out indices): a seeded shuffle; at least 8 held out when any is asked for."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    if fraction <= 0 or n < 16:
+        return order, []
+    size = max(8, round(n * fraction))
+    return order[size:], order[:size]
+
+
+def _sig(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+@register_step(DistillConfig)
+def distill(ctx: BuildContext, config: DistillConfig) -> dict[str, Any]:
+    import torch
+
+    if ctx.model is ctx.reference_model:
+        raise ConfigError("distill would train the fp32 reference model: the runner must give steps a copy")
+    teacher, student = ctx.reference_model, ctx.model
+    examples, source = training_examples(ctx, "distill")
+    torch.manual_seed(config.seed)
+    train_idx, held_idx = split_holdout(len(examples), config.holdout_fraction, config.seed)
+    # Teacher logits never change: compute them once (per example for training, so reshuffled batches reuse them).
+    held = with_teacher_logits(teacher, make_batches(ctx, examples, 64, config.max_length, held_idx))
+    evals = make_batches(ctx, ctx.eval_examples, 64, config.max_length)
+    train_fixed = with_teacher_logits(teacher, make_batches(ctx, examples, 64, config.max_length, train_idx))
+    per_example = torch.empty(len(examples), len(ctx.labels))
+    for batch in train_fixed:
+        per_example[list(batch.indices)] = batch.teacher
+    monitor = held or train_fixed
+    before = agreement_and_kl(student, monitor)
+    eval_before = accuracy(student, evals)
+
+    steps_per_epoch = -(-len(train_idx) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = max(1, total // 10)  # linear warm-up then linear decay: stable on a freshly pruned model
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(total - warmup, 1))))
+    rng = random.Random(config.seed)
+    best = {"kl": before["kl"], "epoch": 0, "state": copy.deepcopy(student.state_dict())}
+    history, stale, start = [], 0, time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        order = list(train_idx)
+        rng.shuffle(order)
+        student.train()
+        loss_sum = 0.0
+        for batch in make_batches(ctx, examples, config.batch_size, config.max_length, order):
+            logits = student(**batch.inputs).logits
+            loss = kd_loss(logits, per_example[list(batch.indices)], batch.labels, config.temperature, config.alpha)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss) * len(batch.labels)
+        stats = agreement_and_kl(student, monitor)
+        history.append({"epoch": epoch, "loss": _sig(loss_sum / len(train_idx)),
+                        "heldout_kl": _sig(stats["kl"]), "heldout_agreement": round(stats["agreement"], 4)})
+        progress.info(f"  distill epoch {epoch}/{config.epochs}: loss {loss_sum / len(train_idx):.4f}, held-out "
+                      f"KL {stats['kl']:.4f}, agreement {stats['agreement']:.1%}, {time.perf_counter() - start:.1f}s")
+        if stats["kl"] < best["kl"]:
+            best, stale = {"kl": stats["kl"], "epoch": epoch, "state": copy.deepcopy(student.state_dict())}, 0
+        else:
+            stale += 1
+            if config.patience and stale >= config.patience:
+                progress.info(f"  distill: no held-out improvement for {stale} epochs, stopping")
+                break
+    student.load_state_dict(best["state"])
+    student.eval()
+    after = agreement_and_kl(student, monitor)
+    details: dict[str, Any] = {
+        "data": f"{len(train_idx)} {source} examples, {len(held_idx) or 'no'} held out"
+                + ("" if held_idx else " (monitoring on the training text)"),
+        "epochs_run": len(history), "best_epoch": best["epoch"], "train_seconds": round(time.perf_counter() - start, 1),
+        "kl_before": _sig(before["kl"]), "kl_after": _sig(after["kl"]),
+        "agreement_before": round(before["agreement"], 4), "agreement_after": round(after["agreement"], 4),
+        "history": history,
+    }
+    eval_after = accuracy(student, evals)
+    if eval_before is not None and eval_after is not None:  # labelled eval data: the student's own accuracy
+        details["eval_accuracy_before"] = round(100 * eval_before, 2)
+        details["eval_accuracy_after"] = round(100 * eval_after, 2)
+    return details

@@ -1,0 +1,124 @@
+"""Shared by pruning and distillation: training text, batches of tensors and the teacher-student loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from engineforge.errors import DataError
+
+from .data import Example
+from .inference import model_input_names
+from .pipeline import BuildContext
+
+
+def training_examples(ctx: BuildContext, step: str) -> tuple[list[Example], str]:
+    """Train data, else calibration data; never invented. Returns (examples, which source)."""
+    if ctx.train_examples:
+        return list(ctx.train_examples), "train"
+    if ctx.calibration_examples:
+        return list(ctx.calibration_examples), "calibration"
+    raise DataError(
+        f"step '{step}' needs representative text: pass --train-data FILE (JSONL/CSV with a 'text' column, "
+        "labels optional) or set train_data in the recipe"
+    )
+
+
+def label_ids(examples: Sequence[Example], labels: Sequence[str]) -> list[int]:
+    """Class index per example, -100 (ignored by cross-entropy) where the example has no label."""
+    index = {label: i for i, label in enumerate(labels)}
+    return [index[e.label] if e.label is not None and e.label in index else -100 for e in examples]
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, Any]  # tensors for model(**inputs)
+    labels: Any  # LongTensor, -100 where unlabelled
+    teacher: Any = None  # teacher logits, filled by with_teacher_logits
+    indices: tuple[int, ...] = ()
+
+
+def make_batches(ctx: BuildContext, examples: Sequence[Example], batch_size: int, max_length: int,
+                 order: Sequence[int] | None = None) -> list[Batch]:
+    """Tokenize in `order` (default: as given), padding each batch to its longest text only."""
+    import torch
+
+    names = model_input_names(ctx.tokenizer)
+    order = list(range(len(examples))) if order is None else list(order)
+    ids = label_ids(examples, ctx.labels)
+    out = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        enc = ctx.tokenizer([examples[i].text for i in chunk], padding="longest", truncation=True,
+                            max_length=max_length, return_tensors="pt")
+        inputs = {n: enc[n] for n in names if n in enc}
+        if "token_type_ids" in names and "token_type_ids" not in inputs:
+            inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        out.append(Batch(inputs, torch.tensor([ids[i] for i in chunk], dtype=torch.long), indices=tuple(chunk)))
+    return out
+
+
+def with_teacher_logits(teacher: Any, batches: Sequence[Batch]) -> list[Batch]:
+    import torch
+
+    teacher.eval()
+    with torch.inference_mode():
+        for batch in batches:
+            batch.teacher = teacher(**batch.inputs).logits.float().clone()
+    return list(batches)
+
+
+def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: float = 1.0,
+            alpha: float = 0.0, reduction: str = "mean") -> Any:
+    """(1-alpha)·T²·KL(teacher_T || student_T) + alpha·CE(labels); KL alone where no label is given.
+
+    reduction="sum" keeps examples separable, which per-example importance scores rely on.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    t = float(temperature)
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                  reduction="none", log_target=True).sum(-1) * (t * t)
+    labelled = labels >= 0
+    per_example = kl
+    if alpha > 0 and bool(labelled.any()):
+        ce = F.cross_entropy(student_logits, labels.clamp(min=0), reduction="none")
+        per_example = torch.where(labelled, (1 - alpha) * kl + alpha * ce, kl)
+    if reduction == "none":
+        return per_example
+    return per_example.sum() if reduction == "sum" else per_example.mean()
+
+
+def agreement_and_kl(student: Any, batches: Sequence[Batch]) -> dict[str, float]:
+    """Student vs teacher on cached batches: argmax agreement and mean KL at T=1."""
+    import torch
+
+    was_training = student.training
+    student.eval()
+    agree = kl = total = 0.0
+    with torch.inference_mode():
+        for batch in batches:
+            logits = student(**batch.inputs).logits.float()
+            agree += float((logits.argmax(-1) == batch.teacher.argmax(-1)).sum())
+            kl += float(kd_loss(logits, batch.teacher, batch.labels, reduction="sum"))
+            total += len(batch.labels)
+    student.train(was_training)
+    return {"agreement": agree / max(total, 1), "kl": kl / max(total, 1)}
+
+
+def accuracy(model: Any, batches: Sequence[Batch]) -> float | None:
+    """Label accuracy (0..1) on the labelled examples of `batches`, None when none is labelled."""
+    import torch
+
+    correct = total = 0
+    model.eval()
+    with torch.inference_mode():
+        for batch in batches:
+            mask = batch.labels >= 0
+            if bool(mask.any()):
+                pred = model(**batch.inputs).logits.argmax(-1)
+                correct += int((pred[mask] == batch.labels[mask]).sum())
+                total += int(mask.sum())
+    return correct / total if total else None

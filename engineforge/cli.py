@@ -1,0 +1,37 @@
+"""`engineforge`: one command family (build, serve, infer, loadtest, demo). Thin: parse, then call functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from engineforge.demo import run as demo
+    from engineforge.loadtest import cli as loadtest_cli
+    from engineforge.serve import cli as serve_cli
+
+    parser = argparse.ArgumentParser(prog="engineforge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    build = sub.add_parser("build", help="same as build-engine (see `build-engine --help`)", add_help=False)
+    build.add_argument("build_args", nargs=argparse.REMAINDER)
+    build.set_defaults(func=_run_build)
+    serve_cli.add_parsers(sub)
+    loadtest_cli.add_parser(sub)
+    demo.add_parser(sub)
+    return parser
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from engineforge.build.cli import main as build_main
+
+    return build_main(args.build_args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""`engineforge serve` and `engineforge infer` sub-commands (registered by the top-level CLI).
+
+Heavy imports (tritonclient, numpy) happen inside the run functions so `engineforge --help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from engineforge.errors import EngineforgeError
+
+DEFAULT_REPO = "model_repo"
+DEFAULT_MODEL = "classifier"  # = repository.DEFAULT_MODEL_NAME, repeated to keep this import light
+DEFAULT_URL = "127.0.0.1:8001"
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register `serve` and `infer`; each parser gets `func` set to its run function."""
+    serve = subparsers.add_parser("serve", help="run Triton on a model repository until Ctrl-C")
+    serve.add_argument("--repo", default=DEFAULT_REPO, help="Triton model repository (default: %(default)s)")
+    serve.add_argument("--grpc-port", type=int, default=8001, help="0 picks a free port (default: %(default)s)")
+    serve.add_argument("--http-port", type=int, default=8000, help="(default: %(default)s)")
+    serve.add_argument("--metrics-port", type=int, default=8002, help="(default: %(default)s)")
+    serve.add_argument("--log-file", default=None, help="server log (default: a temporary file, printed)")
+    serve.add_argument(
+        "--model-control-mode", choices=("none", "explicit"), default="none",
+        help="none: load every model in the repository; explicit: only --load-model ones",
+    )  # fmt: skip
+    serve.add_argument("--load-model", action="append", default=[], help="model to load (explicit mode)")
+    serve.add_argument("--startup-timeout", type=float, default=120.0, help="seconds (default: %(default)s)")
+    serve.set_defaults(func=run_serve)
+
+    infer = subparsers.add_parser("infer", help="classify texts or token ids with a running server")
+    infer.add_argument("texts", nargs="*", help="texts to classify through the ensemble")
+    infer.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC address (default: %(default)s)")
+    infer.add_argument("--model", default=DEFAULT_MODEL, help="published model name (default: %(default)s)")
+    infer.add_argument(
+        "--token-ids", action="append", default=[], metavar="1,2,3",
+        help="one sequence of token ids (repeat for a batch); sent to <model>_engine",
+    )  # fmt: skip
+    infer.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    infer.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)")
+    infer.set_defaults(func=run_infer)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .server import serve_forever
+
+    try:
+        return serve_forever(
+            args.repo,
+            grpc_port=args.grpc_port,
+            http_port=args.http_port,
+            metrics_port=args.metrics_port,
+            log_file=args.log_file,
+            model_control_mode=args.model_control_mode,
+            load_models=tuple(args.load_model),
+            startup_timeout_s=args.startup_timeout,
+        )
+    except EngineforgeError as exc:
+        return _fail(str(exc))
+
+
+def parse_token_ids(rows: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """Parse "1,2,3" strings into (ids, attention mask), right-padded with id 0 / mask 0 to the longest row."""
+    ids = []
+    for row in rows:
+        try:
+            ids.append([int(part) for part in row.replace(" ", "").split(",") if part])
+        except ValueError as exc:
+            raise ValueError(f"--token-ids {row!r} is not a comma-separated list of integers") from exc
+        if not ids[-1]:
+            raise ValueError(f"--token-ids {row!r} holds no ids")
+    longest = max(len(r) for r in ids)
+    mask = [[1] * len(r) + [0] * (longest - len(r)) for r in ids]
+    return [r + [0] * (longest - len(r)) for r in ids], mask
+
+
+def format_table(inputs: list[str], predictions: list[Any]) -> str:
+    labels = list(predictions[0].probabilities) if predictions else []
+    header = ["input", "label", *labels]
+    rows = [
+        [text if len(text) <= 40 else text[:37] + "...", p.label, *(f"{p.probabilities[n]:.4f}" for n in labels)]
+        for text, p in zip(inputs, predictions, strict=True)
+    ]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    if bool(args.texts) == bool(args.token_ids):
+        return _fail("give either texts or --token-ids (not both, not neither)", 2)
+    try:
+        token_rows = parse_token_ids(args.token_ids) if args.token_ids else None
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    from .client import EngineforgeClient
+
+    try:
+        with EngineforgeClient(args.url, timeout_s=args.timeout) as client:
+            if token_rows is not None:
+                predictions = client.classify_token_ids(*token_rows, model=args.model)
+                inputs = args.token_ids
+            else:
+                predictions = client.classify(args.texts, model=args.model)
+                inputs = args.texts
+    except EngineforgeError as exc:
+        return _fail(str(exc))
+    if args.json:
+        payload = [
+            {"input": text, "label": p.label, "probabilities": p.probabilities}
+            for text, p in zip(inputs, predictions, strict=True)
+        ]
+        print(json.dumps(payload, indent=2))
+    else:
+        print(format_table(inputs, predictions))
+    return 0

@@ -1,0 +1,189 @@
+"""gRPC client for engineforge models served by Triton (KServe v2 protocol).
+
+Errors come back typed: ServerUnavailableError (nothing listens), ModelNotReadyError (names the
+model and lists the ready ones), InferenceRequestError (the server's own message for a rejected
+request), ServerError (timeouts and other server-side failures).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+
+from engineforge.errors import (
+    InferenceRequestError,
+    ModelNotReadyError,
+    ServerError,
+    ServerUnavailableError,
+)
+
+from .model_layout import ENGINE_SUFFIX, LABELS_PARAMETER
+from .repository import DEFAULT_MODEL_NAME
+
+DEFAULT_URL = "127.0.0.1:8001"
+_NUMPY_TO_TRITON = {
+    "int64": "INT64", "int32": "INT32", "float32": "FP32", "float64": "FP64", "float16": "FP16",
+    "bool": "BOOL", "object": "BYTES", "uint8": "UINT8", "int8": "INT8",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+
+    @property
+    def score(self) -> float:
+        """Probability of the predicted label."""
+        return self.probabilities[self.label]
+
+
+class EngineforgeClient:
+    """Classify through `<model>` (text -> ensemble) or `<model>_engine` (token ids)."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = 30.0) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self.url = url
+        self.timeout_s = timeout_s
+        self._grpc = grpcclient
+        self._client = grpcclient.InferenceServerClient(url)  # connects lazily
+        self._labels: dict[str, tuple[str, ...]] = {}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> EngineforgeClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _translate(self, exc: Exception, model: str | None = None) -> Exception:
+        status = str(exc.status() if hasattr(exc, "status") else "")
+        message = exc.message() if hasattr(exc, "message") else str(exc)
+        # gRPC says UNAVAILABLE for transport failures (refused, reset, closed); Triton's own
+        # UNAVAILABLE answers are about a model, and name it.
+        if status.endswith("UNAVAILABLE") and "model" not in message.lower():
+            return ServerUnavailableError(
+                f"no Triton server answers at {self.url} — start it with `engineforge serve` ({message})"
+            )
+        if status.endswith("DEADLINE_EXCEEDED"):
+            return ServerError(f"Triton at {self.url} gave no answer within {self.timeout_s:g}s ({message})")
+        if model is not None and ("unknown model" in message or "is not ready" in message):
+            self._labels.pop(model, None)
+            return self._not_ready(model)
+        if status.endswith("INTERNAL"):  # the server failed (e.g. a crashed stub), not the request
+            return ServerError(f"Triton at {self.url} failed while running {model or 'the request'}: {message}")
+        return InferenceRequestError(f"{model or 'server'} rejected the request: {message}")
+
+    def _not_ready(self, model: str) -> ModelNotReadyError:
+        ready = ", ".join(self.ready_models()) or "none"
+        return ModelNotReadyError(f"model {model!r} is not ready on Triton at {self.url}; ready models: {ready}")
+
+    def is_server_ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready(client_timeout=self.timeout_s))
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    def ready_models(self) -> list[str]:
+        try:
+            index = self._client.get_model_repository_index(client_timeout=self.timeout_s)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        return sorted({m.name for m in index.models if m.state == "READY"})
+
+    def labels(self, model: str = DEFAULT_MODEL_NAME) -> tuple[str, ...]:
+        """Label names (index = class id) from the model config's `labels` parameter; checks readiness."""
+        if model not in self._labels:
+            try:
+                ready = self._client.is_model_ready(model, client_timeout=self.timeout_s)
+                config = self._client.get_model_config(model, client_timeout=self.timeout_s).config if ready else None
+            except Exception as exc:
+                raise self._translate(exc) from exc
+            if config is None:
+                raise self._not_ready(model)
+            if LABELS_PARAMETER not in config.parameters:
+                raise ModelNotReadyError(
+                    f"model {model!r} has no '{LABELS_PARAMETER}' parameter; it was not published by engineforge"
+                )
+            self._labels[model] = tuple(json.loads(config.parameters[LABELS_PARAMETER].string_value))
+        return self._labels[model]
+
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Low-level call: numpy arrays in (dtype sent as is), numpy arrays out, errors typed."""
+        request = []
+        for name, array in inputs.items():
+            array = np.asarray(array)
+            dtype = _NUMPY_TO_TRITON.get(array.dtype.name)
+            if dtype is None:
+                raise InferenceRequestError(f"input {name}: numpy dtype {array.dtype} has no Triton equivalent")
+            tensor = self._grpc.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            request.append(tensor)
+        wanted = [self._grpc.InferRequestedOutput(name) for name in outputs]
+        try:
+            result = self._client.infer(model, request, outputs=wanted, client_timeout=self.timeout_s)
+        except Exception as exc:
+            raise self._translate(exc, model) from exc
+        return {name: result.as_numpy(name) for name in outputs}
+
+    def _predictions(self, model: str, result: dict[str, np.ndarray]) -> list[Prediction]:
+        labels = self.labels(model)
+        probabilities = result["PROBABILITIES"]
+        if probabilities is None or probabilities.ndim != 2 or probabilities.shape[1] != len(labels):
+            raise ServerError(
+                f"{model} returned PROBABILITIES of shape {getattr(probabilities, 'shape', None)} for "
+                f"{len(labels)} labels; is the numpy in the server's environment < 2?"
+            )
+        predicted = [value.decode("utf-8") for value in result["LABEL"].reshape(-1)]
+        return [
+            Prediction(label, {name: float(p) for name, p in zip(labels, row, strict=True)})
+            for label, row in zip(predicted, probabilities, strict=True)
+        ]
+
+    def classify(self, texts: str | Sequence[str], model: str = DEFAULT_MODEL_NAME) -> list[Prediction]:
+        """Classify raw texts through the ensemble `model` (one request; the server enforces max_batch_size)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise InferenceRequestError("no texts to classify")
+        if not all(isinstance(t, str) for t in texts):
+            raise InferenceRequestError("texts must be strings")
+        self.labels(model)  # readiness check with a clear error before sending data
+        array = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+        return self._predictions(model, self.infer(model, {"TEXT": array}, ("LABEL", "PROBABILITIES")))
+
+    def classify_token_ids(
+        self,
+        input_ids: Sequence[Sequence[int]] | np.ndarray,
+        attention_mask: Sequence[Sequence[int]] | np.ndarray,
+        token_type_ids: Sequence[Sequence[int]] | np.ndarray | None = None,
+        model: str = DEFAULT_MODEL_NAME,
+    ) -> list[Prediction]:
+        """Classify pre-tokenized [batch, seq] ids through `<model>_engine` (bypasses the tokenizer)."""
+        engine = model if model.endswith(ENGINE_SUFFIX) else model + ENGINE_SUFFIX
+        self.labels(engine)
+        inputs = {"INPUT_IDS": _int64_matrix("input_ids", input_ids)}
+        inputs["ATTENTION_MASK"] = _int64_matrix("attention_mask", attention_mask)
+        if token_type_ids is not None:
+            inputs["TOKEN_TYPE_IDS"] = _int64_matrix("token_type_ids", token_type_ids)
+        return self._predictions(engine, self.infer(engine, inputs, ("LABEL", "PROBABILITIES")))
+
+
+def _int64_matrix(name: str, value: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # ragged nested lists
+        raise InferenceRequestError(f"{name} must be a rectangular [batch, seq] array: {exc}") from exc
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.dtype.kind not in "iu":
+        raise InferenceRequestError(f"{name} must be integers of shape [batch, seq], got {array.dtype} {array.shape}")
+    return array.astype(np.int64)

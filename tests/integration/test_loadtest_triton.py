@@ -1,0 +1,309 @@
+"""Load tests against a REAL tritonserver (python backend) over gRPC, plus failure modes.
+
+The server hosts two trivial python-backend models created in a temp dir:
+- echo_text: TEXT (BYTES [1]) -> LABEL (BYTES [1]), PROBABILITIES (FP32 [-1]), like the ensemble;
+- echo_tokens: INPUT_IDS, ATTENTION_MASK (INT64 [-1]) -> LOGITS (FP32 [2]), like an engine
+  without TOKEN_TYPE_IDS (so it also checks that tokens mode only sends declared inputs).
+
+`_TritonServer` is a stop-gap launcher until engineforge.serve.server exists; swap it then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engineforge.errors import ConfigError, ModelNotReadyError, ServerUnavailableError
+from engineforge.loadtest import cli
+from engineforge.loadtest.config import LoadTestConfig
+from engineforge.loadtest.records import ERR_UNAVAILABLE
+from engineforge.loadtest.report import load_json_report, write_reports
+from engineforge.loadtest.runner import run_loadtest
+
+TEXT_MODEL_CONFIG = """
+name: "echo_text"
+backend: "python"
+max_batch_size: 8
+input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [
+  { name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "PROBABILITIES" data_type: TYPE_FP32 dims: [ -1 ] }
+]
+dynamic_batching { }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+TEXT_MODEL_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.labels = [b"negative", b"positive"]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            texts = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+            picks = [len(row[0]) % 2 for row in texts]
+            labels = np.array([[self.labels[p]] for p in picks], dtype=np.object_)
+            probs = np.array([[1.0 - p, float(p)] for p in picks], dtype=np.float32)
+            responses.append(pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor("LABEL", labels), pb_utils.Tensor("PROBABILITIES", probs)]
+            ))
+        return responses
+"""
+
+TOKENS_MODEL_CONFIG = """
+name: "echo_tokens"
+backend: "python"
+max_batch_size: 8
+input [
+  { name: "INPUT_IDS" data_type: TYPE_INT64 dims: [ -1 ] },
+  { name: "ATTENTION_MASK" data_type: TYPE_INT64 dims: [ -1 ] }
+]
+output [ { name: "LOGITS" data_type: TYPE_FP32 dims: [ 2 ] } ]
+dynamic_batching { }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+TOKENS_MODEL_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        pass
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            ids = pb_utils.get_input_tensor_by_name(request, "INPUT_IDS").as_numpy()
+            mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK").as_numpy()
+            logits = np.stack([mask.sum(axis=1), ids.mean(axis=1)], axis=1).astype(np.float32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("LOGITS", logits)]))
+        return responses
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _TritonServer:
+    """Starts tritonserver from the nvidia-pytriton wheel with the python backend; see module doc."""
+
+    def __init__(self, repo: Path, workdir: Path) -> None:
+        import pytriton
+
+        self.triton_dir = Path(pytriton.__file__).parent / "tritonserver"
+        self.binary = self.triton_dir / "bin" / "tritonserver"
+        self.repo, self.workdir = repo, workdir
+        self.grpc_port = _free_port()
+        self.url = f"127.0.0.1:{self.grpc_port}"
+        self.log_path = workdir / "tritonserver.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        py_dir = self.workdir / "backends" / "python"
+        py_dir.mkdir(parents=True, exist_ok=True)
+        stub = self.triton_dir / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+        for src in (
+            self.triton_dir / "backends" / "python" / "libtriton_python.so",
+            self.triton_dir / "backends" / "python" / "triton_python_backend_utils.py",
+            stub / "triton_python_backend_stub",
+        ):
+            shutil.copy2(src, py_dir / src.name)
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        # The stub must load the venv's libpython, not the system one (which crashes importing ssl).
+        libs = Path(self.triton_dir).parent.parent / "nvidia_pytriton.libs"
+        env["LD_LIBRARY_PATH"] = f"{sysconfig.get_config_var('LIBDIR')}{os.pathsep}{libs}"
+        command = [
+            str(self.binary),
+            f"--model-repository={self.repo}",
+            f"--backend-directory={self.workdir / 'backends'}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1",
+            f"--http-port={_free_port()}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={_free_port()}",
+        ]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_ready(timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(self.url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+                try:
+                    if client.is_server_ready(client_timeout=1.0):
+                        return
+                except Exception:  # not listening yet
+                    pass
+                time.sleep(0.1)
+        finally:
+            client.close()
+        self.stop()
+        raise RuntimeError(f"tritonserver not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory) -> Iterator[_TritonServer]:
+    pytest.importorskip("pytriton")
+    root = tmp_path_factory.mktemp("triton")
+    repo = root / "repo"
+    for name, config, code in (
+        ("echo_text", TEXT_MODEL_CONFIG, TEXT_MODEL_PY),
+        ("echo_tokens", TOKENS_MODEL_CONFIG, TOKENS_MODEL_PY),
+    ):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text(textwrap.dedent(config))
+        (repo / name / "1" / "model.py").write_text(textwrap.dedent(code))
+    server = _TritonServer(repo, root)
+    if not server.binary.exists():
+        pytest.skip(f"no tritonserver binary at {server.binary}")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.triton
+def test_text_load_test_at_concurrency_1_and_2(triton, tmp_path):
+    config = LoadTestConfig(
+        model="echo_text", url=triton.url, concurrency=(1, 2), duration_s=2.0, warmup_s=0.3, progress_every_s=1.0
+    )
+    result = run_loadtest(config)
+    assert [lv.concurrency for lv in result.levels] == [1, 2]
+    for level in result.levels:
+        m = level.metrics
+        assert m.completed > 0, level
+        assert m.errors == 0, m.error_examples
+        assert m.latency_p50_ms is not None and 0 < m.latency_p50_ms < 1000
+        assert level.cancelled_requests == 0 and level.aborted is None
+        assert {r.output for r in level.records if r.ok} <= {"negative", "positive"}
+    assert result.model_metadata["name"] == "echo_text"
+    assert not result.failed
+
+    paths = write_reports(result, tmp_path)
+    report = load_json_report(paths["json"])
+    assert [lv["metrics"]["completed"] for lv in report["levels"]] == [lv.metrics.completed for lv in result.levels]
+    assert paths["png"].stat().st_size > 0
+
+
+@pytest.mark.triton
+def test_tokens_load_test_with_batches_sends_only_declared_inputs(triton):
+    config = LoadTestConfig(
+        model="echo_tokens", url=triton.url, mode="tokens", concurrency=(2,), duration_s=1.0, warmup_s=0.2,
+        batch_size=4, seq_len=16, progress_every_s=0,
+    )  # fmt: skip
+    level = run_loadtest(config).levels[0]
+    assert level.metrics.errors == 0, level.metrics.error_examples
+    assert level.metrics.completed > 0
+    assert level.metrics.throughput_items_per_s == pytest.approx(4 * level.metrics.throughput_rps)
+    assert {r.output for r in level.records if r.ok} == {"1"}  # argmax of [16, ~1500]
+
+
+@pytest.mark.triton
+def test_missing_model_lists_ready_models(triton):
+    with pytest.raises(ModelNotReadyError) as info:
+        run_loadtest(LoadTestConfig(model="no_such_model", url=triton.url, duration_s=1.0))
+    message = str(info.value)
+    assert "'no_such_model'" in message and triton.url in message
+    assert "ready models: echo_text, echo_tokens" in message
+
+
+@pytest.mark.triton
+def test_mode_that_does_not_match_model_inputs_is_a_config_error(triton):
+    with pytest.raises(ConfigError, match="use --mode tokens"):
+        run_loadtest(LoadTestConfig(model="echo_tokens", url=triton.url, mode="text", duration_s=1.0))
+
+
+@pytest.mark.triton
+def test_cli_end_to_end(triton, tmp_path, capsys):
+    out = tmp_path / "reports"
+    code = cli.main(
+        ["--url", triton.url, "--model", "echo_text", "--concurrency", "1", "--duration", "1", "--warmup", "0.2",
+         "--batch-size", "2", "--out", str(out), "--name", "run", "--save-records"]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    table = captured.out.strip().splitlines()
+    assert table[0].startswith("| concurrency | requests | errors | throughput (req/s) | items/s |")
+    assert len(table) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "run.md", "run.png", "run.records.jsonl"]
+    assert json.loads((out / "run.json").read_text())["settings"]["batch_size"] == 2
+
+
+def test_no_server_gives_server_unavailable_error():
+    url = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(ServerUnavailableError) as info:
+        run_loadtest(LoadTestConfig(model="echo_text", url=url, duration_s=1.0))
+    assert f"no Triton server answers at {url}" in str(info.value)
+    assert "`engineforge serve`" in str(info.value)
+    assert time.monotonic() - t0 < 10
+
+
+def test_cli_without_server_exits_2_with_message(capsys, tmp_path):
+    url = f"127.0.0.1:{_free_port()}"
+    assert cli.main(["--url", url, "--model", "m", "--out", str(tmp_path)]) == 2
+    assert f"error: no Triton server answers at {url}" in capsys.readouterr().err
+
+
+def test_request_fn_never_raises_when_server_is_gone():
+    import asyncio
+
+    from engineforge.loadtest.triton_requests import text_request_fn
+
+    async def one():
+        fn = text_request_fn("echo_text", url=f"127.0.0.1:{_free_port()}", timeout_s=2.0)
+        try:
+            return await fn(0)
+        finally:
+            await fn.aclose()
+
+    result = asyncio.run(one())
+    assert not result.ok and result.error_kind == ERR_UNAVAILABLE
+    assert "UNAVAILABLE" in result.error

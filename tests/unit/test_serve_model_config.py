@@ -1,0 +1,117 @@
+"""Model config dataclasses -> config.pbtxt, re-parsed with Triton's own protobuf schema."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from engineforge.errors import ConfigError
+from engineforge.serve.engine_spec import EngineSpec
+from engineforge.serve.model_config import (
+    DynamicBatching,
+    EnsembleStep,
+    InstanceGroup,
+    ModelConfig,
+    TensorSpec,
+    validate_ensemble,
+)
+from engineforge.serve.model_layout import build_model_configs
+
+
+def parse(text: str) -> pb.ModelConfig:
+    return text_format.Parse(text, pb.ModelConfig())
+
+
+def simple(name: str = "m", **kwargs) -> ModelConfig:
+    defaults = dict(
+        backend="python",
+        max_batch_size=8,
+        inputs=(TensorSpec("X", "TYPE_INT64", (-1,), optional=True, allow_ragged_batch=True),),
+        outputs=(TensorSpec("Y", "TYPE_FP32", (-1,)),),
+    )
+    return ModelConfig(name=name, **(defaults | kwargs))
+
+
+def test_python_model_pbtxt_roundtrip():
+    config = simple(
+        dynamic_batching=DynamicBatching(preferred_batch_sizes=(4, 8), max_queue_delay_us=1500),
+        instance_group=InstanceGroup(count=2),
+        parameters={"labels": '["a", "b"]'},
+    )
+    parsed = parse(config.to_pbtxt())
+    assert parsed == config.to_protobuf()
+    assert parsed.name == "m" and parsed.backend == "python" and parsed.max_batch_size == 8
+    assert parsed.input[0].data_type == pb.TYPE_INT64 and list(parsed.input[0].dims) == [-1]
+    assert parsed.input[0].optional and parsed.input[0].allow_ragged_batch
+    assert parsed.output[0].data_type == pb.TYPE_FP32
+    assert list(parsed.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == 1500
+    assert parsed.instance_group[0].count == 2 and parsed.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+    assert parsed.parameters["labels"].string_value == '["a", "b"]'
+
+
+def test_published_layout_configs():
+    spec = EngineSpec(labels=["a", "b", "c"], max_sequence_length=64, build_id="b7")
+    configs = build_model_configs("clf", spec, max_batch_size=16, max_queue_delay_us=500, instances=2)
+    engine = parse(configs["engine"].to_pbtxt())
+    assert engine.name == "clf_engine" and engine.backend == "python" and engine.max_batch_size == 16
+    assert [i.name for i in engine.input] == ["INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"]
+    assert [i.optional for i in engine.input] == [False, False, True]
+    assert [(o.name, o.data_type, list(o.dims)) for o in engine.output] == [
+        ("LOGITS", pb.TYPE_FP32, [-1]),
+        ("PROBABILITIES", pb.TYPE_FP32, [-1]),
+        ("LABEL", pb.TYPE_STRING, [1]),
+    ]
+    assert engine.dynamic_batching.max_queue_delay_microseconds == 500
+    assert engine.instance_group[0].count == 2
+    assert engine.parameters["labels"].string_value == '["a", "b", "c"]'
+    tokenizer = parse(configs["tokenizer"].to_pbtxt())
+    assert [(i.name, i.data_type, list(i.dims)) for i in tokenizer.input] == [("TEXT", pb.TYPE_STRING, [1])]
+    assert [o.name for o in tokenizer.output] == ["INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"]
+    ensemble = parse(configs["ensemble"].to_pbtxt())
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 16
+    steps = ensemble.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["clf_tokenizer", "clf_engine"]
+    assert all(s.model_version == -1 for s in steps)
+    assert dict(steps[1].output_map) == {"LABEL": "LABEL", "PROBABILITIES": "PROBABILITIES", "LOGITS": "LOGITS"}
+    assert dict(steps[0].output_map) == dict(steps[1].input_map)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: TensorSpec("X", "TYPE_FLOAT", (-1,)), "unknown dtype 'TYPE_FLOAT'"),
+        (lambda: TensorSpec("X", "TYPE_FP32", ()), "dims"),
+        (lambda: simple(outputs=(TensorSpec("X", "TYPE_FP32", (1,)),)), r"duplicate tensor names \['X'\]"),
+        (lambda: simple(backend=None), "exactly one of backend"),
+        (lambda: simple(dynamic_batching=DynamicBatching((16,))), "exceed max_batch_size"),
+        (lambda: InstanceGroup(count=0), "instance count"),
+        (lambda: InstanceGroup(kind="TPU"), "kind"),
+        (lambda: simple(name="bad name"), "invalid"),
+    ],
+)
+def test_validation_messages(build, message):
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_ensemble_validation():
+    member = simple("member")
+    step = EnsembleStep("member", input_map={"X": "IN"}, output_map={"Y": "OUT"})
+    io = dict(inputs=(TensorSpec("IN", "TYPE_INT64", (-1,)),), outputs=(TensorSpec("OUT", "TYPE_FP32", (-1,)),))
+    ok = ModelConfig("ens", platform="ensemble", max_batch_size=8, ensemble_steps=(step,), **io)
+    validate_ensemble(ok, [member])
+    too_big = ModelConfig("ens", platform="ensemble", max_batch_size=64, ensemble_steps=(step,), **io)
+    with pytest.raises(ConfigError, match="max_batch_size 64 exceeds that of 'member' \\(8\\); lower"):
+        validate_ensemble(too_big, [member])
+    with pytest.raises(ConfigError, match="not being published"):
+        validate_ensemble(ok, [simple("other")])
+    wrong = EnsembleStep("member", input_map={"Z": "IN"}, output_map={"Y": "OUT"})
+    with pytest.raises(ConfigError, match="unknown tensors"):
+        validate_ensemble(
+            ModelConfig("ens", platform="ensemble", max_batch_size=8, ensemble_steps=(wrong,), **io), [member]
+        )
+    unwired = EnsembleStep("member", input_map={"X": "NOWHERE"}, output_map={"Y": "OUT"})
+    with pytest.raises(ConfigError, match="consumes \\['NOWHERE'\\]"):
+        ModelConfig("ens", platform="ensemble", max_batch_size=8, ensemble_steps=(unwired,), **io)
