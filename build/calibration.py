@@ -7,7 +7,10 @@ without `--calibration-data` the static steps refuse to run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +106,26 @@ class TextCalibrationReader:
         self._next += 1
         self.delivered += 1
         arrays = encode(self.tokenizer, texts, self.max_length, self.input_names)
-        progress.counter(f"  {self.label}", self.delivered, len(self.chunks), every=max(1, len(self.chunks) // 10))
+        # About five progress lines per calibration pass, whatever its length.
+        progress.counter(f"  {self.label}", self.delivered, len(self.chunks), every=-(-len(self.chunks) // 5))
         return pad_to({n: arrays[n] for n in self.input_names}, self.length, self.pad_token_id)
+
+
+def _not_preprocess_advice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
+@contextlib.contextmanager
+def quiet_ort() -> Iterator[None]:
+    """ORT's calibrators print progress to stdout (build-engine's stdout is the report), and every
+    quantize_static call advises pre-processing, which the unfused export does not need."""
+    root = logging.getLogger()
+    root.addFilter(_not_preprocess_advice)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        root.removeFilter(_not_preprocess_advice)
 
 
 def calibrate(model_path: Path, reader: TextCalibrationReader, method: Any, op_types: Sequence[str],

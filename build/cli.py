@@ -20,7 +20,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-data", type=Path, help="labelled eval data (.jsonl/.csv with text,label)")
     parser.add_argument("--train-data", type=Path, help="training text for pruning importance and distillation")
     parser.add_argument("--calibration-data", type=Path, help="representative texts for static int8 calibration")
-    parser.add_argument("--preset", help="named preset: fp32, int8 (default int8)")
+    parser.add_argument("--preset",
+                        help="fp32, max-accuracy, int8 (default), int8-static, int4-weight-only, nf4, fast-cpu")
     parser.add_argument("--recipe", type=Path, help="TOML recipe describing the whole build")
     parser.add_argument("--repo", help="Triton model repository to publish to (default model_repo)")
     parser.add_argument("--model-name", help="name of the served model (default: checkpoint directory name)")

@@ -38,6 +38,14 @@ class StepConfig:
 
     step_type: ClassVar[str] = ""
     stage: ClassVar[int] = 0
+    # True when the step's model can no longer be exported to ONNX (e.g. bitsandbytes 4-bit layers):
+    # check_step_order then refuses any ONNX step in the same build before work starts.
+    onnx_incompatible: ClassVar[bool] = False
+
+    @classmethod
+    def operates_on_onnx(cls) -> bool:
+        """Steps staged from export up to compile read or write the ONNX graph; validate/publish do not."""
+        return STAGE_EXPORT <= cls.stage < STAGE_VALIDATE
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.step_type, **dataclasses.asdict(self)}

@@ -17,7 +17,15 @@ from engineforge import progress
 from engineforge.errors import ConfigError
 
 from .config import STAGE_DISTILL, StepConfig, register_config_type
-from .kd import accuracy, agreement_and_kl, kd_loss, make_batches, training_examples, with_teacher_logits
+from .kd import (
+    accuracy,
+    agreement_and_kl,
+    hidden_state_loss,
+    kd_loss,
+    make_batches,
+    training_examples,
+    with_teacher_logits,
+)
 from .pipeline import BuildContext, register_step
 
 
@@ -35,6 +43,7 @@ class DistillConfig(StepConfig):
     max_length: int = 128
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the hard-label cross-entropy where labels exist
+    hidden_weight: float = 0.0  # weight of the layer-wise hidden-state MSE to the teacher (0 = logits only)
     patience: int = 3  # epochs without held-out improvement before stopping; 0 = never stop early
     holdout_fraction: float = 0.1  # slice of the training text kept for early stopping
     weight_decay: float = 0.01
@@ -57,6 +66,8 @@ class DistillConfig(StepConfig):
             raise ConfigError(f"distill.patience must be >= 0 (0 = no early stopping), got {self.patience}")
         if not 0 <= self.holdout_fraction < 0.5:
             raise ConfigError(f"distill.holdout_fraction={self.holdout_fraction}: use [0, 0.5), e.g. 0.1")
+        if self.hidden_weight < 0:
+            raise ConfigError(f"distill.hidden_weight must be >= 0 (0 = logits only), got {self.hidden_weight}")
         if self.weight_decay < 0:
             raise ConfigError(f"distill.weight_decay must be >= 0, got {self.weight_decay}")
 
@@ -69,6 +80,9 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
         return order, []
     size = max(8, round(n * fraction))
     return order[size:], order[:size]
+
+
+_MIN_IMPROVEMENT = 0.02  # relative held-out KL decrease that counts as progress for early stopping
 
 
 def _sig(value: float) -> float:
@@ -111,23 +125,30 @@ def distill(ctx: BuildContext, config: DistillConfig) -> dict[str, Any]:
         student.train()
         loss_sum = 0.0
         for batch in make_batches(ctx, examples, config.batch_size, config.max_length, order):
-            logits = student(**batch.inputs).logits
-            loss = kd_loss(logits, per_example[list(batch.indices)], batch.labels, config.temperature, config.alpha)
+            out = student(**batch.inputs, output_hidden_states=config.hidden_weight > 0)
+            loss = kd_loss(out.logits, per_example[list(batch.indices)], batch.labels, config.temperature,
+                           config.alpha)
+            if config.hidden_weight > 0:
+                with torch.no_grad():
+                    target = teacher(**batch.inputs, output_hidden_states=True).hidden_states
+                loss = loss + config.hidden_weight * hidden_state_loss(
+                    out.hidden_states, target, batch.inputs["attention_mask"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            loss_sum += float(loss) * len(batch.labels)
+            loss_sum += float(loss.detach()) * len(batch.labels)
         stats = agreement_and_kl(student, monitor)
         history.append({"epoch": epoch, "loss": _sig(loss_sum / len(train_idx)),
                         "heldout_kl": _sig(stats["kl"]), "heldout_agreement": round(stats["agreement"], 4)})
         progress.info(f"  distill epoch {epoch}/{config.epochs}: loss {loss_sum / len(train_idx):.4f}, held-out "
                       f"KL {stats['kl']:.4f}, agreement {stats['agreement']:.1%}, {time.perf_counter() - start:.1f}s")
+        # Any improvement is kept; only a real one (not noise-level) resets the patience counter.
+        stale = 0 if stats["kl"] < best["kl"] * (1 - _MIN_IMPROVEMENT) else stale + 1
         if stats["kl"] < best["kl"]:
-            best, stale = {"kl": stats["kl"], "epoch": epoch, "state": copy.deepcopy(student.state_dict())}, 0
-        else:
-            stale += 1
+            best = {"kl": stats["kl"], "epoch": epoch, "state": copy.deepcopy(student.state_dict())}
+        if stale:
             if config.patience and stale >= config.patience:
                 progress.info(f"  distill: no held-out improvement for {stale} epochs, stopping")
                 break

@@ -1,18 +1,23 @@
 """Sensitivity-driven fp32 fallback for static int8: pure logic (grouping, ranking, the search).
 
 How sensitivity is measured (the step supplies an `evaluate(excluded) -> Metrics` callback):
-each group of quantizable nodes (a transformer layer, the pooler, the classifier; or single nodes)
-is quantized *alone*, everything else fp32, and its logits are compared with fp32 on the eval set.
+each group of quantizable nodes (one projection across all layers, a transformer layer, the pooler,
+the classifier; or single nodes) is quantized *alone*, everything else fp32, and its logits are
+compared with fp32 on the eval set.
 Quantizing one group at a time isolates its error; "everything except group i" would measure the
 same thing against the noise of all other groups, where one group's share is hard to see on a few
 hundred examples. Both cost one quantize + one eval pass per group; int8 errors of different layers
 add roughly independently, so the isolated ranking is a sound order in which to give groups back to
-fp32. The ranking key is (argmax flips, mean KL divergence): flips are what the budget counts, KL
-separates groups that flip nothing yet.
+fp32. The ranking key is (argmax flips, margin shift): flips are what the budget counts; the margin
+shift (how much of fp32's top-1 vs runner-up margin the int8 logits moved, per example, capped at 1)
+separates groups that flip nothing yet. It stays informative where softmax saturates (a confident
+fine-tuned head), unlike KL divergence, which is ~0 there whatever the logits do.
 
-The search then keeps the fewest groups in fp32: give back groups in ranking order until the
-accuracy budget holds, then try re-quantizing each of them again (least sensitive first) and keep
-any that the budget tolerates, since isolated rankings can overstate a group's share.
+The search then keeps the fewest nodes in fp32: give back groups in ranking order until the
+accuracy budget holds, then try re-quantizing each of them again and then each single node of what
+is left, keeping whatever the budget tolerates (an isolated ranking can overstate a group's share,
+and a group is coarser than the offending nodes). Groups make the measuring pass cheap (about ten
+quantize+eval passes for a BERT instead of one per node); the node pass costs one per fp32 node.
 """
 
 from __future__ import annotations
@@ -27,16 +32,23 @@ import numpy as np
 
 from engineforge.errors import ConfigError
 
-GRANULARITIES = ("layer", "node")
+GRANULARITIES = ("role", "layer", "node")
 _LAYER = re.compile(r"(?:^|[/._])(layers?)[./_]?(\d+)(?=[/._]|$)")
 
 
 def group_of(node_name: str, granularity: str) -> str:
-    """`/model/bert/encoder/layer.3/attention/self/query/MatMul` -> `layer.3`, `/model/classifier/Gemm` ->
-    `classifier`; with granularity "node" every node is its own group."""
+    """The fallback unit a node belongs to.
+
+    "role": the same projection in every layer, as a glob usable in keep_fp32
+    (`/model/bert/encoder/layer.3/output/dense/MatMul` -> `*layer.*/output/dense/MatMul`);
+    "layer": one transformer layer (`layer.3`); both put `/model/classifier/Gemm` in `classifier`;
+    "node": every node on its own.
+    """
     if granularity == "node":
         return node_name
     match = _LAYER.search(node_name)
+    if match and granularity == "role":
+        return f"*{node_name[match.start(1):match.start(2)]}*{node_name[match.end(2):]}"
     if match:
         return f"layer.{match.group(2)}"
     parts = [p for p in node_name.split("/") if p and p not in ("model", "bert", "roberta", "electra")]
@@ -73,7 +85,7 @@ class Metrics:
     agreement: float  # fraction of argmax matches with fp32
     flips: int  # examples whose argmax changed
     accuracy_drop: float | None  # percentage points (None without labels)
-    kl: float  # mean KL(fp32 || int8) of the softmax outputs
+    margin_shift: float  # mean |margin change| / fp32 margin (top-1 minus runner-up), each capped at 1
 
     @classmethod
     def compare(cls, reference: np.ndarray, engine: np.ndarray, label_ids: Sequence[int] | None) -> Metrics:
@@ -82,15 +94,27 @@ class Metrics:
         if label_ids is not None:
             labels = np.asarray(label_ids)
             drop = round(float(((ref_pred == labels).mean() - (eng_pred == labels).mean()) * 100), 3)
-        log_p, log_q = _log_softmax(reference), _log_softmax(engine)
-        kl = float((np.exp(log_p) * (log_p - log_q)).sum(axis=1).mean())
         flips = int((ref_pred != eng_pred).sum())
-        return cls(round(1 - flips / len(reference), 5), flips, drop, float(f"{max(kl, 0.0):.4g}"))
+        ref_margin, eng_margin = _margin(reference, ref_pred), _margin(engine, ref_pred)
+        shift = np.minimum(np.abs(ref_margin - eng_margin) / np.maximum(ref_margin, 1e-9), 1.0).mean()
+        return cls(round(1 - flips / len(reference), 5), flips, drop, float(f"{shift:.4g}"))
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    @classmethod
+    def worst(cls, results: Sequence[Metrics]) -> Metrics:
+        """The worst of each figure, e.g. over the runtimes that may serve the engine."""
+        drops = [r.accuracy_drop for r in results if r.accuracy_drop is not None]
+        return cls(min(r.agreement for r in results), max(r.flips for r in results),
+                   max(drops) if drops else None, max(r.margin_shift for r in results))
+
+
+def _margin(logits: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """logit[top] minus the best other logit, per row (negative where `top` is no longer the argmax)."""
+    logits = logits.astype(np.float64)
+    rows = np.arange(len(logits))
+    others = logits.copy()
+    others[rows, top] = -np.inf
+    return logits[rows, top] - others.max(axis=1)
 
 
 @dataclass(frozen=True)
@@ -114,20 +138,20 @@ class Sensitivity:
 
 
 def rank(sensitivities: Sequence[Sensitivity]) -> list[Sensitivity]:
-    """Worst offenders first: most flips, then highest KL; graph order breaks ties (stable sort)."""
-    return sorted(sensitivities, key=lambda s: (s.metrics.flips, s.metrics.kl), reverse=True)
+    """Worst offenders first: most flips, then largest margin shift; graph order breaks ties (stable sort)."""
+    return sorted(sensitivities, key=lambda s: (s.metrics.flips, s.metrics.margin_shift), reverse=True)
 
 
 @dataclass(frozen=True)
 class SearchStep:
-    action: str  # "all quantized", "fp32 <group>", "re-quantize <group>"
-    fp32_groups: tuple[str, ...]
-    fp32_nodes: int
+    action: str  # "all quantized", "fp32 <group>", "re-quantize <group>", "re-quantize node <name>"
+    fp32_nodes: tuple[str, ...]  # the nodes kept fp32 in this candidate
+    fp32_groups: tuple[str, ...]  # the same, summarised: "<group>" or "<group> (k/n nodes)"
     metrics: Metrics
     within_budget: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "fp32_groups": list(self.fp32_groups), "fp32_nodes": self.fp32_nodes,
+        return {"action": self.action, "fp32_groups": list(self.fp32_groups), "fp32_nodes": len(self.fp32_nodes),
                 **asdict(self.metrics), "within_budget": self.within_budget}
 
 
@@ -139,50 +163,68 @@ class FallbackDecision:
     stop_reason: str
 
     @property
-    def fp32_groups(self) -> tuple[str, ...]:
-        return self.steps[self.chosen].fp32_groups
+    def fp32_nodes(self) -> tuple[str, ...]:
+        return self.steps[self.chosen].fp32_nodes
 
 
 Evaluate = Callable[[tuple[str, ...]], Metrics]
 
 
 def search_fallback(ranking: Sequence[Sensitivity], evaluate: Evaluate, budget: Budget, max_nodes: int,
-                    baseline: Metrics) -> FallbackDecision:
-    """Fewest groups in fp32 (at most `max_nodes` nodes) for which `budget` holds; `evaluate` gets the
-    excluded node names. `baseline` is the all-quantized result. Without a solution, the best step wins."""
-    nodes_of = {s.group: s.nodes for s in ranking}
-    steps = [SearchStep("all quantized", (), 0, baseline, budget.holds(baseline))]
+                    baseline: Metrics, refine_nodes: bool = True) -> FallbackDecision:
+    """Fewest nodes in fp32 (at most `max_nodes`) for which `budget` holds; `evaluate` gets the excluded
+    node names, `baseline` is the all-quantized result. Without a solution, the best candidate wins.
 
-    def trial(action: str, groups: tuple[str, ...]) -> SearchStep:
-        excluded = tuple(n for g in groups for n in nodes_of[g])
+    Forward: give whole groups back to fp32 in ranking order until the budget holds. Backward: try
+    re-quantizing each of those groups (the isolated ranking can overstate one), then, with
+    `refine_nodes`, each single node of the groups left (deepest first), keeping whatever the budget tolerates.
+    """
+    order = {n: i for i, n in enumerate(n for s in ranking for n in s.nodes)}
+    steps = [SearchStep("all quantized", (), (), baseline, budget.holds(baseline))]
+
+    def trial(action: str, nodes: set[str]) -> bool:
+        excluded = tuple(sorted(nodes, key=order.__getitem__))
         metrics = evaluate(excluded)
-        step = SearchStep(action, groups, len(excluded), metrics, budget.holds(metrics))
-        steps.append(step)
-        return step
+        steps.append(SearchStep(action, excluded, _summary(ranking, nodes), metrics, budget.holds(metrics)))
+        return steps[-1].within_budget
 
     if steps[0].within_budget:
         return FallbackDecision(tuple(steps), 0, True, "budget met with every node quantized")
-    groups: tuple[str, ...] = ()
+    added: list[Sensitivity] = []
+    excluded: set[str] = set()
     reason = "every ranked group is back in fp32 and the budget still fails"
     for sensitivity in ranking:
-        if sum(len(nodes_of[g]) for g in groups) + len(sensitivity.nodes) > max_nodes:
+        if len(excluded) + len(sensitivity.nodes) > max_nodes:
             reason = f"max_fallback_nodes={max_nodes} reached before the budget held"
             break
-        groups = (*groups, sensitivity.group)
-        if trial(f"fp32 {sensitivity.group}", groups).within_budget:
+        added.append(sensitivity)
+        excluded |= set(sensitivity.nodes)
+        if trial(f"fp32 {sensitivity.group}", excluded):
             reason = "budget met"
             break
     if not steps[-1].within_budget:
         best = max(range(len(steps)), key=lambda i: _goodness(steps[i]))
         return FallbackDecision(tuple(steps), best, False, reason)
     chosen = len(steps) - 1
-    for group in reversed(groups[:-1]):  # the last group added is needed: without it the budget failed
-        kept = tuple(g for g in steps[chosen].fp32_groups if g != group)
-        if trial(f"re-quantize {group}", kept).within_budget:
-            chosen = len(steps) - 1
+    for sensitivity in reversed(added[:-1]):  # the last group added is needed: without it the budget failed
+        if trial(f"re-quantize {sensitivity.group}", excluded - set(sensitivity.nodes)):
+            excluded, chosen = excluded - set(sensitivity.nodes), len(steps) - 1
+    if refine_nodes:
+        for node in sorted(excluded, key=order.__getitem__, reverse=True):
+            if len(excluded) > 1 and trial(f"re-quantize node {node}", excluded - {node}):
+                excluded, chosen = excluded - {node}, len(steps) - 1
     return FallbackDecision(tuple(steps), chosen, True, reason)
+
+
+def _summary(ranking: Sequence[Sensitivity], nodes: set[str]) -> tuple[str, ...]:
+    out = []
+    for s in ranking:
+        kept = sum(n in nodes for n in s.nodes)
+        if kept:
+            out.append(s.group if kept == len(s.nodes) else f"{s.group} ({kept}/{len(s.nodes)} nodes)")
+    return tuple(out)
 
 
 def _goodness(step: SearchStep) -> tuple[float, float, float, int]:
     drop = step.metrics.accuracy_drop if step.metrics.accuracy_drop is not None else 0.0
-    return (step.metrics.agreement, -drop, -step.metrics.kl, -step.fp32_nodes)
+    return (step.metrics.agreement, -drop, -step.metrics.margin_shift, -len(step.fp32_nodes))

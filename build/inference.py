@@ -53,10 +53,22 @@ def ort_logits(
 
 
 def file_mb(path: Path) -> float:
-    """Size of an ONNX model including external-data files beside it."""
+    """Size of an ONNX model including external-data files beside it, or of a model directory."""
     path = Path(path)
+    if path.is_dir():
+        return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6, 2)
     total = path.stat().st_size
     data = path.with_suffix(path.suffix + ".data")
     if data.exists():
         total += data.stat().st_size
     return round(total / 1e6, 2)
+
+
+def engine_logits(ctx: Any, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    """Logits of the current engine in the runtime that will serve it."""
+    max_len, threads = ctx.config.max_sequence_length, ctx.config.intra_op_threads
+    if ctx.runtime == "torch-bnb":
+        return torch_logits(ctx.model, ctx.tokenizer, texts, max_len, batch_size)
+    from .runtimes import runtime_logits
+
+    return runtime_logits(ctx.runtime, ctx.onnx_path, ctx.tokenizer, texts, max_len, threads, batch_size)

@@ -91,6 +91,17 @@ def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: 
     return per_example.sum() if reduction == "sum" else per_example.mean()
 
 
+def hidden_state_loss(student_hidden: Sequence[Any], teacher_hidden: Sequence[Any], attention_mask: Any) -> Any:
+    """Mean over layers of the per-token MSE between hidden states (pruning keeps layers and width, so
+    they line up without projections); padding tokens are ignored. Gives per-token supervision, which
+    the few hundred examples a build usually gets cannot give through 8 logits alone."""
+    mask = attention_mask.unsqueeze(-1).to(student_hidden[-1].dtype)
+    tokens = mask.sum() * student_hidden[-1].shape[-1]
+    total = sum((((s - t) ** 2) * mask).sum() / tokens for s, t in zip(student_hidden[1:], teacher_hidden[1:],
+                                                                         strict=True))
+    return total / (len(student_hidden) - 1)
+
+
 def agreement_and_kl(student: Any, batches: Sequence[Batch]) -> dict[str, float]:
     """Student vs teacher on cached batches: argmax agreement and mean KL at T=1."""
     import torch

@@ -39,7 +39,16 @@ def step_function(config: StepConfig) -> StepFunction:
 
 
 def check_step_order(steps: tuple[StepConfig, ...]) -> None:
-    """Refuse orders that make no sense: each stage at most once, stages strictly increasing."""
+    """Refuse orders that make no sense: each stage at most once, stages strictly increasing, and no
+    ONNX step together with a step whose model cannot be exported (`onnx_incompatible`)."""
+    blockers = [s.step_type for s in steps if s.onnx_incompatible]
+    onnx_steps = [s.step_type for s in steps if s.operates_on_onnx()]
+    if blockers and onnx_steps:
+        raise StepOrderError(
+            f"step '{blockers[0]}' makes a model that cannot be exported to ONNX, so it cannot be combined "
+            f"with {', '.join(repr(s) for s in onnx_steps)}: drop those steps (the '{blockers[0]}' engine is "
+            f"served by its own runtime) or drop '{blockers[0]}' and quantize the ONNX graph instead"
+        )
     seen: dict[int, str] = {}
     previous: StepConfig | None = None
     for step in steps:
@@ -82,7 +91,10 @@ class BuildContext:
     labels: list[str] = field(default_factory=list)
     checkpoint_info: dict[str, Any] = field(default_factory=dict)
     onnx_path: Path | None = None  # the current engine file; each ONNX step replaces it
+    model_dir: Path | None = None  # torch-bnb: the saved (save_pretrained) 4-bit model the bundle ships
     precision: str = "fp32"
+    # Runtime that serves the engine: "onnxruntime" / "openvino" run ctx.onnx_path, "torch-bnb" runs ctx.model.
+    runtime: str = "onnxruntime"
     eval_examples: list[Any] = field(default_factory=list)
     train_examples: list[Any] = field(default_factory=list)
     calibration_examples: list[Any] = field(default_factory=list)

@@ -11,11 +11,12 @@ from engineforge import progress
 from engineforge.errors import ConfigError, EngineforgeError
 
 # Importing the step modules registers their step functions.
-from . import export, optimize, package, quantize, validate  # noqa: F401
+from . import export, optimize, package, quantize, select_runtime, validate, weight_only  # noqa: F401
 from .checkpoint import load_checkpoint
 from .config import STAGE_EXPORT, BuildConfig
 from .data import load_examples
 from .inference import file_mb
+from .manifest import build_manifest, write_manifest
 from .pipeline import BuildContext, check_step_order, prepare_output_dir, run_steps
 from .presets import dump_recipe
 from .report import package_versions, write_reports
@@ -64,9 +65,16 @@ def run_build(config: BuildConfig) -> dict[str, Any]:
         raise
     finally:
         _finish_report(report, ctx, started)
+        # Absolute paths: `build-engine --recipe out/recipe.toml` repeats this build from anywhere.
         (out_dir / "recipe.toml").write_text(dump_recipe(config.steps, {
+            "checkpoint": config.checkpoint.resolve(),
+            **{k: getattr(config, k) and getattr(config, k).resolve()
+               for k in ("eval_data", "train_data", "calibration_data")},
             "max_sequence_length": config.max_sequence_length, "intra_op_threads": config.intra_op_threads}))
         write_reports(report, out_dir)
+        write_manifest(build_manifest(report, config.checkpoint, {
+            "eval": config.eval_data, "train": config.train_data, "calibration": config.calibration_data,
+        }, ctx.bundle_dir), out_dir)
     return report
 
 
@@ -83,6 +91,6 @@ def _finish_report(report: dict[str, Any], ctx: BuildContext, started: float) ->
         if "file" in record.details:
             sizes[record.details["file"]] = record.details.get("size_mb")
     if ctx.bundle_dir is not None:
-        sizes["engine (published)"] = file_mb(ctx.bundle_dir / "model.onnx")
+        sizes["engine (published)"] = package.bundle_engine_mb(ctx.bundle_dir)
         report["bundle_dir"] = str(ctx.bundle_dir)
     report["sizes_mb"] = sizes

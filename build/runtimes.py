@@ -35,10 +35,10 @@ def make_runner(runtime: str, onnx_path: Path, threads: int) -> tuple[Runner, li
         except ImportError as exc:
             raise ConfigError("runtime 'openvino' needs the openvino package: "
                               "pip install 'engineforge[openvino]'") from exc
+        from engineforge.serve.engine_backends import openvino_properties
+
         core = ov.Core()
-        # LATENCY hint: one stream using `threads` cores, the setting that wins at batch 1.
-        compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU",
-                                      {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+        compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", openvino_properties(threads))
         request = compiled.create_infer_request()
         names = [port.get_any_name() for port in compiled.inputs]
         output = compiled.output(0)

@@ -9,12 +9,9 @@ accuracy budget of the build's validate step, the most sensitive groups of nodes
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import sys
+import importlib.util
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,15 +19,17 @@ from typing import Any, ClassVar
 from engineforge import progress
 from engineforge.errors import ConfigError, DataError, ValidationError
 
-from .calibration import TextCalibrationReader, calibrate, require_calibration_examples
+from .calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
 from .config import STAGE_ONNX_QUANTIZE, StepConfig, ValidateConfig, _require, register_config_type
 from .fallback import GRANULARITIES, Budget, Metrics, Sensitivity, group_nodes, match_patterns, rank, search_fallback
 from .inference import file_mb, ort_logits
 from .pipeline import BuildContext, register_step
+from .runtimes import runtime_logits
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Op types worth quantizing in a BERT graph: MatMul/Gemm carry ~all the compute, Gather (embeddings) only size.
 OP_TYPES = ("MatMul", "Gemm", "Gather")
+EVAL_RUNTIMES = ("onnxruntime", "openvino")
 
 
 @register_config_type
@@ -55,10 +54,17 @@ class StaticInt8Config(StepConfig):
     # Keep the most accuracy-sensitive nodes fp32 until the validate step's budget holds.
     fallback: bool = True
     max_fallback_nodes: int = 16
-    # Fallback unit: a whole transformer layer (cheap search) or single nodes (finer, one pass per node).
-    sensitivity_granularity: str = "layer"
+    # Fallback unit for the sensitivity pass: "role" = one projection across all layers (e.g. every FFN
+    # output MatMul), "layer" = one transformer layer, "node" = single nodes (one pass per node: slow).
+    sensitivity_granularity: str = "role"
+    # After the group search, try re-quantizing each single fp32 node (one eval pass per node).
+    refine_nodes: bool = True
     # Node names or globs forced to stay fp32, e.g. ["*classifier*"].
     keep_fp32: tuple[str, ...] = ()
+    # Runtimes in which every fallback candidate must meet the budget (the worst result counts): Q/DQ
+    # numerics differ between ORT and OpenVINO, and a search that stops at the budget's edge in one can
+    # miss it in the other. OpenVINO is skipped when not installed.
+    eval_runtimes: tuple[str, ...] = ("onnxruntime", "openvino")
     # Compile the result with OpenVINO (when installed) so a graph it cannot read fails the build here.
     check_openvino: bool = True
 
@@ -75,31 +81,23 @@ class StaticInt8Config(StepConfig):
                  "or omit it for all")
         _require(self.calibration_batch_size >= 1,
                  f"static_int8.calibration_batch_size={self.calibration_batch_size}: use >= 1, e.g. 16")
-        for name in ("op_types", "keep_fp32"):
+        for name in ("op_types", "keep_fp32", "eval_runtimes"):
             value = getattr(self, name)
             _require(not isinstance(value, str) and all(isinstance(v, str) and v for v in value),
                      f"static_int8.{name}={value!r}: give a list of non-empty strings, e.g. "
-                     + ("['MatMul', 'Gemm']" if name == "op_types" else "['*classifier*']"))
+                     + {"op_types": "['MatMul', 'Gemm']", "keep_fp32": "['*classifier*']",
+                        "eval_runtimes": "['onnxruntime', 'openvino']"}[name])
             object.__setattr__(self, name, tuple(value))
         unknown = sorted(set(self.op_types) - set(OP_TYPES))
         _require(bool(self.op_types) and not unknown,
                  f"static_int8.op_types={list(self.op_types)}: choose from {list(OP_TYPES)} (default MatMul, Gemm)")
         _require(self.max_fallback_nodes >= 0,
                  f"static_int8.max_fallback_nodes={self.max_fallback_nodes}: use >= 0 (0 disables the search)")
+        unknown = sorted(set(self.eval_runtimes) - set(EVAL_RUNTIMES))
+        _require(bool(self.eval_runtimes) and not unknown,
+                 f"static_int8.eval_runtimes={list(self.eval_runtimes)}: choose from {list(EVAL_RUNTIMES)}")
         _require(self.sensitivity_granularity in GRANULARITIES,
                  f"static_int8.sensitivity_granularity={self.sensitivity_granularity!r}: use one of {GRANULARITIES}")
-
-
-@contextlib.contextmanager
-def _quiet_ort() -> Iterator[None]:
-    """ORT's quantizer prints progress to stdout (build-engine's stdout is the report) and warns about
-    pre-processing, which the unfused export does not need."""
-    with contextlib.redirect_stdout(sys.stderr):
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
 
 
 def _source_graph(ctx: BuildContext) -> Path:
@@ -215,7 +213,7 @@ def quantize_static_int8(ctx: BuildContext, config: StaticInt8Config) -> dict[st
     quantizer = _Quantizer(source, config, cache, keep)
     details: dict[str, Any] = {"file": out.name, "source": source.name, "calibration_method": config.calibration_method,
                                "activation_type": config.activation_type, "per_channel": config.per_channel}
-    with tempfile.TemporaryDirectory(dir=ctx.work_dir, prefix="static_int8.") as tmp, _quiet_ort():
+    with tempfile.TemporaryDirectory(dir=ctx.work_dir, prefix="static_int8.") as tmp, quiet_ort():
         scratch = Path(tmp)
         reader = TextCalibrationReader(ctx.tokenizer, [e.text for e in calibration], [i.name for i in graph.input],
                                        max_length=max_len, batch_size=config.calibration_batch_size)
@@ -225,12 +223,16 @@ def quantize_static_int8(ctx: BuildContext, config: StaticInt8Config) -> dict[st
         quantizer.calibrate(reader, scratch)
         details |= {"calibration_examples": len(calibration), "calibration_length": reader.length,
                     "calibration_seconds": round(time.perf_counter() - started, 2)}
-        fp32_nodes = list(keep)
+        fallback_nodes: tuple[str, ...] = ()
+        last_trial: Path | None = None
         if search:
-            fallback_nodes, details["fallback"] = _fallback(ctx, quantizer, scratch, quantizable, keep, config,
-                                                            budget, eval_examples)
-            fp32_nodes += fallback_nodes
-        quantizer.quantize(out, exclude=tuple(fp32_nodes))
+            fallback_nodes, details["fallback"], last_trial = _fallback(ctx, quantizer, scratch, quantizable, keep,
+                                                                        config, budget, eval_examples)
+        if last_trial is not None:
+            last_trial.replace(out)  # the search's last candidate is the chosen one: no need to rebuild it
+        else:
+            quantizer.quantize(out, exclude=fallback_nodes)
+        fp32_nodes = [*keep, *fallback_nodes]
     details |= {"quantized_nodes": len(quantizable) - len(fp32_nodes), "fp32_nodes": fp32_nodes,
                 "keep_fp32": list(keep), **qdq_summary(out)}
     if config.check_openvino:
@@ -243,38 +245,44 @@ def quantize_static_int8(ctx: BuildContext, config: StaticInt8Config) -> dict[st
 
 def _fallback(ctx: BuildContext, quantizer: _Quantizer, scratch: Path, quantizable: list[str],
               keep: tuple[str, ...], config: StaticInt8Config, budget: Budget,
-              examples: list[Any]) -> tuple[list[str], dict[str, Any]]:
-    """Measure, rank and search; returns the nodes to keep fp32 and the decision for the report."""
+              examples: list[Any]) -> tuple[tuple[str, ...], dict[str, Any], Path | None]:
+    """Measure, rank and search. Returns the nodes to keep fp32, the decision for the report, and the
+    trial file when it already holds the chosen candidate."""
     max_len, threads = ctx.config.max_sequence_length, ctx.config.intra_op_threads
     texts = [e.text for e in examples]
     label_ids = [ctx.labels.index(e.label) for e in examples] if all(e.label is not None for e in examples) else None
     reference = ort_logits(quantizer.source, ctx.tokenizer, texts, max_len, threads)
+    runtimes = [r for r in config.eval_runtimes if r != "openvino" or importlib.util.find_spec("openvino")]
     trial = scratch / "trial.onnx"
+    last: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
 
     def evaluate(exclude: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Metrics:
         quantizer.quantize(trial, exclude=exclude, only=only)
-        return Metrics.compare(reference, ort_logits(trial, ctx.tokenizer, texts, max_len, threads), label_ids)
+        last[:] = [(exclude, only)]
+        return Metrics.worst([Metrics.compare(reference, runtime_logits(r, trial, ctx.tokenizer, texts, max_len,
+                                                                        threads), label_ids) for r in runtimes])
 
     baseline = evaluate()
     progress.info(f"  all quantized: agreement {baseline.agreement:.2%}, accuracy drop {baseline.accuracy_drop}, "
-                  f"KL {baseline.kl:.3g}")
+                  f"margin shift {baseline.margin_shift:.3g}")
     groups = group_nodes([n for n in quantizable if n not in keep], config.sensitivity_granularity)
     ranking: list[Sensitivity] = []
     if not budget.holds(baseline):
         for index, (group, nodes) in enumerate(groups.items(), start=1):
             ranking.append(Sensitivity(group, nodes, evaluate(only=nodes)))
             progress.info(f"  sensitivity {index}/{len(groups)} {group}: flips {ranking[-1].metrics.flips}, "
-                          f"KL {ranking[-1].metrics.kl:.3g}")
+                          f"margin shift {ranking[-1].metrics.margin_shift:.3g}")
         ranking = rank(ranking)
     decision = search_fallback(ranking, lambda excluded: evaluate(exclude=excluded), budget,
-                               config.max_fallback_nodes, baseline)
+                               config.max_fallback_nodes, baseline, config.refine_nodes)
     chosen = decision.steps[decision.chosen]
     if not decision.budget_met:
         progress.info(f"  fallback: no candidate meets the budget ({decision.stop_reason}); keeping the best, "
                       "the validate step will report it")
-    nodes = [n for g in chosen.fp32_groups for n in groups[g]]
-    return nodes, {"budget": {"max_accuracy_drop": budget.max_accuracy_drop, "min_agreement": budget.min_agreement},
-                   "eval_examples": len(examples), "granularity": config.sensitivity_granularity,
-                   "budget_met": decision.budget_met, "stop_reason": decision.stop_reason,
-                   "ranking": [s.to_dict() for s in ranking], "steps": [s.to_dict() for s in decision.steps],
-                   "chosen_step": decision.chosen, "fp32_groups": list(chosen.fp32_groups)}
+    record = {"budget": {"max_accuracy_drop": budget.max_accuracy_drop, "min_agreement": budget.min_agreement},
+              "eval_examples": len(examples), "eval_runtimes": runtimes, "granularity": config.sensitivity_granularity,
+              "budget_met": decision.budget_met, "stop_reason": decision.stop_reason,
+              "ranking": [s.to_dict() for s in ranking], "steps": [s.to_dict() for s in decision.steps],
+              "chosen_step": decision.chosen, "fp32_groups": list(chosen.fp32_groups)}
+    reusable = trial if last == [(decision.fp32_nodes, ())] else None
+    return decision.fp32_nodes, record, reusable

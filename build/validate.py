@@ -10,7 +10,7 @@ import numpy as np
 from engineforge.errors import AccuracyBudgetExceeded, DataError
 
 from .config import ValidateConfig
-from .inference import ort_logits, torch_logits
+from .inference import engine_logits, torch_logits
 from .pipeline import BuildContext, register_step
 
 
@@ -72,16 +72,14 @@ def validate_accuracy(ctx: BuildContext, config: ValidateConfig) -> dict[str, An
     if not examples:
         raise DataError("the validate step needs labelled eval data: pass --eval-data FILE.jsonl "
                         "(lines of {\"text\": ..., \"label\": ...})")
-    assert ctx.onnx_path is not None, "validate runs after export"
     texts = [e.text for e in examples]
     labelled = all(e.label is not None for e in examples)
     label_ids = [ctx.labels.index(e.label) for e in examples] if labelled else None
     max_len = ctx.config.max_sequence_length
     reference = torch_logits(ctx.reference_model, ctx.tokenizer, texts, max_len, config.batch_size)
-    engine = ort_logits(ctx.onnx_path, ctx.tokenizer, texts, max_len, ctx.config.intra_op_threads,
-                        config.batch_size)
+    engine = engine_logits(ctx, texts, config.batch_size)
     result = compare_logits(reference, engine, label_ids, texts)
     ctx.validation = result.to_dict() | {"budget": {"max_accuracy_drop": config.max_accuracy_drop,
                                                     "min_agreement": config.min_agreement}}
     check_budget(result, config)
-    return {k: v for k, v in result.to_dict().items() if k != "worst_text"}
+    return {"runtime": ctx.runtime} | {k: v for k, v in result.to_dict().items() if k != "worst_text"}

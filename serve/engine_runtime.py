@@ -1,7 +1,8 @@
 """Engine inference logic, independent of Triton so it can be unit-tested in-process.
 
 The python-backend model (`triton/engine_model.py`) only converts Triton tensors to numpy and back;
-validation, batching of a dynamic batch into one ONNX Runtime call, and post-processing live here.
+validation, batching of a dynamic batch into one engine call, and post-processing live here; the
+runtimes themselves (ONNX Runtime, OpenVINO, torch-bnb) are in `engine_backends.py`.
 """
 
 from __future__ import annotations
@@ -9,12 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from engineforge.errors import RepositoryError
-
+from .engine_backends import Engine, as_engine, open_ort_session
+from .engine_backends import load_engine as _load_engine
 from .engine_spec import EngineSpec
 
 PAD_ID = 0
@@ -145,36 +145,18 @@ def labels_for(probabilities: np.ndarray, labels: Sequence[str]) -> tuple[str, .
 
 
 def load_session(engine_dir: str | os.PathLike[str], spec: EngineSpec):  # -> ort.InferenceSession
-    """Open the engine with graph optimizations and the thread count the build chose."""
-    import onnxruntime as ort
-
-    path = Path(engine_dir) / spec.model_file
-    if not path.is_file():
-        raise RepositoryError(f"{path}: engine file missing; republish the engine bundle")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = spec.intra_op_threads
-    options.inter_op_num_threads = 1  # one sequential graph per call; parallelism is intra-op
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise RepositoryError(f"{path}: ONNX Runtime cannot load the engine ({exc})") from exc
-    model_inputs = {i.name for i in session.get_inputs()}
-    model_outputs = {o.name for o in session.get_outputs()}
-    if model_inputs != set(spec.input_names) or spec.output_name not in model_outputs:
-        raise RepositoryError(
-            f"{path}: graph inputs {sorted(model_inputs)} / outputs {sorted(model_outputs)} do not match "
-            f"engine.json input_names {list(spec.input_names)} / output_name {spec.output_name!r}"
-        )
-    return session
+    """ONNX Runtime session for an onnxruntime bundle (kept for model.py files published before load_engine)."""
+    return open_ort_session(engine_dir, spec)
 
 
-def _classify(session, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows]:
+def load_engine(engine_dir: str | os.PathLike[str], spec: EngineSpec) -> Engine:
+    """Open the engine in the runtime engine.json names (onnxruntime, openvino or torch-bnb)."""
+    return _load_engine(engine_dir, spec)
+
+
+def _classify(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows]:
     merged, sizes = merge_requests(requests)
-    feed = {name: merged[name] for name in spec.input_names}
-    (logits,) = session.run([spec.output_name], feed)
-    logits = np.asarray(logits, dtype=np.float32)
+    logits = np.asarray(engine.run({name: merged[name] for name in spec.input_names}), dtype=np.float32)
     if logits.ndim != 2 or logits.shape[1] != spec.num_labels:
         raise RuntimeError(
             f"engine returned logits of shape {list(logits.shape)}, expected [batch, {spec.num_labels}] "
@@ -187,8 +169,8 @@ def _classify(session, spec: EngineSpec, requests: Sequence[RequestArrays]) -> l
     return results
 
 
-def run_batch(session, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows | Exception]:
-    """Classify all requests with ONE ONNX Runtime call.
+def run_batch(engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows | Exception]:
+    """Classify all requests with ONE engine call (`engine`: from load_engine, or a bare ORT session).
 
     If that call fails (e.g. a token id beyond the vocabulary when vocab_size is unknown), each
     request is retried alone so only the offending ones get an error: one bad request never fails
@@ -196,15 +178,16 @@ def run_batch(session, spec: EngineSpec, requests: Sequence[RequestArrays]) -> l
     """
     if not requests:
         return []
+    engine = as_engine(engine, spec)
     try:
-        return list(_classify(session, spec, requests))
+        return list(_classify(engine, spec, requests))
     except Exception as batch_error:
         if len(requests) == 1:
             return [batch_error]
     outcomes: list[ClassifiedRows | Exception] = []
     for request in requests:
         try:
-            outcomes.append(_classify(session, spec, [request])[0])
+            outcomes.append(_classify(engine, spec, [request])[0])
         except Exception as exc:
             outcomes.append(exc)
     return outcomes

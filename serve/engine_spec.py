@@ -21,6 +21,10 @@ ENGINE_SPEC_FILENAME = "engine.json"
 FORMAT_VERSION = 1
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
+# Runtimes the engine model can serve; see engine_backends.py for how each loads and runs.
+RUNTIMES = ("onnxruntime", "openvino", "torch-bnb")
+# Runtimes whose model_file names a directory (a Hugging Face `save_pretrained` output), not one file.
+DIRECTORY_RUNTIMES = ("torch-bnb",)
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,18 @@ class EngineSpec:
                 f"is {self.format_version!r} but this engineforge reads version {FORMAT_VERSION}; "
                 "rebuild the engine with a matching engineforge",
             )
-        if self.runtime != "onnxruntime":
-            self._fail("runtime", f"is {self.runtime!r}; only 'onnxruntime' engines can be served")
+        if self.runtime not in RUNTIMES:
+            self._fail(
+                "runtime",
+                f"is {self.runtime!r}; servable runtimes are {', '.join(map(repr, RUNTIMES))} "
+                "(rebuild the engine for one of them)",
+            )
         for name in ("model_file", "output_name", "precision"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 self._fail(name, f"must be a non-empty string, got {value!r}")
         if os.path.isabs(self.model_file) or ".." in Path(self.model_file).parts:
-            self._fail("model_file", f"must be a file name inside the bundle, got {self.model_file!r}")
+            self._fail("model_file", f"must be a path inside the bundle, got {self.model_file!r}")
         for name in ("source_checkpoint", "build_id"):
             if not isinstance(getattr(self, name), str):
                 self._fail(name, f"must be a string, got {getattr(self, name)!r}")
@@ -117,6 +125,11 @@ class EngineSpec:
     @property
     def num_labels(self) -> int:
         return len(self.labels)
+
+    @property
+    def model_is_directory(self) -> bool:
+        """True when model_file is a directory (e.g. torch-bnb's `model/`), False for a single ONNX file."""
+        return self.runtime in DIRECTORY_RUNTIMES
 
     @property
     def uses_token_type_ids(self) -> bool:

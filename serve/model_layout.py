@@ -70,6 +70,7 @@ def build_model_configs(
             LABELS_PARAMETER: labels,
             "build_id": spec.build_id,
             "precision": spec.precision,
+            "runtime": spec.runtime,
             "max_sequence_length": str(spec.max_sequence_length),
             "max_position_embeddings": str(spec.max_position_embeddings),
         },

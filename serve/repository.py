@@ -4,6 +4,7 @@ Layout written for model name `clf` (version N = one more than any existing vers
 
     repo/clf_tokenizer/{config.pbtxt, versions.json, N/{model.py, engine.json, tokenizer/...}}
     repo/clf_engine/{config.pbtxt, versions.json, N/{model.py, engine.json, model.onnx}}
+                                                  (torch-bnb engines: model/ instead of model.onnx)
     repo/clf/{config.pbtxt, versions.json, N/}            (ensemble: TEXT -> LABEL, PROBABILITIES, LOGITS)
 
 Everything is staged in a temporary directory beside the repository, then moved in with renames;
@@ -78,7 +79,14 @@ def check_bundle(bundle_dir: str | os.PathLike[str]) -> EngineSpec:
         spec = EngineSpec.load(bundle)
     except ConfigError as exc:
         raise RepositoryError(f"engine bundle {bundle} has an unusable {ENGINE_SPEC_FILENAME}: {exc}") from exc
-    if not (bundle / spec.model_file).is_file():
+    model = bundle / spec.model_file
+    if spec.model_is_directory:
+        if not (model / "config.json").is_file():
+            raise RepositoryError(
+                f"engine bundle {bundle} lacks the {spec.runtime} model directory {spec.model_file}/ with a "
+                f"config.json (named by {ENGINE_SPEC_FILENAME}); write it with model.save_pretrained()"
+            )
+    elif not model.is_file():
         raise RepositoryError(f"engine bundle {bundle} lacks {spec.model_file} (named by {ENGINE_SPEC_FILENAME})")
     tokenizer = bundle / TOKENIZER_DIRNAME
     if not (tokenizer / "tokenizer.json").is_file() and not (tokenizer / "tokenizer_config.json").is_file():
@@ -109,10 +117,15 @@ def _read_manifest(model_dir: Path) -> dict:
 
 
 def _sha256(path: Path) -> str:
+    """Digest of a file, or of a directory's files (relative names and contents, in sorted order)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as handle:
+            for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

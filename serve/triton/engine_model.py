@@ -1,8 +1,9 @@
 """Triton python-backend model for `<name>_engine`: token id tensors -> LOGITS, PROBABILITIES, LABEL.
 
 Copied verbatim as `model.py` into each published version directory, next to the engine files.
-All requests of a dynamic batch are classified with ONE ONNX Runtime call; a bad request gets an
-INVALID_ARG error on its own response while the others in the batch are answered normally.
+All requests of a dynamic batch are classified with ONE engine call (ONNX Runtime, OpenVINO or
+torch-bnb, as engine.json says); a bad request gets an INVALID_ARG error on its own response while
+the others in the batch are answered normally.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class TritonPythonModel:
             name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
             for name in ("LOGITS", "PROBABILITIES", "LABEL")
         }
-        self.session = rt.load_session(version_dir, self.spec)
+        self.engine = rt.load_engine(version_dir, self.spec)
 
     def _read(self, request) -> rt.RequestArrays:
         arrays = {}
@@ -81,7 +82,7 @@ class TritonPythonModel:
                     valid.append((index, self._read(request)))
                 except rt.InvalidRequestError as exc:
                     responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
-            outcomes = rt.run_batch(self.session, self.spec, [arrays for _, arrays in valid])
+            outcomes = rt.run_batch(self.engine, self.spec, [arrays for _, arrays in valid])
             for (index, _), outcome in zip(valid, outcomes, strict=True):
                 if isinstance(outcome, Exception):
                     message = f"the engine rejected this request: {outcome}"
@@ -95,4 +96,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        self.session = None
+        self.engine = None

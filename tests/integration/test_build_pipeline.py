@@ -49,6 +49,10 @@ def test_int8_build_writes_a_servable_bundle_and_reports(tiny_checkpoint, tiny_e
     on_disk = json.loads((tmp_path / "out" / "build_report.json").read_text())
     assert on_disk["validation"]["examples"] == len(texts)
     assert "## Accuracy" in (tmp_path / "out" / "build_report.md").read_text()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["checkpoint"]["sha256"]["model.safetensors"] == report["checkpoint"]["weights_sha256"]
+    assert set(manifest["outputs"]) >= {"model.onnx", "engine.json", "tokenizer/tokenizer.json"}
+    assert manifest["data"]["eval"]["sha256"] and manifest["versions"]["onnxruntime"]
     recipe = load_recipe(tmp_path / "out" / "recipe.toml")
     assert [s.step_type for s in recipe["steps"]] == ["export", "graph_optimize", "dynamic_int8", "validate"]
 

@@ -123,3 +123,18 @@ def test_kd_loss_is_zero_for_identical_logits_and_mixes_hard_labels():
     assert float(mixed[1]) == pytest.approx(float(per_kl[1]))
     assert float(mixed[0]) == pytest.approx(0.5 * float(per_kl[0]) + 0.5 * ce)
     assert kl_only == pytest.approx(float(per_kl.mean()))
+
+
+def test_hidden_state_loss_ignores_padding_and_the_embedding_layer():
+    import torch
+
+    from engineforge.build.kd import hidden_state_loss
+
+    teacher = [torch.randn(2, 5, 4) for _ in range(3)]  # embeddings + 2 layers
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    student = [t.clone() for t in teacher]
+    student[0] += 10  # embedding output is not a target
+    student[1][0, 3:] += 100  # padding positions of example 0 are ignored
+    assert float(hidden_state_loss(student, teacher, mask)) == 0.0
+    student[2][1] += 1.0  # every valid dim of example 1 off by 1 in the last layer
+    assert float(hidden_state_loss(student, teacher, mask)) == pytest.approx(0.5 * (5 * 4) / (8 * 4))

@@ -1,0 +1,89 @@
+"""Real tritonserver serving non-ONNX-Runtime engines: OpenVINO (fp32 ONNX) and torch-bnb (NF4 model/).
+
+One server for the module serves both models; each must answer over gRPC with the probabilities an
+in-process run of the same bundle in the same runtime gives.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engineforge.errors import InferenceRequestError, ServerError
+from engineforge.serve import engine_runtime as rt
+from engineforge.serve.client import EngineforgeClient
+from engineforge.serve.engine_spec import EngineSpec
+from engineforge.serve.repository import publish_engine
+from engineforge.serve.server import TritonServer, find_triton
+from tests.helpers.tiny_bnb import cached_bnb_build
+from tests.helpers.tiny_engine import tiny_bundle  # noqa: F401
+
+pytestmark = pytest.mark.triton
+
+TEXTS = ["where is my order #1234?", "I want my money back for the broken headphones", "ok",
+         "my account got locked after too many attempts, please help"]
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+    openvino = tmp_path_factory.mktemp("ov") / "bundle"
+    shutil.copytree(tiny_bundle, openvino)
+    EngineSpec.from_dict(EngineSpec.load(openvino).to_dict() | {"runtime": "openvino"}).save(openvino)
+    build_dir, _ = cached_bnb_build(tmp_path_factory)
+    return {"ov": openvino, "bnb": build_dir / "engine"}
+
+
+@pytest.fixture(scope="module")
+def client(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineforgeClient]:
+    try:
+        find_triton()
+    except ServerError as exc:
+        pytest.skip(str(exc))
+    root = tmp_path_factory.mktemp("serve_runtimes")
+    for name, bundle in bundles.items():
+        publish_engine(bundle, root / "repo", name, max_batch_size=8)
+    with TritonServer(root / "repo", log_file=root / "tritonserver.log", startup_timeout_s=120) as server, \
+            EngineforgeClient(server.grpc_url, timeout_s=30) as connected:
+        yield connected
+
+
+def in_process_probabilities(bundle: Path, texts: list[str]) -> np.ndarray:
+    """Each text alone through the bundle's own runtime, in this process (no padding, no Triton)."""
+    from transformers import AutoTokenizer
+
+    spec = EngineSpec.load(bundle)
+    engine = rt.load_engine(bundle, spec)
+    tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
+    rows = []
+    for text in texts:
+        encoded = tokenizer([text], truncation=True, max_length=spec.max_sequence_length, return_tensors="np")
+        feeds = {n: encoded[n].astype(np.int64) for n in spec.input_names}
+        rows.append(rt.softmax(np.asarray(engine.run(feeds), dtype=np.float32))[0])
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("model", ["ov", "bnb"])
+def test_served_probabilities_match_in_process_runtime(client, bundles, model):
+    spec = EngineSpec.load(bundles[model])
+    predictions = client.classify(TEXTS, model=model)  # one request: padded and merged server-side
+    got = np.array([[p.probabilities[label] for label in spec.labels] for p in predictions])
+    expected = in_process_probabilities(bundles[model], TEXTS)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert [p.label for p in predictions] == [spec.labels[i] for i in expected.argmax(axis=1)]
+    config = client._client.get_model_config(f"{model}_engine").config
+    assert config.parameters["runtime"].string_value == spec.runtime
+
+
+@pytest.mark.parametrize("model", ["ov", "bnb"])
+def test_bad_request_gets_invalid_arg_and_the_server_keeps_serving(client, bundles, model):
+    ids = np.array([[101, 40000, 102]], dtype=np.int64)  # beyond the vocabulary
+    with pytest.raises(InferenceRequestError, match=r"input_ids must be in \[0, 30522\)"):
+        client.classify_token_ids(ids, np.ones_like(ids), model=model)
+    (prediction,) = client.classify(TEXTS[:1], model=model)
+    expected = in_process_probabilities(bundles[model], TEXTS[:1])[0]
+    np.testing.assert_allclose([prediction.probabilities[label] for label in EngineSpec.load(bundles[model]).labels],
+                               expected, atol=1e-4)
