@@ -34,16 +34,23 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace):  # -> BuildConfig
-    from .config import BuildConfig, PublishConfig, ValidateConfig
-    from .presets import DEFAULT_PRESET, load_recipe, preset_steps
+def candidates_from_args(args: argparse.Namespace) -> list:  # -> list[tuple[str, BuildConfig]]
+    """One (name, BuildConfig) per candidate: a recipe or most presets give one, `fast-cpu` several."""
+    from .presets import DEFAULT_PRESET, load_recipe, preset_candidates
 
     if args.recipe and args.preset:
         raise EngineforgeError("give either --recipe or --preset, not both")
-    kwargs = load_recipe(args.recipe) if args.recipe else {}
-    if not args.recipe:
-        kwargs["preset"] = args.preset or DEFAULT_PRESET
-        kwargs["steps"] = preset_steps(kwargs["preset"])
+    if args.recipe:
+        return [(str(args.recipe), config_from_args(args, load_recipe(args.recipe)))]
+    preset = args.preset or DEFAULT_PRESET
+    return [(name, config_from_args(args, {"preset": preset, "steps": steps}))
+            for name, steps in preset_candidates(preset)]
+
+
+def config_from_args(args: argparse.Namespace, kwargs: dict):  # -> BuildConfig
+    from .config import BuildConfig, PublishConfig, ValidateConfig
+
+    kwargs = dict(kwargs)
     checkpoint = args.checkpoint or kwargs.get("checkpoint")
     if checkpoint is None:
         raise EngineforgeError("no checkpoint given: build-engine CHECKPOINT_DIR [--eval-data FILE]")
@@ -72,11 +79,12 @@ def config_from_args(args: argparse.Namespace):  # -> BuildConfig
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        config = config_from_args(args)
+        candidates = candidates_from_args(args)
+        config = candidates[0][1]
         from .report import render_markdown
-        from .runner import run_build
+        from .search import run_candidates
 
-        report = run_build(config)
+        report = run_candidates(candidates)
     except EngineforgeError as exc:
         print(f"build-engine: error: {exc}", file=sys.stderr)
         return 2

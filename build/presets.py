@@ -31,8 +31,6 @@ def _registered() -> None:
 
 def _preset_table() -> dict[str, Callable[[], tuple[StepConfig, ...]]]:
     _registered()
-    from .distill import DistillConfig
-    from .prune import PruneConfig
     from .select_runtime import SelectRuntimeConfig
     from .static_quant import StaticInt8Config
     from .weight_only import Bnb4BitConfig, Int4WeightOnlyConfig
@@ -52,9 +50,31 @@ def _preset_table() -> dict[str, Callable[[], tuple[StepConfig, ...]]]:
         # bitsandbytes NF4 served by a torch python backend (no ONNX path exists for bnb layers).
         "nf4": lambda: _serve(Bnb4BitConfig()),
         # Default CPU preset: prune heads + FFN, recover by distillation, calibrated int8, fastest runtime.
-        "fast-cpu": lambda: _serve(PruneConfig(), DistillConfig(), ExportConfig(), StaticInt8Config(),
-                                   SelectRuntimeConfig()),
+        # Its first candidate; `preset_candidates` lists the milder ones tried when the budget is missed.
+        "fast-cpu": lambda: _fast_cpu(0.5, 0.5),
     }
+
+
+def _fast_cpu(head_sparsity: float, ffn_sparsity: float) -> tuple[StepConfig, ...]:
+    from .distill import DistillConfig
+    from .prune import PruneConfig
+    from .select_runtime import SelectRuntimeConfig
+    from .static_quant import StaticInt8Config
+
+    if head_sparsity == ffn_sparsity == 0:
+        return _serve(ExportConfig(), StaticInt8Config(), SelectRuntimeConfig())
+    return _serve(PruneConfig(head_sparsity=head_sparsity, ffn_sparsity=ffn_sparsity), DistillConfig(),
+                  ExportConfig(), StaticInt8Config(), SelectRuntimeConfig())
+
+
+def preset_candidates(name: str) -> list[tuple[str, tuple[StepConfig, ...]]]:
+    """(description, steps) to try in order until one meets the accuracy budget."""
+    if name == "fast-cpu":
+        _registered()
+        return [(f"prune {int(h * 100)}% heads / {int(f * 100)}% FFN + distill + static int8", _fast_cpu(h, f))
+                if h else ("no pruning, static int8", _fast_cpu(0, 0))
+                for h, f in ((0.5, 0.5), (0.25, 0.25), (0.0, 0.0))]
+    return [(name, preset_steps(name))]
 
 
 PRESET_NAMES = ("fp32", "max-accuracy", "int8", "int8-static", "int4-weight-only", "nf4", "fast-cpu")
@@ -87,6 +107,7 @@ def load_recipe(path: Path) -> dict[str, Any]:
     if "steps" in raw and "preset" in raw:
         raise ConfigError(f"recipe {path}: give either `preset` or `[[steps]]`, not both")
     kwargs: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("preset", "steps")}
+    _registered()  # so every step type can be named in a recipe
     if "steps" in raw:
         kwargs["steps"] = tuple(step_config_from_dict(s) for s in raw["steps"])
         kwargs["preset"] = None

@@ -68,6 +68,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| argmax agreement | {val['agreement']:.2%} (budget ≥ {val['budget']['min_agreement']:.0%}) |",
             f"| max / mean abs logit diff | {val['max_abs_logit_diff']:.4g} / {val['mean_abs_logit_diff']:.3g} |",
         ]
+    if report.get("candidates"):
+        lines += ["", "## Candidates tried (most aggressive first)", "", "| candidate | result |", "|---|---|"]
+        lines += [f"| {c['candidate']} | {c['result']}{': ' + c['reason'][:200] if c.get('reason') else ''} |"
+                  for c in report["candidates"]]
     sizes = report.get("sizes_mb")
     if sizes:
         lines += ["", "## Sizes", "", "| artifact | MB |", "|---|---|"]

@@ -11,7 +11,18 @@ from engineforge import progress
 from engineforge.errors import ConfigError, EngineforgeError
 
 # Importing the step modules registers their step functions.
-from . import export, optimize, package, quantize, select_runtime, validate, weight_only  # noqa: F401
+from . import (  # noqa: F401
+    distill,
+    export,
+    optimize,
+    package,
+    prune,
+    quantize,
+    select_runtime,
+    static_quant,
+    validate,
+    weight_only,
+)
 from .checkpoint import load_checkpoint
 from .config import STAGE_EXPORT, BuildConfig
 from .data import load_examples

@@ -7,6 +7,7 @@ differ per text, as in a fine-tuned model.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -111,6 +112,9 @@ def test_each_calibration_method_gives_a_symmetric_int8_qdq_model_within_budget(
     assert {n.op_type for n in model.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
     weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert weights, "per-channel int8 weights are stored as int8 initializers"
+    int32 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32}
+    assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int32], \
+        "biases stay float: TensorRT's parser rejects int32 DequantizeLinear"
 
     from transformers import AutoTokenizer
 
@@ -126,9 +130,10 @@ def test_each_calibration_method_gives_a_symmetric_int8_qdq_model_within_budget(
 
 def test_uint8_activations_are_asymmetric(trained, tmp_path):
     report = _build(trained["checkpoint"], trained["eval"], trained["calibration"], tmp_path / "out",
-                    StaticInt8Config(activation_type="uint8", fallback=False, check_openvino=False))
+                    StaticInt8Config(activation_type="uint8", fallback=False))
     details = report["steps"][1]["details"]
     assert details["activation_types"] == ["UINT8"] and not details["symmetric_activations"]
+    assert details["tensorrt"].startswith("skipped: TensorRT rejects uint8")
     assert "fallback" not in details and report["precision"] == "int8-static-qdq-uint8act"
 
 
@@ -185,3 +190,11 @@ def test_the_static_int8_file_runs_in_openvino_like_in_onnxruntime(trained, tmp_
     ort = ort_logits(path, tokenizer, list(EVAL_TEXTS), 128, threads=1)
     np.testing.assert_array_equal(ov_logits.argmax(1), ort.argmax(1))
     assert np.abs(ov_logits - ort).max() < 0.1 * np.abs(ort).max()
+
+
+def test_the_symmetric_int8_file_parses_in_tensorrt(trained, tmp_path):
+    if not any(importlib.util.find_spec(name) for name in ("tensorrt", "tensorrt_rtx")):
+        pytest.skip("needs tensorrt or tensorrt-rtx (pip install 'engineforge[tensorrt]')")
+    report = _build(trained["checkpoint"], trained["eval"], trained["calibration"], tmp_path / "out",
+                    StaticInt8Config(fallback=False))
+    assert report["steps"][1]["details"]["tensorrt"].startswith("ok: parsed by tensorrt")

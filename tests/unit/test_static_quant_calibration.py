@@ -39,7 +39,10 @@ def test_pad_to_uses_pad_id_and_zero_mask():
 
 
 def test_every_batch_has_the_same_length_and_matches_serving_tokenization(tokenizer, capsys):
+    from onnxruntime.quantization import CalibrationDataReader
+
     reader = TextCalibrationReader(tokenizer, TEXTS, NAMES, max_length=128, batch_size=2)
+    assert isinstance(reader, CalibrationDataReader)  # by ORT's subclass hook: it has get_next()
     assert reader.length == fixed_length(tokenizer, TEXTS, 128) == max(
         len(ids) for ids in tokenizer(TEXTS)["input_ids"])
     batches = list(reader)
