@@ -9,10 +9,11 @@ STAMP := $(VENV)/.engineforge-installed
 venv: $(STAMP)
 
 # torch==2.13.0 is pinned: pip takes the local CPU build instead of GBs of CUDA wheels.
+# The tensorrt extra is TensorRT-RTX: it parses and builds engines without a GPU (running them needs one).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,tensorrt]"
 	touch $@
 
 ## demo: fine-tune the demo model (cached), build-engine, serve with Triton, load-test, print the report

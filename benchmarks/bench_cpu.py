@@ -51,14 +51,18 @@ def machine() -> dict[str, Any]:
 
 
 def build_preset(preset: str, checkpoint: Path, eval_file: Path, train_file: Path) -> dict[str, Any]:
+    """Build a preset exactly as `build-engine --preset` does (budget search included), without publishing."""
     from engineforge.build.config import BuildConfig, PublishConfig
-    from engineforge.build.presets import preset_steps
-    from engineforge.build.runner import run_build
+    from engineforge.build.presets import preset_candidates
+    from engineforge.build.search import run_candidates
 
-    steps = tuple(s for s in preset_steps(preset) if not isinstance(s, PublishConfig))
-    return run_build(BuildConfig(checkpoint=checkpoint, output_dir=ROOT / "artifacts" / "bench" / preset, steps=steps,
-                                 eval_data=eval_file, train_data=train_file, calibration_data=train_file,
-                                 overwrite=True, preset=preset))
+    out = ROOT / "artifacts" / "bench" / preset
+    return run_candidates([
+        (name, BuildConfig(checkpoint=checkpoint, output_dir=out, eval_data=eval_file, train_data=train_file,
+                           calibration_data=train_file, overwrite=True, preset=preset,
+                           steps=tuple(s for s in steps if not isinstance(s, PublishConfig))))
+        for name, steps in preset_candidates(preset)
+    ])
 
 
 def make_runner(engine: Engine, threads: int):
@@ -164,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         report = build_preset(preset, checkpoint, EVAL_FILE, TRAIN_FILE)
         bundle = Path(report["bundle_dir"])
         spec = json.loads((bundle / "engine.json").read_text())
+        chosen = next((c["candidate"] for c in report.get("candidates", []) if c["result"] == "chosen"), preset)
         engine = Engine(f"engineforge {preset}", "engineforge", spec["runtime"], bundle / spec["model_file"],
-                        size_mb=report["sizes_mb"].get("engine (published)"), note=spec["precision"])
+                        size_mb=report["sizes_mb"].get("engine (published)"),
+                        note=f"{spec['precision']} in {spec['runtime']}; candidate: {chosen}")
         if spec["runtime"] == "torch-bnb":
             from transformers import AutoModelForSequenceClassification
 

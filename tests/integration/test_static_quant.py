@@ -192,6 +192,7 @@ def test_the_static_int8_file_runs_in_openvino_like_in_onnxruntime(trained, tmp_
     assert np.abs(ov_logits - ort).max() < 0.1 * np.abs(ort).max()
 
 
+@pytest.mark.tensorrt
 def test_the_symmetric_int8_file_parses_in_tensorrt(trained, tmp_path):
     if not any(importlib.util.find_spec(name) for name in ("tensorrt", "tensorrt_rtx")):
         pytest.skip("needs tensorrt or tensorrt-rtx (pip install 'engineforge[tensorrt]')")
