@@ -27,7 +27,9 @@ TEXT = TensorSpec("TEXT", "TYPE_STRING", (1,))
 LABEL = TensorSpec("LABEL", "TYPE_STRING", (1,))
 LOGITS = TensorSpec("LOGITS", "TYPE_FP32", (-1,))
 PROBABILITIES = TensorSpec("PROBABILITIES", "TYPE_FP32", (-1,))
-TOKEN_TENSORS = ("INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS")
+# Tokenizer output / engine input tensors, keyed by the Hugging Face input name they carry.
+TOKEN_TENSOR_NAMES = {"input_ids": "INPUT_IDS", "attention_mask": "ATTENTION_MASK", "token_type_ids": "TOKEN_TYPE_IDS"}
+TOKEN_TENSORS = tuple(TOKEN_TENSOR_NAMES.values())
 
 
 def engine_model_name(model_name: str) -> str:

@@ -15,13 +15,14 @@ import triton_python_backend_utils as pb_utils
 try:
     from engineforge.serve import tokenize_runtime as rt
     from engineforge.serve.engine_spec import EngineSpec
+    from engineforge.serve.model_layout import TOKEN_TENSOR_NAMES
 except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
     raise ImportError(
         "engineforge is not importable by the Triton python backend stub; start the server with "
         "`engineforge serve` (which puts the engineforge virtualenv first on PATH)"
     ) from exc
 
-OUTPUTS = {"input_ids": "INPUT_IDS", "attention_mask": "ATTENTION_MASK", "token_type_ids": "TOKEN_TYPE_IDS"}
+OUTPUTS = TOKEN_TENSOR_NAMES
 
 
 def _error(message: str, code: int) -> pb_utils.InferenceResponse:

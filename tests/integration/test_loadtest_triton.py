@@ -5,23 +5,15 @@ The server hosts two trivial python-backend models created in a temp dir:
 - echo_tokens: INPUT_IDS, ATTENTION_MASK (INT64 [-1]) -> LOGITS (FP32 [2]), like an engine
   without TOKEN_TYPE_IDS (so it also checks that tokens mode only sends declared inputs).
 
-`_TritonServer` is a stop-gap launcher until engineforge.serve.server exists; swap it then.
+The server is started by engineforge.serve.server.TritonServer, like in production.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import sysconfig
 import textwrap
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -31,6 +23,8 @@ from engineforge.loadtest.config import LoadTestConfig
 from engineforge.loadtest.records import ERR_UNAVAILABLE
 from engineforge.loadtest.report import load_json_report, write_reports
 from engineforge.loadtest.runner import run_loadtest
+from engineforge.serve.server import TritonServer
+from engineforge.serve.triton_env import free_port
 
 TEXT_MODEL_CONFIG = """
 name: "echo_text"
@@ -100,95 +94,8 @@ class TritonPythonModel:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _TritonServer:
-    """Starts tritonserver from the nvidia-pytriton wheel with the python backend; see module doc."""
-
-    def __init__(self, repo: Path, workdir: Path) -> None:
-        import pytriton
-
-        self.triton_dir = Path(pytriton.__file__).parent / "tritonserver"
-        self.binary = self.triton_dir / "bin" / "tritonserver"
-        self.repo, self.workdir = repo, workdir
-        self.grpc_port = _free_port()
-        self.url = f"127.0.0.1:{self.grpc_port}"
-        self.log_path = workdir / "tritonserver.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        py_dir = self.workdir / "backends" / "python"
-        py_dir.mkdir(parents=True, exist_ok=True)
-        stub = self.triton_dir / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
-        for src in (
-            self.triton_dir / "backends" / "python" / "libtriton_python.so",
-            self.triton_dir / "backends" / "python" / "triton_python_backend_utils.py",
-            stub / "triton_python_backend_stub",
-        ):
-            shutil.copy2(src, py_dir / src.name)
-        env = dict(os.environ)
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        # The stub must load the venv's libpython, not the system one (which crashes importing ssl).
-        libs = Path(self.triton_dir).parent.parent / "nvidia_pytriton.libs"
-        env["LD_LIBRARY_PATH"] = f"{sysconfig.get_config_var('LIBDIR')}{os.pathsep}{libs}"
-        command = [
-            str(self.binary),
-            f"--model-repository={self.repo}",
-            f"--backend-directory={self.workdir / 'backends'}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
-            "--metrics-address=127.0.0.1",
-            f"--http-port={_free_port()}",
-            f"--grpc-port={self.grpc_port}",
-            f"--metrics-port={_free_port()}",
-        ]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self._wait_ready(timeout_s)
-
-    def _wait_ready(self, timeout_s: float) -> None:
-        import tritonclient.grpc as grpcclient
-
-        client = grpcclient.InferenceServerClient(self.url)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
-                try:
-                    if client.is_server_ready(client_timeout=1.0):
-                        return
-                except Exception:  # not listening yet
-                    pass
-                time.sleep(0.1)
-        finally:
-            client.close()
-        self.stop()
-        raise RuntimeError(f"tritonserver not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory) -> Iterator[_TritonServer]:
+def triton(tmp_path_factory) -> Iterator[TritonServer]:
     pytest.importorskip("pytriton")
     root = tmp_path_factory.mktemp("triton")
     repo = root / "repo"
@@ -199,20 +106,14 @@ def triton(tmp_path_factory) -> Iterator[_TritonServer]:
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text(textwrap.dedent(config))
         (repo / name / "1" / "model.py").write_text(textwrap.dedent(code))
-    server = _TritonServer(repo, root)
-    if not server.binary.exists():
-        pytest.skip(f"no tritonserver binary at {server.binary}")
-    server.start()
-    try:
+    with TritonServer(repo, log_file=root / "tritonserver.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.triton
 def test_text_load_test_at_concurrency_1_and_2(triton, tmp_path):
     config = LoadTestConfig(
-        model="echo_text", url=triton.url, concurrency=(1, 2), duration_s=2.0, warmup_s=0.3, progress_every_s=1.0
+        model="echo_text", url=triton.grpc_url, concurrency=(1, 2), duration_s=2.0, warmup_s=0.3, progress_every_s=1.0
     )
     result = run_loadtest(config)
     assert [lv.concurrency for lv in result.levels] == [1, 2]
@@ -235,7 +136,7 @@ def test_text_load_test_at_concurrency_1_and_2(triton, tmp_path):
 @pytest.mark.triton
 def test_tokens_load_test_with_batches_sends_only_declared_inputs(triton):
     config = LoadTestConfig(
-        model="echo_tokens", url=triton.url, mode="tokens", concurrency=(2,), duration_s=1.0, warmup_s=0.2,
+        model="echo_tokens", url=triton.grpc_url, mode="tokens", concurrency=(2,), duration_s=1.0, warmup_s=0.2,
         batch_size=4, seq_len=16, progress_every_s=0,
     )  # fmt: skip
     level = run_loadtest(config).levels[0]
@@ -248,23 +149,23 @@ def test_tokens_load_test_with_batches_sends_only_declared_inputs(triton):
 @pytest.mark.triton
 def test_missing_model_lists_ready_models(triton):
     with pytest.raises(ModelNotReadyError) as info:
-        run_loadtest(LoadTestConfig(model="no_such_model", url=triton.url, duration_s=1.0))
+        run_loadtest(LoadTestConfig(model="no_such_model", url=triton.grpc_url, duration_s=1.0))
     message = str(info.value)
-    assert "'no_such_model'" in message and triton.url in message
+    assert "'no_such_model'" in message and triton.grpc_url in message
     assert "ready models: echo_text, echo_tokens" in message
 
 
 @pytest.mark.triton
 def test_mode_that_does_not_match_model_inputs_is_a_config_error(triton):
     with pytest.raises(ConfigError, match="use --mode tokens"):
-        run_loadtest(LoadTestConfig(model="echo_tokens", url=triton.url, mode="text", duration_s=1.0))
+        run_loadtest(LoadTestConfig(model="echo_tokens", url=triton.grpc_url, mode="text", duration_s=1.0))
 
 
 @pytest.mark.triton
 def test_cli_end_to_end(triton, tmp_path, capsys):
     out = tmp_path / "reports"
     code = cli.main(
-        ["--url", triton.url, "--model", "echo_text", "--concurrency", "1", "--duration", "1", "--warmup", "0.2",
+        ["--url", triton.grpc_url, "--model", "echo_text", "--concurrency", "1", "--duration", "1", "--warmup", "0.2",
          "--batch-size", "2", "--out", str(out), "--name", "run", "--save-records"]
     )  # fmt: skip
     captured = capsys.readouterr()
@@ -277,7 +178,7 @@ def test_cli_end_to_end(triton, tmp_path, capsys):
 
 
 def test_no_server_gives_server_unavailable_error():
-    url = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.monotonic()
     with pytest.raises(ServerUnavailableError) as info:
         run_loadtest(LoadTestConfig(model="echo_text", url=url, duration_s=1.0))
@@ -287,7 +188,7 @@ def test_no_server_gives_server_unavailable_error():
 
 
 def test_cli_without_server_exits_2_with_message(capsys, tmp_path):
-    url = f"127.0.0.1:{_free_port()}"
+    url = f"127.0.0.1:{free_port()}"
     assert cli.main(["--url", url, "--model", "m", "--out", str(tmp_path)]) == 2
     assert f"error: no Triton server answers at {url}" in capsys.readouterr().err
 
@@ -298,7 +199,7 @@ def test_request_fn_never_raises_when_server_is_gone():
     from engineforge.loadtest.triton_requests import text_request_fn
 
     async def one():
-        fn = text_request_fn("echo_text", url=f"127.0.0.1:{_free_port()}", timeout_s=2.0)
+        fn = text_request_fn("echo_text", url=f"127.0.0.1:{free_port()}", timeout_s=2.0)
         try:
             return await fn(0)
         finally:
