@@ -17,9 +17,11 @@ from engineforge import progress
 from engineforge.errors import ConfigError
 
 from .config import STAGE_DISTILL, StepConfig, register_config_type
+from .data import Example
 from .kd import (
     accuracy,
     agreement_and_kl,
+    augment_texts,
     hidden_state_loss,
     kd_loss,
     make_batches,
@@ -48,8 +50,12 @@ class DistillConfig(StepConfig):
     holdout_fraction: float = 0.1  # slice of the training text kept for early stopping
     weight_decay: float = 0.01
     seed: int = 0
+    # Unlabelled variants per training text (dropout/swap/splice), distilled on soft labels only.
+    augment_copies: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.augment_copies <= 16:
+            raise ConfigError(f"distill.augment_copies={self.augment_copies}: use 0..16 (0 = no augmentation)")
         if self.epochs < 1:
             raise ConfigError(f"distill.epochs must be >= 1, got {self.epochs}")
         if not 0 < self.learning_rate < 1:
@@ -99,6 +105,10 @@ def distill(ctx: BuildContext, config: DistillConfig) -> dict[str, Any]:
     examples, source = training_examples(ctx, "distill")
     torch.manual_seed(config.seed)
     train_idx, held_idx = split_holdout(len(examples), config.holdout_fraction, config.seed)
+    if config.augment_copies:  # from the training split only, so the held-out slice stays unseen
+        extra = augment_texts([examples[i].text for i in train_idx], config.augment_copies, config.seed)
+        train_idx = list(train_idx) + list(range(len(examples), len(examples) + len(extra)))
+        examples = examples + [Example(text=t) for t in extra]
     # Teacher logits never change: compute them once (per example for training, so reshuffled batches reuse them).
     held = with_teacher_logits(teacher, make_batches(ctx, examples, 64, config.max_length, held_idx))
     evals = make_batches(ctx, ctx.eval_examples, 64, config.max_length)

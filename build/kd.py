@@ -133,3 +133,27 @@ def accuracy(model: Any, batches: Sequence[Batch]) -> float | None:
                 correct += int((pred[mask] == batch.labels[mask]).sum())
                 total += int(mask.sum())
     return correct / total if total else None
+
+
+def augment_texts(texts: Sequence[str], copies: int, seed: int = 0) -> list[str]:
+    """Unlabelled variants for distillation (TinyBERT-style): word dropout, adjacent swaps, and splices
+    of two texts. The teacher labels them softly, which shows the student more of its decision boundary
+    than a few hundred originals do; they are never used as hard labels."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for text in texts:
+        words = text.split()
+        for _ in range(copies):
+            choice, variant = rng.random(), list(words)
+            if len(variant) > 3 and choice < 0.4:
+                variant = [w for w in variant if rng.random() > 0.15] or variant
+            elif len(variant) > 3 and choice < 0.7:
+                i = rng.randrange(len(variant) - 1)
+                variant[i], variant[i + 1] = variant[i + 1], variant[i]
+            else:
+                other = rng.choice(texts).split()
+                variant = variant[: max(1, len(variant) // 2)] + other[len(other) // 2 :]
+            out.append(" ".join(variant))
+    return out

@@ -125,6 +125,16 @@ def test_distillation_lowers_the_student_teacher_loss(sharp_checkpoint, tmp_path
     json.dumps(details)
 
 
+def test_augmented_distillation_trains_on_more_text_and_still_lowers_the_loss(sharp_checkpoint, tmp_path):
+    ctx = _context(sharp_checkpoint, tmp_path)
+    prune(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5, num_batches=2))
+    plain = len(ctx.train_examples)
+    details = distill(ctx, DistillConfig(epochs=3, learning_rate=3e-3, batch_size=8, patience=0, augment_copies=2))
+    trained_on = int(details["data"].split()[0])
+    assert trained_on > plain  # originals (minus the held-out slice) plus two variants of each
+    assert details["kl_after"] < details["kl_before"]
+
+
 @pytest.mark.parametrize("step", ["prune", "distill"])
 def test_steps_refuse_to_run_without_data(tiny_checkpoint, tmp_path, step):
     ctx = _context(tiny_checkpoint, tmp_path, train=None)

@@ -138,3 +138,20 @@ def test_hidden_state_loss_ignores_padding_and_the_embedding_layer():
     assert float(hidden_state_loss(student, teacher, mask)) == 0.0
     student[2][1] += 1.0  # every valid dim of example 1 off by 1 in the last layer
     assert float(hidden_state_loss(student, teacher, mask)) == pytest.approx(0.5 * (5 * 4) / (8 * 4))
+
+
+def test_augmented_distillation_text_is_deterministic_and_varied():
+    from engineforge.build.kd import augment_texts
+
+    texts = ["where is my order it was due on monday", "I want a refund for the broken lamp please"]
+    first, again = augment_texts(texts, 3, seed=1), augment_texts(texts, 3, seed=1)
+    assert first == again and len(first) == 6
+    assert len(set(first)) > 1 and not set(first) <= set(texts)
+
+
+def test_augment_copies_is_bounded():
+    from engineforge.build.distill import DistillConfig
+    from engineforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="augment_copies"):
+        DistillConfig(augment_copies=100)
