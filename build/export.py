@@ -32,15 +32,10 @@ def _logits_only(model: Any, names: list[str]) -> Any:
     return LogitsOnly().eval()
 
 
-@register_step(ExportConfig)
-def export_onnx(ctx: BuildContext, config: ExportConfig) -> dict[str, Any]:
+def write_onnx(model: Any, names: list[str], args: tuple[Any, ...], path: Any, opset: int) -> None:
+    """Export `model`'s logits with dynamic batch and sequence axes."""
     import torch
 
-    names = model_input_names(ctx.tokenizer)
-    sample = ctx.tokenizer(["a short example", "a second, longer example sentence"], padding=True,
-                           return_tensors="pt")
-    args = tuple(sample[n] if n in sample else torch.zeros_like(sample["input_ids"]) for n in names)
-    path = ctx.work_dir / "model.fp32.onnx"
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
     # The TorchScript exporter is deliberate (dynamo needs onnxscript rewrites ORT's fusions don't match);
@@ -50,9 +45,21 @@ def export_onnx(ctx: BuildContext, config: ExportConfig) -> dict[str, Any]:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*aten::index.*")
         torch.onnx.export(
-            _logits_only(ctx.model, names), args, str(path), input_names=names, output_names=["logits"],
-            dynamic_axes=axes, opset_version=config.opset, do_constant_folding=True, dynamo=False,
+            _logits_only(model, names), args, str(path), input_names=names, output_names=["logits"],
+            dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
         )
+
+
+@register_step(ExportConfig)
+def export_onnx(ctx: BuildContext, config: ExportConfig) -> dict[str, Any]:
+    import torch
+
+    names = model_input_names(ctx.tokenizer)
+    sample = ctx.tokenizer(["a short example", "a second, longer example sentence"], padding=True,
+                           return_tensors="pt")
+    args = tuple(sample[n] if n in sample else torch.zeros_like(sample["input_ids"]) for n in names)
+    path = ctx.work_dir / "model.fp32.onnx"
+    write_onnx(ctx.model, names, args, path, config.opset)
     texts = [e.text for e in ctx.eval_examples[:32]] or list(_CHECK_TEXTS)
     max_diff = check_against_torch(ctx, path, texts, config.atol, "ONNX export")
     ctx.onnx_path = path

@@ -43,13 +43,9 @@ def ort_session(onnx_path: Path, threads: int) -> Any:
 def ort_logits(
     onnx_path: Path, tokenizer: Any, texts: Sequence[str], max_length: int, threads: int, batch_size: int = 32
 ) -> np.ndarray:
-    session = ort_session(onnx_path, threads)
-    graph_inputs = [i.name for i in session.get_inputs()]
-    outputs = []
-    for chunk in batches(texts, batch_size):
-        arrays = encode(tokenizer, chunk, max_length, graph_inputs)
-        outputs.append(session.run(None, {k: arrays[k] for k in graph_inputs})[0])
-    return np.concatenate(outputs)
+    from .runtimes import runtime_logits
+
+    return runtime_logits("onnxruntime", onnx_path, tokenizer, texts, max_length, threads, batch_size)
 
 
 def file_mb(path: Path) -> float:

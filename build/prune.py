@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-
 from engineforge import progress
 from engineforge.errors import ConfigError
 
@@ -104,38 +102,24 @@ def measure_latency_ms(ctx: BuildContext, model: Any, seq_len: int = 128, runs: 
     import tempfile
     from pathlib import Path
 
-    import onnxruntime as ort
     import torch
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from .export import _logits_only
+    from .export import write_onnx
     from .inference import model_input_names
     from .prune_structure import attention_fusion_shape
+    from .runtimes import make_runner, measure_latency
 
     names = model_input_names(ctx.tokenizer)
-    args = tuple(torch.ones(1, seq_len, dtype=torch.long) if n != "token_type_ids"
-                 else torch.zeros(1, seq_len, dtype=torch.long) for n in names)
+    args = tuple(torch.ones(1, seq_len, dtype=torch.long) for _ in names)
     with tempfile.TemporaryDirectory() as tmp:
         raw, fused = Path(tmp) / "m.onnx", Path(tmp) / "m.opt.onnx"
-        with torch.inference_mode():
-            torch.onnx.export(_logits_only(model, names), args, str(raw), input_names=names,
-                              output_names=["logits"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
-                              opset_version=17, do_constant_folding=True, dynamo=False)
+        write_onnx(model, names, args, raw, opset=17)
         num_heads, hidden = attention_fusion_shape(model)
         optimize_model(str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=1,
                        use_gpu=False).save_model_to_file(str(fused))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = ctx.config.intra_op_threads
-        session = ort.InferenceSession(str(fused), options, providers=["CPUExecutionProvider"])
-        feed = {n: a.numpy() for n, a in zip(names, args, strict=True)}
-        for _ in range(5):
-            session.run(None, feed)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+        runner, inputs = make_runner("onnxruntime", fused, ctx.config.intra_op_threads)
+        return measure_latency(runner, inputs, batch=1, seq_len=seq_len, iterations=runs).median_ms
 
 
 def search_for_latency(ctx: BuildContext, importance: Importance, config: PruneConfig) -> tuple[Plan, dict[str, Any]]:

@@ -37,8 +37,10 @@ def check_openvino(path: Path, threads: int) -> str:
     except ImportError:
         return "skipped: openvino not installed"
     try:
+        from engineforge.serve.engine_backends import openvino_properties
+
         core = ov.Core()
-        core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_NUM_THREADS": threads})
+        core.compile_model(core.read_model(str(path)), "CPU", openvino_properties(threads))
     except Exception as exc:  # OpenVINO raises plain RuntimeErrors for unsupported graphs
         raise ValidationError(f"OpenVINO cannot load the static int8 model {path.name}: {str(exc)[:300]}; "
                               + _HOW_TO_SKIP) from exc

@@ -111,13 +111,13 @@ def check_served_answers(url: str, model: str, bundle: Path, texts: list[str]) -
 
     from engineforge.build.inference import ort_logits
     from engineforge.serve.client import EngineforgeClient
+    from engineforge.serve.engine_runtime import softmax
     from engineforge.serve.engine_spec import EngineSpec
 
     spec = EngineSpec.load(bundle)
     tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
     logits = ort_logits(bundle / spec.model_file, tokenizer, texts, spec.max_sequence_length, threads=1)
-    local = np.exp(logits - logits.max(axis=1, keepdims=True))
-    local /= local.sum(axis=1, keepdims=True)
+    local = softmax(logits)
     served = EngineforgeClient(url).classify(texts, model=model)
     rows = []
     for text, prediction, probs in zip(texts, served, local, strict=True):

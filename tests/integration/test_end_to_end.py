@@ -10,15 +10,11 @@ import pytest
 from engineforge.build.cli import main as build_engine
 from engineforge.build.inference import ort_logits
 from engineforge.serve.client import EngineforgeClient
+from engineforge.serve.engine_runtime import softmax
 from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.server import TritonServer
 
 pytestmark = pytest.mark.triton
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def test_built_engine_serves_the_same_answers_as_in_process(tiny_checkpoint, tiny_eval_data, tmp_path, capsys):
@@ -38,7 +34,7 @@ def test_built_engine_serves_the_same_answers_as_in_process(tiny_checkpoint, tin
 
     tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
     texts = [json.loads(line)["text"] for line in tiny_eval_data.read_text().splitlines()]
-    expected = _softmax(ort_logits(bundle / "model.onnx", tokenizer, texts, spec.max_sequence_length, threads=1))
+    expected = softmax(ort_logits(bundle / "model.onnx", tokenizer, texts, spec.max_sequence_length, threads=1))
 
     with TritonServer(repo) as server:
         client = EngineforgeClient(server.grpc_url)
