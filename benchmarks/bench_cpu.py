@@ -1,12 +1,14 @@
 """CPU benchmark: engineforge presets vs the peers, on the demo checkpoint. Run on demand, not in tests.
 
-    .venv/bin/python benchmarks/bench_cpu.py [--presets int8,fast-cpu] [--iterations 100] [--quick]
+    .venv/bin/python benchmarks/bench_cpu.py [--presets int8,fast-cpu] [--iterations 100] [--reuse-builds]
 
 Measures, same machine, same threads: PyTorch fp32 eager; ONNX Runtime fp32 (fused); ONNX Runtime
 dynamic int8 per-channel of the unpruned model (what Optimum's dynamic quantizer gives); OpenVINO fp32
 and int8 (symmetric static Q/DQ) of the unpruned model (what optimum-intel gives); each engineforge
 preset. For each: eval accuracy, argmax agreement with fp32, model size, and median / p99 latency at
-batch 1 and 8 × seq 32 and 128. Writes benchmarks/results/cpu.{md,json,png}.
+batch 1 and 8 × seq 32 and 128, all engines timed in interleaved rounds (machine-load drift on these
+shared 2-core machines reaches 15 % between minutes; interleaving makes the ratios trustworthy).
+Writes benchmarks/results/cpu.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def machine() -> dict[str, Any]:
             "versions": package_versions(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 
-def build_preset(preset: str, checkpoint: Path, eval_file: Path, train_file: Path) -> dict[str, Any]:
+def build_preset(preset: str, checkpoint: Path, eval_file: Path, train_file: Path,
+                 unlabelled_file: Path) -> dict[str, Any]:
     """Build a preset exactly as `build-engine --preset` does (budget search included), without publishing."""
     from engineforge.build.config import BuildConfig, PublishConfig
     from engineforge.build.presets import preset_candidates
@@ -59,7 +62,7 @@ def build_preset(preset: str, checkpoint: Path, eval_file: Path, train_file: Pat
     out = ROOT / "artifacts" / "bench" / preset
     return run_candidates([
         (name, BuildConfig(checkpoint=checkpoint, output_dir=out, eval_data=eval_file, train_data=train_file,
-                           calibration_data=train_file, overwrite=True, preset=preset,
+                           calibration_data=train_file, unlabelled_data=unlabelled_file, overwrite=True, preset=preset,
                            steps=tuple(s for s in steps if not isinstance(s, PublishConfig))))
         for name, steps in preset_candidates(preset)
     ])
@@ -83,14 +86,13 @@ def make_runner(engine: Engine, threads: int):
     return runtime_runner(engine.runtime, engine.path, threads)
 
 
-def evaluate(engine: Engine, tokenizer: Any, texts: list[str], labels: list[int], reference: Any, threads: int,
-             iterations: int) -> dict[str, Any]:
+def evaluate(engine: Engine, runner: Any, names: list[str], tokenizer: Any, texts: list[str], labels: list[int],
+             reference: Any) -> tuple[dict[str, Any], Any]:
+    """Accuracy and agreement on the eval texts (latency is measured for all engines together)."""
     import numpy as np
 
     from engineforge.build.data import batches, encode
-    from engineforge.build.runtimes import measure_latency
 
-    runner, names = make_runner(engine, threads)
     logits = np.concatenate([runner(encode(tokenizer, chunk, 128, names)) for chunk in batches(texts, 32)])
     predictions = logits.argmax(axis=1)
     row: dict[str, Any] = {
@@ -99,12 +101,22 @@ def evaluate(engine: Engine, tokenizer: Any, texts: list[str], labels: list[int]
         "agreement": None if reference is None else round(float((predictions == reference).mean()), 4),
         "note": engine.note, "latency": {},
     }
-    for batch, seq in SHAPES:
-        lat = measure_latency(runner, names, batch=batch, seq_len=seq, iterations=iterations, max_seconds=30)
-        row["latency"][f"{batch}x{seq}"] = lat.to_dict()
-        print(f"  {engine.name}: {batch}x{seq} median {lat.median_ms:.2f} ms p99 {lat.p99_ms:.2f} ms",
-              file=sys.stderr, flush=True)
     return row, predictions
+
+
+def time_all(engines: list[Engine], runners: list[tuple[Any, list[str]]], rows: list[dict[str, Any]],
+             iterations: int) -> None:
+    """Every shape, all engines interleaved round by round: machine-load drift hits every engine alike."""
+    from engineforge.build.runtimes import measure_latencies
+
+    for batch, seq in SHAPES:
+        per_engine = measure_latencies({e.name: r for e, r in zip(engines, runners, strict=True)}, batch, seq,
+                                       iterations=iterations, per_round=max(1, iterations // 20))
+        for engine, row in zip(engines, rows, strict=True):
+            lat = per_engine[engine.name]
+            row["latency"][f"{batch}x{seq}"] = lat.to_dict()
+            print(f"  {engine.name}: {batch}x{seq} median {lat.median_ms:.2f} ms p99 {lat.p99_ms:.2f} ms",
+                  file=sys.stderr, flush=True)
 
 
 def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
@@ -149,13 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", default="int8,fast-cpu", help="engineforge presets to build and measure")
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reuse-builds", action="store_true",
+                        help="time the preset builds already under artifacts/bench/ instead of rebuilding them")
     args = parser.parse_args(argv)
 
     from peers import build_peers  # benchmarks/peers.py
 
     from engineforge.build.checkpoint import load_checkpoint
     from engineforge.build.data import load_examples
-    from engineforge.demo.finetune import EVAL_FILE, TRAIN_FILE, prepare_demo_checkpoint
+    from engineforge.demo.finetune import EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE, prepare_demo_checkpoint
 
     checkpoint = ROOT / "artifacts" / "demo-checkpoint"
     prepare_demo_checkpoint(checkpoint)
@@ -165,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
 
     engines = build_peers(model, checkpoint, EVAL_FILE, TRAIN_FILE, ROOT / "artifacts" / "bench" / "peers")
     for preset in [p for p in args.presets.split(",") if p]:
-        report = build_preset(preset, checkpoint, EVAL_FILE, TRAIN_FILE)
+        previous = ROOT / "artifacts" / "bench" / preset / "build_report.json"
+        if args.reuse_builds and previous.is_file() and json.loads(previous.read_text())["status"] == "ok":
+            report = json.loads(previous.read_text())
+            report["candidates"] = json.loads(previous.with_name("candidates.json").read_text()) \
+                if previous.with_name("candidates.json").is_file() else []
+        else:
+            report = build_preset(preset, checkpoint, EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE)
         bundle = Path(report["bundle_dir"])
         spec = json.loads((bundle / "engine.json").read_text())
         chosen = next((c["candidate"] for c in report.get("candidates", []) if c["result"] == "chosen"), preset)
@@ -180,11 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         engines.append(engine)
 
     rows, reference = [], None
-    for engine in engines:
-        row, predictions = evaluate(engine, tokenizer, texts, labels, reference, args.threads, args.iterations)
+    runners = [make_runner(engine, args.threads) for engine in engines]
+    for engine, (runner, names) in zip(engines, runners, strict=True):
+        row, predictions = evaluate(engine, runner, names, tokenizer, texts, labels, reference)
         if reference is None:  # the first engine is PyTorch fp32: everything else agrees with it or not
             reference = predictions
         rows.append(row)
+    time_all(engines, runners, rows, args.iterations)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = machine()
     (RESULTS / "cpu.json").write_text(json.dumps({"machine": meta, "rows": rows}, indent=2) + "\n")

@@ -20,6 +20,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-data", type=Path, help="labelled eval data (.jsonl/.csv with text,label)")
     parser.add_argument("--train-data", type=Path, help="training text for pruning importance and distillation")
     parser.add_argument("--calibration-data", type=Path, help="representative texts for static int8 calibration")
+    parser.add_argument("--unlabelled-data", type=Path,
+                        help="unlabelled in-domain text (e.g. logs) that distillation labels with the fp32 model")
     parser.add_argument("--preset",
                         help="fp32, max-accuracy, int8 (default), int8-static, int4-weight-only, nf4, fast-cpu")
     parser.add_argument("--recipe", type=Path, help="TOML recipe describing the whole build")
@@ -57,7 +59,8 @@ def config_from_args(args: argparse.Namespace, kwargs: dict):  # -> BuildConfig
     kwargs["checkpoint"] = Path(checkpoint)
     kwargs["output_dir"] = args.output or kwargs.get("output_dir") or Path("artifacts/builds") / Path(checkpoint).name
     for flag, key in ((args.eval_data, "eval_data"), (args.train_data, "train_data"),
-                      (args.calibration_data, "calibration_data"), (args.max_seq_len, "max_sequence_length"),
+                      (args.calibration_data, "calibration_data"), (args.unlabelled_data, "unlabelled_data"),
+                      (args.max_seq_len, "max_sequence_length"),
                       (args.threads, "intra_op_threads")):
         if flag is not None:
             kwargs[key] = flag

@@ -193,6 +193,9 @@ def step_config_from_dict(values: dict[str, Any]) -> StepConfig:
     return STEP_CONFIG_TYPES[step_type].from_dict(values)
 
 
+DATA_FIELDS = ("eval_data", "train_data", "calibration_data", "unlabelled_data")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """A whole build: input, data, ordered steps and where results go."""
@@ -205,6 +208,8 @@ class BuildConfig:
     train_data: Path | None = None
     # Representative inputs for static quantization ranges; never invented when absent.
     calibration_data: Path | None = None
+    # Unlabelled in-domain text (e.g. production logs): the distill step labels it with the fp32 teacher.
+    unlabelled_data: Path | None = None
     max_sequence_length: int = 128
     # Threads ONNX Runtime may use when the engine is served (and when validated here).
     intra_op_threads: int = 2
@@ -214,7 +219,7 @@ class BuildConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
         object.__setattr__(self, "output_dir", Path(self.output_dir))
-        for name in ("eval_data", "train_data", "calibration_data"):
+        for name in DATA_FIELDS:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "steps", tuple(self.steps))

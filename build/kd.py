@@ -21,8 +21,19 @@ def training_examples(ctx: BuildContext, step: str) -> tuple[list[Example], str]
         return list(ctx.calibration_examples), "calibration"
     raise DataError(
         f"step '{step}' needs representative text: pass --train-data FILE (JSONL/CSV with a 'text' column, "
-        "labels optional) or set train_data in the recipe"
+        "labels optional) or set train_data in the recipe; the distill step also reads --unlabelled-data FILE"
     )
+
+
+def distillation_examples(ctx: BuildContext) -> tuple[list[Example], str]:
+    """Training text plus the unlabelled text (KL term only); either alone is enough."""
+    unlabelled = list(ctx.unlabelled_examples)
+    if not unlabelled:
+        return training_examples(ctx, "distill")
+    if not (ctx.train_examples or ctx.calibration_examples):
+        return unlabelled, "unlabelled"
+    examples, source = training_examples(ctx, "distill")
+    return examples + unlabelled, f"{source} + {len(unlabelled)} unlabelled"
 
 
 def label_ids(examples: Sequence[Example], labels: Sequence[str]) -> list[int]:

@@ -98,6 +98,7 @@ class BuildContext:
     eval_examples: list[Any] = field(default_factory=list)
     train_examples: list[Any] = field(default_factory=list)
     calibration_examples: list[Any] = field(default_factory=list)
+    unlabelled_examples: list[Any] = field(default_factory=list)  # text only: labels are dropped on load
     records: list[StepRecord] = field(default_factory=list)
     validation: dict[str, Any] | None = None
     bundle_dir: Path | None = None

@@ -24,8 +24,8 @@ from . import (  # noqa: F401
     weight_only,
 )
 from .checkpoint import load_checkpoint
-from .config import STAGE_EXPORT, BuildConfig
-from .data import load_examples
+from .config import DATA_FIELDS, STAGE_EXPORT, BuildConfig
+from .data import Example, load_examples
 from .inference import file_mb
 from .manifest import build_manifest, write_manifest
 from .pipeline import BuildContext, check_step_order, prepare_output_dir, run_steps
@@ -61,10 +61,12 @@ def run_build(config: BuildConfig) -> dict[str, Any]:
         report["checkpoint"] = info.to_dict()
         progress.info(f"  {info.architecture} ({info.model_type}), {len(info.labels)} labels, "
                       f"weights {file_mb(info.weights_file)} MB")
-        for kind in ("eval", "train", "calibration"):
+        for kind in ("eval", "train", "calibration", "unlabelled"):
             path = getattr(config, f"{kind}_data")
             if path is not None:
                 examples = load_examples(path, ctx.labels)
+                if kind == "unlabelled":  # the teacher labels this text; any labels in the file are not used
+                    examples = [Example(text=e.text) for e in examples]
                 setattr(ctx, f"{kind}_examples", examples)
                 progress.info(f"  {kind} data: {len(examples)} examples from {path}")
         run_steps(ctx)
@@ -80,18 +82,18 @@ def run_build(config: BuildConfig) -> dict[str, Any]:
         (out_dir / "recipe.toml").write_text(dump_recipe(config.steps, {
             "checkpoint": config.checkpoint.resolve(),
             **{k: getattr(config, k) and getattr(config, k).resolve()
-               for k in ("eval_data", "train_data", "calibration_data")},
+               for k in DATA_FIELDS},
             "max_sequence_length": config.max_sequence_length, "intra_op_threads": config.intra_op_threads}))
         write_reports(report, out_dir)
         write_manifest(build_manifest(report, config.checkpoint, {
-            "eval": config.eval_data, "train": config.train_data, "calibration": config.calibration_data,
-        }, ctx.bundle_dir), out_dir)
+            field.removesuffix("_data"): getattr(config, field) for field in DATA_FIELDS}, ctx.bundle_dir), out_dir)
     return report
 
 
 def _finish_report(report: dict[str, Any], ctx: BuildContext, started: float) -> None:
     report["total_seconds"] = round(time.perf_counter() - started, 2)
     report["precision"] = ctx.precision
+    report["runtime"] = ctx.runtime
     report["steps"] = [{"name": r.name, "seconds": round(r.seconds, 3), "details": r.details} for r in ctx.records]
     report["validation"] = ctx.validation
     report["published"] = ctx.published

@@ -86,6 +86,35 @@ def measure_latency(runner: Runner, names: Sequence[str], batch: int = 1, seq_le
         start = time.perf_counter()
         runner(feeds)
         times.append((time.perf_counter() - start) * 1000)
-    times.sort()
+    return _summary(times, batch, seq_len)
+
+
+def _summary(times: list[float], batch: int, seq_len: int) -> Latency:
+    times = sorted(times)
     p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
     return Latency(batch, seq_len, round(statistics.median(times), 3), round(p99, 3), len(times))
+
+
+def measure_latencies(runners: dict[str, tuple[Runner, Sequence[str]]], batch: int = 1, seq_len: int = 128,
+                      iterations: int = 50, per_round: int = 5, warmup: int = 5,
+                      settle_s: float = 0.02) -> dict[str, Latency]:
+    """Time several engines in interleaved rounds (`per_round` calls each, in turn), so that load from
+    elsewhere on a shared machine hits them all alike: back-to-back runs on these 2-core machines
+    drifted by 15 % between minutes (6.5 vs 7.7 ms for the same file), enough to flip a comparison.
+
+    Each round starts with a pause and one untimed call: ONNX Runtime's and OpenVINO's worker threads
+    spin for a while after a call, and would otherwise steal the cores from the next engine's first calls."""
+    feeds = {name: synthetic_feeds(names, batch, seq_len) for name, (_, names) in runners.items()}
+    for name, (runner, _) in runners.items():
+        for _ in range(warmup):
+            runner(feeds[name])
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(-(-iterations // per_round)):
+        for name, (runner, _) in runners.items():
+            time.sleep(settle_s)
+            runner(feeds[name])
+            for _ in range(per_round):
+                start = time.perf_counter()
+                runner(feeds[name])
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {name: _summary(values, batch, seq_len) for name, values in times.items()}

@@ -130,9 +130,27 @@ def test_augmented_distillation_trains_on_more_text_and_still_lowers_the_loss(sh
     prune(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5, num_batches=2))
     plain = len(ctx.train_examples)
     details = distill(ctx, DistillConfig(epochs=3, learning_rate=3e-3, batch_size=8, patience=0, augment_copies=2))
-    trained_on = int(details["data"].split()[0])
-    assert trained_on > plain  # originals (minus the held-out slice) plus two variants of each
+    assert details["texts"] == plain
+    # The originals minus the held-out slice, plus two variants of each.
+    assert details["trained_on"] == 3 * (plain - details["held_out"])
     assert details["kl_after"] < details["kl_before"]
+
+
+def test_unlabelled_text_is_distilled_together_with_the_training_text(sharp_checkpoint, tmp_path):
+    ctx = _context(sharp_checkpoint, tmp_path)
+    prune(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5, num_batches=2))
+    ctx.unlabelled_examples = [Example(f"please, {t}?") for t in EVAL_TEXTS]
+    details = distill(ctx, DistillConfig(epochs=2, learning_rate=3e-3, batch_size=8, patience=0))
+    assert details["texts"] == len(TRAIN_TEXTS) + len(EVAL_TEXTS)
+    assert details["data"].startswith(f"{details['texts']} texts (train + {len(EVAL_TEXTS)} unlabelled)")
+    assert details["kl_after"] < details["kl_before"]
+
+
+def test_unlabelled_text_alone_is_enough_for_distillation(sharp_checkpoint, tmp_path):
+    ctx = _context(sharp_checkpoint, tmp_path, train=None)
+    ctx.unlabelled_examples = [Example(t) for t in TRAIN_TEXTS]
+    details = distill(ctx, DistillConfig(epochs=1, batch_size=8, patience=0))
+    assert details["texts"] == len(TRAIN_TEXTS) and "(unlabelled)" in details["data"]
 
 
 @pytest.mark.parametrize("step", ["prune", "distill"])
@@ -152,11 +170,19 @@ def test_full_build_prune_distill_export_optimize_validate(sharp_checkpoint, tmp
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"text": t}) + "\n" for t in TRAIN_TEXTS))
     eval_data = write_eval_data(tmp_path / "eval.jsonl", sharp_checkpoint)
+    unlabelled = tmp_path / "logs.jsonl"  # a label in it is ignored: the teacher labels this text
+    unlabelled.write_text("".join(json.dumps({"text": f"hello, {t}", "label": TINY_LABELS[0]}) + "\n"
+                                  for t in EVAL_TEXTS))
     steps = (PruneConfig(num_batches=2), DistillConfig(epochs=2, batch_size=8), ExportConfig(),
              GraphOptimizeConfig(), ValidateConfig(max_accuracy_drop=100, min_agreement=0))
     report = run_build(BuildConfig(checkpoint=sharp_checkpoint, output_dir=tmp_path / "out", steps=steps,
-                                   eval_data=eval_data, train_data=train))
+                                   eval_data=eval_data, train_data=train, unlabelled_data=unlabelled))
     assert report["status"] == "ok"
+    distilled = next(s["details"] for s in report["steps"] if s["name"] == "distill")
+    assert distilled["texts"] == len(TRAIN_TEXTS) + len(EVAL_TEXTS)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["data"]["unlabelled"]["path"] == str(unlabelled)
+    assert f'unlabelled_data = "{unlabelled.resolve()}"' in (tmp_path / "out" / "recipe.toml").read_text()
     assert [s["name"] for s in report["steps"]] == ["prune", "distill", "export", "graph_optimize", "validate"]
     assert report["steps"][3]["details"]["fused_ops"]["Attention"] == 2
     assert json.loads((tmp_path / "out" / "build_report.json").read_text())["steps"][0]["details"]["heads_per_layer"]

@@ -87,6 +87,13 @@ def _consumers_of_dequantized(model: onnx.ModelProto) -> dict[str, set[str]]:
     return {n.name: {i for i in n.input if i in dq_outputs} for n in model.graph.node}
 
 
+def _quantized_outputs(model: onnx.ModelProto) -> list[str]:
+    """MatMul/Gemm nodes whose output goes through a QuantizeLinear."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return [producers[n.input[0]].name for n in model.graph.node if n.op_type == "QuantizeLinear"
+            and n.input[0] in producers and producers[n.input[0]].op_type in ("MatMul", "Gemm")]
+
+
 def test_static_int8_without_calibration_data_is_refused(trained, tmp_path):
     with pytest.raises(DataError, match=r"step 'static_int8' needs .*pass --calibration-data FILE"):
         _build(trained["checkpoint"], trained["eval"], None, tmp_path / "out", StaticInt8Config())
@@ -110,6 +117,7 @@ def test_each_calibration_method_gives_a_symmetric_int8_qdq_model_within_budget(
     path = tmp_path / "out" / "work" / "model.int8-static.onnx"
     model = onnx.load(str(path))
     assert {n.op_type for n in model.graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    assert not _quantized_outputs(model), "inputs only by default (NNCF/TensorRT placement, faster in OpenVINO)"
     weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert weights, "per-channel int8 weights are stored as int8 initializers"
     int32 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32}
@@ -130,8 +138,9 @@ def test_each_calibration_method_gives_a_symmetric_int8_qdq_model_within_budget(
 
 def test_uint8_activations_are_asymmetric(trained, tmp_path):
     report = _build(trained["checkpoint"], trained["eval"], trained["calibration"], tmp_path / "out",
-                    StaticInt8Config(activation_type="uint8", fallback=False))
+                    StaticInt8Config(activation_type="uint8", fallback=False, quantize_outputs=True))
     details = report["steps"][1]["details"]
+    assert _quantized_outputs(onnx.load(str(tmp_path / "out" / "work" / "model.int8-static.onnx")))
     assert details["activation_types"] == ["UINT8"] and not details["symmetric_activations"]
     assert details["tensorrt"].startswith("skipped: TensorRT rejects uint8")
     assert "fallback" not in details and report["precision"] == "int8-static-qdq-uint8act"

@@ -77,11 +77,13 @@ def test_recipe_round_trips(tmp_path: Path):
     steps = (ExportConfig(opset=17), GraphOptimizeConfig(opt_level=2), DynamicInt8Config(per_channel=False),
              ValidateConfig(max_accuracy_drop=0.5, min_agreement=0.99), PublishConfig(model_name="intent"))
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(dump_recipe(steps, {"max_sequence_length": 64, "eval_data": "eval.jsonl"}))
+    recipe.write_text(dump_recipe(steps, {"max_sequence_length": 64, "eval_data": "eval.jsonl",
+                                          "unlabelled_data": "logs/unlabelled.jsonl"}))
     loaded = load_recipe(recipe)
     assert loaded["steps"] == steps
     assert loaded["max_sequence_length"] == 64
     assert loaded["eval_data"] == (tmp_path / "eval.jsonl").resolve()
+    assert loaded["unlabelled_data"] == (tmp_path / "logs" / "unlabelled.jsonl").resolve()
 
 
 def test_recipe_with_unknown_key_is_refused(tmp_path: Path):
