@@ -119,6 +119,17 @@ def time_all(engines: list[Engine], runners: list[tuple[Any, list[str]]], rows: 
                   file=sys.stderr, flush=True)
 
 
+def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 3's latency targets at 1x128: <= 1/5 of PyTorch eager and <= 2/3 of the fastest int8 peer."""
+    def median(row: dict[str, Any]) -> float:
+        return row["latency"]["1x128"]["median_ms"]
+
+    eager = next(r for r in rows if r["engine"] == "PyTorch fp32 eager")
+    peer = min((r for r in rows if r["kind"] == "peer" and "int8" in r["engine"]), key=median)
+    return {"eager_ms": median(eager), "eager_target_ms": round(median(eager) / 5, 2), "peer": peer["engine"],
+            "peer_ms": median(peer), "peer_target_ms": round(median(peer) * 2 / 3, 2)}
+
+
 def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     base = next(r for r in rows if r["engine"] == "PyTorch fp32 eager")["latency"]["1x128"]["median_ms"]
     lines = ["# CPU benchmark: demo intent classifier (MiniLM-L6, 8 labels)", "",
@@ -134,7 +145,10 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         lines.append(f"| {r['engine']} | {r['runtime']} | {r['accuracy']:.2f} | {agree} | {r['size_mb']} | "
                      + " | ".join(cells) + f" | {speedup:.2f}× |")
     notes = [f"- {r['engine']}: {r['note']}" for r in rows if r["note"]]
-    return "\n".join([*lines, *(["", *notes] if notes else []), ""])
+    goal = targets(rows)
+    goals = ["", f"Latency targets at 1×128: at most 1/5 of PyTorch eager ({goal['eager_target_ms']} ms) and at most "
+                 f"2/3 of the fastest int8 peer, {goal['peer']} ({goal['peer_target_ms']} ms)."]
+    return "\n".join([*lines, *goals, *(["", *notes] if notes else []), ""])
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -150,6 +164,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.barh(names, values, color=colors)
     for y, (v, r) in enumerate(zip(values, rows[::-1], strict=True)):
         ax.text(v, y, f" {v:.1f} ms, acc {r['accuracy']:.1f}%", va="center", fontsize=8)
+    goal = targets(rows)
+    ax.axvline(min(goal["eager_target_ms"], goal["peer_target_ms"]), color="tab:green", linestyle="--",
+               label="latency target (≤ eager / 5 and ≤ 2/3 of the fastest int8 peer)")
+    ax.set_xlim(0, max(values) * 1.45)  # room for the bar labels and the legend
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("median latency, batch 1 × 128 tokens (ms)")
     ax.set_title("engineforge presets (orange) vs peers (gray), 2 CPU threads")
     fig.tight_layout()

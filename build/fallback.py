@@ -80,7 +80,7 @@ def match_patterns(node_names: Sequence[str], patterns: Sequence[str]) -> tuple[
 
 @dataclass(frozen=True)
 class Metrics:
-    """An int8 candidate against the fp32 graph on the eval set."""
+    """An int8 candidate against the original fp32 model on the eval set."""
 
     agreement: float  # fraction of argmax matches with fp32
     flips: int  # examples whose argmax changed

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +28,7 @@ from engineforge.errors import ConfigError, DataError
 from .calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
 from .config import STAGE_ONNX_QUANTIZE, StepConfig, ValidateConfig, _require, register_config_type
 from .fallback import GRANULARITIES, Budget, Metrics, Sensitivity, group_nodes, match_patterns, rank, search_fallback
-from .inference import file_mb, ort_logits
+from .inference import file_mb, ort_logits, torch_logits
 from .pipeline import BuildContext, register_step
 from .qdq_checks import check_engines, qdq_summary
 from .runtimes import runtime_logits
@@ -239,7 +239,20 @@ def _fallback(ctx: BuildContext, quantizer: _Quantizer, scratch: Path, quantizab
     max_len, threads = ctx.config.max_sequence_length, ctx.config.intra_op_threads
     texts = [e.text for e in examples]
     label_ids = [ctx.labels.index(e.label) for e in examples] if all(e.label is not None for e in examples) else None
-    reference = ort_logits(quantizer.source, ctx.tokenizer, texts, max_len, threads)
+    # The budget is end to end, as validate judges it: against the original fp32 model, not this step's
+    # input (after pruning and distillation the two differ, and the input may already use up the budget).
+    source = ort_logits(quantizer.source, ctx.tokenizer, texts, max_len, threads)
+    reference = source if ctx.reference_model is None else torch_logits(ctx.reference_model, ctx.tokenizer, texts,
+                                                                         max_len)
+    before = Metrics.compare(reference, source, label_ids)
+    record: dict[str, Any] = {"budget": {"max_accuracy_drop": budget.max_accuracy_drop,
+                                         "min_agreement": budget.min_agreement},
+                              "eval_examples": len(examples), "fp32_input": asdict(before)}
+    if not budget.holds(before):
+        reason = (f"the fp32 input is already outside the budget (agreement {before.agreement:.2%}, accuracy drop "
+                  f"{before.accuracy_drop} points): no fp32 fallback can bring it back")
+        progress.info(f"  fallback skipped: {reason}")
+        return (), record | {"budget_met": False, "stop_reason": reason}, None
     runtimes = [r for r in config.eval_runtimes if r != "openvino" or importlib.util.find_spec("openvino")]
     trial = scratch / "trial.onnx"
     last: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
@@ -267,8 +280,7 @@ def _fallback(ctx: BuildContext, quantizer: _Quantizer, scratch: Path, quantizab
     if not decision.budget_met:
         progress.info(f"  fallback: no candidate meets the budget ({decision.stop_reason}); keeping the best, "
                       "the validate step will report it")
-    record = {"budget": {"max_accuracy_drop": budget.max_accuracy_drop, "min_agreement": budget.min_agreement},
-              "eval_examples": len(examples), "eval_runtimes": runtimes, "granularity": config.sensitivity_granularity,
+    record |= {"eval_runtimes": runtimes, "granularity": config.sensitivity_granularity,
               "budget_met": decision.budget_met, "stop_reason": decision.stop_reason,
               "ranking": [s.to_dict() for s in ranking], "steps": [s.to_dict() for s in decision.steps],
               "chosen_step": decision.chosen, "fp32_groups": list(chosen.fp32_groups)}

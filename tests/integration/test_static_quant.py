@@ -182,6 +182,23 @@ def test_fallback_finds_the_sensitive_group_and_keeps_only_it_fp32(trained, tmp_
     assert _consumers_of_dequantized(model)["/model/bert/pooler/dense/Gemm"] == set()
 
 
+def test_fallback_judges_against_the_original_model_and_skips_when_its_input_already_misses(trained, tmp_path):
+    from engineforge.build.prune import PruneConfig
+    from engineforge.errors import AccuracyBudgetExceeded
+
+    # Pruning 90 % without recovery: the fp32 student already disagrees with the original model.
+    steps = (PruneConfig(head_sparsity=0.9, ffn_sparsity=0.9, num_batches=1), ExportConfig(), StaticInt8Config(),
+             ValidateConfig(min_agreement=1.0, max_accuracy_drop=0.0))
+    with pytest.raises(AccuracyBudgetExceeded):
+        run_build(BuildConfig(checkpoint=trained["checkpoint"], output_dir=tmp_path / "out", steps=steps,
+                              eval_data=trained["eval"], calibration_data=trained["calibration"]))
+    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
+    decision = next(s for s in report["steps"] if s["name"] == "static_int8")["details"]["fallback"]
+    assert decision["fp32_input"]["flips"] > 0 and not decision["budget_met"]
+    assert decision["stop_reason"].startswith("the fp32 input is already outside the budget")
+    assert "steps" not in decision, "no sensitivity passes are spent on a hopeless input"
+
+
 def test_the_static_int8_file_runs_in_openvino_like_in_onnxruntime(trained, tmp_path):
     ov = pytest.importorskip("openvino")
     report = _build(trained["checkpoint"], trained["eval"], trained["calibration"], tmp_path / "out",
