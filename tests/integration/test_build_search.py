@@ -46,7 +46,12 @@ def test_no_fitting_candidate_fails_listing_what_was_tried(near_tie, tmp_path):
 
 
 def test_fast_cpu_tries_milder_pruning_then_none():
+    from engineforge.build.prune import PruneConfig
+
     names = [name for name, _ in preset_candidates("fast-cpu")]
-    assert names[0].startswith("prune 50%") and names[1].startswith("prune 25%")
+    assert names[0].startswith("prune 50%") and names[1].startswith("prune 33% heads / 60% FFN")
+    assert names[2].startswith("prune 25%")
+    prune = [next((s for s in steps if isinstance(s, PruneConfig)), None) for _, steps in preset_candidates("fast-cpu")]
+    assert [round(p.head_sparsity * 12) for p in prune[:3]] == [6, 4, 3]  # heads removed of MiniLM's 12
     assert names[-1] == "no pruning, static int8"
     assert all(steps[-1].step_type == "publish" for _, steps in preset_candidates("fast-cpu"))
