@@ -133,7 +133,8 @@ def test_bad_level_settings_are_rejected(concurrency, duration, warmup):
 
 
 def test_run_loadtest_with_custom_request_fn_runs_every_level():
-    config = LoadTestConfig(model="fake", concurrency=(1, 2), duration_s=0.2, warmup_s=0.05, progress_every_s=0)
+    # A 1 s window: a 0.2 s one saw no completion once in CI when the 2 cores were busy for that long.
+    config = LoadTestConfig(model="fake", concurrency=(1, 2), duration_s=1.0, warmup_s=0.05, progress_every_s=0)
     result = run_loadtest(config, request_fn=sleeper(0.005))
     assert [lv.concurrency for lv in result.levels] == [1, 2]
     assert all(lv.metrics.completed > 0 for lv in result.levels)
