@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     engines = build_peers(model, checkpoint, EVAL_FILE, TRAIN_FILE, ROOT / "artifacts" / "bench" / "peers")
     for preset in [p for p in args.presets.split(",") if p]:
         previous = ROOT / "artifacts" / "bench" / preset / "build_report.json"
-        if args.reuse_builds and previous.is_file() and json.loads(previous.read_text())["status"] == "ok":
-            report = json.loads(previous.read_text())
+        report = json.loads(previous.read_text()) if args.reuse_builds and previous.is_file() else None
+        if report is not None and report["status"] == "ok":
             report["candidates"] = json.loads(previous.with_name("candidates.json").read_text()) \
                 if previous.with_name("candidates.json").is_file() else []
         else:

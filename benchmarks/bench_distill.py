@@ -25,13 +25,11 @@ VARIANTS = {  # name: (unlabelled text?, hidden_weight)
 
 
 def run_variant(name: str, epochs: int) -> dict:
-    import torch
-
     from engineforge.build.checkpoint import load_checkpoint
     from engineforge.build.config import BuildConfig
     from engineforge.build.data import Example, load_examples
     from engineforge.build.distill import DistillConfig, distill
-    from engineforge.build.kd import make_batches, with_teacher_logits
+    from engineforge.build.kd import agreement_and_kl, make_batches, with_teacher_logits
     from engineforge.build.pipeline import BuildContext
     from engineforge.build.prune import PruneConfig, prune
     from engineforge.demo.finetune import EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE, prepare_demo_checkpoint
@@ -52,14 +50,11 @@ def run_variant(name: str, epochs: int) -> dict:
         ctx.unlabelled_examples = [Example(e.text) for e in load_examples(UNLABELLED_FILE)]
     prune(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5))
     details = distill(ctx, DistillConfig(epochs=epochs, hidden_weight=hidden_weight, patience=0))
-    agree = total = 0
-    with torch.inference_mode():
-        for batch in with_teacher_logits(teacher, make_batches(ctx, ctx.eval_examples, 64, 128)):
-            agree += int((ctx.model(**batch.inputs).logits.argmax(-1) == batch.teacher.argmax(-1)).sum())
-            total += len(batch.labels)
+    evals = with_teacher_logits(teacher, make_batches(ctx, ctx.eval_examples, 64, 128))
+    agreement = agreement_and_kl(ctx.model, evals)["agreement"]
     return {"variant": name, "texts": details["texts"], "epochs": epochs, "seconds": details["train_seconds"],
             "eval_accuracy_before": details["eval_accuracy_before"],
-            "eval_accuracy_after": details["eval_accuracy_after"], "agreement": round(100 * agree / total, 2)}
+            "eval_accuracy_after": details["eval_accuracy_after"], "agreement": round(100 * agreement, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,7 +110,7 @@ def distill(ctx: BuildContext, config: DistillConfig) -> dict[str, Any]:
     examples, source = distillation_examples(ctx)
     n_texts = len(examples)
     if n_texts < _FEW_TEXTS:
-        progress.info(f"  distill: only {len(examples)} texts; a pruned student overfits so few (measured on the "
+        progress.info(f"  distill: only {n_texts} texts; a pruned student overfits so few (measured on the "
                       "demo: +2 points with 1700 more) - pass --unlabelled-data FILE with in-domain text")
     torch.manual_seed(config.seed)
     train_idx, held_idx = split_holdout(len(examples), config.holdout_fraction, config.seed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,18 @@ class BuildContext:
     validation: dict[str, Any] | None = None
     bundle_dir: Path | None = None
     published: dict[str, Any] | None = None
+    _reference_logits: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
+
+    def reference_logits(self, texts: Sequence[str], batch_size: int = 32) -> Any:
+        """fp32 reference model logits, computed once per text list: static_int8's fallback, select_runtime
+        and validate all judge against the same eval texts, and the reference model never changes."""
+        key = (tuple(texts), batch_size)
+        if key not in self._reference_logits:
+            from .inference import torch_logits
+
+            self._reference_logits[key] = torch_logits(self.reference_model, self.tokenizer, texts,
+                                                       self.config.max_sequence_length, batch_size)
+        return self._reference_logits[key]
 
 
 def run_steps(ctx: BuildContext) -> None:

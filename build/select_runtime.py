@@ -15,7 +15,6 @@ from engineforge import progress
 from engineforge.errors import AccuracyBudgetExceeded, ConfigError, DataError
 
 from .config import STAGE_COMPILE, StepConfig, ValidateConfig, register_config_type
-from .inference import torch_logits
 from .pipeline import BuildContext, register_step
 from .runtimes import RUNTIMES, make_runner, measure_latencies, runtime_logits
 from .validate import check_budget, compare_logits
@@ -67,10 +66,9 @@ def _try_runtime(ctx: BuildContext, runtime: str, config: SelectRuntimeConfig, t
     return row
 
 
-def _time_fitting(ctx: BuildContext, rows: list[dict[str, Any]], config: SelectRuntimeConfig) -> None:
+def _time_fitting(ctx: BuildContext, fitting: list[dict[str, Any]], config: SelectRuntimeConfig) -> None:
     """Time the runtimes that fit the budget against each other, interleaved (fair on a busy machine)."""
     threads = ctx.config.intra_op_threads
-    fitting = [r for r in rows if r["status"] == "ok"]
     runners = {r["runtime"]: make_runner(r["runtime"], ctx.onnx_path, threads) for r in fitting}
     latencies = measure_latencies(runners, config.batch, config.seq_len, config.iterations)
     for row in fitting:
@@ -89,13 +87,13 @@ def select_runtime(ctx: BuildContext, config: SelectRuntimeConfig) -> dict[str, 
     assert isinstance(budget, ValidateConfig)
     texts = [e.text for e in examples]
     label_ids = [ctx.labels.index(e.label) for e in examples] if all(e.label for e in examples) else None
-    reference = torch_logits(ctx.reference_model, ctx.tokenizer, texts, ctx.config.max_sequence_length)
+    reference = ctx.reference_logits(texts)
     rows = [_try_runtime(ctx, runtime, config, texts, reference, label_ids, budget) for runtime in config.candidates]
     fitting = [r for r in rows if r["status"] == "ok"]
     if not fitting:
         tried = "; ".join(f"{r['runtime']}: {r['status']} ({r.get('reason', '')})" for r in rows)
         raise AccuracyBudgetExceeded(f"no runtime can serve {ctx.onnx_path.name} within the budget. Tried: {tried}")
-    _time_fitting(ctx, rows, config)
+    _time_fitting(ctx, fitting, config)
     best = min(fitting, key=lambda r: r["median_ms"])
     ctx.runtime = best["runtime"]
     return {"chosen": best["runtime"], "median_ms": best["median_ms"], "candidates": rows}

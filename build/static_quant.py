@@ -28,7 +28,7 @@ from engineforge.errors import ConfigError, DataError
 from .calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
 from .config import STAGE_ONNX_QUANTIZE, StepConfig, ValidateConfig, _require, register_config_type
 from .fallback import GRANULARITIES, Budget, Metrics, Sensitivity, group_nodes, match_patterns, rank, search_fallback
-from .inference import file_mb, ort_logits, torch_logits
+from .inference import file_mb, ort_logits
 from .pipeline import BuildContext, register_step
 from .qdq_checks import check_engines, qdq_summary
 from .runtimes import runtime_logits
@@ -242,8 +242,7 @@ def _fallback(ctx: BuildContext, quantizer: _Quantizer, scratch: Path, quantizab
     # The budget is end to end, as validate judges it: against the original fp32 model, not this step's
     # input (after pruning and distillation the two differ, and the input may already use up the budget).
     source = ort_logits(quantizer.source, ctx.tokenizer, texts, max_len, threads)
-    reference = source if ctx.reference_model is None else torch_logits(ctx.reference_model, ctx.tokenizer, texts,
-                                                                         max_len)
+    reference = source if ctx.reference_model is None else ctx.reference_logits(texts)
     before = Metrics.compare(reference, source, label_ids)
     record: dict[str, Any] = {"budget": {"max_accuracy_drop": budget.max_accuracy_drop,
                                          "min_agreement": budget.min_agreement},

@@ -10,7 +10,7 @@ import numpy as np
 from engineforge.errors import AccuracyBudgetExceeded, DataError
 
 from .config import ValidateConfig
-from .inference import engine_logits, torch_logits
+from .inference import engine_logits
 from .pipeline import BuildContext, register_step
 
 
@@ -75,8 +75,7 @@ def validate_accuracy(ctx: BuildContext, config: ValidateConfig) -> dict[str, An
     texts = [e.text for e in examples]
     labelled = all(e.label is not None for e in examples)
     label_ids = [ctx.labels.index(e.label) for e in examples] if labelled else None
-    max_len = ctx.config.max_sequence_length
-    reference = torch_logits(ctx.reference_model, ctx.tokenizer, texts, max_len, config.batch_size)
+    reference = ctx.reference_logits(texts, config.batch_size)
     engine = engine_logits(ctx, texts, config.batch_size)
     result = compare_logits(reference, engine, label_ids, texts)
     ctx.validation = result.to_dict() | {"budget": {"max_accuracy_drop": config.max_accuracy_drop,
