@@ -29,12 +29,14 @@ SHAPES = ((1, 32), (1, 128), (8, 32), (8, 128))
 
 
 @dataclasses.dataclass
-class Engine:
+class Candidate:
+    """One engine in the comparison: a peer made the way its tool makes it, or an engineforge preset's build."""
+
     name: str
     kind: str  # "peer" or "engineforge"
-    runtime: str  # onnxruntime | openvino | torch | torch-bnb
-    path: Path | None  # ONNX file (None for torch)
-    model: Any = None  # torch model for torch runtimes
+    runtime: str  # an engineforge runtime (onnxruntime, openvino, torch-bnb) or "torch" (eager baseline)
+    path: Path | None  # engine file or directory (None for the in-memory torch baseline)
+    model: Any = None  # the eager baseline's torch model
     size_mb: float | None = None
     note: str = ""
 
@@ -52,12 +54,12 @@ def machine() -> dict[str, Any]:
             "versions": package_versions(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 
-def build_preset(preset: str, checkpoint: Path, eval_file: Path, train_file: Path,
-                 unlabelled_file: Path) -> dict[str, Any]:
+def build_preset(preset: str, checkpoint: Path, eval_file: Path, train_file: Path, unlabelled_file: Path) -> Any:
     """Build a preset exactly as `build-engine --preset` does (budget search included), without publishing."""
-    from engineforge.build.config import BuildConfig, PublishConfig
+    from engineforge.build.config import BuildConfig
     from engineforge.build.presets import preset_candidates
     from engineforge.build.search import run_candidates
+    from engineforge.build.steps import PublishConfig
 
     out = ROOT / "artifacts" / "bench" / preset
     return run_candidates([
@@ -68,54 +70,47 @@ def build_preset(preset: str, checkpoint: Path, eval_file: Path, train_file: Pat
     ])
 
 
-def make_runner(engine: Engine, threads: int):
-    import numpy as np
+def open_engine(candidate: Candidate, threads: int) -> Any:
+    """The candidate opened through engineforge's engine layer: the same runtime settings the build times
+    and Triton serves with. The eager baseline is the model as transformers runs it."""
+    from engineforge.engines import TorchEngine, load_engine
 
-    from engineforge.build.runtimes import make_runner as runtime_runner
-
-    if engine.runtime in ("torch", "torch-bnb"):
+    if candidate.runtime == "torch":
         import torch
 
         torch.set_num_threads(threads)
-
-        def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-            with torch.inference_mode():
-                return engine.model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.float().numpy()
-
-        return run, ["input_ids", "attention_mask", "token_type_ids"]
-    return runtime_runner(engine.runtime, engine.path, threads)
+        return TorchEngine(candidate.model, ("input_ids", "attention_mask", "token_type_ids"))
+    return load_engine(candidate.path, candidate.runtime, threads)
 
 
-def evaluate(engine: Engine, runner: Any, names: list[str], tokenizer: Any, texts: list[str], labels: list[int],
+def evaluate(candidate: Candidate, engine: Any, tokenizer: Any, texts: list[str], labels: list[int],
              reference: Any) -> tuple[dict[str, Any], Any]:
     """Accuracy and agreement on the eval texts (latency is measured for all engines together)."""
     import numpy as np
 
-    from engineforge.build.data import batches, encode
+    from engineforge.engines import engine_logits
 
-    logits = np.concatenate([runner(encode(tokenizer, chunk, 128, names)) for chunk in batches(texts, 32)])
-    predictions = logits.argmax(axis=1)
+    predictions = engine_logits(engine, tokenizer, texts, 128).argmax(axis=1)
     row: dict[str, Any] = {
-        "engine": engine.name, "kind": engine.kind, "runtime": engine.runtime, "size_mb": engine.size_mb,
+        "engine": candidate.name, "kind": candidate.kind, "runtime": candidate.runtime, "size_mb": candidate.size_mb,
         "accuracy": round(float((predictions == np.array(labels)).mean() * 100), 2),
         "agreement": None if reference is None else round(float((predictions == reference).mean()), 4),
-        "note": engine.note, "latency": {},
+        "note": candidate.note, "latency": {},
     }
     return row, predictions
 
 
-def time_all(engines: list[Engine], runners: list[tuple[Any, list[str]]], rows: list[dict[str, Any]],
-             iterations: int) -> None:
+def time_all(engines: dict[str, Any], rows: list[dict[str, Any]], vocab_size: int, iterations: int) -> None:
     """Every shape, all engines interleaved round by round: machine-load drift hits every engine alike."""
-    from engineforge.build.runtimes import measure_latencies
+    from engineforge.engines import measure_latencies
 
     for batch, seq in SHAPES:
-        per_engine = measure_latencies({e.name: r for e, r in zip(engines, runners, strict=True)}, batch, seq,
-                                       iterations=iterations, per_round=max(1, iterations // 20))
-        for engine, row in zip(engines, rows, strict=True):
-            lat = per_engine[engine.name]
+        per_engine = measure_latencies(engines, vocab_size, batch, seq, iterations=iterations,
+                                       per_round=max(1, iterations // 20))
+        for row in rows:
+            lat = per_engine[row["engine"]]
             row["latency"][f"{batch}x{seq}"] = lat.to_dict()
-            print(f"  {engine.name}: {batch}x{seq} median {lat.median_ms:.2f} ms p99 {lat.p99_ms:.2f} ms",
+            print(f"  {row['engine']}: {batch}x{seq} median {lat.median_ms:.2f} ms p99 {lat.p99_ms:.2f} ms",
                   file=sys.stderr, flush=True)
 
 
@@ -187,45 +182,38 @@ def main(argv: list[str] | None = None) -> int:
     from peers import build_peers  # benchmarks/peers.py
 
     from engineforge.build.checkpoint import load_checkpoint
-    from engineforge.build.data import load_examples
+    from engineforge.build.data import eval_label_ids, load_examples
+    from engineforge.build.report import BuildReport
     from engineforge.demo.finetune import EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE, prepare_demo_checkpoint
+    from engineforge.serve.engine_spec import EngineSpec
 
     checkpoint = ROOT / "artifacts" / "demo-checkpoint"
     prepare_demo_checkpoint(checkpoint)
-    info, model, tokenizer = load_checkpoint(checkpoint)
+    info, _, tokenizer = load_checkpoint(checkpoint)
     examples = load_examples(EVAL_FILE, info.labels)
-    texts, labels = [e.text for e in examples], [info.labels.index(e.label) for e in examples]
+    texts, labels = [e.text for e in examples], eval_label_ids(examples, info.labels)
 
-    engines = build_peers(model, checkpoint, EVAL_FILE, TRAIN_FILE, ROOT / "artifacts" / "bench" / "peers")
+    candidates = build_peers(checkpoint, EVAL_FILE, TRAIN_FILE, ROOT / "artifacts" / "bench" / "peers")
     for preset in [p for p in args.presets.split(",") if p]:
-        previous = ROOT / "artifacts" / "bench" / preset / "build_report.json"
-        report = json.loads(previous.read_text()) if args.reuse_builds and previous.is_file() else None
-        if report is not None and report["status"] == "ok":
-            report["candidates"] = json.loads(previous.with_name("candidates.json").read_text()) \
-                if previous.with_name("candidates.json").is_file() else []
-        else:
+        out = ROOT / "artifacts" / "bench" / preset
+        report = BuildReport.load(out) if args.reuse_builds and (out / "build_report.json").is_file() else None
+        if report is None or report.status != "ok":
             report = build_preset(preset, checkpoint, EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE)
-        bundle = Path(report["bundle_dir"])
-        spec = json.loads((bundle / "engine.json").read_text())
-        chosen = next((c["candidate"] for c in report.get("candidates", []) if c["result"] == "chosen"), preset)
-        engine = Engine(f"engineforge {preset}", "engineforge", spec["runtime"], bundle / spec["model_file"],
-                        size_mb=report["sizes_mb"].get("engine (published)"),
-                        note=f"{spec['precision']} in {spec['runtime']}; candidate: {chosen}")
-        if spec["runtime"] == "torch-bnb":
-            from transformers import AutoModelForSequenceClassification
+        bundle = Path(str(report.bundle_dir))
+        spec = EngineSpec.load(bundle)
+        candidates.append(Candidate(f"engineforge {preset}", "engineforge", spec.runtime, bundle / spec.model_file,
+                                    size_mb=report.sizes_mb.get("engine (published)"),
+                                    note=f"{spec.precision} in {spec.runtime}; "
+                                         f"candidate: {report.chosen_candidate or preset}"))
 
-            engine.model = AutoModelForSequenceClassification.from_pretrained(str(bundle / "model"),
-                                                                               device_map="cpu").eval()
-        engines.append(engine)
-
-    rows, reference = [], None
-    runners = [make_runner(engine, args.threads) for engine in engines]
-    for engine, (runner, names) in zip(engines, runners, strict=True):
-        row, predictions = evaluate(engine, runner, names, tokenizer, texts, labels, reference)
+    rows, reference, engines = [], None, {}
+    for candidate in candidates:
+        engines[candidate.name] = open_engine(candidate, args.threads)
+        row, predictions = evaluate(candidate, engines[candidate.name], tokenizer, texts, labels, reference)
         if reference is None:  # the first engine is PyTorch fp32: everything else agrees with it or not
             reference = predictions
         rows.append(row)
-    time_all(engines, runners, rows, args.iterations)
+    time_all(engines, rows, info.vocab_size or len(tokenizer), args.iterations)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = machine()
     (RESULTS / "cpu.json").write_text(json.dumps({"machine": meta, "rows": rows}, indent=2) + "\n")

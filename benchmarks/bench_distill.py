@@ -10,7 +10,6 @@ one pruning + one distillation, about 1 min (train) to 6 min (train + unlabelled
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
@@ -27,11 +26,10 @@ VARIANTS = {  # name: (unlabelled text?, hidden_weight)
 def run_variant(name: str, epochs: int) -> dict:
     from engineforge.build.checkpoint import load_checkpoint
     from engineforge.build.config import BuildConfig
+    from engineforge.build.context import BuildContext
     from engineforge.build.data import Example, load_examples
-    from engineforge.build.distill import DistillConfig, distill
-    from engineforge.build.kd import agreement_and_kl, make_batches, with_teacher_logits
-    from engineforge.build.pipeline import BuildContext
-    from engineforge.build.prune import PruneConfig, prune
+    from engineforge.build.steps import DistillConfig, PruneConfig, distill, prune
+    from engineforge.build.teacher_student import agreement_and_kl, make_batches, with_teacher_logits
     from engineforge.demo.finetune import EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE, prepare_demo_checkpoint
 
     unlabelled, hidden_weight = VARIANTS[name]
@@ -40,10 +38,8 @@ def run_variant(name: str, epochs: int) -> dict:
     info, teacher, tokenizer = load_checkpoint(checkpoint)
     work = ROOT / "artifacts" / "bench" / "distill"
     work.mkdir(parents=True, exist_ok=True)
-    ctx = BuildContext(config=BuildConfig(checkpoint=checkpoint, output_dir=work, steps=(PruneConfig(),)),
-                       work_dir=work)
-    ctx.reference_model, ctx.tokenizer, ctx.model = teacher, tokenizer, copy.deepcopy(teacher)
-    ctx.labels, ctx.checkpoint_info = list(info.labels), info.to_dict()
+    config = BuildConfig(checkpoint=checkpoint, output_dir=work, steps=(PruneConfig(),))
+    ctx = BuildContext.start(config, work, info, teacher, tokenizer)  # the student is a copy of the teacher
     ctx.train_examples = load_examples(TRAIN_FILE, ctx.labels)
     ctx.eval_examples = load_examples(EVAL_FILE, ctx.labels)
     if unlabelled:

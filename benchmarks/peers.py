@@ -20,17 +20,18 @@ def _size(path: Path) -> float:
     return round(sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6, 2)
 
 
-def build_peers(model: Any, checkpoint: Path, eval_file: Path, train_file: Path, out: Path) -> list[Any]:
-    from bench_cpu import Engine  # type: ignore[import-not-found]
+def build_peers(checkpoint: Path, eval_file: Path, train_file: Path, out: Path) -> list[Any]:
+    from bench_cpu import Candidate  # type: ignore[import-not-found]
     from transformers import AutoModelForSequenceClassification
 
-    from engineforge.build.config import BuildConfig, ExportConfig, GraphOptimizeConfig
+    from engineforge.build.config import BuildConfig
     from engineforge.build.runner import run_build
+    from engineforge.build.steps import ExportConfig, GraphOptimizeConfig
 
     out.mkdir(parents=True, exist_ok=True)
     report = run_build(BuildConfig(checkpoint=checkpoint, output_dir=out / "export", overwrite=True,
                                    steps=(ExportConfig(), GraphOptimizeConfig()), eval_data=eval_file))
-    work = Path(report["bundle_dir"]).parent / "work"
+    work = Path(str(report.bundle_dir)).parent / "work"
     export, fused = work / "model.fp32.onnx", work / "model.opt.onnx"
 
     dynamic = out / "ort-dynamic-int8.onnx"
@@ -42,14 +43,14 @@ def build_peers(model: Any, checkpoint: Path, eval_file: Path, train_file: Path,
 
     eager = AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval()  # default (sdpa) attention
     return [
-        Engine("PyTorch fp32 eager", "peer", "torch", None, model=eager,
-               size_mb=_size(checkpoint / "model.safetensors")),
-        Engine("ONNX Runtime fp32 (fused)", "peer", "onnxruntime", fused, size_mb=_size(fused)),
-        Engine("ONNX Runtime dynamic int8 per-channel (Optimum)", "peer", "onnxruntime", dynamic,
-               size_mb=_size(dynamic)),
-        Engine("OpenVINO fp32", "peer", "openvino", export, size_mb=_size(export)),
-        Engine("OpenVINO int8 NNCF (optimum-intel)", "peer", "openvino", nncf_int8,
-               size_mb=round(_size(nncf_int8) + _size(nncf_int8.with_suffix(".bin")), 2)),
+        Candidate("PyTorch fp32 eager", "peer", "torch", None, model=eager,
+                  size_mb=_size(checkpoint / "model.safetensors")),
+        Candidate("ONNX Runtime fp32 (fused)", "peer", "onnxruntime", fused, size_mb=_size(fused)),
+        Candidate("ONNX Runtime dynamic int8 per-channel (Optimum)", "peer", "onnxruntime", dynamic,
+                  size_mb=_size(dynamic)),
+        Candidate("OpenVINO fp32", "peer", "openvino", export, size_mb=_size(export)),
+        Candidate("OpenVINO int8 NNCF (optimum-intel)", "peer", "openvino", nncf_int8,
+                  size_mb=round(_size(nncf_int8) + _size(nncf_int8.with_suffix(".bin")), 2)),
     ]
 
 

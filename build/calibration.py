@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from engineforge import progress
+from engineforge.engines import encode
 from engineforge.errors import DataError
 
-from .data import Example, encode
+from .data import Example
 
 # Batches are collected this many at a time: histogram calibrators (percentile, entropy) keep every
 # intermediate activation of a collect call in memory, which for MiniLM at 128 tokens is ~25 MB per example.
@@ -62,7 +63,8 @@ def pad_to(arrays: dict[str, np.ndarray], length: int, pad_token_id: int) -> dic
 
 class TextCalibrationReader:
     """An onnxruntime.quantization `CalibrationDataReader` over real texts (duck-typed: ORT checks for
-    `get_next`). Batches are encoded lazily with build/data.py `encode`, then padded to one fixed length."""
+    `get_next`). Batches are encoded lazily with engines.encode (the served tokenization), then padded to one
+    fixed length."""
 
     def __init__(self, tokenizer: Any, texts: Sequence[str], input_names: Sequence[str], *, max_length: int,
                  batch_size: int = 16, length: int | None = None, label: str = "calibration batches") -> None:

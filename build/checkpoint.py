@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engineforge.errors import CheckpointError, UnsupportedArchitectureError
+
+from .files import sha256_file
 
 # BERT-family encoders whose ONNX graphs ONNX Runtime's BERT fusions understand.
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
@@ -42,14 +43,6 @@ class CheckpointInfo:
             "max_position_embeddings": self.max_position_embeddings,
             "vocab_size": self.vocab_size,
         }
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def inspect_checkpoint(path: Path) -> CheckpointInfo:

@@ -1,4 +1,8 @@
-"""`build-engine`: thin CLI over engineforge.build.runner.run_build."""
+"""`build-engine`: thin CLI over engineforge.build (arguments -> candidate BuildConfigs -> run_candidates).
+
+Exit codes: 0 built; 1 the build failed (checkpoint, data, budget...); 2 usage error (the command line or
+recipe asks for something impossible, refused before any work).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,10 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
-from engineforge.errors import EngineforgeError
+from engineforge.cli_support import arguments_checked, run_command
+from engineforge.errors import UsageError
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -31,31 +37,39 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-accuracy-drop", type=float, help="budget: max accuracy drop in points (default 1.0)")
     parser.add_argument("--min-agreement", type=float, help="budget: min argmax agreement with fp32 (default 0.98)")
     parser.add_argument("--max-seq-len", type=int, help="max tokens per text when served (default 128)")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--threads", type=int, help="engine runtime intra-op threads (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     return parser
 
 
-def candidates_from_args(args: argparse.Namespace) -> list:  # -> list[tuple[str, BuildConfig]]
-    """One (name, BuildConfig) per candidate: a recipe or most presets give one, `fast-cpu` several."""
+def candidates_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """One (name, BuildConfig) per candidate: a recipe or most presets give one, `fast-cpu` several. Every
+    candidate is checked (order, prerequisites) here, so an impossible build is a usage error."""
+    from .pipeline import check_build
     from .presets import DEFAULT_PRESET, load_recipe, preset_candidates
 
     if args.recipe and args.preset:
-        raise EngineforgeError("give either --recipe or --preset, not both")
-    if args.recipe:
-        return [(str(args.recipe), config_from_args(args, load_recipe(args.recipe)))]
-    preset = args.preset or DEFAULT_PRESET
-    return [(name, config_from_args(args, {"preset": preset, "steps": steps}))
-            for name, steps in preset_candidates(preset)]
+        raise UsageError("give either --recipe or --preset, not both")
+    with arguments_checked():
+        if args.recipe:
+            candidates = [(str(args.recipe), config_from_args(args, load_recipe(args.recipe)))]
+        else:
+            preset = args.preset or DEFAULT_PRESET
+            candidates = [(name, config_from_args(args, {"preset": preset, "steps": steps}))
+                          for name, steps in preset_candidates(preset)]
+        for _, config in candidates:
+            check_build(config)
+    return candidates
 
 
-def config_from_args(args: argparse.Namespace, kwargs: dict):  # -> BuildConfig
-    from .config import BuildConfig, PublishConfig, ValidateConfig
+def config_from_args(args: argparse.Namespace, kwargs: dict[str, Any]) -> Any:  # -> BuildConfig
+    from .config import BuildConfig
+    from .steps import PublishConfig, ValidateConfig
 
     kwargs = dict(kwargs)
     checkpoint = args.checkpoint or kwargs.get("checkpoint")
     if checkpoint is None:
-        raise EngineforgeError("no checkpoint given: build-engine CHECKPOINT_DIR [--eval-data FILE]")
+        raise UsageError("no checkpoint given: build-engine CHECKPOINT_DIR [--eval-data FILE]")
     kwargs["checkpoint"] = Path(checkpoint)
     kwargs["output_dir"] = args.output or kwargs.get("output_dir") or Path("artifacts/builds") / Path(checkpoint).name
     for flag, key in ((args.eval_data, "eval_data"), (args.train_data, "train_data"),
@@ -79,21 +93,19 @@ def config_from_args(args: argparse.Namespace, kwargs: dict):  # -> BuildConfig
     return BuildConfig(overwrite=args.overwrite, **kwargs)
 
 
+def build(args: argparse.Namespace) -> int:
+    from .search import run_candidates
+
+    candidates = candidates_from_args(args)
+    report = run_candidates(candidates)
+    print(report.to_markdown())
+    print(f"Reports: {candidates[0][1].output_dir / 'build_report.md'} and build_report.json")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    try:
-        candidates = candidates_from_args(args)
-        config = candidates[0][1]
-        from .report import render_markdown
-        from .search import run_candidates
-
-        report = run_candidates(candidates)
-    except EngineforgeError as exc:
-        print(f"build-engine: error: {exc}", file=sys.stderr)
-        return 2
-    print(render_markdown(report))
-    print(f"Reports: {config.output_dir / 'build_report.md'} and build_report.json")
-    return 0
+    return run_command("build-engine", lambda: build(args))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Labelled text data for validation (and, later, calibration): JSONL or CSV with `text` and `label`."""
+"""Text data a build reads (eval, train, calibration, unlabelled): JSONL or CSV with `text` and optional `label`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from engineforge.errors import DataError
 
@@ -74,17 +72,14 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_no, dict(row)
 
 
-def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def label_index(examples: Sequence[Example], labels: Sequence[str], missing: int = -100) -> list[int]:
+    """Class id per example; `missing` (-100 is ignored by cross-entropy) where an example has no label."""
+    index = {label: i for i, label in enumerate(labels)}
+    return [index[e.label] if e.label is not None and e.label in index else missing for e in examples]
 
 
-def encode(tokenizer: Any, texts: Sequence[str], max_length: int, input_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Tokenize exactly as the served tokenizer model does: truncate, pad to the longest, int64."""
-    encoded = tokenizer(
-        list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="np"
-    )
-    arrays = {name: np.asarray(encoded[name], dtype=np.int64) for name in input_names if name in encoded}
-    if "token_type_ids" in input_names and "token_type_ids" not in arrays:
-        arrays["token_type_ids"] = np.zeros_like(arrays["input_ids"])
-    return arrays
+def eval_label_ids(examples: Sequence[Example], labels: Sequence[str]) -> list[int] | None:
+    """Class ids when every example is labelled (accuracy is defined), else None (agreement only)."""
+    if not examples or any(e.label is None for e in examples):
+        return None
+    return label_index(examples, labels)

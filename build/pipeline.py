@@ -1,31 +1,35 @@
-"""Step registry and runner.
+"""Step registry and the checks that refuse a nonsensical build before any work starts.
 
 Steps are plain functions `fn(ctx, config) -> dict` registered per config type (like torchao's
-`quantize_` handlers). The runner checks the declared order before doing any work, runs each
-step under a progress stage, and records what each step did in the build report.
+`quantize_` handlers); registering also lets recipes name the config by its `step_type`. Before a build
+loads anything, `check_build` checks the declared order (stages) and follows each step's artefacts
+through the recipe, so a step whose input nothing provides is refused with the fix in the message.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from engineforge import progress
-from engineforge.errors import ConfigError, StepOrderError
+from engineforge.errors import ConfigError, MissingPrerequisiteError, StepOrderError
 
-from .config import BuildConfig, StepConfig
+from .config import Artifact, BuildConfig, StepConfig
+from .context import BuildContext
+from .report import StepRecord
 
-StepFunction = Callable[["BuildContext", Any], dict[str, Any]]
-_REGISTRY: dict[type[StepConfig], StepFunction] = {}
+StepFunction = Callable[[BuildContext, Any], dict[str, Any]]
+_FUNCTIONS: dict[type[StepConfig], StepFunction] = {}
+STEP_CONFIG_TYPES: dict[str, type[StepConfig]] = {}
 
 
 def register_step(config_type: type[StepConfig]) -> Callable[[StepFunction], StepFunction]:
     def decorator(fn: StepFunction) -> StepFunction:
-        _REGISTRY[config_type] = fn
+        _FUNCTIONS[config_type] = fn
+        STEP_CONFIG_TYPES[config_type.step_type] = config_type
         return fn
 
     return decorator
@@ -33,88 +37,69 @@ def register_step(config_type: type[StepConfig]) -> Callable[[StepFunction], Ste
 
 def step_function(config: StepConfig) -> StepFunction:
     try:
-        return _REGISTRY[type(config)]
+        return _FUNCTIONS[type(config)]
     except KeyError:
         raise ConfigError(f"no step function registered for {type(config).__name__}") from None
 
 
-def check_step_order(steps: tuple[StepConfig, ...]) -> None:
-    """Refuse orders that make no sense: each stage at most once, stages strictly increasing, and no
-    ONNX step together with a step whose model cannot be exported (`onnx_incompatible`)."""
-    blockers = [s.step_type for s in steps if s.onnx_incompatible]
-    onnx_steps = [s.step_type for s in steps if s.operates_on_onnx()]
-    if blockers and onnx_steps:
-        raise StepOrderError(
-            f"step '{blockers[0]}' makes a model that cannot be exported to ONNX, so it cannot be combined "
-            f"with {', '.join(repr(s) for s in onnx_steps)}: drop those steps (the '{blockers[0]}' engine is "
-            f"served by its own runtime) or drop '{blockers[0]}' and quantize the ONNX graph instead"
-        )
+def step_config_from_dict(values: dict[str, Any]) -> StepConfig:
+    values = dict(values)
+    step_type = values.pop("type", None)
+    if step_type not in STEP_CONFIG_TYPES:
+        raise ConfigError(f"unknown step type {step_type!r}; known: {sorted(STEP_CONFIG_TYPES)}")
+    return STEP_CONFIG_TYPES[step_type].from_dict(values)
+
+
+def stage_order() -> list[str]:
+    return [c.step_type for c in sorted(STEP_CONFIG_TYPES.values(), key=lambda c: c.stage)]
+
+
+def check_step_order(steps: Sequence[StepConfig]) -> None:
+    """Each stage at most once, stages strictly increasing."""
     seen: dict[int, str] = {}
     previous: StepConfig | None = None
     for step in steps:
         if step.stage in seen:
-            raise StepOrderError(
-                f"step '{step.step_type}' repeats stage of '{seen[step.stage]}': "
-                "a build applies each kind of transform once"
-            )
+            raise StepOrderError(f"step '{step.step_type}' repeats stage of '{seen[step.stage]}': "
+                                 "a build applies each kind of transform once")
         if previous is not None and step.stage < previous.stage:
-            raise StepOrderError(
-                f"step '{step.step_type}' cannot run after '{previous.step_type}': "
-                f"move it earlier (order: {' < '.join(_stage_names())})"
-            )
+            raise StepOrderError(f"step '{step.step_type}' cannot run after '{previous.step_type}': "
+                                 f"move it earlier (order: {' < '.join(stage_order())})")
         seen[step.stage] = step.step_type
         previous = step
 
 
-def _stage_names() -> list[str]:
-    from .config import STEP_CONFIG_TYPES
+def check_prerequisites(steps: Sequence[StepConfig], inputs: Iterable[Artifact]) -> None:
+    """Follow the artefacts through the steps; refuse the first step whose input nothing provides."""
+    available = set(inputs)
+    removed_by: dict[Artifact, StepConfig] = {}
+    for step in steps:
+        missing = sorted((a for a in step.prerequisites() if a not in available), key=lambda a: a.name)
+        if missing:
+            raise MissingPrerequisiteError(_explain(step, missing[0], removed_by.get(missing[0])))
+        for artifact in step.removes:
+            available.discard(artifact)
+            removed_by[artifact] = step
+        available |= step.provides
 
-    return [c.step_type for c in sorted(STEP_CONFIG_TYPES.values(), key=lambda c: c.stage)]
+
+def _explain(step: StepConfig, artifact: Artifact, remover: StepConfig | None) -> str:
+    needs = f"step '{step.step_type}' needs {artifact.description}"
+    if remover is not None:
+        return (f"{needs}, but '{remover.step_type}' before it {remover.removes_reason}: drop '{step.step_type}', "
+                f"or drop '{remover.step_type}'")
+    if artifact.supplied_by:
+        return f"{needs}: {artifact.supplied_by}"
+    makers = [c.step_type for c in sorted(STEP_CONFIG_TYPES.values(), key=lambda c: c.stage)
+              if artifact in c.provides and c.stage < step.stage]
+    fix = " or ".join(f"'{m}'" for m in makers) or "a step that makes it"
+    return f"{needs}, which no earlier step makes: add {fix} before it"
 
 
-@dataclass
-class StepRecord:
-    name: str
-    seconds: float
-    details: dict[str, Any]
-
-
-@dataclass
-class BuildContext:
-    """Mutable state handed from step to step."""
-
-    config: BuildConfig
-    work_dir: Path
-    reference_model: Any = None  # fp32 torch model, never modified
-    model: Any = None  # torch model the torch-level steps transform
-    tokenizer: Any = None
-    labels: list[str] = field(default_factory=list)
-    checkpoint_info: dict[str, Any] = field(default_factory=dict)
-    onnx_path: Path | None = None  # the current engine file; each ONNX step replaces it
-    model_dir: Path | None = None  # torch-bnb: the saved (save_pretrained) 4-bit model the bundle ships
-    precision: str = "fp32"
-    # Runtime that serves the engine: "onnxruntime" / "openvino" run ctx.onnx_path, "torch-bnb" runs ctx.model.
-    runtime: str = "onnxruntime"
-    eval_examples: list[Any] = field(default_factory=list)
-    train_examples: list[Any] = field(default_factory=list)
-    calibration_examples: list[Any] = field(default_factory=list)
-    unlabelled_examples: list[Any] = field(default_factory=list)  # text only: labels are dropped on load
-    records: list[StepRecord] = field(default_factory=list)
-    validation: dict[str, Any] | None = None
-    bundle_dir: Path | None = None
-    published: dict[str, Any] | None = None
-    _reference_logits: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
-
-    def reference_logits(self, texts: Sequence[str], batch_size: int = 32) -> Any:
-        """fp32 reference model logits, computed once per text list: static_int8's fallback, select_runtime
-        and validate all judge against the same eval texts, and the reference model never changes."""
-        key = (tuple(texts), batch_size)
-        if key not in self._reference_logits:
-            from .inference import torch_logits
-
-            self._reference_logits[key] = torch_logits(self.reference_model, self.tokenizer, texts,
-                                                       self.config.max_sequence_length, batch_size)
-        return self._reference_logits[key]
+def check_build(config: BuildConfig) -> None:
+    """Everything that can be refused without loading the checkpoint."""
+    check_step_order(config.steps)
+    check_prerequisites(config.steps, config.inputs())
 
 
 def run_steps(ctx: BuildContext) -> None:

@@ -7,17 +7,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from engineforge.errors import ConfigError
 
-from .config import (
-    DATA_FIELDS,
+from .config import DATA_FIELDS, StepConfig
+from .pipeline import step_config_from_dict
+from .steps import (
+    Bnb4BitConfig,
+    DistillConfig,
     DynamicInt8Config,
     ExportConfig,
     GraphOptimizeConfig,
+    Int4WeightOnlyConfig,
+    PruneConfig,
     PublishConfig,
-    StepConfig,
+    SelectRuntimeConfig,
+    StaticInt8Config,
     ValidateConfig,
-    step_config_from_dict,
 )
 
 
@@ -25,17 +32,7 @@ def _serve(*steps: StepConfig, validate: ValidateConfig | None = None) -> tuple[
     return (*steps, validate or ValidateConfig(), PublishConfig())
 
 
-def _registered() -> None:
-    # The optional steps register themselves on import; presets name their config classes.
-    from . import distill, prune, select_runtime, static_quant, weight_only  # noqa: F401
-
-
 def _preset_table() -> dict[str, Callable[[], tuple[StepConfig, ...]]]:
-    _registered()
-    from .select_runtime import SelectRuntimeConfig
-    from .static_quant import StaticInt8Config
-    from .weight_only import Bnb4BitConfig, Int4WeightOnlyConfig
-
     return {
         # Reference: exported and fused, full precision, ONNX Runtime.
         "fp32": lambda: _serve(ExportConfig(), GraphOptimizeConfig()),
@@ -57,11 +54,6 @@ def _preset_table() -> dict[str, Callable[[], tuple[StepConfig, ...]]]:
 
 
 def _fast_cpu(head_sparsity: float, ffn_sparsity: float) -> tuple[StepConfig, ...]:
-    from .distill import DistillConfig
-    from .prune import PruneConfig
-    from .select_runtime import SelectRuntimeConfig
-    from .static_quant import StaticInt8Config
-
     if head_sparsity == ffn_sparsity == 0:
         return _serve(ExportConfig(), StaticInt8Config(), SelectRuntimeConfig())
     # Hidden-state matching on top of the logits: per-token targets, measured +0.3 points of agreement
@@ -82,7 +74,6 @@ _FAST_CPU_LADDER = ((0.5, 0.5), (1 / 3, 0.6), (0.25, 0.25), (0.0, 0.0))
 def preset_candidates(name: str) -> list[tuple[str, tuple[StepConfig, ...]]]:
     """(description, steps) to try in order until one meets the accuracy budget."""
     if name == "fast-cpu":
-        _registered()
         return [(f"prune {int(h * 100)}% heads / {int(f * 100)}% FFN + distill + static int8", _fast_cpu(h, f))
                 if h else ("no pruning, static int8", _fast_cpu(0, 0))
                 for h, f in _FAST_CPU_LADDER]
@@ -118,7 +109,6 @@ def load_recipe(path: Path) -> dict[str, Any]:
     if "steps" in raw and "preset" in raw:
         raise ConfigError(f"recipe {path}: give either `preset` or `[[steps]]`, not both")
     kwargs: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("preset", "steps")}
-    _registered()  # so every step type can be named in a recipe
     if "steps" in raw:
         kwargs["steps"] = tuple(step_config_from_dict(s) for s in raw["steps"])
         kwargs["preset"] = None
@@ -133,22 +123,16 @@ def load_recipe(path: Path) -> dict[str, Any]:
 
 
 def dump_recipe(steps: tuple[StepConfig, ...], settings: dict[str, Any]) -> str:
-    """Serialise a build back to TOML (round-trips through load_recipe)."""
-    lines = []
-    for key, value in settings.items():
-        if value is not None:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for step in steps:
-        lines += ["", "[[steps]]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in step.to_dict().items() if v is not None]
-    return "\n".join(lines) + "\n"
+    """Serialise a build back to TOML (round-trips through load_recipe). TOML has no null: None is left out
+    and reads back as the default, which is None wherever None is allowed."""
+    document: dict[str, Any] = {key: _toml_value(value) for key, value in settings.items() if value is not None}
+    document["steps"] = [{k: _toml_value(v) for k, v in step.to_dict().items() if v is not None} for step in steps]
+    return tomli_w.dumps(document)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _toml_value(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value

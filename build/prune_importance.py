@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .kd import Batch, kd_loss
 from .prune_structure import encoder_layers
+from .teacher_student import Batch, kd_loss
 
 
 @dataclass

@@ -8,10 +8,11 @@ for, so a graph either of them cannot read fails the build instead of a later de
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
-from engineforge.errors import ValidationError
+from engineforge.errors import EngineLoadError, ValidationError
 
 _HOW_TO_SKIP = "set check_engines = false in the static_int8 step if that runtime will not serve it"
 
@@ -32,16 +33,13 @@ def qdq_summary(path: Path) -> dict[str, Any]:
 
 
 def check_openvino(path: Path, threads: int) -> str:
-    try:
-        import openvino as ov
-    except ImportError:
+    if importlib.util.find_spec("openvino") is None:
         return "skipped: openvino not installed"
-    try:
-        from engineforge.serve.engine_backends import openvino_properties
+    from engineforge.engines import load_engine
 
-        core = ov.Core()
-        core.compile_model(core.read_model(str(path)), "CPU", openvino_properties(threads))
-    except Exception as exc:  # OpenVINO raises plain RuntimeErrors for unsupported graphs
+    try:
+        load_engine(path, "openvino", threads)  # read_model + compile_model(CPU), as served
+    except EngineLoadError as exc:
         raise ValidationError(f"OpenVINO cannot load the static int8 model {path.name}: {str(exc)[:300]}; "
                               + _HOW_TO_SKIP) from exc
     return "ok: read_model + compile_model(CPU)"

@@ -1,9 +1,11 @@
-"""Build report: JSON for machines, Markdown for people. Also records package versions for reproducibility."""
+"""The build report: what every step did, the accuracy verdict and the sizes; JSON for machines, Markdown
+for people. Also records package versions for reproducibility."""
 
 from __future__ import annotations
 
 import json
 import platform
+from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,103 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def write_reports(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    json_path, md_path = out_dir / "build_report.json", out_dir / "build_report.md"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    md_path.write_text(render_markdown(report))
-    return json_path, md_path
+@dataclass
+class StepRecord:
+    name: str
+    seconds: float
+    details: dict[str, Any]
+
+
+@dataclass
+class BuildReport:
+    """One build (or the chosen candidate of a budget search). `status` is running, ok or failed."""
+
+    build_id: str
+    preset: str | None
+    settings: dict[str, Any]
+    recipe: list[dict[str, Any]]
+    versions: dict[str, str]
+    status: str = "running"
+    error: str | None = None
+    checkpoint: dict[str, Any] | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    precision: str | None = None
+    runtime: str | None = None
+    validation: dict[str, Any] | None = None  # accuracy.Comparison fields plus the budget
+    published: dict[str, Any] | None = None  # repo_dir, model_name, version
+    sizes_mb: dict[str, float | None] = field(default_factory=dict)
+    bundle_dir: str | None = None
+    total_seconds: float = 0.0
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # a preset's budget search, in order
+
+    def step(self, name: str) -> StepRecord | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+    @property
+    def chosen_candidate(self) -> str | None:
+        return next((c["candidate"] for c in self.candidates if c["result"] == "chosen"), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["steps"] = [{"name": r.name, "seconds": round(r.seconds, 3), "details": r.details} for r in self.steps]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildReport:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["steps"] = [StepRecord(**s) for s in data.get("steps", [])]
+        return cls(**values)
+
+    @classmethod
+    def load(cls, out_dir: Path) -> BuildReport:
+        return cls.from_dict(json.loads((Path(out_dir) / "build_report.json").read_text()))
+
+    def write(self, out_dir: Path) -> tuple[Path, Path]:
+        json_path, md_path = Path(out_dir) / "build_report.json", Path(out_dir) / "build_report.md"
+        json_path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        md_path.write_text(self.to_markdown())
+        return json_path, md_path
+
+    def to_markdown(self) -> str:
+        ckpt = self.checkpoint or {}
+        lines = [
+            f"# Build report: {self.status.upper()}",
+            "",
+            f"- checkpoint: `{ckpt.get('path')}` ({ckpt.get('architecture')}, "
+            f"weights sha256 {str(ckpt.get('weights_sha256'))[:12]}…)",
+            f"- preset: {self.preset or 'custom recipe'}; precision: {self.precision}",
+            f"- total time: {self.total_seconds:.1f} s",
+        ]
+        if self.error:
+            lines.append(f"- **error**: {self.error}")
+        lines += ["", "## Steps", "", "| # | step | seconds | what it did |", "|---|---|---|---|"]
+        for i, step in enumerate(self.steps, start=1):
+            details = "; ".join(f"{k}={_fmt(v)}" for k, v in step.details.items())
+            lines.append(f"| {i} | {step.name} | {step.seconds:.2f} | {details} |")
+        val = self.validation
+        if val:
+            budget = val["budget"]
+            lines += ["", "## Accuracy (eval set)", "", "| metric | value |", "|---|---|",
+                      f"| examples | {val['examples']} |",
+                      f"| fp32 PyTorch accuracy | {_fmt(val['reference_accuracy'])} % |",
+                      f"| engine accuracy | {_fmt(val['engine_accuracy'])} % |",
+                      f"| accuracy drop | {_fmt(val['accuracy_drop'])} points (budget {budget['max_accuracy_drop']}) |",
+                      f"| argmax agreement | {val['agreement']:.2%} (budget ≥ {budget['min_agreement']:.0%}) |",
+                      f"| max / mean abs logit diff | {val['max_abs_logit_diff']:.4g} / "
+                      f"{val['mean_abs_logit_diff']:.3g} |"]
+        if self.candidates:
+            lines += ["", "## Candidates tried (most aggressive first)", "", "| candidate | result |", "|---|---|"]
+            lines += [f"| {c['candidate']} | {c['result']}{': ' + c['reason'][:200] if c.get('reason') else ''} |"
+                      for c in self.candidates]
+        if self.sizes_mb:
+            lines += ["", "## Sizes", "", "| artifact | MB |", "|---|---|"]
+            lines += [f"| {k} | {v} |" for k, v in self.sizes_mb.items()]
+        if self.published:
+            pub = self.published
+            lines += ["", f"Published `{pub['model_name']}` version {pub['version']} to `{pub['repo_dir']}`."]
+        lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
+        return "\n".join(lines)
 
 
 def _fmt(value: Any) -> str:
@@ -39,45 +133,3 @@ def _fmt(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value)
     return str(value)
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    ckpt = report.get("checkpoint", {})
-    lines = [
-        f"# Build report: {report.get('status', '?').upper()}",
-        "",
-        f"- checkpoint: `{ckpt.get('path')}` ({ckpt.get('architecture')}, "
-        f"weights sha256 {str(ckpt.get('weights_sha256'))[:12]}…)",
-        f"- preset: {report.get('preset') or 'custom recipe'}; precision: {report.get('precision')}",
-        f"- total time: {report.get('total_seconds', 0):.1f} s",
-    ]
-    if report.get("error"):
-        lines.append(f"- **error**: {report['error']}")
-    lines += ["", "## Steps", "", "| # | step | seconds | what it did |", "|---|---|---|---|"]
-    for i, step in enumerate(report.get("steps", []), start=1):
-        details = "; ".join(f"{k}={_fmt(v)}" for k, v in step["details"].items())
-        lines.append(f"| {i} | {step['name']} | {step['seconds']:.2f} | {details} |")
-    val = report.get("validation")
-    if val:
-        lines += ["", "## Accuracy (eval set)", "", "| metric | value |", "|---|---|"]
-        lines += [
-            f"| examples | {val['examples']} |",
-            f"| fp32 PyTorch accuracy | {_fmt(val['reference_accuracy'])} % |",
-            f"| engine accuracy | {_fmt(val['engine_accuracy'])} % |",
-            f"| accuracy drop | {_fmt(val['accuracy_drop'])} points (budget {val['budget']['max_accuracy_drop']}) |",
-            f"| argmax agreement | {val['agreement']:.2%} (budget ≥ {val['budget']['min_agreement']:.0%}) |",
-            f"| max / mean abs logit diff | {val['max_abs_logit_diff']:.4g} / {val['mean_abs_logit_diff']:.3g} |",
-        ]
-    if report.get("candidates"):
-        lines += ["", "## Candidates tried (most aggressive first)", "", "| candidate | result |", "|---|---|"]
-        lines += [f"| {c['candidate']} | {c['result']}{': ' + c['reason'][:200] if c.get('reason') else ''} |"
-                  for c in report["candidates"]]
-    sizes = report.get("sizes_mb")
-    if sizes:
-        lines += ["", "## Sizes", "", "| artifact | MB |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in sizes.items()]
-    if report.get("published"):
-        pub = report["published"]
-        lines += ["", f"Published `{pub['model_name']}` version {pub['version']} to `{pub['repo_dir']}`."]
-    lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()), ""]
-    return "\n".join(lines)

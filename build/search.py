@@ -17,12 +17,15 @@ from engineforge import progress
 from engineforge.errors import AccuracyBudgetExceeded
 
 from .config import BuildConfig
-from .report import write_reports
+from .pipeline import check_build
+from .report import BuildReport
 from .runner import run_build
 
 
-def run_candidates(candidates: Sequence[tuple[str, BuildConfig]]) -> dict[str, Any]:
+def run_candidates(candidates: Sequence[tuple[str, BuildConfig]]) -> BuildReport:
     """Run (name, config) candidates in order; return the first successful build's report."""
+    for _, config in candidates:  # refuse an impossible candidate before the first one spends any time
+        check_build(config)
     tried: list[dict[str, Any]] = []
     for index, (name, config) in enumerate(candidates, start=1):
         if len(candidates) > 1:
@@ -36,9 +39,9 @@ def run_candidates(candidates: Sequence[tuple[str, BuildConfig]]) -> dict[str, A
             progress.info(f"candidate {index}/{len(candidates)} ({name}) is outside the budget; trying the next")
             continue
         if len(candidates) > 1:
-            report["candidates"] = [*tried, {"candidate": name, "result": "chosen"}]
-            write_reports(report, config.output_dir)
-            (config.output_dir / "candidates.json").write_text(json.dumps(report["candidates"], indent=2) + "\n")
+            report.candidates = [*tried, {"candidate": name, "result": "chosen"}]
+            report.write(config.output_dir)
+            (config.output_dir / "candidates.json").write_text(json.dumps(report.candidates, indent=2) + "\n")
         return report
     summary = "\n".join(f"- {t['candidate']}: {t['reason']}" for t in tried)
     raise AccuracyBudgetExceeded(f"no candidate configuration fits the accuracy budget. Tried:\n{summary}")

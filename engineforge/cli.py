@@ -29,6 +29,11 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["build"]:  # argparse's REMAINDER drops a leading option: hand everything to build-engine
+        from engineforge.build.cli import main as build_main
+
+        return build_main(argv[1:])
     args = make_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -7,6 +7,10 @@ class EngineforgeError(Exception):
     """Base class for every error engineforge raises on purpose."""
 
 
+class UsageError(EngineforgeError):
+    """A command was called wrongly (conflicting, missing or unparsable arguments): exit code 2."""
+
+
 class ConfigError(EngineforgeError, ValueError):
     """A config, recipe or preset is invalid."""
 
@@ -21,6 +25,10 @@ class UnsupportedArchitectureError(CheckpointError):
 
 class StepOrderError(ConfigError):
     """Build steps were requested in an order that makes no sense (e.g. pruning after quantization)."""
+
+
+class MissingPrerequisiteError(StepOrderError):
+    """A step needs an artefact (ONNX graph, torch model, calibration data...) that nothing before it provides."""
 
 
 class DataError(EngineforgeError):
@@ -41,6 +49,10 @@ class AccuracyBudgetExceeded(ValidationError):
 
 class RepositoryError(EngineforgeError):
     """The Triton model repository cannot be written or read as expected."""
+
+
+class EngineLoadError(EngineforgeError):
+    """An engine file is missing, or its runtime cannot load it."""
 
 
 class ServerError(EngineforgeError):

@@ -7,8 +7,8 @@ The top-level CLI only needs:
     ...
     return args.func(args)
 
-Exit codes of `run`: 0 success; 1 the test ran but a level had no successful request or was
-aborted; 2 it could not run (bad settings, no server, model not ready); 130 interrupted.
+Exit codes of `run` (as for every engineforge command): 0 success; 1 failure (no server, model not
+ready, or a level had no successful request or was aborted); 2 usage error (bad settings); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import argparse
 import sys
 from typing import Any
 
-from engineforge.errors import EngineforgeError
+from engineforge.cli_support import arguments_checked, run_command
+from engineforge.defaults import DEFAULT_GRPC_URL
 
-from .config import DEFAULT_TIMEOUT_S, DEFAULT_URL, MODES, LoadTestConfig
+from .config import DEFAULT_TIMEOUT_S, MODES, LoadTestConfig
 
 DEFAULT_OUT = "reports/loadtest"
 
@@ -39,7 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = LoadTestConfig(model="-")
-    parser.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC address host:port")
+    parser.add_argument("--url", default=DEFAULT_GRPC_URL, help="Triton gRPC address host:port")
     parser.add_argument("--model", required=True, help="model name in the Triton repository (the ensemble for text)")
     parser.add_argument(
         "--mode",
@@ -119,21 +120,19 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run the load test described by parsed `args`, print the table, write the reports."""
+    return run_command("engineforge loadtest", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     from engineforge.progress import info
 
     from .report import markdown_table, write_reports
     from .runner import run_loadtest
 
-    try:
+    with arguments_checked():
         config = config_from_args(args)
-        result = run_loadtest(config)
-        paths = write_reports(result, args.out, stem=args.name, plot=not args.no_plot, records=args.save_records)
-    except EngineforgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    result = run_loadtest(config)
+    paths = write_reports(result, args.out, stem=args.name, plot=not args.no_plot, records=args.save_records)
     print(markdown_table(result))
     info("reports: " + ", ".join(str(p) for p in paths.values()))
     if result.failed:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engineforge.defaults import DEFAULT_GRPC_URL
 from engineforge.errors import ConfigError
 
 from .payloads import DEFAULT_TEXTS
 
-DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_TIMEOUT_S = 10.0
 MODES = ("text", "tokens")
 
@@ -19,7 +19,7 @@ class LoadTestConfig:
     """Everything that defines a closed-loop load test; written verbatim into the JSON report."""
 
     model: str
-    url: str = DEFAULT_URL
+    url: str = DEFAULT_GRPC_URL
     mode: str = "text"  # "text": raw strings to the ensemble; "tokens": token ids to the engine alone
     concurrency: tuple[int, ...] = (1, 2, 4, 8)
     duration_s: float = 15.0  # measurement window per concurrency level

@@ -6,8 +6,8 @@ Conventions, so numbers from different runs stay comparable:
   `throughput_items_per_s` weights each request by its batch size.
 - Latency statistics use successful requests only, since failed calls (refused connection,
   timeout) have latencies that describe the failure, not the model.
-- Percentiles use numpy's default "linear" method (type 7 of Hyndman & Fan): p-th percentile
-  interpolates between the two nearest ranks, so p50 of [1, 2, 3, 4] is 2.5.
+- Percentiles are engineforge.stats.percentiles (numpy's "linear" method, type 7 of Hyndman & Fan):
+  p-th percentile interpolates between the two nearest ranks, so p50 of [1, 2, 3, 4] is 2.5.
 - When nothing succeeded, latency fields are None (undefined, written as null in JSON) and
   throughputs are 0.0; error_rate is None only when there were no requests at all.
 """
@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from engineforge.stats import percentiles
 
 from .records import MEASURE, RequestResult
 
@@ -108,7 +110,7 @@ def _latency_stats_ms(latencies_s: list[float]) -> dict[str, float | None]:
     if not latencies_s:
         return {f"latency_{n}_ms": None for n in names}
     ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
-    pct = np.percentile(ms, PERCENTILES, method="linear")
+    pct = percentiles(ms, PERCENTILES)
     stats = {
         "latency_mean_ms": float(ms.mean()),
         **{f"latency_p{p}_ms": float(v) for p, v in zip(PERCENTILES, pct, strict=True)},

@@ -52,7 +52,6 @@ class LevelResult:
     # generator, not the server, may be the bottleneck.
     client_cpu_percent: float | None = None
     aborted: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)  # e.g. server-side stats, added later
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,7 +63,6 @@ class LevelResult:
             "cancelled_requests": self.cancelled_requests,
             "client_cpu_percent": self.client_cpu_percent,
             "aborted": self.aborted,
-            "extras": self.extras,
         }
 
 

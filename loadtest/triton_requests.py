@@ -15,10 +15,12 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from engineforge.defaults import DEFAULT_GRPC_URL
 from engineforge.errors import ConfigError, ModelNotReadyError, ServerUnavailableError
+from engineforge.serve import grpc_errors
 
 from . import payloads
-from .config import DEFAULT_TIMEOUT_S, DEFAULT_URL, LoadTestConfig
+from .config import DEFAULT_TIMEOUT_S, LoadTestConfig
 from .records import (
     ERR_BAD_OUTPUT,
     ERR_CLIENT,
@@ -77,7 +79,7 @@ class TritonRequestFn:
         except asyncio.CancelledError:
             raise  # the runner cancels stragglers at the end of a run; let it
         except InferenceServerException as exc:
-            return failure(start, _describe(exc), classify_error(exc), self.batch_size)
+            return failure(start, grpc_errors.describe(exc), classify_error(exc), self.batch_size)
         except Exception as exc:  # anything else is a client-side bug or misuse: record it
             return failure(start, f"{type(exc).__name__}: {exc}", ERR_CLIENT, self.batch_size)
 
@@ -111,7 +113,7 @@ def text_request_fn(
     model: str,
     texts: Sequence[str] = payloads.DEFAULT_TEXTS,
     *,
-    url: str = DEFAULT_URL,
+    url: str = DEFAULT_GRPC_URL,
     batch_size: int = 1,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> TritonRequestFn:
@@ -127,7 +129,7 @@ def text_request_fn(
 def token_request_fn(
     model: str,
     *,
-    url: str = DEFAULT_URL,
+    url: str = DEFAULT_GRPC_URL,
     seq_len: int = 128,
     batch_size: int = 1,
     timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -171,16 +173,8 @@ def _expect_rows(name: str, arr: np.ndarray, batch_size: int) -> None:
 
 
 def classify_error(exc: InferenceServerException) -> str:
-    status = exc.status() or ""
-    if "DEADLINE_EXCEEDED" in status:
-        return ERR_TIMEOUT
-    if "UNAVAILABLE" in status:
-        return ERR_UNAVAILABLE
-    return ERR_SERVER
-
-
-def _describe(exc: InferenceServerException) -> str:
-    return f"[{exc.status() or 'error'}] {exc.message() or exc}"
+    kind = grpc_errors.kind_of(exc)
+    return {grpc_errors.TIMEOUT: ERR_TIMEOUT, grpc_errors.UNAVAILABLE: ERR_UNAVAILABLE}.get(kind, ERR_SERVER)
 
 
 async def check_server(url: str, model: str, *, timeout_s: float = 5.0) -> dict[str, Any] | None:
@@ -194,9 +188,7 @@ async def check_server(url: str, model: str, *, timeout_s: float = 5.0) -> dict[
         try:
             live = await client.is_server_live(client_timeout=timeout_s)
         except InferenceServerException as exc:
-            raise ServerUnavailableError(
-                f"no Triton server answers at {url} — start it with `engineforge serve` ({_describe(exc)})"
-            ) from None
+            raise grpc_errors.unavailable(url, grpc_errors.describe(exc)) from None
         if not live:
             raise ServerUnavailableError(f"the Triton server at {url} reports it is not live")
         try:

@@ -1,20 +1,18 @@
 """`engineforge serve` and `engineforge infer` sub-commands (registered by the top-level CLI).
 
 Heavy imports (tritonclient, numpy) happen inside the run functions so `engineforge --help` is fast.
+Exit codes as for every engineforge command (engineforge.cli_support): 0, 1 failure, 2 usage error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from engineforge.errors import EngineforgeError
-
-DEFAULT_REPO = "model_repo"
-DEFAULT_MODEL = "classifier"  # = repository.DEFAULT_MODEL_NAME, repeated to keep this import light
-DEFAULT_URL = "127.0.0.1:8001"
+from engineforge.cli_support import run_command
+from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_MODEL_NAME, DEFAULT_REPO
+from engineforge.errors import UsageError
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -35,8 +33,8 @@ def add_parsers(subparsers: Any) -> None:
 
     infer = subparsers.add_parser("infer", help="classify texts or token ids with a running server")
     infer.add_argument("texts", nargs="*", help="texts to classify through the ensemble")
-    infer.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC address (default: %(default)s)")
-    infer.add_argument("--model", default=DEFAULT_MODEL, help="published model name (default: %(default)s)")
+    infer.add_argument("--url", default=DEFAULT_GRPC_URL, help="Triton gRPC address (default: %(default)s)")
+    infer.add_argument("--model", default=DEFAULT_MODEL_NAME, help="published model name (default: %(default)s)")
     infer.add_argument(
         "--token-ids", action="append", default=[], metavar="1,2,3",
         help="one sequence of token ids (repeat for a batch); sent to <model>_engine",
@@ -46,27 +44,19 @@ def add_parsers(subparsers: Any) -> None:
     infer.set_defaults(func=run_infer)
 
 
-def _fail(message: str, code: int = 1) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
 def run_serve(args: argparse.Namespace) -> int:
     from .server import serve_forever
 
-    try:
-        return serve_forever(
-            args.repo,
-            grpc_port=args.grpc_port,
-            http_port=args.http_port,
-            metrics_port=args.metrics_port,
-            log_file=args.log_file,
-            model_control_mode=args.model_control_mode,
-            load_models=tuple(args.load_model),
-            startup_timeout_s=args.startup_timeout,
-        )
-    except EngineforgeError as exc:
-        return _fail(str(exc))
+    return run_command("engineforge serve", lambda: serve_forever(
+        args.repo,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        log_file=args.log_file,
+        model_control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model),
+        startup_timeout_s=args.startup_timeout,
+    ))
 
 
 def parse_token_ids(rows: list[str]) -> tuple[list[list[int]], list[list[int]]]:
@@ -76,9 +66,9 @@ def parse_token_ids(rows: list[str]) -> tuple[list[list[int]], list[list[int]]]:
         try:
             ids.append([int(part) for part in row.replace(" ", "").split(",") if part])
         except ValueError as exc:
-            raise ValueError(f"--token-ids {row!r} is not a comma-separated list of integers") from exc
+            raise UsageError(f"--token-ids {row!r} is not a comma-separated list of integers") from exc
         if not ids[-1]:
-            raise ValueError(f"--token-ids {row!r} holds no ids")
+            raise UsageError(f"--token-ids {row!r} holds no ids")
     longest = max(len(r) for r in ids)
     mask = [[1] * len(r) + [0] * (longest - len(r)) for r in ids]
     return [r + [0] * (longest - len(r)) for r in ids], mask
@@ -97,24 +87,22 @@ def format_table(inputs: list[str], predictions: list[Any]) -> str:
 
 
 def run_infer(args: argparse.Namespace) -> int:
+    return run_command("engineforge infer", lambda: _infer(args))
+
+
+def _infer(args: argparse.Namespace) -> int:
     if bool(args.texts) == bool(args.token_ids):
-        return _fail("give either texts or --token-ids (not both, not neither)", 2)
-    try:
-        token_rows = parse_token_ids(args.token_ids) if args.token_ids else None
-    except ValueError as exc:
-        return _fail(str(exc), 2)
+        raise UsageError("give either texts or --token-ids (not both, not neither)")
+    token_rows = parse_token_ids(args.token_ids) if args.token_ids else None
     from .client import EngineforgeClient
 
-    try:
-        with EngineforgeClient(args.url, timeout_s=args.timeout) as client:
-            if token_rows is not None:
-                predictions = client.classify_token_ids(*token_rows, model=args.model)
-                inputs = args.token_ids
-            else:
-                predictions = client.classify(args.texts, model=args.model)
-                inputs = args.texts
-    except EngineforgeError as exc:
-        return _fail(str(exc))
+    with EngineforgeClient(args.url, timeout_s=args.timeout) as client:
+        if token_rows is not None:
+            predictions = client.classify_token_ids(*token_rows, model=args.model)
+            inputs = args.token_ids
+        else:
+            predictions = client.classify(args.texts, model=args.model)
+            inputs = args.texts
     if args.json:
         payload = [
             {"input": text, "label": p.label, "probabilities": p.probabilities}

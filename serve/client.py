@@ -14,17 +14,12 @@ from types import TracebackType
 
 import numpy as np
 
-from engineforge.errors import (
-    InferenceRequestError,
-    ModelNotReadyError,
-    ServerError,
-    ServerUnavailableError,
-)
+from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_MODEL_NAME
+from engineforge.errors import InferenceRequestError, ModelNotReadyError, ServerError
 
+from . import grpc_errors
 from .model_layout import ENGINE_SUFFIX, LABELS_PARAMETER
-from .repository import DEFAULT_MODEL_NAME
 
-DEFAULT_URL = "127.0.0.1:8001"
 _NUMPY_TO_TRITON = {
     "int64": "INT64", "int32": "INT32", "float32": "FP32", "float64": "FP64", "float16": "FP16",
     "bool": "BOOL", "object": "BYTES", "uint8": "UINT8", "int8": "INT8",
@@ -45,7 +40,7 @@ class Prediction:
 class EngineforgeClient:
     """Classify through `<model>` (text -> ensemble) or `<model>_engine` (token ids)."""
 
-    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str = DEFAULT_GRPC_URL, *, timeout_s: float = 30.0) -> None:
         import tritonclient.grpc as grpcclient
 
         self.url = url
@@ -66,22 +61,11 @@ class EngineforgeClient:
         self.close()
 
     def _translate(self, exc: Exception, model: str | None = None) -> Exception:
-        status = str(exc.status() if hasattr(exc, "status") else "")
-        message = exc.message() if hasattr(exc, "message") else str(exc)
-        # gRPC says UNAVAILABLE for transport failures (refused, reset, closed); Triton's own
-        # UNAVAILABLE answers are about a model, and name it.
-        if status.endswith("UNAVAILABLE") and "model" not in message.lower():
-            return ServerUnavailableError(
-                f"no Triton server answers at {self.url} — start it with `engineforge serve` ({message})"
-            )
-        if status.endswith("DEADLINE_EXCEEDED"):
-            return ServerError(f"Triton at {self.url} gave no answer within {self.timeout_s:g}s ({message})")
-        if model is not None and ("unknown model" in message or "is not ready" in message):
+        ready = ""
+        if model is not None and grpc_errors.kind_of(exc) == grpc_errors.NOT_READY:
             self._labels.pop(model, None)
-            return self._not_ready(model)
-        if status.endswith("INTERNAL"):  # the server failed (e.g. a crashed stub), not the request
-            return ServerError(f"Triton at {self.url} failed while running {model or 'the request'}: {message}")
-        return InferenceRequestError(f"{model or 'server'} rejected the request: {message}")
+            ready = ", ".join(self.ready_models())
+        return grpc_errors.to_error(exc, self.url, model, self.timeout_s, ready)
 
     def _not_ready(self, model: str) -> ModelNotReadyError:
         ready = ", ".join(self.ready_models()) or "none"

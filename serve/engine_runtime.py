@@ -2,7 +2,8 @@
 
 The python-backend model (`triton/engine_model.py`) only converts Triton tensors to numpy and back;
 validation, batching of a dynamic batch into one engine call, and post-processing live here; the
-runtimes themselves (ONNX Runtime, OpenVINO, torch-bnb) are in `engine_backends.py`.
+runtimes themselves (ONNX Runtime, OpenVINO, torch-bnb) are opened through `engineforge.engines`, the
+same layer the build validates and times engines with.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .engine_backends import Engine, as_engine, open_ort_session
-from .engine_backends import load_engine as _load_engine
+from engineforge.engines import Engine, load_engine
+from engineforge.errors import EngineLoadError
+
 from .engine_spec import EngineSpec
 
 PAD_ID = 0
@@ -144,14 +147,18 @@ def labels_for(probabilities: np.ndarray, labels: Sequence[str]) -> tuple[str, .
     return tuple(labels[i] for i in probabilities.argmax(axis=-1))
 
 
-def load_session(engine_dir: str | os.PathLike[str], spec: EngineSpec):  # -> ort.InferenceSession
-    """ONNX Runtime session for an onnxruntime bundle (kept for model.py files published before load_engine)."""
-    return open_ort_session(engine_dir, spec)
-
-
-def load_engine(engine_dir: str | os.PathLike[str], spec: EngineSpec) -> Engine:
-    """Open the engine in the runtime engine.json names (onnxruntime, openvino or torch-bnb)."""
-    return _load_engine(engine_dir, spec)
+def open_bundle_engine(engine_dir: str | os.PathLike[str], spec: EngineSpec) -> Engine:
+    """Open the bundle's engine in the runtime and with the threads engine.json names, and check that its
+    inputs and output are the ones engine.json promises."""
+    path = Path(engine_dir) / spec.model_file
+    engine = load_engine(path, spec.runtime, spec.intra_op_threads)
+    inputs, outputs = set(engine.input_names), set(engine.output_names)
+    if inputs != set(spec.input_names) or spec.output_name not in outputs:
+        raise EngineLoadError(
+            f"{path}: graph inputs {sorted(inputs)} / outputs {sorted(outputs)} do not match "
+            f"engine.json input_names {list(spec.input_names)} / output_name {spec.output_name!r}"
+        )
+    return engine
 
 
 def _classify(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows]:
@@ -169,8 +176,8 @@ def _classify(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays
     return results
 
 
-def run_batch(engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows | Exception]:
-    """Classify all requests with ONE engine call (`engine`: from load_engine, or a bare ORT session).
+def run_batch(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows | Exception]:
+    """Classify all requests with ONE engine call.
 
     If that call fails (e.g. a token id beyond the vocabulary when vocab_size is unknown), each
     request is retried alone so only the offending ones get an error: one bad request never fails
@@ -178,7 +185,6 @@ def run_batch(engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> li
     """
     if not requests:
         return []
-    engine = as_engine(engine, spec)
     try:
         return list(_classify(engine, spec, requests))
     except Exception as batch_error:

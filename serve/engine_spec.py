@@ -15,16 +15,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engineforge.engines import runtime_info, runtime_names
+from engineforge.engines.registry import MODEL_DIRECTORY
 from engineforge.errors import ConfigError
 
 ENGINE_SPEC_FILENAME = "engine.json"
 FORMAT_VERSION = 1
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
-# Runtimes the engine model can serve; see engine_backends.py for how each loads and runs.
-RUNTIMES = ("onnxruntime", "openvino", "torch-bnb")
-# Runtimes whose model_file names a directory (a Hugging Face `save_pretrained` output), not one file.
-DIRECTORY_RUNTIMES = ("torch-bnb",)
 
 
 @dataclass(frozen=True)
@@ -73,10 +71,10 @@ class EngineSpec:
                 f"is {self.format_version!r} but this engineforge reads version {FORMAT_VERSION}; "
                 "rebuild the engine with a matching engineforge",
             )
-        if self.runtime not in RUNTIMES:
+        if self.runtime not in runtime_names():
             self._fail(
                 "runtime",
-                f"is {self.runtime!r}; servable runtimes are {', '.join(map(repr, RUNTIMES))} "
+                f"is {self.runtime!r}; servable runtimes are {', '.join(map(repr, runtime_names()))} "
                 "(rebuild the engine for one of them)",
             )
         for name in ("model_file", "output_name", "precision"):
@@ -129,7 +127,7 @@ class EngineSpec:
     @property
     def model_is_directory(self) -> bool:
         """True when model_file is a directory (e.g. torch-bnb's `model/`), False for a single ONNX file."""
-        return self.runtime in DIRECTORY_RUNTIMES
+        return runtime_info(self.runtime).model_kind == MODEL_DIRECTORY
 
     @property
     def uses_token_type_ids(self) -> bool:

@@ -13,17 +13,19 @@ from dataclasses import dataclass, field
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from engineforge.defaults import check_model_name
 from engineforge.errors import ConfigError
 
 DTYPES = frozenset(name for name in pb.DataType.keys() if name != "TYPE_INVALID")
 INSTANCE_KINDS = {"CPU": pb.ModelInstanceGroup.KIND_CPU, "GPU": pb.ModelInstanceGroup.KIND_GPU}
 ENSEMBLE = "ensemble"
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# Tensor names (TEXT, INPUT_IDS...); model names follow engineforge.defaults.check_model_name.
+_TENSOR_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-def _check_name(what: str, name: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"{what} name {name!r} is invalid; use letters, digits, '_', '-', '.' (no spaces or '/')")
+def _check_tensor_name(name: str) -> None:
+    if not isinstance(name, str) or not _TENSOR_NAME.match(name):
+        raise ConfigError(f"tensor name {name!r} is invalid; use letters, digits, '_', '-', '.' (no spaces or '/')")
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class TensorSpec:
     allow_ragged_batch: bool = False
 
     def __post_init__(self) -> None:
-        _check_name("tensor", self.name)
+        _check_tensor_name(self.name)
         if self.dtype not in DTYPES:
             raise ConfigError(f"tensor {self.name!r}: unknown dtype {self.dtype!r}; use one of {sorted(DTYPES)}")
         object.__setattr__(self, "dims", tuple(self.dims))
@@ -97,7 +99,7 @@ class EnsembleStep:
     model_version: int = -1  # -1: whatever version the composing model serves (its latest)
 
     def __post_init__(self) -> None:
-        _check_name("ensemble step model", self.model_name)
+        check_model_name(self.model_name, "ensemble step model name")
         object.__setattr__(self, "input_map", dict(self.input_map))
         object.__setattr__(self, "output_map", dict(self.output_map))
         if not self.input_map or not self.output_map:
@@ -122,7 +124,7 @@ class ModelConfig:
     ensemble_steps: tuple[EnsembleStep, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_name("model", self.name)
+        check_model_name(self.name)
         for attr in ("inputs", "outputs", "ensemble_steps"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
         object.__setattr__(self, "parameters", dict(self.parameters))

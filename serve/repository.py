@@ -19,25 +19,21 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engineforge.defaults import DEFAULT_MODEL_NAME, DEFAULT_REPO, TOKENIZER_DIRNAME, check_model_name
 from engineforge.errors import ConfigError, RepositoryError
 
 from .engine_spec import ENGINE_SPEC_FILENAME, EngineSpec
 from .model_layout import build_model_configs
 
-DEFAULT_REPO = Path("model_repo")
-DEFAULT_MODEL_NAME = "classifier"
 MANIFEST = "versions.json"
 CONFIG = "config.pbtxt"
-TOKENIZER_DIRNAME = "tokenizer"
 _TRITON_DIR = Path(__file__).resolve().parent / "triton"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -176,10 +172,10 @@ def publish_engine(
     """Add the bundle as a new version of `<model_name>`, `<model_name>_engine`, `<model_name>_tokenizer`."""
     bundle = Path(bundle_dir).resolve()
     repo = Path(repo_dir)
-    if not isinstance(model_name, str) or not _NAME_RE.match(model_name):
-        raise RepositoryError(
-            f"model name {model_name!r} is invalid; use letters, digits, '_', '-', '.' (not starting with '.')"
-        )
+    try:
+        check_model_name(model_name)
+    except ConfigError as exc:
+        raise RepositoryError(str(exc)) from exc
     spec = check_bundle(bundle)
     try:
         configs = build_model_configs(

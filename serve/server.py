@@ -177,13 +177,15 @@ class TritonServer:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
+        process = self._process
+        if process is None:
+            raise ServerError("the server has not been started; call start()")
         expected = self.expected_models()
         deadline = time.monotonic() + self.startup_timeout_s
         client = grpcclient.InferenceServerClient(self.grpc_url)
         try:
             while True:
-                assert self._process is not None
-                code = self._process.poll()
+                code = process.poll()
                 if code is not None:
                     raise self._fail(f"tritonserver exited with code {code}")
                 with contextlib.suppress(InferenceServerException):

@@ -10,7 +10,6 @@ import numpy as np
 
 from engineforge.errors import RepositoryError
 
-TOKENIZER_DIRNAME = "tokenizer"
 OUTPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 

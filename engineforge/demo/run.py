@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engineforge import progress
-from engineforge.errors import EngineforgeError
+from engineforge.cli_support import run_command
+from engineforge.errors import EngineforgeError, UsageError
 
 
 @dataclass(frozen=True)
@@ -46,23 +46,30 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = dataclasses.replace(
-        DemoSettings(), preset=args.preset, duration_s=args.duration, repo_dir=args.repo, report_dir=args.out,
-        concurrency=tuple(int(c) for c in args.concurrency.split(",")),
-    )
+    return run_command("engineforge demo", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engineforge.build.presets import PRESET_NAMES
+    from engineforge.loadtest.cli import parse_concurrency
+
+    if args.preset not in PRESET_NAMES:
+        raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}")
     try:
-        summary = run_demo(settings)
-    except EngineforgeError as exc:
-        print(f"demo: error: {exc}", file=sys.stderr)
-        return 2
-    print(summary["markdown"])
+        concurrency = parse_concurrency(args.concurrency)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"--concurrency: {exc}") from exc
+    settings = dataclasses.replace(DemoSettings(), preset=args.preset, duration_s=args.duration, repo_dir=args.repo,
+                                   report_dir=args.out, concurrency=concurrency)
+    print(run_demo(settings)["markdown"])
     return 0
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
-    from engineforge.build.config import BuildConfig, PublishConfig
+    from engineforge.build.config import BuildConfig
     from engineforge.build.presets import preset_candidates
     from engineforge.build.search import run_candidates
+    from engineforge.build.steps import PublishConfig
     from engineforge.loadtest.config import LoadTestConfig
     from engineforge.loadtest.report import markdown_table, write_reports
     from engineforge.loadtest.runner import run_loadtest
@@ -87,7 +94,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     with progress.stage("demo 3/4: start Triton"):
         server.start()
     try:
-        samples = check_served_answers(server.grpc_url, settings.model_name, Path(build["bundle_dir"]), texts[:8])
+        samples = check_served_answers(server.grpc_url, settings.model_name, Path(str(build.bundle_dir)), texts[:8])
         with progress.stage("demo 4/4: load test"):
             load = run_loadtest(LoadTestConfig(
                 model=settings.model_name, url=server.grpc_url, mode="text", concurrency=settings.concurrency,
@@ -97,7 +104,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
             paths = write_reports(load, settings.report_dir, stem="loadtest")
     finally:
         server.stop()
-    summary = {"training": training, "build": build, "samples": samples, "loadtest_reports": {
+    summary = {"training": training, "build": build.to_dict(), "samples": samples, "loadtest_reports": {
         k: str(v) for k, v in paths.items()}}
     summary["markdown"] = render_summary(summary, markdown_table(load))
     (settings.report_dir / "summary.md").write_text(summary["markdown"])
@@ -107,26 +114,23 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
 
 def check_served_answers(url: str, model: str, bundle: Path, texts: list[str]) -> list[dict[str, Any]]:
-    """Classify over gRPC and in-process with the same bundle in the same runtime; they must agree."""
+    """Classify over gRPC and in-process with the same bundle, opened the way the served engine model opens
+    it (same runtime, same settings); they must agree."""
     import numpy as np
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from engineforge.build.inference import torch_logits
-    from engineforge.build.runtimes import runtime_logits
+    from engineforge.defaults import TOKENIZER_DIRNAME
+    from engineforge.engines import engine_logits
     from engineforge.serve.client import EngineforgeClient
-    from engineforge.serve.engine_runtime import softmax
+    from engineforge.serve.engine_runtime import open_bundle_engine, softmax
     from engineforge.serve.engine_spec import EngineSpec
+    from engineforge.serve.tokenize_runtime import load_tokenizer
 
     spec = EngineSpec.load(bundle)
-    tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
-    if spec.runtime == "torch-bnb":
-        model = AutoModelForSequenceClassification.from_pretrained(str(bundle / spec.model_file), device_map="cpu")
-        logits = torch_logits(model.eval(), tokenizer, texts, spec.max_sequence_length)
-    else:
-        logits = runtime_logits(spec.runtime, bundle / spec.model_file, tokenizer, texts, spec.max_sequence_length,
-                                threads=1)
-    local = softmax(logits)
-    served = EngineforgeClient(url).classify(texts, model=model)
+    tokenizer = load_tokenizer(bundle / TOKENIZER_DIRNAME)
+    engine = open_bundle_engine(bundle, spec)
+    local = softmax(engine_logits(engine, tokenizer, texts, spec.max_sequence_length))
+    with EngineforgeClient(url) as client:
+        served = client.classify(texts, model=model)
     rows = []
     for text, prediction, probs in zip(texts, served, local, strict=True):
         served_probs = np.array([prediction.probabilities[label] for label in spec.labels])

@@ -3,7 +3,7 @@
 Copied verbatim as `model.py` into each published version directory, next to the engine files.
 All requests of a dynamic batch are classified with ONE engine call (ONNX Runtime, OpenVINO or
 torch-bnb, as engine.json says); a bad request gets an INVALID_ARG error on its own response while
-the others in the batch are answered normally.
+the others in the batch are answered normally, and an engine failure on a valid request is INTERNAL.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class TritonPythonModel:
             name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
             for name in ("LOGITS", "PROBABILITIES", "LABEL")
         }
-        self.engine = rt.load_engine(version_dir, self.spec)
+        self.engine = rt.open_bundle_engine(version_dir, self.spec)
 
     def _read(self, request) -> rt.RequestArrays:
         arrays = {}
@@ -85,9 +85,9 @@ class TritonPythonModel:
                     responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
             outcomes = rt.run_batch(self.engine, self.spec, [arrays for _, arrays in valid])
             for (index, _), outcome in zip(valid, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    message = f"the engine rejected this request: {outcome}"
-                    responses[index] = _error(message, pb_utils.TritonError.INVALID_ARG)
+                if isinstance(outcome, Exception):  # the request passed validation: the server failed, not it
+                    message = f"the engine failed on this request: {type(outcome).__name__}: {outcome}"
+                    responses[index] = _error(message, pb_utils.TritonError.INTERNAL)
                 else:
                     responses[index] = self._respond(outcome)
         except Exception as exc:  # never crash the stub: answer every unanswered request instead

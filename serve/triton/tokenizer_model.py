@@ -13,6 +13,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 try:
+    from engineforge.defaults import TOKENIZER_DIRNAME
     from engineforge.serve import tokenize_runtime as rt
     from engineforge.serve.engine_spec import EngineSpec
     from engineforge.serve.model_layout import TOKEN_TENSOR_NAMES
@@ -38,7 +39,7 @@ class TritonPythonModel:
             name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
             for name in OUTPUTS.values()
         }
-        self.tokenizer = rt.load_tokenizer(version_dir / rt.TOKENIZER_DIRNAME)
+        self.tokenizer = rt.load_tokenizer(version_dir / TOKENIZER_DIRNAME)
 
     def _tokenize(self, request) -> pb_utils.InferenceResponse:
         tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")

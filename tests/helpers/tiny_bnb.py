@@ -31,10 +31,9 @@ def cached_bnb_build(tmp_path_factory: pytest.TempPathFactory, name: str = "tiny
     `tinybnb`. Built once per pytest session."""
     import json
 
-    import engineforge.build.weight_only  # noqa: F401  (registers the steps until runner imports it)
-    from engineforge.build.config import BuildConfig, PublishConfig, ValidateConfig
+    from engineforge.build.config import BuildConfig
     from engineforge.build.runner import run_build
-    from engineforge.build.weight_only import Bnb4BitConfig
+    from engineforge.build.steps import Bnb4BitConfig, PublishConfig, ValidateConfig
 
     root = tmp_path_factory.getbasetemp() / name
     out, done = root / "build", root / ".complete"

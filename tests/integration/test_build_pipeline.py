@@ -11,27 +11,28 @@ import pytest
 
 from engineforge.build.cli import main as build_engine
 from engineforge.build.config import BuildConfig
-from engineforge.build.inference import ort_logits
 from engineforge.build.presets import load_recipe, preset_steps
+from engineforge.build.report import BuildReport
 from engineforge.build.runner import run_build
+from engineforge.engines import engine_logits, load_engine
 from engineforge.errors import AccuracyBudgetExceeded, CheckpointError, UnsupportedArchitectureError
 from engineforge.serve.engine_spec import EngineSpec
 from tests.helpers.tiny_checkpoint import TINY_LABELS, make_tiny_checkpoint, write_eval_data
 
 
-def _build(checkpoint: Path, eval_data: Path, out: Path, preset: str = "int8") -> dict:
+def _build(checkpoint: Path, eval_data: Path, out: Path, preset: str = "int8") -> BuildReport:
     steps = tuple(s for s in preset_steps(preset) if s.step_type != "publish")
     return run_build(BuildConfig(checkpoint=checkpoint, output_dir=out, steps=steps, eval_data=eval_data))
 
 
 def test_int8_build_writes_a_servable_bundle_and_reports(tiny_checkpoint, tiny_eval_data, tmp_path):
     report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out")
-    assert report["status"] == "ok"
-    assert [s["name"] for s in report["steps"]] == ["export", "graph_optimize", "dynamic_int8", "validate"]
-    optimize = report["steps"][1]["details"]
+    assert report.status == "ok"
+    assert [s.name for s in report.steps] == ["export", "graph_optimize", "dynamic_int8", "validate"]
+    optimize = report.steps[1].details
     assert optimize["missing_fusions"] == [] and optimize["fused_ops"]["Attention"] == 2
-    assert report["steps"][2]["details"]["quantized_nodes"] > 0
-    assert report["validation"]["agreement"] >= 0.98
+    assert report.steps[2].details["quantized_nodes"] > 0
+    assert report.validation["agreement"] >= 0.98
 
     bundle = tmp_path / "out" / "engine"
     spec = EngineSpec.load(bundle)
@@ -42,15 +43,16 @@ def test_int8_build_writes_a_servable_bundle_and_reports(tiny_checkpoint, tiny_e
 
     tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
     texts = [json.loads(line)["text"] for line in tiny_eval_data.read_text().splitlines()]
-    served = ort_logits(bundle / "model.onnx", tokenizer, texts, 128, threads=1)
-    built = ort_logits(tmp_path / "out" / "work" / "model.int8.onnx", tokenizer, texts, 128, threads=1)
+    served = engine_logits(load_engine(bundle / "model.onnx", "onnxruntime", 1), tokenizer, texts, 128)
+    built = engine_logits(load_engine(tmp_path / "out" / "work" / "model.int8.onnx", "onnxruntime", 1), tokenizer,
+                          texts, 128)
     np.testing.assert_array_equal(served, built)
 
-    on_disk = json.loads((tmp_path / "out" / "build_report.json").read_text())
-    assert on_disk["validation"]["examples"] == len(texts)
+    on_disk = BuildReport.load(tmp_path / "out")
+    assert on_disk.validation["examples"] == len(texts) and on_disk.to_dict() == report.to_dict()
     assert "## Accuracy" in (tmp_path / "out" / "build_report.md").read_text()
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["checkpoint"]["sha256"]["model.safetensors"] == report["checkpoint"]["weights_sha256"]
+    assert manifest["checkpoint"]["sha256"]["model.safetensors"] == report.checkpoint["weights_sha256"]
     assert set(manifest["outputs"]) >= {"model.onnx", "engine.json", "tokenizer/tokenizer.json"}
     assert manifest["data"]["eval"]["sha256"] and manifest["versions"]["onnxruntime"]
     recipe = load_recipe(tmp_path / "out" / "recipe.toml")
@@ -59,8 +61,8 @@ def test_int8_build_writes_a_servable_bundle_and_reports(tiny_checkpoint, tiny_e
 
 def test_fp32_preset_matches_pytorch_closely(tiny_checkpoint, tiny_eval_data, tmp_path):
     report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out", preset="fp32")
-    assert report["validation"]["agreement"] == 1.0
-    assert report["validation"]["max_abs_logit_diff"] < 1e-4
+    assert report.validation["agreement"] == 1.0
+    assert report.validation["max_abs_logit_diff"] < 1e-4
 
 
 def test_budget_failure_is_clear_and_still_reported(tmp_path):
@@ -73,45 +75,58 @@ def test_budget_failure_is_clear_and_still_reported(tmp_path):
     assert report["validation"]["agreement"] < 0.98
 
 
-def test_missing_checkpoint_exits_with_a_clear_message(tmp_path, capsys):
-    assert build_engine([str(tmp_path / "nope"), "-o", str(tmp_path / "out")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+def test_missing_checkpoint_exits_with_a_clear_message(tmp_path, tiny_eval_data, capsys):
+    code = build_engine([str(tmp_path / "nope"), "--eval-data", str(tiny_eval_data), "-o", str(tmp_path / "out")])
+    assert code == 1  # the build ran and failed; 2 is for a wrong command line
+    err = capsys.readouterr().err
+    assert "build-engine: error: checkpoint directory" in err and "does not exist" in err
 
 
-def test_corrupt_weights_are_reported(tiny_checkpoint, tmp_path):
+def test_impossible_command_lines_are_usage_errors(tiny_checkpoint, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert build_engine([str(tiny_checkpoint), "-o", out]) == 2  # int8 validates: it needs eval data
+    assert "'validate' needs labelled eval data: pass --eval-data" in capsys.readouterr().err
+    assert build_engine([str(tiny_checkpoint), "--preset", "int8", "--recipe", "r.toml"]) == 2
+    assert build_engine([str(tiny_checkpoint), "--preset", "turbo"]) == 2
+    assert "unknown preset 'turbo'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_weights_are_reported(tiny_checkpoint, tiny_eval_data, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_checkpoint, broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match=r"could not load weights from .*model\.safetensors"):
-        _build(broken, None, tmp_path / "out")  # type: ignore[arg-type]
+        _build(broken, tiny_eval_data, tmp_path / "out")
 
 
-def test_corrupt_config_is_reported(tiny_checkpoint, tmp_path):
+def test_corrupt_config_is_reported(tiny_checkpoint, tiny_eval_data, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_checkpoint, broken)
     (broken / "config.json").write_text("{ not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
-        _build(broken, None, tmp_path / "out")  # type: ignore[arg-type]
+        _build(broken, tiny_eval_data, tmp_path / "out")
 
 
 @pytest.mark.parametrize(("model_type", "architecture", "fragment"), [
     ("gpt2", "GPT2ForSequenceClassification", "model_type 'gpt2'"),
     ("bert", "BertModel", "not a sequence classifier"),
 ])
-def test_unsupported_architectures_are_refused(tiny_checkpoint, tmp_path, model_type, architecture, fragment):
+def test_unsupported_architectures_are_refused(tiny_checkpoint, tiny_eval_data, tmp_path, model_type, architecture,
+                                               fragment):
     other = tmp_path / "other"
     shutil.copytree(tiny_checkpoint, other)
     config = json.loads((other / "config.json").read_text())
     config.update(model_type=model_type, architectures=[architecture])
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedArchitectureError, match=fragment):
-        _build(other, None, tmp_path / "out")  # type: ignore[arg-type]
+        _build(other, tiny_eval_data, tmp_path / "out")
 
 
 def test_eval_labels_unknown_to_the_model_are_refused(tiny_checkpoint, tmp_path, capsys):
     data = tmp_path / "eval.jsonl"
     data.write_text('{"text": "hi", "label": "weather"}\n')
     code = build_engine([str(tiny_checkpoint), "--eval-data", str(data), "-o", str(tmp_path / "out"), "--no-publish"])
-    assert code == 2
+    assert code == 1
     assert "labels ['weather'] that the model does not know" in capsys.readouterr().err

@@ -29,9 +29,9 @@ def test_first_candidate_within_budget_is_kept_and_the_misses_recorded(near_tie,
     config = {"checkpoint": checkpoint, "output_dir": tmp_path / "out", "eval_data": eval_data}
     report = run_candidates([("int8", BuildConfig(steps=_no_publish("int8"), **config)),
                              ("fp32", BuildConfig(steps=_no_publish("fp32"), **config))])
-    assert [c["result"] for c in report["candidates"]] == ["outside budget", "chosen"]
-    assert "agreement" in report["candidates"][0]["reason"]
-    assert report["precision"] == "fp32"
+    assert [c["result"] for c in report.candidates] == ["outside budget", "chosen"]
+    assert "agreement" in report.candidates[0]["reason"]
+    assert report.precision == "fp32"
     on_disk = json.loads((tmp_path / "out" / "build_report.json").read_text())
     assert on_disk["candidates"][1]["candidate"] == "fp32"
     assert "Candidates tried" in (tmp_path / "out" / "build_report.md").read_text()
@@ -46,7 +46,7 @@ def test_no_fitting_candidate_fails_listing_what_was_tried(near_tie, tmp_path):
 
 
 def test_fast_cpu_tries_milder_pruning_then_none():
-    from engineforge.build.prune import PruneConfig
+    from engineforge.build.steps import PruneConfig
 
     names = [name for name, _ in preset_candidates("fast-cpu")]
     assert names[0].startswith("prune 50%") and names[1].startswith("prune 33% heads / 60% FFN")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from engineforge.build.cli import main as build_engine
-from engineforge.build.inference import ort_logits
 from engineforge.serve.client import EngineforgeClient
 from engineforge.serve.engine_runtime import softmax
 from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.server import TritonServer
+from tests.helpers.logits import file_logits
 
 pytestmark = pytest.mark.triton
 
@@ -34,7 +34,7 @@ def test_built_engine_serves_the_same_answers_as_in_process(tiny_checkpoint, tin
 
     tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
     texts = [json.loads(line)["text"] for line in tiny_eval_data.read_text().splitlines()]
-    expected = softmax(ort_logits(bundle / "model.onnx", tokenizer, texts, spec.max_sequence_length, threads=1))
+    expected = softmax(file_logits(bundle / "model.onnx", tokenizer, texts, max_length=spec.max_sequence_length))
 
     with TritonServer(repo) as server:
         client = EngineforgeClient(server.grpc_url)

@@ -187,10 +187,10 @@ def test_no_server_gives_server_unavailable_error():
     assert time.monotonic() - t0 < 10
 
 
-def test_cli_without_server_exits_2_with_message(capsys, tmp_path):
+def test_cli_without_server_exits_1_with_message(capsys, tmp_path):
     url = f"127.0.0.1:{free_port()}"
-    assert cli.main(["--url", url, "--model", "m", "--out", str(tmp_path)]) == 2
-    assert f"error: no Triton server answers at {url}" in capsys.readouterr().err
+    assert cli.main(["--url", url, "--model", "m", "--out", str(tmp_path)]) == 1  # a failure, not a usage error
+    assert f"engineforge loadtest: error: no Triton server answers at {url}" in capsys.readouterr().err
 
 
 def test_request_fn_never_raises_when_server_is_gone():

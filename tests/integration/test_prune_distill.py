@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -10,16 +9,24 @@ import numpy as np
 import pytest
 
 from engineforge.build.checkpoint import load_checkpoint
-from engineforge.build.config import BuildConfig, ExportConfig, GraphOptimizeConfig, ValidateConfig
+from engineforge.build.config import BuildConfig
+from engineforge.build.context import AttentionShape, BuildContext
 from engineforge.build.data import Example
-from engineforge.build.distill import DistillConfig, distill
-from engineforge.build.export import export_onnx
-from engineforge.build.kd import make_batches, with_teacher_logits
-from engineforge.build.optimize import optimize_graph
-from engineforge.build.pipeline import BuildContext
-from engineforge.build.prune import PruneConfig, prune
 from engineforge.build.prune_importance import measure_importance
+from engineforge.build.report import BuildReport
 from engineforge.build.runner import run_build
+from engineforge.build.steps import (
+    DistillConfig,
+    ExportConfig,
+    GraphOptimizeConfig,
+    PruneConfig,
+    ValidateConfig,
+    distill,
+    export_onnx,
+    optimize_graph,
+    prune,
+)
+from engineforge.build.teacher_student import make_batches, with_teacher_logits
 from engineforge.errors import DataError
 from tests.helpers.tiny_checkpoint import EVAL_TEXTS, TINY_LABELS, make_tiny_checkpoint, write_eval_data
 
@@ -49,9 +56,8 @@ def sharp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _context(checkpoint: Path, tmp_path: Path, train: list[str] | None = TRAIN_TEXTS) -> BuildContext:
     info, model, tokenizer = load_checkpoint(checkpoint)
     config = BuildConfig(checkpoint=checkpoint, output_dir=tmp_path / "out", steps=(PruneConfig(),))
-    ctx = BuildContext(config=config, work_dir=tmp_path)
-    ctx.reference_model, ctx.tokenizer, ctx.model = model, tokenizer, copy.deepcopy(model)
-    ctx.labels, ctx.checkpoint_info = list(info.labels), info.to_dict()
+    ctx = BuildContext.start(config, tmp_path, info, model, tokenizer)  # the student is a copy of the model
+    assert ctx.model is not ctx.reference_model
     ctx.train_examples = [Example(t) for t in train or []]
     return ctx
 
@@ -70,7 +76,7 @@ def test_prune_shrinks_exactly_the_expected_matrices(sharp_checkpoint, tmp_path)
         assert tuple(layer.output.dense.weight.shape) == (32, 32)
     assert details["heads_per_layer"] == [2, 2] and details["ffn_per_layer"] == [32, 32]
     assert details["encoder_parameters_after"] < details["encoder_parameters_before"]
-    assert ctx.checkpoint_info["num_heads"] == 2 and ctx.checkpoint_info["attention_hidden_size"] == 16
+    assert ctx.attention == AttentionShape(num_heads=2, hidden_size=16)  # what graph_optimize fuses with
     assert ctx.model.config.pruned_layout == {"heads_per_layer": [2, 2], "intermediate_sizes": [32, 32],
                                               "attention_head_size": 8}
     json.dumps(details)  # goes into the build report as is
@@ -177,12 +183,12 @@ def test_full_build_prune_distill_export_optimize_validate(sharp_checkpoint, tmp
              GraphOptimizeConfig(), ValidateConfig(max_accuracy_drop=100, min_agreement=0))
     report = run_build(BuildConfig(checkpoint=sharp_checkpoint, output_dir=tmp_path / "out", steps=steps,
                                    eval_data=eval_data, train_data=train, unlabelled_data=unlabelled))
-    assert report["status"] == "ok"
-    distilled = next(s["details"] for s in report["steps"] if s["name"] == "distill")
+    assert report.status == "ok"
+    distilled = report.step("distill").details
     assert distilled["texts"] == len(TRAIN_TEXTS) + len(EVAL_TEXTS)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["data"]["unlabelled"]["path"] == str(unlabelled)
     assert f'unlabelled_data = "{unlabelled.resolve()}"' in (tmp_path / "out" / "recipe.toml").read_text()
-    assert [s["name"] for s in report["steps"]] == ["prune", "distill", "export", "graph_optimize", "validate"]
-    assert report["steps"][3]["details"]["fused_ops"]["Attention"] == 2
-    assert json.loads((tmp_path / "out" / "build_report.json").read_text())["steps"][0]["details"]["heads_per_layer"]
+    assert [s.name for s in report.steps] == ["prune", "distill", "export", "graph_optimize", "validate"]
+    assert report.steps[3].details["fused_ops"]["Attention"] == 2
+    assert BuildReport.load(tmp_path / "out").steps[0].details["heads_per_layer"]

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from engineforge.build.config import BuildConfig, DynamicInt8Config, ExportConfig, GraphOptimizeConfig, ValidateConfig
+from engineforge.build.config import BuildConfig
 from engineforge.build.runner import run_build
-from engineforge.build.select_runtime import SelectRuntimeConfig
+from engineforge.build.steps import (
+    DynamicInt8Config,
+    ExportConfig,
+    GraphOptimizeConfig,
+    SelectRuntimeConfig,
+    ValidateConfig,
+)
 from engineforge.errors import ConfigError
 from engineforge.serve.engine_spec import EngineSpec
 
@@ -19,19 +25,19 @@ def _build(checkpoint, eval_data, out, *steps):
 
 def test_fp32_engine_runs_in_both_runtimes_and_the_faster_is_published(tiny_checkpoint, tiny_eval_data, tmp_path):
     report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out")
-    select = next(s for s in report["steps"] if s["name"] == "select_runtime")["details"]
+    select = report.step("select_runtime").details
     rows = {r["runtime"]: r for r in select["candidates"]}
     assert rows["onnxruntime"]["status"] == rows["openvino"]["status"] == "ok"
     fastest = min(rows.values(), key=lambda r: r["median_ms"])["runtime"]
     assert select["chosen"] == fastest
     assert EngineSpec.load(tmp_path / "out" / "engine").runtime == fastest
     # Validation ran in the chosen runtime.
-    assert next(s for s in report["steps"] if s["name"] == "validate")["details"]["runtime"] == fastest
+    assert report.step("validate").details["runtime"] == fastest
 
 
 def test_runtime_that_cannot_load_the_graph_is_skipped_with_its_reason(tiny_checkpoint, tiny_eval_data, tmp_path):
     report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out", DynamicInt8Config())
-    select = next(s for s in report["steps"] if s["name"] == "select_runtime")["details"]
+    select = report.step("select_runtime").details
     rows = {r["runtime"]: r for r in select["candidates"]}
     assert rows["openvino"]["status"] == "cannot run" and "QAttention" in rows["openvino"]["reason"]
     assert select["chosen"] == "onnxruntime"

@@ -56,7 +56,7 @@ def in_process_probabilities(bundle: Path, texts: list[str]) -> np.ndarray:
     from transformers import AutoTokenizer
 
     spec = EngineSpec.load(bundle)
-    engine = rt.load_engine(bundle, spec)
+    engine = rt.open_bundle_engine(bundle, spec)
     tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
     rows = []
     for text in texts:

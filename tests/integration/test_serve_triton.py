@@ -24,6 +24,7 @@ from tests.helpers.tiny_engine import TINY_LABELS, reference_logits, tiny_bundle
 pytestmark = pytest.mark.triton
 
 MODEL = "clf"
+UNCHECKED = "novocab"
 MAX_BATCH = 8
 TEXTS = [
     "where is my order #1234?",
@@ -49,6 +50,12 @@ def served(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     EngineSpec.from_dict(EngineSpec.load(second).to_dict() | {"build_id": "tiny-build-2"}).save(second)
     # A long queue delay makes the concurrent test's requests land in one dynamic batch.
     publish_engine(second, repo, MODEL, max_batch_size=MAX_BATCH, max_queue_delay_us=20_000)
+    # An engine.json without vocab_size: an out-of-vocabulary id passes validation and fails in the engine.
+    unchecked = root / "bundle-no-vocab"
+    shutil.copytree(tiny_bundle, unchecked)
+    EngineSpec.from_dict({k: v for k, v in EngineSpec.load(unchecked).to_dict().items() if k != "vocab_size"}).save(
+        unchecked)
+    publish_engine(unchecked, repo, UNCHECKED, max_batch_size=MAX_BATCH)
     with TritonServer(repo, log_file=root / "tritonserver.log", startup_timeout_s=120) as server:
         yield server
 
@@ -193,6 +200,13 @@ def test_bad_request_in_a_batch_does_not_fail_the_others(served, tiny_bundle) ->
     for name in ("good1", "good2"):
         expected = softmax(reference_logits(tiny_bundle, jobs[name], np.ones_like(jobs[name])))[0]
         np.testing.assert_allclose([outcomes[name].probabilities[n] for n in TINY_LABELS], expected, atol=1e-5)
+
+
+def test_an_engine_failure_on_a_valid_request_is_a_server_error_not_the_clients(client, tiny_bundle) -> None:  # noqa: F811
+    ids = np.array([[101, 10**6, 102]], dtype=np.int64)
+    with pytest.raises(ServerError, match=r"failed while running novocab_engine: the engine failed on this request"):
+        client.infer(UNCHECKED + "_engine", {"INPUT_IDS": ids, "ATTENTION_MASK": np.ones_like(ids)}, ("LABEL",))
+    assert_still_serving(client, tiny_bundle)
 
 
 def test_unknown_model_names_ready_models(client) -> None:

@@ -16,14 +16,13 @@ import numpy as np
 import onnx
 import pytest
 
-from engineforge.build import static_quant
-from engineforge.build.config import BuildConfig, ExportConfig, GraphOptimizeConfig, ValidateConfig
-from engineforge.build.inference import ort_logits
+from engineforge.build.config import BuildConfig
+from engineforge.build.report import BuildReport
 from engineforge.build.runner import run_build
-from engineforge.errors import ConfigError, DataError
+from engineforge.build.steps import ExportConfig, GraphOptimizeConfig, StaticInt8Config, ValidateConfig
+from engineforge.errors import ConfigError, MissingPrerequisiteError
+from tests.helpers.logits import file_logits
 from tests.helpers.tiny_checkpoint import EVAL_TEXTS, TINY_LABELS, make_tiny_checkpoint, write_eval_data
-
-StaticInt8Config = static_quant.StaticInt8Config  # importing the module registers the step
 
 
 def _train_on_eval_texts(path: Path) -> Path:
@@ -76,7 +75,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _build(checkpoint: Path, eval_data: Path | None, calibration: Path | None, out: Path, step: StaticInt8Config,
-           validate: ValidateConfig | None = None, optimize: bool = False) -> dict:
+           validate: ValidateConfig | None = None, optimize: bool = False) -> BuildReport:
     steps = (ExportConfig(), *([GraphOptimizeConfig()] if optimize else []), step, validate or ValidateConfig())
     return run_build(BuildConfig(checkpoint=checkpoint, output_dir=out, steps=steps, eval_data=eval_data,
                                  calibration_data=calibration))
@@ -94,19 +93,18 @@ def _quantized_outputs(model: onnx.ModelProto) -> list[str]:
             and n.input[0] in producers and producers[n.input[0]].op_type in ("MatMul", "Gemm")]
 
 
-def test_static_int8_without_calibration_data_is_refused(trained, tmp_path):
-    with pytest.raises(DataError, match=r"step 'static_int8' needs .*pass --calibration-data FILE"):
+def test_static_int8_without_calibration_data_is_refused_before_any_work(trained, tmp_path):
+    with pytest.raises(MissingPrerequisiteError, match=r"step 'static_int8' needs .*pass --calibration-data FILE"):
         _build(trained["checkpoint"], trained["eval"], None, tmp_path / "out", StaticInt8Config())
-    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
-    assert report["status"] == "failed" and "--calibration-data" in report["error"]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 def test_each_calibration_method_gives_a_symmetric_int8_qdq_model_within_budget(trained, tmp_path, method):
     report = _build(trained["checkpoint"], trained["eval"], trained["calibration"], tmp_path / "out",
                     StaticInt8Config(calibration_method=method), optimize=method == "minmax")
-    assert report["status"] == "ok" and report["precision"] == "int8-static-qdq"
-    details = next(s["details"] for s in report["steps"] if s["name"] == "static_int8")
+    assert report.status == "ok" and report.precision == "int8-static-qdq"
+    details = report.step("static_int8").details
     # Even after graph_optimize, the unfused export is what gets quantized.
     assert details["source"] == "model.fp32.onnx"
     assert details["quantize_linear"] > 0 and details["dequantize_linear"] > 0
@@ -127,29 +125,29 @@ def test_each_calibration_method_gives_a_symmetric_int8_qdq_model_within_budget(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(trained["checkpoint"]))
-    logits = ort_logits(path, tokenizer, list(EVAL_TEXTS), 128, threads=1)
+    logits = file_logits(path, tokenizer, list(EVAL_TEXTS))
     assert np.isfinite(logits).all()
     labels = [json.loads(line)["label"] for line in trained["eval"].read_text().splitlines()]
     assert len(set(labels)) > 1, "the eval set must not be one class, or agreement means nothing"
     agreement = np.mean([TINY_LABELS[i] == label for i, label in zip(logits.argmax(1), labels, strict=True)])
     assert agreement >= ValidateConfig().min_agreement
-    assert report["validation"]["agreement"] >= ValidateConfig().min_agreement
+    assert report.validation["agreement"] >= ValidateConfig().min_agreement
 
 
 def test_uint8_activations_are_asymmetric(trained, tmp_path):
     report = _build(trained["checkpoint"], trained["eval"], trained["calibration"], tmp_path / "out",
                     StaticInt8Config(activation_type="uint8", fallback=False, quantize_outputs=True))
-    details = report["steps"][1]["details"]
+    details = report.steps[1].details
     assert _quantized_outputs(onnx.load(str(tmp_path / "out" / "work" / "model.int8-static.onnx")))
     assert details["activation_types"] == ["UINT8"] and not details["symmetric_activations"]
     assert details["tensorrt"].startswith("skipped: TensorRT rejects uint8")
-    assert "fallback" not in details and report["precision"] == "int8-static-qdq-uint8act"
+    assert "fallback" not in details and report.precision == "int8-static-qdq-uint8act"
 
 
 def test_keep_fp32_leaves_the_named_nodes_unquantized(trained, tmp_path):
     report = _build(trained["checkpoint"], trained["eval"], trained["calibration"], tmp_path / "out",
                     StaticInt8Config(keep_fp32=("*classifier*",), fallback=False))
-    details = report["steps"][1]["details"]
+    details = report.steps[1].details
     assert details["keep_fp32"] == ["/model/classifier/Gemm"] == details["fp32_nodes"]
     model = onnx.load(str(tmp_path / "out" / "work" / "model.int8-static.onnx"))
     dequantized = _consumers_of_dequantized(model)
@@ -169,21 +167,21 @@ def test_fallback_finds_the_sensitive_group_and_keeps_only_it_fp32(trained, tmp_
     eval_data = write_eval_data(tmp_path / "eval.jsonl", checkpoint)
     report = _build(checkpoint, eval_data, trained["calibration"], tmp_path / "out", StaticInt8Config(),
                     ValidateConfig(min_agreement=1.0, max_accuracy_drop=0.0))
-    decision = report["steps"][1]["details"]["fallback"]
+    decision = report.steps[1].details["fallback"]
     assert decision["budget"] == {"max_accuracy_drop": 0.0, "min_agreement": 1.0}
     assert decision["eval_runtimes"][0] == "onnxruntime"  # and "openvino" where installed
     assert not decision["steps"][0]["within_budget"], "everything quantized must miss the budget here"
     assert decision["ranking"][0]["group"] == "pooler" and decision["ranking"][0]["flips"] > 0
     assert decision["budget_met"] and decision["fp32_groups"] == ["pooler"]
     assert decision["steps"][decision["chosen_step"]]["within_budget"]
-    assert report["steps"][1]["details"]["fp32_nodes"] == ["/model/bert/pooler/dense/Gemm"]
-    assert report["validation"]["agreement"] == 1.0
+    assert report.steps[1].details["fp32_nodes"] == ["/model/bert/pooler/dense/Gemm"]
+    assert report.validation["agreement"] == 1.0
     model = onnx.load(str(tmp_path / "out" / "work" / "model.int8-static.onnx"))
     assert _consumers_of_dequantized(model)["/model/bert/pooler/dense/Gemm"] == set()
 
 
 def test_fallback_judges_against_the_original_model_and_skips_when_its_input_already_misses(trained, tmp_path):
-    from engineforge.build.prune import PruneConfig
+    from engineforge.build.steps import PruneConfig
     from engineforge.errors import AccuracyBudgetExceeded
 
     # Pruning 90 % without recovery: the fp32 student already disagrees with the original model.
@@ -192,8 +190,8 @@ def test_fallback_judges_against_the_original_model_and_skips_when_its_input_alr
     with pytest.raises(AccuracyBudgetExceeded):
         run_build(BuildConfig(checkpoint=trained["checkpoint"], output_dir=tmp_path / "out", steps=steps,
                               eval_data=trained["eval"], calibration_data=trained["calibration"]))
-    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
-    decision = next(s for s in report["steps"] if s["name"] == "static_int8")["details"]["fallback"]
+    on_disk = BuildReport.load(tmp_path / "out")
+    decision = on_disk.step("static_int8").details["fallback"]
     assert decision["fp32_input"]["flips"] > 0 and not decision["budget_met"]
     assert decision["stop_reason"].startswith("the fp32 input is already outside the budget")
     assert "steps" not in decision, "no sensitivity passes are spent on a hopeless input"
@@ -203,17 +201,17 @@ def test_the_static_int8_file_runs_in_openvino_like_in_onnxruntime(trained, tmp_
     ov = pytest.importorskip("openvino")
     report = _build(trained["checkpoint"], trained["eval"], trained["calibration"], tmp_path / "out",
                     StaticInt8Config(fallback=False))
-    assert report["steps"][1]["details"]["openvino"].startswith("ok")
+    assert report.steps[1].details["openvino"].startswith("ok")
     path = tmp_path / "out" / "work" / "model.int8-static.onnx"
     from transformers import AutoTokenizer
 
-    from engineforge.build.data import encode
+    from engineforge.engines import encode
 
     tokenizer = AutoTokenizer.from_pretrained(str(trained["checkpoint"]))
     feeds = encode(tokenizer, list(EVAL_TEXTS), 128, ["input_ids", "attention_mask", "token_type_ids"])
     compiled = ov.Core().compile_model(ov.Core().read_model(str(path)), "CPU", {"INFERENCE_NUM_THREADS": 1})
     ov_logits = np.asarray(compiled(feeds)[compiled.output(0)])
-    ort = ort_logits(path, tokenizer, list(EVAL_TEXTS), 128, threads=1)
+    ort = file_logits(path, tokenizer, list(EVAL_TEXTS))
     np.testing.assert_array_equal(ov_logits.argmax(1), ort.argmax(1))
     assert np.abs(ov_logits - ort).max() < 0.1 * np.abs(ort).max()
 
@@ -224,4 +222,4 @@ def test_the_symmetric_int8_file_parses_in_tensorrt(trained, tmp_path):
         pytest.skip("needs tensorrt or tensorrt-rtx (pip install 'engineforge[tensorrt]')")
     report = _build(trained["checkpoint"], trained["eval"], trained["calibration"], tmp_path / "out",
                     StaticInt8Config(fallback=False))
-    assert report["steps"][1]["details"]["tensorrt"].startswith("ok: parsed by tensorrt")
+    assert report.steps[1].details["tensorrt"].startswith("ok: parsed by tensorrt")

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engineforge.build.config import BuildConfig, ExportConfig, GraphOptimizeConfig, ValidateConfig
-from engineforge.build.inference import ort_logits, torch_logits
+from engineforge.build.config import BuildConfig
 from engineforge.build.runner import run_build
-from engineforge.build.weight_only import Int4WeightOnlyConfig
+from engineforge.build.steps import ExportConfig, GraphOptimizeConfig, Int4WeightOnlyConfig, ValidateConfig
 from engineforge.serve import engine_runtime as rt
 from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
+from tests.helpers.logits import file_logits, torch_logits
 from tests.helpers.tiny_bnb import cached_bnb_build, cached_checkpoint_64
 from tests.helpers.tiny_checkpoint import EVAL_TEXTS, TINY_LABELS
 
@@ -32,8 +32,8 @@ def test_int4_build_has_matmulnbits_that_ort_runs_within_budget(checkpoint_64, t
                                                                                            min_agreement=0.9))
     report = run_build(BuildConfig(checkpoint=checkpoint, output_dir=tmp_path / "out", steps=steps,
                                    eval_data=eval_data, intra_op_threads=1))
-    assert report["status"] == "ok" and report["precision"] == "int4-weight-only"
-    details = report["steps"][2]["details"]
+    assert report.status == "ok" and report.precision == "int4-weight-only"
+    details = report.steps[2].details
     # After fusion only the output projections and the FFN are MatMuls; Attention keeps QKV in fp32.
     assert details["quantized_roles"] == {"layer.*/attention/output/dense": 2, "layer.*/intermediate/dense": 2,
                                           "layer.*/output/dense": 2}
@@ -47,18 +47,18 @@ def test_int4_build_has_matmulnbits_that_ort_runs_within_budget(checkpoint_64, t
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
-    got = ort_logits(bundle / "model.onnx", tokenizer, list(EVAL_TEXTS), 128, threads=1)
+    got = file_logits(bundle / "model.onnx", tokenizer, list(EVAL_TEXTS))
     reference = torch_logits(AutoModelForSequenceClassification.from_pretrained(str(checkpoint)).eval(), tokenizer,
-                             list(EVAL_TEXTS), 128)
+                             list(EVAL_TEXTS))
     assert np.isfinite(got).all() and np.abs(got - reference).max() < 0.5  # 4-bit, yet close to fp32
-    assert report["validation"]["agreement"] >= 0.9
+    assert report.validation["agreement"] >= 0.9
 
 
 def test_int4_without_fusion_also_quantizes_qkv(checkpoint_64, tmp_path):
     checkpoint, eval_data = checkpoint_64
     report = run_build(BuildConfig(checkpoint=checkpoint, output_dir=tmp_path / "out", eval_data=eval_data,
                                    steps=(ExportConfig(), Int4WeightOnlyConfig(symmetric=True, block_size=64))))
-    details = report["steps"][1]["details"]
+    details = report.steps[1].details
     assert details["quantized_nodes"] == 12 and "layer.*/attention/self/query" in details["quantized_roles"]
     assert details["fp32_weight_ops"] == {"Gemm": 2}  # pooler and classifier
 
@@ -77,7 +77,7 @@ def test_bnb_nf4_build_writes_a_bundle_whose_model_loads_and_answers(tmp_path_fa
     assert not (bundle / "model.onnx").exists()
     assert json.loads((bundle / "model" / "config.json").read_text())["quantization_config"]["bnb_4bit_quant_type"] \
         == "nf4"
-    engine = rt.load_engine(bundle, spec)
+    engine = rt.open_bundle_engine(bundle, spec)
     model = engine.model
     assert type(model.classifier).__name__ == "Linear"
     assert type(model.bert.encoder.layer[0].intermediate.dense).__name__ == "Linear4bit"
@@ -85,7 +85,7 @@ def test_bnb_nf4_build_writes_a_bundle_whose_model_loads_and_answers(tmp_path_fa
     # The bundle answers exactly what the build validated (same saved files, reloaded).
     from transformers import AutoTokenizer
 
-    from engineforge.build.inference import model_input_names
+    from engineforge.engines import model_input_names
 
     tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
     encoded = tokenizer(list(EVAL_TEXTS[:4]), padding=True, return_tensors="np")

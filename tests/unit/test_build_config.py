@@ -1,4 +1,4 @@
-"""Step configs, ordering, presets and recipes: pure logic, no models."""
+"""Step configs, ordering, prerequisites, presets and recipes: pure logic, no models."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from engineforge.build.config import (
-    BuildConfig,
+from engineforge.build.config import BuildConfig
+from engineforge.build.pipeline import check_build, check_step_order, prepare_output_dir, step_config_from_dict
+from engineforge.build.presets import PRESET_NAMES, dump_recipe, load_recipe, preset_steps
+from engineforge.build.steps import (
     DynamicInt8Config,
     ExportConfig,
     GraphOptimizeConfig,
     PublishConfig,
     ValidateConfig,
-    step_config_from_dict,
 )
-from engineforge.build.pipeline import check_step_order, prepare_output_dir
-from engineforge.build.presets import PRESET_NAMES, dump_recipe, load_recipe, preset_steps
 from engineforge.errors import ConfigError, StepOrderError
 
 
@@ -29,6 +28,7 @@ from engineforge.errors import ConfigError, StepOrderError
         (lambda: ValidateConfig(max_accuracy_drop=-1), "percentage points"),
         (lambda: DynamicInt8Config(weight_type="int4"), "use 'int8'"),
         (lambda: PublishConfig(model_name="my model!"), "letters, digits"),
+        (lambda: PublishConfig(model_name=".hidden"), "starting with a letter or digit"),
         (lambda: PublishConfig(max_batch_size=0), "max_batch_size"),
     ],
 )
@@ -59,8 +59,12 @@ def test_repeated_step_is_refused():
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_every_preset_is_in_a_valid_order(name):
+def test_every_preset_is_in_a_valid_order_and_satisfiable_with_its_data(name, tmp_path):
     check_step_order(preset_steps(name))
+    data = {kind: tmp_path / f"{kind}.jsonl" for kind in ("eval_data", "train_data", "calibration_data",
+                                                          "unlabelled_data")}
+    check_build(BuildConfig(checkpoint=tmp_path / "ckpt", output_dir=tmp_path / "out", steps=preset_steps(name),
+                            **data))
 
 
 def test_unknown_preset_lists_the_known_ones():

@@ -1,12 +1,13 @@
-"""Accuracy comparison and budget logic on hand-made logits."""
+"""Accuracy comparison and budget logic on hand-made logits (one definition for validate, select_runtime and
+static int8's fallback)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engineforge.build.config import ValidateConfig
-from engineforge.build.validate import check_budget, compare_logits
+from engineforge.build.accuracy import Budget, compare_logits
+from engineforge.build.steps import ValidateConfig
 from engineforge.errors import AccuracyBudgetExceeded
 
 TEXTS = [f"text {i}" for i in range(4)]
@@ -37,7 +38,7 @@ def test_budget_failure_names_the_worst_difference():
     engine[3] = [3.0, 0.0]
     result = compare_logits(reference, engine, [0, 1, 0, 1], TEXTS)
     with pytest.raises(AccuracyBudgetExceeded) as info:
-        check_budget(result, ValidateConfig(max_accuracy_drop=1.0, min_agreement=0.98))
+        ValidateConfig(max_accuracy_drop=1.0, min_agreement=0.98).budget.check(result)
     message = str(info.value)
     assert "accuracy dropped 25.00 points" in message
     assert "agreement with fp32 is 75.00%" in message
@@ -46,4 +47,6 @@ def test_budget_failure_names_the_worst_difference():
 
 def test_budget_within_limits_passes():
     logits = np.array([[1.0, 0.0], [0.0, 1.0]])
-    check_budget(compare_logits(logits, logits + 0.01, [0, 1], TEXTS[:2]), ValidateConfig())
+    Budget().check(compare_logits(logits, logits + 0.01, [0, 1], TEXTS[:2]))
+    assert Budget() == ValidateConfig().budget
+

@@ -1,4 +1,4 @@
-"""4-bit weight-only steps: config validation, refusal of ONNX steps beside bnb_4bit, module planning."""
+"""4-bit weight-only steps: config validation, refusal of ONNX steps after bnb_4bit, module planning."""
 
 from __future__ import annotations
 
@@ -7,18 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from engineforge.build.config import (
+from engineforge.build.config import BuildConfig
+from engineforge.build.pipeline import check_build, check_step_order, step_config_from_dict
+from engineforge.build.presets import dump_recipe, load_recipe
+from engineforge.build.steps import (
+    Bnb4BitConfig,
     DynamicInt8Config,
     ExportConfig,
     GraphOptimizeConfig,
+    Int4WeightOnlyConfig,
+    PruneConfig,
     PublishConfig,
     ValidateConfig,
-    step_config_from_dict,
+    plan_bnb_modules,
 )
-from engineforge.build.pipeline import check_step_order
-from engineforge.build.presets import dump_recipe, load_recipe
-from engineforge.build.weight_only import Bnb4BitConfig, Int4WeightOnlyConfig, plan_bnb_modules
-from engineforge.errors import ConfigError, StepOrderError
+from engineforge.errors import ConfigError, MissingPrerequisiteError, StepOrderError
+
+
+def _config(tmp_path: Path, *steps) -> BuildConfig:
+    return BuildConfig(checkpoint=tmp_path / "missing", output_dir=tmp_path / "out", steps=steps,
+                       eval_data=tmp_path / "eval.jsonl", train_data=tmp_path / "train.jsonl")
 
 
 @pytest.mark.parametrize(
@@ -46,32 +54,30 @@ def test_recipe_names_the_new_steps_and_round_trips(tmp_path: Path):
     assert load_recipe(recipe)["steps"] == steps  # accuracy_level=None is omitted and comes back as None
 
 
-@pytest.mark.parametrize(
-    "onnx_step", [ExportConfig(), GraphOptimizeConfig(), DynamicInt8Config(), Int4WeightOnlyConfig()]
-)
-def test_bnb_with_any_onnx_step_is_refused(onnx_step):
-    steps = tuple(sorted((Bnb4BitConfig(), onnx_step, ValidateConfig()), key=lambda s: s.stage))
-    message = rf"'bnb_4bit' makes a model that cannot be exported.*'{onnx_step.step_type}'"
-    with pytest.raises(StepOrderError, match=message):
-        check_step_order(steps)
+def test_export_after_bnb_is_refused_naming_both_steps(tmp_path: Path):
+    with pytest.raises(MissingPrerequisiteError,
+                       match=r"step 'export' needs an exportable PyTorch model, but 'bnb_4bit' before it replaced "
+                             r"the model with bitsandbytes 4-bit layers.*drop 'export', or drop 'bnb_4bit'"):
+        check_build(_config(tmp_path, Bnb4BitConfig(), ExportConfig(), ValidateConfig()))
 
 
-def test_refusal_comes_before_any_work(tmp_path: Path):
-    from engineforge.build.config import BuildConfig
+@pytest.mark.parametrize("onnx_step", [GraphOptimizeConfig(), DynamicInt8Config(), Int4WeightOnlyConfig()])
+def test_onnx_steps_after_bnb_without_export_are_refused(tmp_path: Path, onnx_step):
+    with pytest.raises(MissingPrerequisiteError, match=rf"step '{onnx_step.step_type}' needs an ONNX graph.*'export'"):
+        check_build(_config(tmp_path, Bnb4BitConfig(), onnx_step, ValidateConfig()))
+
+
+def test_bnb_after_prune_is_refused_before_any_work(tmp_path: Path):
     from engineforge.build.runner import run_build
 
-    config = BuildConfig(checkpoint=tmp_path / "missing", output_dir=tmp_path / "out",
-                         steps=(Bnb4BitConfig(), ExportConfig(), ValidateConfig()))
-    with pytest.raises(StepOrderError, match="drop those steps"):  # not a CheckpointError: nothing was loaded
-        run_build(config)
+    with pytest.raises(MissingPrerequisiteError, match=r"'bnb_4bit' needs the model in its checkpoint's standard "
+                                                       r"layout, but 'prune' before it left a per-layer pruned layout"):
+        run_build(_config(tmp_path, PruneConfig(), Bnb4BitConfig(), ValidateConfig()))  # not a CheckpointError
     assert not (tmp_path / "out").exists()
 
 
-def test_bnb_with_validate_and_publish_is_a_valid_order():
-    check_step_order((Bnb4BitConfig(), ValidateConfig(), PublishConfig()))
-    assert Bnb4BitConfig.onnx_incompatible and not Int4WeightOnlyConfig.onnx_incompatible
-    assert Int4WeightOnlyConfig.operates_on_onnx() and not Bnb4BitConfig.operates_on_onnx()
-    assert not ValidateConfig.operates_on_onnx() and not PublishConfig.operates_on_onnx()
+def test_bnb_with_validate_and_publish_is_a_valid_build(tmp_path: Path):
+    check_build(_config(tmp_path, Bnb4BitConfig(), ValidateConfig(), PublishConfig()))
 
 
 def test_int4_and_dynamic_int8_share_a_stage():

@@ -58,5 +58,5 @@ def test_invalid_values_raise_config_error():
 
 
 def test_run_returns_2_with_a_clear_message_on_bad_settings(capsys):
-    assert cli.run(parse("--model", "m", "--duration", "0")) == 2
-    assert "error: invalid load-test settings: duration must be > 0 s" in capsys.readouterr().err
+    assert cli.run(parse("--model", "m", "--duration", "0")) == 2  # usage error, as for every command
+    assert "engineforge loadtest: error: invalid load-test settings: duration must be > 0 s" in capsys.readouterr().err

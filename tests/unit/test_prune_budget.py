@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engineforge.build.config import step_config_from_dict
-from engineforge.build.distill import DistillConfig, split_holdout
-from engineforge.build.prune import PruneConfig
+from engineforge.build.pipeline import step_config_from_dict
 from engineforge.build.prune_importance import normalize_per_layer
 from engineforge.build.prune_structure import allocate, allocate_uniform, keep_count
+from engineforge.build.steps import PruneConfig
+from engineforge.build.steps.distill import DistillConfig, split_holdout
 from engineforge.errors import ConfigError
 
 
@@ -109,7 +109,7 @@ def test_holdout_split_is_seeded_disjoint_and_skipped_for_tiny_sets():
 def test_kd_loss_is_zero_for_identical_logits_and_mixes_hard_labels():
     import torch
 
-    from engineforge.build.kd import kd_loss
+    from engineforge.build.teacher_student import kd_loss
 
     teacher = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
     unlabelled = torch.tensor([-100, -100])
@@ -128,7 +128,7 @@ def test_kd_loss_is_zero_for_identical_logits_and_mixes_hard_labels():
 def test_hidden_state_loss_ignores_padding_and_the_embedding_layer():
     import torch
 
-    from engineforge.build.kd import hidden_state_loss
+    from engineforge.build.teacher_student import hidden_state_loss
 
     teacher = [torch.randn(2, 5, 4) for _ in range(3)]  # embeddings + 2 layers
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
@@ -141,7 +141,7 @@ def test_hidden_state_loss_ignores_padding_and_the_embedding_layer():
 
 
 def test_augmented_distillation_text_is_deterministic_and_varied():
-    from engineforge.build.kd import augment_texts
+    from engineforge.build.teacher_student import augment_texts
 
     texts = ["where is my order it was due on monday", "I want a refund for the broken lamp please"]
     first, again = augment_texts(texts, 3, seed=1), augment_texts(texts, 3, seed=1)
@@ -150,7 +150,7 @@ def test_augmented_distillation_text_is_deterministic_and_varied():
 
 
 def test_augment_copies_is_bounded():
-    from engineforge.build.distill import DistillConfig
+    from engineforge.build.steps import DistillConfig
     from engineforge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="augment_copies"):

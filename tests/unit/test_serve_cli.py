@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from engineforge.errors import ServerUnavailableError
+from engineforge.errors import ServerUnavailableError, UsageError
 from engineforge.serve import cli, repository
 from engineforge.serve.client import EngineforgeClient, Prediction
 from engineforge.serve.server import free_port
@@ -30,9 +30,9 @@ def test_defaults_match_the_rest_of_serve():
 def test_parse_token_ids_pads_rows():
     ids, mask = cli.parse_token_ids(["101, 2054,102", "101,102"])
     assert ids == [[101, 2054, 102], [101, 102, 0]] and mask == [[1, 1, 1], [1, 1, 0]]
-    with pytest.raises(ValueError, match="comma-separated"):
+    with pytest.raises(UsageError, match="comma-separated"):
         cli.parse_token_ids(["1,x"])
-    with pytest.raises(ValueError, match="holds no ids"):
+    with pytest.raises(UsageError, match="holds no ids"):
         cli.parse_token_ids([","])
 
 

@@ -1,4 +1,4 @@
-"""Serving runtimes behind one interface: engine.json runtimes, bundle checks, OpenVINO and torch-bnb loading."""
+"""Serving through the engine layer: engine.json runtimes, bundle checks, OpenVINO and torch-bnb loading."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engineforge.errors import ConfigError, RepositoryError
+from engineforge.errors import ConfigError, EngineLoadError, RepositoryError
 from engineforge.serve import engine_runtime as rt
 from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import check_bundle
@@ -41,7 +41,7 @@ def test_torch_bnb_bundle_needs_a_model_directory(tiny_bundle, tmp_path):  # noq
 
 def test_openvino_engine_matches_onnxruntime_in_process(tiny_bundle):  # noqa: F811
     spec = EngineSpec.from_dict(EngineSpec.load(tiny_bundle).to_dict() | {"runtime": "openvino"})
-    engine = rt.load_engine(tiny_bundle, spec)
+    engine = rt.open_bundle_engine(tiny_bundle, spec)
     assert engine.input_names == spec.input_names
     rng = np.random.default_rng(0)
     for batch, seq in ((1, 5), (3, 17)):  # dynamic shapes: one compiled model serves both
@@ -55,13 +55,13 @@ def test_openvino_engine_matches_onnxruntime_in_process(tiny_bundle):  # noqa: F
 
 def test_openvino_names_a_missing_engine_file(tiny_bundle, tmp_path):  # noqa: F811
     spec = EngineSpec.from_dict(EngineSpec.load(tiny_bundle).to_dict() | {"runtime": "openvino"})
-    with pytest.raises(RepositoryError, match="engine file missing"):
-        rt.load_engine(tmp_path, spec)
+    with pytest.raises(EngineLoadError, match="engine file missing"):
+        rt.open_bundle_engine(tmp_path, spec)
 
 
 def test_torch_bnb_refuses_a_model_that_is_not_quantized(tiny_checkpoint: Path, tmp_path):
     shutil.copytree(tiny_checkpoint, tmp_path / "model")
     spec = EngineSpec(labels=("order_status", "refund_request", "account_access"), runtime="torch-bnb",
                       model_file="model", intra_op_threads=0)
-    with pytest.raises(RepositoryError, match="not a bitsandbytes model"):
-        rt.load_engine(tmp_path, spec)
+    with pytest.raises(EngineLoadError, match="not a bitsandbytes model"):
+        rt.open_bundle_engine(tmp_path, spec)

@@ -75,14 +75,14 @@ def test_softmax_and_labels():
 
 def test_run_batch_equals_direct_onnxruntime(tiny_bundle):  # noqa: F811
     spec = EngineSpec.load(tiny_bundle)
-    session = rt.load_session(tiny_bundle, spec)
+    engine = rt.open_bundle_engine(tiny_bundle, spec)
     ids_a, mask_a = ids_and_mask(7, 3, seed=1)
     ids_b, mask_b = ids_and_mask(12, seed=2)
     requests = [
         rt.validate_request_arrays(ids_a, mask_a, max_positions=128),
         rt.validate_request_arrays(ids_b, mask_b, np.zeros_like(ids_b), max_positions=128),
     ]
-    results = rt.run_batch(session, spec, requests)
+    results = rt.run_batch(engine, spec, requests)
     for (ids, mask), result in zip([(ids_a, mask_a), (ids_b, mask_b)], results, strict=True):
         assert isinstance(result, rt.ClassifiedRows)
         expected = reference_logits(tiny_bundle, ids, mask)
@@ -95,18 +95,18 @@ def test_run_batch_isolates_a_request_the_engine_rejects(tiny_bundle):  # noqa: 
     # Without vocab_size the out-of-range id reaches ONNX Runtime, which fails the merged call;
     # the retry must answer the good request and blame only the bad one.
     spec = dataclasses.replace(EngineSpec.load(tiny_bundle), vocab_size=None)
-    session = rt.load_session(tiny_bundle, spec)
+    engine = rt.open_bundle_engine(tiny_bundle, spec)
     good_ids, good_mask = ids_and_mask(5)
     good = rt.validate_request_arrays(good_ids, good_mask, max_positions=128)
     bad = rt.validate_request_arrays(np.full((1, 4), 10**6), np.ones((1, 4), np.int64), max_positions=128)
-    outcome_good, outcome_bad = rt.run_batch(session, spec, [good, bad])
+    outcome_good, outcome_bad = rt.run_batch(engine, spec, [good, bad])
     assert isinstance(outcome_bad, Exception)
     np.testing.assert_allclose(outcome_good.logits, reference_logits(tiny_bundle, good_ids, good_mask), atol=1e-5)
 
 
-def test_load_session_checks_names(tiny_bundle):  # noqa: F811
+def test_open_bundle_engine_checks_names(tiny_bundle):  # noqa: F811
     spec = dataclasses.replace(EngineSpec.load(tiny_bundle), input_names=("input_ids", "attention_mask"))
-    from engineforge.errors import RepositoryError
+    from engineforge.errors import EngineLoadError
 
-    with pytest.raises(RepositoryError, match=r"do not match engine\.json"):
-        rt.load_session(tiny_bundle, spec)
+    with pytest.raises(EngineLoadError, match=r"do not match engine\.json"):
+        rt.open_bundle_engine(tiny_bundle, spec)

@@ -6,10 +6,9 @@ import re
 
 import pytest
 
-from engineforge.build.config import DynamicInt8Config, ExportConfig, ValidateConfig, step_config_from_dict
-from engineforge.build.pipeline import check_step_order
+from engineforge.build.pipeline import check_step_order, step_config_from_dict
 from engineforge.build.presets import dump_recipe, load_recipe
-from engineforge.build.static_quant import StaticInt8Config
+from engineforge.build.steps import DynamicInt8Config, ExportConfig, StaticInt8Config, ValidateConfig
 from engineforge.errors import ConfigError, StepOrderError
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engineforge.build.fallback import (
-    Budget,
-    Metrics,
+from engineforge.build.accuracy import Budget, compare_logits
+from engineforge.build.accuracy import Comparison as Metrics  # the figures the fallback search ranks by
+from engineforge.build.int8_fallback import (
     Sensitivity,
     group_nodes,
     group_of,
@@ -65,12 +65,12 @@ def test_keep_fp32_patterns_match_names_and_globs_and_refuse_typos():
 def test_metrics_count_flips_accuracy_and_margin_shift():
     reference = np.array([[3.0, 1.0], [0.0, 2.0], [2.0, 0.0], [0.0, 4.0]])
     engine = np.array([[2.0, 1.0], [0.0, 2.0], [0.0, 1.0], [0.0, 4.0]])  # row 0 loses half its margin, row 2 flips
-    result = Metrics.compare(reference, engine, label_ids=[0, 1, 0, 0])
+    result = compare_logits(reference, engine, label_ids=[0, 1, 0, 0])
     assert result.flips == 1 and result.agreement == 0.75
     assert result.accuracy_drop == 25.0  # 75 % -> 50 %
     assert result.margin_shift == pytest.approx((0.5 + 0 + 1 + 0) / 4)
-    assert Metrics.compare(reference, reference, None).margin_shift == 0 and BUDGET.holds(
-        Metrics.compare(reference, reference, None))
+    assert compare_logits(reference, reference, None).margin_shift == 0 and BUDGET.holds(
+        compare_logits(reference, reference, None))
 
 
 def test_worst_metrics_over_runtimes():

@@ -1,4 +1,5 @@
-"""Shared by pruning and distillation: training text, batches of tensors and the teacher-student loss."""
+"""Teacher-student training pieces shared by pruning and distillation: which text, batches of tensors with the
+teacher's logits, the distillation losses and the student's agreement with its teacher."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engineforge.engines import encode, model_input_names
 from engineforge.errors import DataError
 
-from .data import Example
-from .inference import model_input_names
-from .pipeline import BuildContext
+from .context import BuildContext
+from .data import Example, label_index
 
 
 def training_examples(ctx: BuildContext, step: str) -> tuple[list[Example], str]:
@@ -36,12 +37,6 @@ def distillation_examples(ctx: BuildContext) -> tuple[list[Example], str]:
     return examples + unlabelled, f"{source} + {len(unlabelled)} unlabelled"
 
 
-def label_ids(examples: Sequence[Example], labels: Sequence[str]) -> list[int]:
-    """Class index per example, -100 (ignored by cross-entropy) where the example has no label."""
-    index = {label: i for i, label in enumerate(labels)}
-    return [index[e.label] if e.label is not None and e.label in index else -100 for e in examples]
-
-
 @dataclass
 class Batch:
     inputs: dict[str, Any]  # tensors for model(**inputs)
@@ -57,15 +52,12 @@ def make_batches(ctx: BuildContext, examples: Sequence[Example], batch_size: int
 
     names = model_input_names(ctx.tokenizer)
     order = list(range(len(examples))) if order is None else list(order)
-    ids = label_ids(examples, ctx.labels)
+    ids = label_index(examples, ctx.labels)
     out = []
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        enc = ctx.tokenizer([examples[i].text for i in chunk], padding="longest", truncation=True,
-                            max_length=max_length, return_tensors="pt")
-        inputs = {n: enc[n] for n in names if n in enc}
-        if "token_type_ids" in names and "token_type_ids" not in inputs:
-            inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        arrays = encode(ctx.tokenizer, [examples[i].text for i in chunk], max_length, names)
+        inputs = {n: torch.from_numpy(a) for n, a in arrays.items()}
         out.append(Batch(inputs, torch.tensor([ids[i] for i in chunk], dtype=torch.long), indices=tuple(chunk)))
     return out
 

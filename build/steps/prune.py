@@ -1,4 +1,4 @@
-"""Prune step: structured pruning of attention heads and FFN neurons that really shrinks the matrices.
+"""`prune`: structured pruning of attention heads and FFN neurons that really shrinks the matrices.
 
 Heads: the same number is kept in every layer (which ones: per layer, by importance). ONNX Runtime's
 Attention fusion takes one num_heads for the whole graph and, for HF's `view(..., -1, head_dim)`
@@ -17,29 +17,33 @@ from typing import Any, ClassVar
 from engineforge import progress
 from engineforge.errors import ConfigError
 
-from .config import STAGE_PRUNE, StepConfig, register_config_type
-from .kd import make_batches, training_examples, with_teacher_logits
-from .pipeline import BuildContext, register_step
-from .prune_importance import Importance, measure_importance, normalize_per_layer, summarize
-from .prune_structure import (
+from ..config import STAGE_PRUNE, STANDARD_LAYOUT, TORCH_MODEL, TRAINING_TEXT, StepConfig
+from ..context import AttentionShape, BuildContext
+from ..pipeline import register_step
+from ..prune_importance import Importance, measure_importance, normalize_per_layer, summarize
+from ..prune_structure import (
     allocate,
     allocate_uniform,
     apply_pruning,
+    attention_fusion_shape,
     count_parameters,
     ffn_per_layer,
-    head_dim,
     heads_per_layer,
     keep_count,
 )
+from ..teacher_student import make_batches, training_examples, with_teacher_logits
 
 
-@register_config_type
 @dataclass(frozen=True)
 class PruneConfig(StepConfig):
     """Remove the least important attention heads and FFN neurons (importance from gradients on train text)."""
 
     step_type: ClassVar[str] = "prune"
     stage: ClassVar[int] = STAGE_PRUNE
+    requires = frozenset({TORCH_MODEL, TRAINING_TEXT})
+    removes = frozenset({STANDARD_LAYOUT})
+    removes_reason = ("left a per-layer pruned layout, which from_pretrained (how the bnb engine is saved and "
+                      "served) cannot rebuild")
 
     head_sparsity: float = 0.5  # fraction of heads removed (same count in every layer)
     ffn_sparsity: float = 0.5  # fraction of FFN intermediate neurons removed (global ranking)
@@ -105,10 +109,9 @@ def measure_latency_ms(ctx: BuildContext, model: Any, seq_len: int = 128, runs: 
     import torch
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from .export import write_onnx
-    from .inference import model_input_names
-    from .prune_structure import attention_fusion_shape
-    from .runtimes import make_runner, measure_latency
+    from engineforge.engines import load_engine, measure_latency, model_input_names
+
+    from ..onnx_export import write_onnx
 
     names = model_input_names(ctx.tokenizer)
     args = tuple(torch.ones(1, seq_len, dtype=torch.long) for _ in names)
@@ -118,13 +121,15 @@ def measure_latency_ms(ctx: BuildContext, model: Any, seq_len: int = 128, runs: 
         num_heads, hidden = attention_fusion_shape(model)
         optimize_model(str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=1,
                        use_gpu=False).save_model_to_file(str(fused))
-        runner, inputs = make_runner("onnxruntime", fused, ctx.config.intra_op_threads)
-        return measure_latency(runner, inputs, batch=1, seq_len=seq_len, iterations=runs).median_ms
+        engine = load_engine(fused, "onnxruntime", ctx.config.intra_op_threads)
+        return measure_latency(engine, ctx.vocab_size, batch=1, seq_len=seq_len, iterations=runs).median_ms
 
 
 def search_for_latency(ctx: BuildContext, importance: Importance, config: PruneConfig) -> tuple[Plan, dict[str, Any]]:
     """Binary search over sparsity levels t·(head, ffn sparsity), t = k/steps: least pruning meeting the target."""
-    assert config.target_latency_ms is not None
+    target = config.target_latency_ms
+    if target is None:
+        raise ConfigError("prune's latency search needs prune.target_latency_ms")
     measured: dict[int, float] = {}
 
     def latency(k: int) -> float:
@@ -136,7 +141,6 @@ def search_for_latency(ctx: BuildContext, importance: Importance, config: PruneC
                           f"{plan.ffn_sparsity:.2f}) -> {measured[k]:.2f} ms at 1x128")
         return measured[k]
 
-    target = config.target_latency_ms
     if latency(config.latency_steps) > target:
         raise ConfigError(
             f"prune.target_latency_ms={target:g} is not met even at head_sparsity={config.head_sparsity}, "
@@ -179,9 +183,8 @@ def prune(ctx: BuildContext, config: PruneConfig) -> dict[str, Any]:
     apply_pruning(ctx.model, plan.heads, plan.ffn)
     ctx.model.eval()
     kept_heads = heads_per_layer(ctx.model)
-    # graph_optimize reads these: ORT fuses Attention only with the pruned head count and width.
-    ctx.checkpoint_info.update(num_heads=kept_heads[0], attention_hidden_size=kept_heads[0] * head_dim(ctx.model),
-                               heads_per_layer=kept_heads, intermediate_sizes=ffn_per_layer(ctx.model))
+    # graph_optimize reads this: ORT fuses Attention only with the pruned head count and width.
+    ctx.attention = AttentionShape(*attention_fusion_shape(ctx.model))
     params_after = count_parameters(ctx.model)
     return {
         "data": f"{importance.examples} {source} examples in {importance.batches} batches",

@@ -1,6 +1,6 @@
 """Sensitivity-driven fp32 fallback for static int8: pure logic (grouping, ranking, the search).
 
-How sensitivity is measured (the step supplies an `evaluate(excluded) -> Metrics` callback):
+How sensitivity is measured (the step supplies an `evaluate(excluded) -> Comparison` callback):
 each group of quantizable nodes (one projection across all layers, a transformer layer, the pooler,
 the classifier; or single nodes) is quantized *alone*, everything else fp32, and its logits are
 compared with fp32 on the eval set.
@@ -25,12 +25,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from engineforge.errors import ConfigError
+
+from .accuracy import Budget, Comparison
 
 GRANULARITIES = ("role", "layer", "node")
 _LAYER = re.compile(r"(?:^|[/._])(layers?)[./_]?(\d+)(?=[/._]|$)")
@@ -79,62 +79,13 @@ def match_patterns(node_names: Sequence[str], patterns: Sequence[str]) -> tuple[
 
 
 @dataclass(frozen=True)
-class Metrics:
-    """An int8 candidate against the original fp32 model on the eval set."""
-
-    agreement: float  # fraction of argmax matches with fp32
-    flips: int  # examples whose argmax changed
-    accuracy_drop: float | None  # percentage points (None without labels)
-    margin_shift: float  # mean |margin change| / fp32 margin (top-1 minus runner-up), each capped at 1
-
-    @classmethod
-    def compare(cls, reference: np.ndarray, engine: np.ndarray, label_ids: Sequence[int] | None) -> Metrics:
-        ref_pred, eng_pred = reference.argmax(axis=1), engine.argmax(axis=1)
-        drop = None
-        if label_ids is not None:
-            labels = np.asarray(label_ids)
-            drop = round(float(((ref_pred == labels).mean() - (eng_pred == labels).mean()) * 100), 3)
-        flips = int((ref_pred != eng_pred).sum())
-        ref_margin, eng_margin = _margin(reference, ref_pred), _margin(engine, ref_pred)
-        shift = np.minimum(np.abs(ref_margin - eng_margin) / np.maximum(ref_margin, 1e-9), 1.0).mean()
-        return cls(round(1 - flips / len(reference), 5), flips, drop, float(f"{shift:.4g}"))
-
-
-    @classmethod
-    def worst(cls, results: Sequence[Metrics]) -> Metrics:
-        """The worst of each figure, e.g. over the runtimes that may serve the engine."""
-        drops = [r.accuracy_drop for r in results if r.accuracy_drop is not None]
-        return cls(min(r.agreement for r in results), max(r.flips for r in results),
-                   max(drops) if drops else None, max(r.margin_shift for r in results))
-
-
-def _margin(logits: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """logit[top] minus the best other logit, per row (negative where `top` is no longer the argmax)."""
-    logits = logits.astype(np.float64)
-    rows = np.arange(len(logits))
-    others = logits.copy()
-    others[rows, top] = -np.inf
-    return logits[rows, top] - others.max(axis=1)
-
-
-@dataclass(frozen=True)
-class Budget:
-    max_accuracy_drop: float
-    min_agreement: float
-
-    def holds(self, metrics: Metrics) -> bool:
-        drop_ok = metrics.accuracy_drop is None or metrics.accuracy_drop <= self.max_accuracy_drop
-        return drop_ok and metrics.agreement >= self.min_agreement
-
-
-@dataclass(frozen=True)
 class Sensitivity:
     group: str
     nodes: tuple[str, ...]
-    metrics: Metrics  # quantizing this group alone
+    metrics: Comparison  # quantizing this group alone
 
     def to_dict(self) -> dict[str, Any]:
-        return {"group": self.group, "nodes": len(self.nodes), **asdict(self.metrics)}
+        return {"group": self.group, "nodes": len(self.nodes), **self.metrics.figures()}
 
 
 def rank(sensitivities: Sequence[Sensitivity]) -> list[Sensitivity]:
@@ -147,12 +98,12 @@ class SearchStep:
     action: str  # "all quantized", "fp32 <group>", "re-quantize <group>", "re-quantize node <name>"
     fp32_nodes: tuple[str, ...]  # the nodes kept fp32 in this candidate
     fp32_groups: tuple[str, ...]  # the same, summarised: "<group>" or "<group> (k/n nodes)"
-    metrics: Metrics
+    metrics: Comparison
     within_budget: bool
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action, "fp32_groups": list(self.fp32_groups), "fp32_nodes": len(self.fp32_nodes),
-                **asdict(self.metrics), "within_budget": self.within_budget}
+                **self.metrics.figures(), "within_budget": self.within_budget}
 
 
 @dataclass(frozen=True)
@@ -167,11 +118,11 @@ class FallbackDecision:
         return self.steps[self.chosen].fp32_nodes
 
 
-Evaluate = Callable[[tuple[str, ...]], Metrics]
+Evaluate = Callable[[tuple[str, ...]], Comparison]
 
 
 def search_fallback(ranking: Sequence[Sensitivity], evaluate: Evaluate, budget: Budget, max_nodes: int,
-                    baseline: Metrics, refine_nodes: bool = True) -> FallbackDecision:
+                    baseline: Comparison, refine_nodes: bool = True) -> FallbackDecision:
     """Fewest nodes in fp32 (at most `max_nodes`) for which `budget` holds; `evaluate` gets the excluded
     node names, `baseline` is the all-quantized result. Without a solution, the best candidate wins.
 

@@ -1,4 +1,4 @@
-"""Distill step: recover accuracy after pruning by distilling the unpruned fp32 teacher into the student.
+"""`distill`: recover accuracy after pruning by distilling the unpruned fp32 teacher into the student.
 
 Loss per example: (1-alpha)·T²·KL(teacher_T || student_T) + alpha·CE(label); unlabelled text gets the KL
 term alone, plus (hidden_weight > 0) the per-token MSE between the student's and teacher's hidden states.
@@ -20,9 +20,11 @@ from typing import Any, ClassVar
 from engineforge import progress
 from engineforge.errors import ConfigError
 
-from .config import STAGE_DISTILL, StepConfig, register_config_type
-from .data import Example
-from .kd import (
+from ..config import DISTILLATION_TEXT, STAGE_DISTILL, TORCH_MODEL, StepConfig
+from ..context import BuildContext
+from ..data import Example
+from ..pipeline import register_step
+from ..teacher_student import (
     accuracy,
     agreement_and_kl,
     augment_texts,
@@ -32,16 +34,15 @@ from .kd import (
     make_batches,
     with_teacher_logits,
 )
-from .pipeline import BuildContext, register_step
 
 
-@register_config_type
 @dataclass(frozen=True)
 class DistillConfig(StepConfig):
     """Knowledge distillation from the original model (teacher) into the current one (student)."""
 
     step_type: ClassVar[str] = "distill"
     stage: ClassVar[int] = STAGE_DISTILL
+    requires = frozenset({TORCH_MODEL, DISTILLATION_TEXT})
 
     epochs: int = 10
     learning_rate: float = 1e-4

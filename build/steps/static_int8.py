@@ -1,10 +1,10 @@
-"""Static int8 step: calibrated Q/DQ quantization with a sensitivity-driven fp32 fallback.
+"""`static_int8`: calibrated Q/DQ quantization with a sensitivity-driven fp32 fallback.
 
 Activations get fixed int8 ranges from real calibration texts (build/calibration.py), weights are
 int8 per channel, and every quantized tensor is written as QuantizeLinear/DequantizeLinear pairs:
 the portable form that OpenVINO and TensorRT turn into int8 kernels. When the engine misses the
 accuracy budget of the build's validate step, the most sensitive groups of nodes stay fp32
-(build/fallback.py), and the decision is recorded in the build report.
+(build/int8_fallback.py), and the decision is recorded in the build report.
 
 Which runtime it is for (MiniLM-L6 demo classifier, 2 threads, 1x128, interleaved timings): OpenVINO
 (f32 pinned, as served) runs this file ~2x faster than fp32. ONNX Runtime's x86 kernels have no fast
@@ -18,34 +18,37 @@ from __future__ import annotations
 import importlib.util
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from engineforge import progress
+from engineforge.engines import engine_logits, load_engine, onnx_runtime_names
 from engineforge.errors import ConfigError, DataError
 
-from .calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
-from .config import STAGE_ONNX_QUANTIZE, StepConfig, ValidateConfig, _require, register_config_type
-from .fallback import GRANULARITIES, Budget, Metrics, Sensitivity, group_nodes, match_patterns, rank, search_fallback
-from .inference import file_mb, ort_logits
-from .pipeline import BuildContext, register_step
-from .qdq_checks import check_engines, qdq_summary
-from .runtimes import runtime_logits
+from ..accuracy import Budget, Comparison, compare_logits
+from ..calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
+from ..config import CALIBRATION_DATA, EVAL_DATA, ONNX_GRAPH, PLAIN_ONNX, STAGE_ONNX_QUANTIZE, StepConfig, require
+from ..context import BuildContext
+from ..files import file_mb
+from ..int8_fallback import GRANULARITIES, Sensitivity, group_nodes, match_patterns, rank, search_fallback
+from ..pipeline import register_step
+from ..qdq_checks import check_engines, qdq_summary
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Op types worth quantizing in a BERT graph: MatMul/Gemm carry ~all the compute, Gather (embeddings) only size.
 OP_TYPES = ("MatMul", "Gemm", "Gather")
-EVAL_RUNTIMES = ("onnxruntime", "openvino")
 
 
-@register_config_type
 @dataclass(frozen=True)
 class StaticInt8Config(StepConfig):
     """ONNX Runtime static int8 (QDQ): calibrated activation ranges, per-channel int8 weights."""
 
     step_type: ClassVar[str] = "static_int8"
     stage: ClassVar[int] = STAGE_ONNX_QUANTIZE
+    # It quantizes the plain export even after graph_optimize (see _source_graph).
+    requires = frozenset({PLAIN_ONNX, CALIBRATION_DATA})
+    provides = frozenset({ONNX_GRAPH})
 
     calibration_method: str = "minmax"
     # Histogram percentile kept by the `percentile` method (clips the rarest outliers).
@@ -81,35 +84,43 @@ class StaticInt8Config(StepConfig):
     check_engines: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.calibration_method in CALIBRATION_METHODS,
-                 f"static_int8.calibration_method={self.calibration_method!r}: use one of {CALIBRATION_METHODS}")
-        _require(90 < self.percentile <= 100,
-                 f"static_int8.percentile={self.percentile}: give a percentile in (90, 100], e.g. 99.999")
-        _require(self.activation_type in ("int8", "uint8"),
-                 f"static_int8.activation_type={self.activation_type!r}: use 'int8' (symmetric; TensorRT/OpenVINO) "
-                 "or 'uint8' (ONNX Runtime CPU)")
-        _require(self.num_calibration_examples is None or self.num_calibration_examples >= 1,
-                 f"static_int8.num_calibration_examples={self.num_calibration_examples}: use >= 1 (e.g. 256) "
-                 "or omit it for all")
-        _require(self.calibration_batch_size >= 1,
-                 f"static_int8.calibration_batch_size={self.calibration_batch_size}: use >= 1, e.g. 16")
+        require(self.calibration_method in CALIBRATION_METHODS,
+                f"static_int8.calibration_method={self.calibration_method!r}: use one of {CALIBRATION_METHODS}")
+        require(90 < self.percentile <= 100,
+                f"static_int8.percentile={self.percentile}: give a percentile in (90, 100], e.g. 99.999")
+        require(self.activation_type in ("int8", "uint8"),
+                f"static_int8.activation_type={self.activation_type!r}: use 'int8' (symmetric; TensorRT/OpenVINO) "
+                "or 'uint8' (ONNX Runtime CPU)")
+        require(self.num_calibration_examples is None or self.num_calibration_examples >= 1,
+                f"static_int8.num_calibration_examples={self.num_calibration_examples}: use >= 1 (e.g. 256) "
+                "or omit it for all")
+        require(self.calibration_batch_size >= 1,
+                f"static_int8.calibration_batch_size={self.calibration_batch_size}: use >= 1, e.g. 16")
         for name in ("op_types", "keep_fp32", "eval_runtimes"):
             value = getattr(self, name)
-            _require(not isinstance(value, str) and all(isinstance(v, str) and v for v in value),
-                     f"static_int8.{name}={value!r}: give a list of non-empty strings, e.g. "
-                     + {"op_types": "['MatMul', 'Gemm']", "keep_fp32": "['*classifier*']",
-                        "eval_runtimes": "['onnxruntime', 'openvino']"}[name])
+            require(not isinstance(value, str) and all(isinstance(v, str) and v for v in value),
+                    f"static_int8.{name}={value!r}: give a list of non-empty strings, e.g. "
+                    + {"op_types": "['MatMul', 'Gemm']", "keep_fp32": "['*classifier*']",
+                       "eval_runtimes": "['onnxruntime', 'openvino']"}[name])
             object.__setattr__(self, name, tuple(value))
         unknown = sorted(set(self.op_types) - set(OP_TYPES))
-        _require(bool(self.op_types) and not unknown,
-                 f"static_int8.op_types={list(self.op_types)}: choose from {list(OP_TYPES)} (default MatMul, Gemm)")
-        _require(self.max_fallback_nodes >= 0,
-                 f"static_int8.max_fallback_nodes={self.max_fallback_nodes}: use >= 0 (0 disables the search)")
-        unknown = sorted(set(self.eval_runtimes) - set(EVAL_RUNTIMES))
-        _require(bool(self.eval_runtimes) and not unknown,
-                 f"static_int8.eval_runtimes={list(self.eval_runtimes)}: choose from {list(EVAL_RUNTIMES)}")
-        _require(self.sensitivity_granularity in GRANULARITIES,
-                 f"static_int8.sensitivity_granularity={self.sensitivity_granularity!r}: use one of {GRANULARITIES}")
+        require(bool(self.op_types) and not unknown,
+                f"static_int8.op_types={list(self.op_types)}: choose from {list(OP_TYPES)} (default MatMul, Gemm)")
+        require(self.max_fallback_nodes >= 0,
+                f"static_int8.max_fallback_nodes={self.max_fallback_nodes}: use >= 0 (0 disables the search)")
+        unknown = sorted(set(self.eval_runtimes) - set(onnx_runtime_names()))
+        require(bool(self.eval_runtimes) and not unknown,
+                f"static_int8.eval_runtimes={list(self.eval_runtimes)}: choose from {list(onnx_runtime_names())}")
+        require(self.sensitivity_granularity in GRANULARITIES,
+                f"static_int8.sensitivity_granularity={self.sensitivity_granularity!r}: use one of {GRANULARITIES}")
+
+    @property
+    def searches_fallback(self) -> bool:
+        return self.fallback and self.max_fallback_nodes > 0
+
+    def prerequisites(self) -> frozenset:
+        # The fp32 fallback measures accuracy on the eval data (set fallback = false to build without it).
+        return self.requires | ({EVAL_DATA} if self.searches_fallback else set())
 
 
 def _source_graph(ctx: BuildContext) -> Path:
@@ -123,18 +134,11 @@ def _source_graph(ctx: BuildContext) -> Path:
     (EmbedLayerNormalization: "Plugin not found"). The unfused graph is standard ONNX plus Q/DQ,
     which OpenVINO runs and TensorRT parses. (ONNX Runtime runs neither fast: see the module docs.)
     """
-    import onnx
-
-    assert ctx.onnx_path is not None, "static_int8 runs after export"
-    current = onnx.load(str(ctx.onnx_path), load_external_data=False)
-    if not any(n.domain == "com.microsoft" for n in current.graph.node):
-        return ctx.onnx_path
-    export = next((r for r in ctx.records if r.name == "export"), None)
-    if export is None or not (ctx.work_dir / export.details.get("file", "")).is_file():
-        raise ConfigError("static_int8 quantizes the unfused ONNX export, but only a fused graph is at hand: "
-                          "drop graph_optimize from the recipe (static_int8 does not use it)")
-    progress.info("  static_int8: quantizing the unfused export (fused contrib ops defeat Q/DQ int8)")
-    return ctx.work_dir / export.details["file"]
+    if ctx.plain_onnx_path is None or not ctx.plain_onnx_path.is_file():
+        raise ConfigError("static_int8 quantizes the plain ONNX export, which is missing: add an 'export' step")
+    if ctx.onnx_path != ctx.plain_onnx_path:
+        progress.info("  static_int8: quantizing the unfused export (fused contrib ops defeat Q/DQ int8)")
+    return ctx.plain_onnx_path
 
 
 class _Quantizer:
@@ -172,21 +176,14 @@ class _Quantizer:
         return out
 
 
-def _budget(ctx: BuildContext) -> tuple[Budget, list[Any]]:
-    validate = ctx.config.step(ValidateConfig) or ValidateConfig()
-    assert isinstance(validate, ValidateConfig)
-    examples = ctx.eval_examples[: validate.max_examples] if validate.max_examples else ctx.eval_examples
-    return Budget(validate.max_accuracy_drop, validate.min_agreement), list(examples)
-
-
 @register_step(StaticInt8Config)
 def quantize_static_int8(ctx: BuildContext, config: StaticInt8Config) -> dict[str, Any]:
     import onnx
 
     calibration = require_calibration_examples(ctx.calibration_examples, config.step_type,
                                                config.num_calibration_examples)
-    budget, eval_examples = _budget(ctx)
-    search = config.fallback and config.max_fallback_nodes > 0
+    budget, eval_examples = ctx.budget, ctx.budget_examples()
+    search = config.searches_fallback
     if search and not eval_examples:
         raise DataError("static_int8's fp32 fallback measures accuracy on eval data: pass --eval-data FILE.jsonl, "
                         "or set fallback = false in the static_int8 step")
@@ -238,40 +235,41 @@ def _fallback(ctx: BuildContext, quantizer: _Quantizer, scratch: Path, quantizab
     trial file when it already holds the chosen candidate."""
     max_len, threads = ctx.config.max_sequence_length, ctx.config.intra_op_threads
     texts = [e.text for e in examples]
-    label_ids = [ctx.labels.index(e.label) for e in examples] if all(e.label is not None for e in examples) else None
+    label_ids = ctx.label_ids(examples)
+
+    def logits(path: Path, runtime: str) -> Any:
+        return engine_logits(load_engine(path, runtime, threads), ctx.tokenizer, texts, max_len)
+
     # The budget is end to end, as validate judges it: against the original fp32 model, not this step's
     # input (after pruning and distillation the two differ, and the input may already use up the budget).
-    source = ort_logits(quantizer.source, ctx.tokenizer, texts, max_len, threads)
-    reference = source if ctx.reference_model is None else ctx.reference_logits(texts)
-    before = Metrics.compare(reference, source, label_ids)
-    record: dict[str, Any] = {"budget": {"max_accuracy_drop": budget.max_accuracy_drop,
-                                         "min_agreement": budget.min_agreement},
-                              "eval_examples": len(examples), "fp32_input": asdict(before)}
+    reference = ctx.reference_logits(texts)
+    before = compare_logits(reference, logits(quantizer.source, "onnxruntime"), label_ids)
+    record: dict[str, Any] = {"budget": budget.to_dict(), "eval_examples": len(examples),
+                              "fp32_input": before.figures()}
     if not budget.holds(before):
         reason = (f"the fp32 input is already outside the budget (agreement {before.agreement:.2%}, accuracy drop "
-                  f"{before.accuracy_drop} points): no fp32 fallback can bring it back")
+                 f"{before.accuracy_drop} points): no fp32 fallback can bring it back")
         progress.info(f"  fallback skipped: {reason}")
         return (), record | {"budget_met": False, "stop_reason": reason}, None
     runtimes = [r for r in config.eval_runtimes if r != "openvino" or importlib.util.find_spec("openvino")]
     trial = scratch / "trial.onnx"
     last: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
 
-    def evaluate(exclude: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Metrics:
+    def evaluate(exclude: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Comparison:
         quantizer.quantize(trial, exclude=exclude, only=only)
         last[:] = [(exclude, only)]
-        return Metrics.worst([Metrics.compare(reference, runtime_logits(r, trial, ctx.tokenizer, texts, max_len,
-                                                                        threads), label_ids) for r in runtimes])
+        return Comparison.worst([compare_logits(reference, logits(trial, r), label_ids) for r in runtimes])
 
     baseline = evaluate()
     progress.info(f"  all quantized: agreement {baseline.agreement:.2%}, accuracy drop {baseline.accuracy_drop}, "
-                  f"margin shift {baseline.margin_shift:.3g}")
+                 f"margin shift {baseline.margin_shift:.3g}")
     groups = group_nodes([n for n in quantizable if n not in keep], config.sensitivity_granularity)
     ranking: list[Sensitivity] = []
     if not budget.holds(baseline):
         for index, (group, nodes) in enumerate(groups.items(), start=1):
             ranking.append(Sensitivity(group, nodes, evaluate(only=nodes)))
             progress.info(f"  sensitivity {index}/{len(groups)} {group}: flips {ranking[-1].metrics.flips}, "
-                          f"margin shift {ranking[-1].metrics.margin_shift:.3g}")
+                         f"margin shift {ranking[-1].metrics.margin_shift:.3g}")
         ranking = rank(ranking)
     decision = search_fallback(ranking, lambda excluded: evaluate(exclude=excluded), budget,
                                config.max_fallback_nodes, baseline, config.refine_nodes)

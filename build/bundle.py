@@ -1,0 +1,62 @@
+"""The engine bundle a build ships: the engine (model.onnx, or model/ for torch-bnb), engine.json, tokenizer/.
+
+ONNX runtimes (onnxruntime, openvino) ship the last ONNX file as `model.onnx`; torch-bnb ships the
+4-bit model's `save_pretrained` directory as `model/` (bitsandbytes layers cannot be exported to ONNX).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from engineforge.defaults import TOKENIZER_DIRNAME
+from engineforge.engines import model_input_names
+from engineforge.serve.engine_spec import EngineSpec
+
+from .context import BuildContext
+from .files import file_mb
+
+
+def ensure_bundle(ctx: BuildContext) -> Path | None:
+    """Write the engine bundle once, from whatever engine the last step produced; None while there is none."""
+    source = ctx.engine_source()
+    if ctx.bundle_dir is not None or source is None:
+        return ctx.bundle_dir
+    bundle = ctx.config.output_dir / "engine"
+    bundle.mkdir(parents=True, exist_ok=True)
+    path, model_file = source
+    if path.is_dir():
+        # The directory bnb_4bit saved before any forward pass, not a re-save of the model: bitsandbytes
+        # repacks weights for its CPU kernel on first use (bf16 absmax), which makes a later save lossy.
+        shutil.copytree(path, bundle / model_file, dirs_exist_ok=True)
+    else:
+        shutil.copyfile(path, bundle / model_file)
+    ctx.tokenizer.save_pretrained(str(bundle / TOKENIZER_DIRNAME))
+    EngineSpec(
+        runtime=ctx.runtime,
+        model_file=model_file,
+        input_names=tuple(model_input_names(ctx.tokenizer)),
+        output_name="logits",
+        labels=tuple(ctx.labels),
+        max_sequence_length=ctx.config.max_sequence_length,
+        max_position_embeddings=ctx.checkpoint.max_position_embeddings,
+        precision=ctx.precision,
+        intra_op_threads=ctx.config.intra_op_threads,
+        source_checkpoint=str(ctx.config.checkpoint),
+        build_id=ctx.build_id,
+        vocab_size=ctx.checkpoint.vocab_size,
+    ).save(bundle)
+    ctx.bundle_dir = bundle
+    return bundle
+
+
+def bundle_engine_mb(bundle_dir: Path) -> float:
+    """Size of the bundle's engine, whatever engine.json names (model.onnx or the model/ directory)."""
+    return file_mb(bundle_dir / EngineSpec.load(bundle_dir).model_file)
+
+
+def default_model_name(checkpoint: Path) -> str:
+    """A servable model name from the checkpoint directory's name."""
+    raw = Path(checkpoint).resolve().name.lower()
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in raw).strip("_-")
+    return cleaned or "model"

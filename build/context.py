@@ -1,0 +1,114 @@
+"""The typed state one build hands from step to step."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engineforge.errors import ConfigError
+
+from .accuracy import Budget
+from .checkpoint import CheckpointInfo
+from .config import STAGE_EXPORT, BuildConfig
+from .data import Example, eval_label_ids
+from .report import StepRecord
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """Heads and width ONNX Runtime's Attention fusion needs; prune updates it for the graph_optimize step."""
+
+    num_heads: int
+    hidden_size: int
+
+
+@dataclass
+class BuildContext:
+    """Mutable state of one build. Steps read and replace the fields they are about; nothing is passed
+    through untyped side channels."""
+
+    config: BuildConfig
+    work_dir: Path
+    checkpoint: CheckpointInfo
+    build_id: str
+    reference_model: Any  # fp32 torch model, never modified
+    tokenizer: Any
+    model: Any  # the torch model torch-level steps (prune, distill, bnb_4bit) transform
+    attention: AttentionShape
+    budget: Budget = field(default_factory=Budget)  # from the build's validate step; static_int8 and
+    budget_max_examples: int | None = None  # select_runtime judge candidates by the same budget
+    eval_examples: list[Example] = field(default_factory=list)
+    train_examples: list[Example] = field(default_factory=list)
+    calibration_examples: list[Example] = field(default_factory=list)
+    unlabelled_examples: list[Example] = field(default_factory=list)  # text only: labels are dropped on load
+    onnx_path: Path | None = None  # the current ONNX graph; each ONNX step replaces it
+    plain_onnx_path: Path | None = None  # the unfused export, which static_int8 quantizes
+    engine_dir: Path | None = None  # torch-bnb: the save_pretrained directory the bundle ships
+    precision: str = "fp32"
+    runtime: str = "onnxruntime"  # the runtime that serves the engine
+    records: list[StepRecord] = field(default_factory=list)
+    validation: dict[str, Any] | None = None
+    bundle_dir: Path | None = None
+    published: dict[str, Any] | None = None
+    _reference_logits: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def start(cls, config: BuildConfig, work_dir: Path, checkpoint: CheckpointInfo, model: Any, tokenizer: Any,
+              build_id: str = "") -> BuildContext:
+        """A context for a freshly loaded checkpoint. Torch-level steps change the model, so they get a copy:
+        the fp32 reference must stay intact."""
+        changes_torch_model = any(s.stage < STAGE_EXPORT for s in config.steps)
+        return cls(config=config, work_dir=work_dir, checkpoint=checkpoint, build_id=build_id,
+                   reference_model=model, tokenizer=tokenizer,
+                   model=copy.deepcopy(model) if changes_torch_model else model,
+                   attention=AttentionShape(checkpoint.num_heads, checkpoint.hidden_size))
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.checkpoint.labels)
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the model accepts (timing inputs are drawn from them)."""
+        return self.checkpoint.vocab_size or len(self.tokenizer)
+
+    def label_ids(self, examples: Sequence[Example]) -> list[int] | None:
+        return eval_label_ids(examples, self.checkpoint.labels)
+
+    def budget_examples(self) -> list[Example]:
+        """The eval examples the validate step judges (all, or its max_examples)."""
+        limit = self.budget_max_examples
+        return list(self.eval_examples[:limit] if limit else self.eval_examples)
+
+    def engine_source(self) -> tuple[Path, str] | None:
+        """(engine file or directory, its name in the bundle); None while no step has made an engine."""
+        if self.runtime == "torch-bnb":
+            return (self.engine_dir, "model") if self.engine_dir is not None else None
+        return (self.onnx_path, "model.onnx") if self.onnx_path is not None else None
+
+    def open_engine(self, runtime: str | None = None) -> Any:
+        """The current engine in `runtime` (default: the one that will serve it), opened exactly as the engine
+        model in Triton opens it: validation and runtime selection measure what is served."""
+        from engineforge.engines import load_engine
+
+        source = self.engine_source() if runtime is None else (self.onnx_path, "model.onnx")
+        if source is None or source[0] is None:
+            raise ConfigError("no step has produced an engine yet: add 'export' (or 'bnb_4bit') to the recipe")
+        return load_engine(source[0], runtime or self.runtime, self.config.intra_op_threads)
+
+    def reference_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """fp32 reference model logits, computed once per text list: static_int8's fallback, select_runtime
+        and validate all judge against the same eval texts, and the reference model never changes."""
+        key = (tuple(texts), batch_size)
+        if key not in self._reference_logits:
+            from engineforge.engines import TorchEngine, engine_logits, model_input_names
+
+            reference = TorchEngine(self.reference_model, model_input_names(self.tokenizer))
+            self._reference_logits[key] = engine_logits(reference, self.tokenizer, texts,
+                                                        self.config.max_sequence_length, batch_size)
+        return self._reference_logits[key]

@@ -1,0 +1,52 @@
+"""`publish`: the validated engine bundle as a new version in a Triton model repository."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from engineforge.defaults import DEFAULT_REPO, check_model_name
+from engineforge.errors import ConfigError
+
+from ..bundle import bundle_engine_mb, default_model_name, ensure_bundle
+from ..config import ENGINE, STAGE_PUBLISH, StepConfig, require
+from ..context import BuildContext
+from ..pipeline import register_step
+
+
+@dataclass(frozen=True)
+class PublishConfig(StepConfig):
+    """Publish the engine as a new version in a Triton model repository."""
+
+    step_type: ClassVar[str] = "publish"
+    stage: ClassVar[int] = STAGE_PUBLISH
+    requires = frozenset({ENGINE})
+
+    repo_dir: str = DEFAULT_REPO
+    # None = derived from the checkpoint directory name.
+    model_name: str | None = None
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        if self.model_name is not None:
+            check_model_name(self.model_name, "publish.model_name")
+        require(self.max_batch_size >= 1, f"publish.max_batch_size must be >= 1, got {self.max_batch_size}")
+        require(self.max_queue_delay_us >= 0, "publish.max_queue_delay_us must be >= 0")
+        require(self.instances >= 1, f"publish.instances must be >= 1, got {self.instances}")
+
+
+@register_step(PublishConfig)
+def publish(ctx: BuildContext, config: PublishConfig) -> dict[str, Any]:
+    from engineforge.serve.repository import publish_engine
+
+    bundle = ensure_bundle(ctx)
+    if bundle is None:  # check_build refuses such a recipe; a direct call still gets a clear error
+        raise ConfigError("publish needs an engine: add 'export' (or 'bnb_4bit') before it")
+    name = config.model_name or default_model_name(ctx.config.checkpoint)
+    published = publish_engine(bundle, config.repo_dir, name, max_batch_size=config.max_batch_size,
+                               max_queue_delay_us=config.max_queue_delay_us, instances=config.instances)
+    ctx.published = {"repo_dir": str(config.repo_dir), "model_name": name, "version": published.version}
+    return {"repo_dir": str(config.repo_dir), "model": name, "version": published.version,
+            "engine_mb": bundle_engine_mb(bundle)}

@@ -1,0 +1,59 @@
+"""`validate`: the engine, opened as it will be served, against the fp32 PyTorch original within the budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from engineforge.engines import engine_logits
+from engineforge.errors import DataError
+
+from ..accuracy import Budget, compare_logits
+from ..config import ENGINE, EVAL_DATA, STAGE_VALIDATE, StepConfig, require
+from ..context import BuildContext
+from ..pipeline import register_step
+
+
+@dataclass(frozen=True)
+class ValidateConfig(StepConfig):
+    """Compare the engine with the fp32 PyTorch original on labelled eval data; enforce the budget."""
+
+    step_type: ClassVar[str] = "validate"
+    stage: ClassVar[int] = STAGE_VALIDATE
+    requires = frozenset({ENGINE, EVAL_DATA})
+
+    # Budget: accuracy may drop at most this many percentage points below fp32 ...
+    max_accuracy_drop: float = 1.0
+    # ... and the engine's argmax must agree with fp32's on at least this fraction of examples.
+    min_agreement: float = 0.98
+    batch_size: int = 32
+    # None = every example of the eval file.
+    max_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        require(0 <= self.max_accuracy_drop <= 100,
+                f"validate.max_accuracy_drop={self.max_accuracy_drop}: give percentage points in [0, 100], e.g. 1.0")
+        require(0 <= self.min_agreement <= 1,
+                f"validate.min_agreement={self.min_agreement}: give a fraction in [0, 1], e.g. 0.98")
+        require(self.batch_size >= 1, f"validate.batch_size must be >= 1, got {self.batch_size}")
+        require(self.max_examples is None or self.max_examples >= 1,
+                f"validate.max_examples must be >= 1 or omitted, got {self.max_examples}")
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.max_accuracy_drop, self.min_agreement)
+
+
+@register_step(ValidateConfig)
+def validate_accuracy(ctx: BuildContext, config: ValidateConfig) -> dict[str, Any]:
+    examples = ctx.eval_examples[: config.max_examples] if config.max_examples else ctx.eval_examples
+    if not examples:
+        raise DataError("the validate step needs labelled eval data: pass --eval-data FILE.jsonl "
+                        "(lines of {\"text\": ..., \"label\": ...})")
+    texts = [e.text for e in examples]
+    reference = ctx.reference_logits(texts, config.batch_size)
+    engine = engine_logits(ctx.open_engine(), ctx.tokenizer, texts, ctx.config.max_sequence_length, config.batch_size)
+    result = compare_logits(reference, engine, ctx.label_ids(examples), texts)
+    ctx.validation = result.to_dict() | {"budget": config.budget.to_dict()}
+    config.budget.check(result)
+    return {"runtime": ctx.runtime} | {k: v for k, v in result.to_dict().items() if k != "worst_text"}

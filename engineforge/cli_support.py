@@ -1,0 +1,46 @@
+"""What every engineforge command does with a failure: one line on stderr, no traceback, one exit code.
+
+0 success; 1 the command ran and failed (typed EngineforgeError); 2 usage error (UsageError: the command
+line itself is wrong; argparse uses 2 as well); 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from engineforge.errors import ConfigError, EngineforgeError, UsageError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def exit_code(exc: BaseException) -> int:
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE
+
+
+def run_command(prog: str, command: Callable[[], int | None]) -> int:
+    """Run `command`; typed errors and Ctrl-C become one stderr line and their exit code."""
+    try:
+        return int(command() or EXIT_OK)
+    except EngineforgeError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+@contextmanager
+def arguments_checked() -> Iterator[None]:
+    """Around turning command-line arguments into a config: an invalid value there is a usage error."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc

@@ -1,0 +1,25 @@
+"""One engine layer for build, serving and benchmarks: `load_engine(path, runtime, threads) -> Engine`.
+
+Runtimes register themselves here (ONNX Runtime, OpenVINO, torch-bnb; TensorRT plugs in the same way);
+heavy imports happen inside the loaders, so importing this package stays cheap.
+"""
+
+from . import onnxruntime_engine, openvino_engine, torch_engine  # noqa: F401  (each registers its runtime)
+from .registry import (
+    Engine,
+    Runtime,
+    load_engine,
+    onnx_runtime_names,
+    register_runtime,
+    runtime_info,
+    runtime_names,
+)
+from .text import batches, encode, engine_logits, model_input_names
+from .timing import Latency, measure_latencies, measure_latency, synthetic_feeds
+from .torch_engine import TorchEngine
+
+__all__ = [
+    "Engine", "Latency", "Runtime", "TorchEngine", "batches", "encode", "engine_logits", "load_engine",
+    "measure_latencies", "measure_latency", "model_input_names", "onnx_runtime_names", "register_runtime",
+    "runtime_info", "runtime_names", "synthetic_feeds",
+]

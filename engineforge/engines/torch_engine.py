@@ -1,0 +1,78 @@
+"""PyTorch engines: an in-memory `*ForSequenceClassification` (the fp32 reference, the eager baseline) and
+the `torch-bnb` runtime, a bitsandbytes 4-bit model saved with `save_pretrained` (no ONNX path exists)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engineforge.errors import EngineLoadError
+
+from .registry import MODEL_DIRECTORY, register_runtime
+
+TORCH_BNB = "torch-bnb"
+
+
+class TorchEngine:
+    """Runs a transformers model in inference mode on numpy feeds, with `threads` intra-op threads (0 = torch's
+    current setting). Torch's thread count is process-wide: it is set for each call and restored after, so
+    opening an engine inside a build does not change the threads of everything else in that process."""
+
+    def __init__(self, model: Any, input_names: Sequence[str], runtime: str = "torch", threads: int = 0) -> None:
+        import torch
+
+        self.model = model.eval()
+        self.runtime = runtime
+        self.threads = threads
+        self.input_names = tuple(input_names)
+        self.output_names = ("logits",)
+        self._torch = torch
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        torch = self._torch
+        previous = torch.get_num_threads()
+        if self.threads and self.threads != previous:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                # Optional inputs (token_type_ids) may be absent: the model then uses its own default.
+                tensors = {n: torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names if n in feeds}
+                return self.model(**tensors).logits.float().numpy()
+        finally:
+            if torch.get_num_threads() != previous:
+                torch.set_num_threads(previous)
+
+    def settings(self) -> dict[str, Any]:
+        attention = getattr(self.model.config, "_attn_implementation", None)
+        return {"runtime": self.runtime, "torch_threads": self.threads or self._torch.get_num_threads(),
+                "attention": attention}
+
+
+def forward_input_names(model: Any) -> tuple[str, ...]:
+    """The token inputs the model's forward takes, in BERT's order."""
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    return tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted)
+
+
+@register_runtime(TORCH_BNB, model_kind=MODEL_DIRECTORY, description="PyTorch with bitsandbytes 4-bit layers")
+def load_torch_bnb(path: Path, threads: int) -> TorchEngine:
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    if not (path / "config.json").is_file():
+        raise EngineLoadError(f"{path}: no config.json; a torch-bnb engine is a save_pretrained directory")
+    hf_logging.disable_progress_bar()  # weight-loading bars would flood the server log
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), device_map="cpu", local_files_only=True)
+    except Exception as exc:
+        raise EngineLoadError(f"{path}: cannot load the 4-bit model ({type(exc).__name__}: {exc}); "
+                              "serving torch-bnb needs bitsandbytes and accelerate installed") from exc
+    if getattr(model.config, "quantization_config", None) is None:
+        raise EngineLoadError(f"{path}: config.json has no quantization_config; this is not a bitsandbytes "
+                              "model (serve an fp32 model through ONNX instead)")
+    return TorchEngine(model, forward_input_names(model), runtime=TORCH_BNB, threads=threads)

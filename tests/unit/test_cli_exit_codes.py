@@ -1,0 +1,41 @@
+"""Every command ends the same way: one stderr line, exit 2 for a wrong command line, 1 for a failure."""
+
+from __future__ import annotations
+
+import pytest
+
+from engineforge.cli import main as engineforge_main
+from engineforge.cli_support import arguments_checked, run_command
+from engineforge.errors import ConfigError, DataError, UsageError
+
+
+def test_run_command_maps_errors_to_exit_codes(capsys):
+    def fail(exc: BaseException):
+        def command() -> int:
+            raise exc
+        return command
+
+    assert run_command("tool", lambda: 0) == 0
+    assert run_command("tool", fail(UsageError("give X"))) == 2
+    assert run_command("tool", fail(DataError("bad file"))) == 1
+    assert run_command("tool", fail(KeyboardInterrupt())) == 130
+    assert capsys.readouterr().err.splitlines() == ["tool: error: give X", "tool: error: bad file", "tool: interrupted"]
+    with pytest.raises(RuntimeError):  # a bug is not swallowed into an exit code
+        run_command("tool", fail(RuntimeError("bug")))
+
+
+def test_invalid_values_in_arguments_are_usage_errors():
+    with pytest.raises(UsageError, match="bad value"), arguments_checked():
+        raise ConfigError("bad value")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["demo", "--preset", "turbo"], "engineforge demo: error: unknown preset 'turbo'"),
+    (["demo", "--concurrency", "0"], "engineforge demo: error: --concurrency"),
+    (["loadtest", "--model", "m", "--batch-size", "0"], "engineforge loadtest: error: invalid load-test settings"),
+    (["infer"], "engineforge infer: error: give either texts or --token-ids"),
+    (["build", "--preset", "int8"], "build-engine: error: no checkpoint given"),
+])
+def test_usage_errors_exit_2_from_every_command(capsys, argv, message):
+    assert engineforge_main(argv) == 2
+    assert message in capsys.readouterr().err
