@@ -1,7 +1,8 @@
-"""The engine bundle a build ships: the engine (model.onnx, or model/ for torch-bnb), engine.json, tokenizer/.
+"""The engine bundle a build ships: the engine (model.onnx, model/ or model.plan), engine.json, tokenizer/.
 
 ONNX runtimes (onnxruntime, openvino) ship the last ONNX file as `model.onnx`; torch-bnb ships the
-4-bit model's `save_pretrained` directory as `model/` (bitsandbytes layers cannot be exported to ONNX).
+4-bit model's `save_pretrained` directory as `model/` (bitsandbytes layers cannot be exported to ONNX);
+tensorrt ships the plan as `model.plan`, its metadata in engine.json's "tensorrt" section.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def ensure_bundle(ctx: BuildContext) -> Path | None:
         source_checkpoint=str(ctx.config.checkpoint),
         build_id=ctx.build_id,
         vocab_size=ctx.checkpoint.vocab_size,
+        tensorrt=ctx.tensorrt_metadata,
     ).save(bundle)
     ctx.bundle_dir = bundle
     return bundle

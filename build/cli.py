@@ -29,7 +29,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unlabelled-data", type=Path,
                         help="unlabelled in-domain text (e.g. logs) that distillation labels with the fp32 model")
     parser.add_argument("--preset",
-                        help="fp32, max-accuracy, int8 (default), int8-static, int4-weight-only, nf4, fast-cpu")
+                        help="fp32, max-accuracy, int8 (default), int8-static, int4-weight-only, nf4, fast-cpu, "
+                        "trt-fp16, trt-int8")
     parser.add_argument("--recipe", type=Path, help="TOML recipe describing the whole build")
     parser.add_argument("--repo", help="Triton model repository to publish to (default model_repo)")
     parser.add_argument("--model-name", help="name of the served model (default: checkpoint directory name)")

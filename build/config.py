@@ -49,6 +49,9 @@ TORCH_MODEL = Artifact("torch_model", "an exportable PyTorch model")  # the load
 STANDARD_LAYOUT = Artifact("standard_layout", "the model in its checkpoint's standard layout")
 ONNX_GRAPH = Artifact("onnx_graph", "an ONNX graph")
 PLAIN_ONNX = Artifact("plain_onnx", "the plain (unfused) ONNX export")
+# Standard ONNX ops only: what compilers other than ONNX Runtime (TensorRT) can parse.
+PORTABLE_ONNX = Artifact("portable_onnx", "an ONNX graph of standard ONNX ops (no ONNX Runtime-only ops)")
+QDQ_INT8_ONNX = Artifact("qdq_int8_onnx", "a Q/DQ int8 ONNX graph (explicit quantization)")
 ENGINE = Artifact("engine", "an engine (an ONNX graph or a torch-served model)")
 EVAL_DATA = Artifact("eval_data", "labelled eval data",
                      "pass --eval-data FILE.jsonl (lines of {\"text\": ..., \"label\": ...}), "
@@ -79,6 +82,10 @@ class StepConfig:
     def prerequisites(self) -> frozenset[Artifact]:
         """What this configured step needs; a step whose needs depend on its options overrides this."""
         return self.requires
+
+    def check_in(self, build: BuildConfig) -> None:
+        """Refuse settings that contradict the rest of the build (raise ConfigError with the fix); run before
+        any work. Most steps stand alone; a step whose options depend on others overrides this."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/TOML-shaped: tuples become lists, so a dict survives a round trip through the report."""

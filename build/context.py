@@ -49,6 +49,9 @@ class BuildContext:
     onnx_path: Path | None = None  # the current ONNX graph; each ONNX step replaces it
     plain_onnx_path: Path | None = None  # the unfused export, which static_int8 quantizes
     engine_dir: Path | None = None  # torch-bnb: the save_pretrained directory the bundle ships
+    plan_path: Path | None = None  # tensorrt: the serialized plan the bundle ships
+    compiled_onnx_path: Path | None = None  # tensorrt: the exact ONNX handed to TensorRT (validated without a GPU)
+    tensorrt_metadata: dict[str, Any] | None = None  # tensorrt: engine.json's "tensorrt" section
     precision: str = "fp32"
     runtime: str = "onnxruntime"  # the runtime that serves the engine
     records: list[StepRecord] = field(default_factory=list)
@@ -89,6 +92,8 @@ class BuildContext:
         """(engine file or directory, its name in the bundle); None while no step has made an engine."""
         if self.runtime == "torch-bnb":
             return (self.engine_dir, "model") if self.engine_dir is not None else None
+        if self.runtime == "tensorrt":
+            return (self.plan_path, "model.plan") if self.plan_path is not None else None
         return (self.onnx_path, "model.onnx") if self.onnx_path is not None else None
 
     def open_engine(self, runtime: str | None = None) -> Any:

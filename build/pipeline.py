@@ -100,6 +100,8 @@ def check_build(config: BuildConfig) -> None:
     """Everything that can be refused without loading the checkpoint."""
     check_step_order(config.steps)
     check_prerequisites(config.steps, config.inputs())
+    for step in config.steps:
+        step.check_in(config)
 
 
 def run_steps(ctx: BuildContext) -> None:

@@ -101,7 +101,10 @@ class BuildReport:
         val = self.validation
         if val:
             budget = val["budget"]
-            lines += ["", "## Accuracy (eval set)", "", "| metric | value |", "|---|---|",
+            lines += ["", "## Accuracy (eval set)", ""]
+            if isinstance(val.get("engine_executed"), str):  # e.g. a TensorRT engine on a machine without a GPU
+                lines += [f"**{val['engine_executed']}**: these figures are not the engine's own.", ""]
+            lines += ["| metric | value |", "|---|---|",
                       f"| examples | {val['examples']} |",
                       f"| fp32 PyTorch accuracy | {_fmt(val['reference_accuracy'])} % |",
                       f"| engine accuracy | {_fmt(val['engine_accuracy'])} % |",
@@ -119,6 +122,10 @@ class BuildReport:
         if self.published:
             pub = self.published
             lines += ["", f"Published `{pub['model_name']}` version {pub['version']} to `{pub['repo_dir']}`."]
+            if "native_plan" in pub:
+                native = pub["native_plan"]
+                lines.append(f"Native Triton TensorRT model `{native['model_name']}` version {native['version']} in "
+                             f"`{native['repo_dir']}` (for a Triton GPU server with the TensorRT that built it).")
         lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
         return "\n".join(lines)
 

@@ -51,6 +51,10 @@ class RepositoryError(EngineforgeError):
     """The Triton model repository cannot be written or read as expected."""
 
 
+class CompileError(EngineforgeError):
+    """A compiler (TensorRT) cannot parse or build the graph it was given."""
+
+
 class EngineLoadError(EngineforgeError):
     """An engine file is missing, or its runtime cannot load it."""
 

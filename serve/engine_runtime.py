@@ -76,7 +76,7 @@ def validate_request_arrays(
         raise InvalidRequestError("empty sequence: input_ids has length 0; send at least one token")
     if seq > max_positions:
         raise InvalidRequestError(
-            f"sequence length {seq} exceeds the model's max_position_embeddings {max_positions}; "
+            f"sequence length {seq} exceeds the engine's limit of {max_positions} tokens; "
             f"truncate inputs to at most {max_positions} tokens"
         )
     if mask.shape != ids.shape:
@@ -145,6 +145,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def labels_for(probabilities: np.ndarray, labels: Sequence[str]) -> tuple[str, ...]:
     return tuple(labels[i] for i in probabilities.argmax(axis=-1))
+
+
+def use_gpu(device_id: int) -> None:
+    """Make CUDA device `device_id` current for the engine this process opens (Triton's GPU instance)."""
+    import torch
+
+    torch.cuda.set_device(device_id)
 
 
 def open_bundle_engine(engine_dir: str | os.PathLike[str], spec: EngineSpec) -> Engine:

@@ -46,6 +46,8 @@ class EngineSpec:
     runtime: str = "onnxruntime"
     # Optional: when known, token ids outside [0, vocab_size) are rejected before they reach the model.
     vocab_size: int | None = None
+    # TensorRT engines: flavour, version, GPU targets, profiles, I/O, hashes (engineforge.engines.tensorrt_engine).
+    tensorrt: Mapping[str, Any] | None = field(default=None, hash=False)
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # Where the spec was read from, for error messages; not serialized.
@@ -105,6 +107,9 @@ class EngineSpec:
         self._check_int("intra_op_threads", minimum=0)
         if self.vocab_size is not None:
             self._check_int("vocab_size", minimum=1)
+        if (self.runtime == "tensorrt") != isinstance(self.tensorrt, Mapping):
+            self._fail("tensorrt", "must be the TensorRT metadata object exactly when runtime is 'tensorrt' "
+                       "(rebuild the engine with engineforge's compile step)")
         if self.max_sequence_length > self.max_position_embeddings:
             self._fail(
                 "max_sequence_length",
@@ -130,6 +135,14 @@ class EngineSpec:
         return runtime_info(self.runtime).model_kind == MODEL_DIRECTORY
 
     @property
+    def max_request_tokens(self) -> int:
+        """Longest token sequence a request may carry: the model's positions, or a TensorRT profile's max."""
+        if self.tensorrt is None:
+            return self.max_position_embeddings
+        profile_max = min(int(s["max"][1]) for s in self.tensorrt["profiles"][0].values())
+        return min(profile_max, self.max_position_embeddings)
+
+    @property
     def uses_token_type_ids(self) -> bool:
         return "token_type_ids" in self.input_names
 
@@ -140,8 +153,9 @@ class EngineSpec:
                 continue
             value = getattr(self, f.name)
             data[f.name] = list(value) if isinstance(value, tuple) else value
-        if data["vocab_size"] is None:
-            del data["vocab_size"]
+        for optional in ("vocab_size", "tensorrt"):
+            if data[optional] is None:
+                del data[optional]
         data.update(self.extra)
         return data
 

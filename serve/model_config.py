@@ -19,6 +19,8 @@ from engineforge.errors import ConfigError
 DTYPES = frozenset(name for name in pb.DataType.keys() if name != "TYPE_INVALID")
 INSTANCE_KINDS = {"CPU": pb.ModelInstanceGroup.KIND_CPU, "GPU": pb.ModelInstanceGroup.KIND_GPU}
 ENSEMBLE = "ensemble"
+TENSORRT_PLAN = "tensorrt_plan"
+PLATFORMS = (ENSEMBLE, TENSORRT_PLAN)
 # Tensor names (TEXT, INPUT_IDS...); model names follow engineforge.defaults.check_model_name.
 _TENSOR_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -81,10 +83,15 @@ class DynamicBatching:
 class InstanceGroup:
     count: int = 1
     kind: str = "CPU"
+    # TensorRT plans: the optimization profiles an instance may use ("0", ...); empty = all.
+    profiles: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "profiles", tuple(self.profiles))
         if self.count < 1:
             raise ConfigError(f"instance count must be >= 1, got {self.count}")
+        if self.profiles and self.kind != "GPU":
+            raise ConfigError("instance profiles apply to TensorRT plans on GPU instances only (kind 'GPU')")
         if self.kind not in INSTANCE_KINDS:
             raise ConfigError(f"instance kind {self.kind!r} unknown; use one of {sorted(INSTANCE_KINDS)}")
 
@@ -110,7 +117,7 @@ class EnsembleStep:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A whole `config.pbtxt`. Exactly one of backend (e.g. "python") or platform "ensemble"."""
+    """A whole `config.pbtxt`. Exactly one of backend (e.g. "python") or a platform ("ensemble", "tensorrt_plan")."""
 
     name: str
     inputs: tuple[TensorSpec, ...]
@@ -122,6 +129,7 @@ class ModelConfig:
     instance_group: InstanceGroup | None = None
     parameters: Mapping[str, str] = field(default_factory=dict)
     ensemble_steps: tuple[EnsembleStep, ...] = ()
+    default_model_filename: str = ""  # e.g. "model.plan"; empty = the backend's default
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
@@ -130,9 +138,10 @@ class ModelConfig:
         object.__setattr__(self, "parameters", dict(self.parameters))
         where = f"model {self.name!r}"
         if (self.backend is None) == (self.platform is None):
-            raise ConfigError(f"{where}: set exactly one of backend (e.g. 'python') or platform 'ensemble'")
-        if self.platform is not None and self.platform != ENSEMBLE:
-            raise ConfigError(f"{where}: only platform 'ensemble' is supported; use backend= otherwise")
+            raise ConfigError(f"{where}: set exactly one of backend (e.g. 'python') or a platform {list(PLATFORMS)}")
+        if self.platform is not None and self.platform not in PLATFORMS:
+            raise ConfigError(f"{where}: platform {self.platform!r} unsupported; use one of {list(PLATFORMS)} "
+                              "or backend=")
         if self.max_batch_size < 0:
             raise ConfigError(f"{where}: max_batch_size must be >= 0, got {self.max_batch_size}")
         if not self.inputs or not self.outputs:
@@ -192,14 +201,17 @@ class ModelConfig:
         if self.backend is not None:
             config.backend = self.backend
         else:
-            config.platform = ENSEMBLE
+            config.platform = self.platform
+        if self.default_model_filename:
+            config.default_model_filename = self.default_model_filename
         config.input.extend(t.to_input() for t in self.inputs)
         config.output.extend(t.to_output() for t in self.outputs)
         if self.dynamic_batching is not None:
             config.dynamic_batching.preferred_batch_size.extend(self.dynamic_batching.preferred_batch_sizes)
             config.dynamic_batching.max_queue_delay_microseconds = self.dynamic_batching.max_queue_delay_us
         if self.instance_group is not None:
-            config.instance_group.add(count=self.instance_group.count, kind=INSTANCE_KINDS[self.instance_group.kind])
+            config.instance_group.add(count=self.instance_group.count, kind=INSTANCE_KINDS[self.instance_group.kind],
+                                      profile=self.instance_group.profiles)
         for key in sorted(self.parameters):
             config.parameters[key].string_value = self.parameters[key]
         for step in self.ensemble_steps:

@@ -1,4 +1,5 @@
-"""The three Triton models engineforge publishes for one classifier, and their tensor contracts.
+"""The Triton models engineforge publishes for one classifier, and their tensor contracts: tokenizer, engine and
+ensemble (every runtime), plus a native `tensorrt_plan` model for standard Triton GPU servers (TensorRT builds).
 
 Kept apart from `repository.py` (which moves files) so the contract can be read and tested alone;
 the client relies on the tensor names and the `labels` parameter defined here.
@@ -8,8 +9,11 @@ from __future__ import annotations
 
 import json
 
+from engineforge.errors import ConfigError
+
 from .engine_spec import EngineSpec
 from .model_config import (
+    TENSORRT_PLAN,
     DynamicBatching,
     EnsembleStep,
     InstanceGroup,
@@ -20,6 +24,11 @@ from .model_config import (
 
 ENGINE_SUFFIX = "_engine"
 TOKENIZER_SUFFIX = "_tokenizer"
+PLAN_SUFFIX = "_plan"
+PLAN_FILENAME = "model.plan"
+# TensorRT tensor types (engine metadata) -> Triton data types.
+TRT_TO_TRITON = {"INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16",
+                 "BF16": "TYPE_BF16", "BOOL": "TYPE_BOOL"}
 # Model config parameter holding the JSON list of label names (index = class id).
 LABELS_PARAMETER = "labels"
 
@@ -38,6 +47,10 @@ def engine_model_name(model_name: str) -> str:
 
 def tokenizer_model_name(model_name: str) -> str:
     return model_name + TOKENIZER_SUFFIX
+
+
+def plan_model_name(model_name: str) -> str:
+    return model_name + PLAN_SUFFIX
 
 
 def _token_inputs() -> tuple[TensorSpec, ...]:
@@ -67,7 +80,8 @@ def build_model_configs(
         inputs=_token_inputs(),
         outputs=(LOGITS, PROBABILITIES, LABEL),
         dynamic_batching=DynamicBatching(max_queue_delay_us=max_queue_delay_us),
-        instance_group=InstanceGroup(count=instances, kind="CPU"),
+        # A TensorRT engine runs on a GPU: Triton places one instance group per GPU and tells the stub which.
+        instance_group=InstanceGroup(count=instances, kind="GPU" if spec.runtime == "tensorrt" else "CPU"),
         parameters={
             LABELS_PARAMETER: labels,
             "build_id": spec.build_id,
@@ -107,3 +121,35 @@ def build_model_configs(
     )
     validate_ensemble(ensemble, [tokenizer, engine])
     return {"tokenizer": tokenizer, "engine": engine, "ensemble": ensemble}
+
+
+def build_plan_config(model_name: str, spec: EngineSpec, *, max_batch_size: int, max_queue_delay_us: int,
+                      instances: int = 1) -> ModelConfig:
+    """A native Triton TensorRT model for the bundle's plan: the engine's own tensors (token ids in, logits out),
+    GPU instances on profile 0, dynamic batching up to the profile's max batch."""
+    if spec.tensorrt is None:
+        raise ConfigError(f"{spec.source}: not a TensorRT engine; only TensorRT builds have a native plan model")
+    profile_max = min(int(shapes["max"][0]) for shapes in spec.tensorrt["profiles"][0].values())
+    if max_batch_size > profile_max:
+        raise ConfigError(f"max_batch_size {max_batch_size} exceeds the engine profile's max batch {profile_max}; "
+                          "lower it or rebuild with a larger compile.max_shape")
+
+    def tensor(meta: dict, dims: tuple[int, ...]) -> TensorSpec:
+        if meta["dtype"] not in TRT_TO_TRITON:
+            raise ConfigError(f"{spec.source}: tensor {meta['name']!r} has type {meta['dtype']}, which Triton's "
+                              "TensorRT backend does not take")
+        return TensorSpec(meta["name"], TRT_TO_TRITON[meta["dtype"]], dims)
+
+    return ModelConfig(
+        name=plan_model_name(model_name),
+        platform=TENSORRT_PLAN,
+        default_model_filename=PLAN_FILENAME,
+        max_batch_size=max_batch_size,
+        inputs=tuple(tensor(t, (-1,)) for t in spec.tensorrt["inputs"]),
+        outputs=tuple(tensor(t, (spec.num_labels,)) for t in spec.tensorrt["outputs"]),
+        dynamic_batching=DynamicBatching(max_queue_delay_us=max_queue_delay_us),
+        instance_group=InstanceGroup(count=instances, kind="GPU", profiles=("0",)),
+        parameters={LABELS_PARAMETER: json.dumps(list(spec.labels)), "build_id": spec.build_id,
+                    "precision": spec.precision, "tensorrt": f"{spec.tensorrt['flavour']} {spec.tensorrt['version']}",
+                    "profile": json.dumps(spec.tensorrt["profiles"][0])},
+    )

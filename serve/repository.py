@@ -7,6 +7,10 @@ Layout written for model name `clf` (version N = one more than any existing vers
                                                   (torch-bnb engines: model/ instead of model.onnx)
     repo/clf/{config.pbtxt, versions.json, N/}            (ensemble: TEXT -> LABEL, PROBABILITIES, LOGITS)
 
+TensorRT engines are also published natively, into a second repository for standard Triton GPU servers:
+
+    native_repo/clf_plan/{config.pbtxt, versions.json, N/{model.plan, engine.json}}   (platform tensorrt_plan)
+
 Everything is staged in a temporary directory beside the repository, then moved in with renames;
 any failure rolls back, so the repository is left as it was.
 """
@@ -29,7 +33,8 @@ from engineforge.defaults import DEFAULT_MODEL_NAME, DEFAULT_REPO, TOKENIZER_DIR
 from engineforge.errors import ConfigError, RepositoryError
 
 from .engine_spec import ENGINE_SPEC_FILENAME, EngineSpec
-from .model_layout import build_model_configs
+from .model_config import ModelConfig
+from .model_layout import PLAN_FILENAME, build_model_configs, build_plan_config
 
 MANIFEST = "versions.json"
 CONFIG = "config.pbtxt"
@@ -46,6 +51,7 @@ class PublishedModel:
     build_id: str
     engine_model: str
     tokenizer_model: str
+    native_plan: tuple[Path, str, int] | None = None  # (repository, model name, version) for TensorRT engines
 
     @property
     def model_names(self) -> tuple[str, str, str]:
@@ -148,6 +154,10 @@ def _stage_version(kind: str, bundle: Path, spec: EngineSpec, version_dir: Path)
     version_dir.mkdir(parents=True)
     if kind == "ensemble":
         return  # Triton requires the version directory of an ensemble to exist, empty
+    if kind == "plan":  # Triton's TensorRT backend reads the plan; engine.json keeps its metadata beside it
+        _copy(bundle / spec.model_file, version_dir / PLAN_FILENAME)
+        _copy(bundle / ENGINE_SPEC_FILENAME, version_dir / ENGINE_SPEC_FILENAME)
+        return
     source = "engine_model.py" if kind == "engine" else "tokenizer_model.py"
     _copy(_TRITON_DIR / source, version_dir / "model.py")
     _copy(bundle / ENGINE_SPEC_FILENAME, version_dir / ENGINE_SPEC_FILENAME)
@@ -168,8 +178,10 @@ def publish_engine(
     max_batch_size: int = 32,
     max_queue_delay_us: int = 2000,
     instances: int = 1,
+    native_repo_dir: str | os.PathLike[str] | None = None,
 ) -> PublishedModel:
-    """Add the bundle as a new version of `<model_name>`, `<model_name>_engine`, `<model_name>_tokenizer`."""
+    """Add the bundle as a new version of `<model_name>`, `<model_name>_engine`, `<model_name>_tokenizer`; a
+    TensorRT bundle also as `<model_name>_plan` in `native_repo_dir` (default: `<repo_dir>-tensorrt`)."""
     bundle = Path(bundle_dir).resolve()
     repo = Path(repo_dir)
     try:
@@ -178,15 +190,32 @@ def publish_engine(
         raise RepositoryError(str(exc)) from exc
     spec = check_bundle(bundle)
     try:
-        configs = build_model_configs(
-            model_name,
-            spec,
-            max_batch_size=max_batch_size,
-            max_queue_delay_us=max_queue_delay_us,
-            instances=instances,
-        )
+        configs = build_model_configs(model_name, spec, max_batch_size=max_batch_size,
+                                      max_queue_delay_us=max_queue_delay_us, instances=instances)
+        plan = None if spec.tensorrt is None else build_plan_config(
+            model_name, spec, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+            instances=instances)
     except ConfigError as exc:
         raise RepositoryError(f"cannot publish {model_name!r}: {exc}") from exc
+    # Composing models first, ensemble last, so the ensemble never points at missing models.
+    version = _publish_models(bundle, spec, repo, {k: configs[k] for k in ("tokenizer", "engine", "ensemble")})
+    native = None
+    if plan is not None:
+        native_repo = Path(native_repo_dir) if native_repo_dir is not None else repo.with_name(repo.name + "-tensorrt")
+        native = (native_repo, plan.name, _publish_models(bundle, spec, native_repo, {"plan": plan}))
+    return PublishedModel(
+        name=configs["ensemble"].name,
+        version=version,
+        repo_dir=repo,
+        build_id=spec.build_id,
+        engine_model=configs["engine"].name,
+        tokenizer_model=configs["tokenizer"].name,
+        native_plan=native,
+    )
+
+
+def _publish_models(bundle: Path, spec: EngineSpec, repo: Path, configs: dict[str, ModelConfig]) -> int:
+    """Stage every model's new version beside `repo`, then rename them in, in the order given; returns it."""
     if repo.exists() and not repo.is_dir():
         raise RepositoryError(f"model repository {repo} is a file; pass a directory (default {DEFAULT_REPO}/)")
     try:
@@ -223,8 +252,7 @@ def publish_engine(
                 manifest = _read_manifest(model_dirs[kind]) or {"model": config.name, "kind": kind}
                 manifest.setdefault("versions", {})[str(version)] = record
                 (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-            # Composing models first, ensemble last, so the ensemble never points at missing models.
-            _commit(staging, model_dirs, [configs[k].name for k in ("tokenizer", "engine", "ensemble")], version)
+            _commit(staging, model_dirs, [config.name for config in configs.values()], version)
         except RepositoryError:
             raise
         except Exception as exc:
@@ -232,14 +260,7 @@ def publish_engine(
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
-    return PublishedModel(
-        name=configs["ensemble"].name,
-        version=version,
-        repo_dir=repo,
-        build_id=spec.build_id,
-        engine_model=configs["engine"].name,
-        tokenizer_model=configs["tokenizer"].name,
-    )
+    return version
 
 
 def _commit(staging: Path, model_dirs: dict[str, Path], order: list[str], version: int) -> None:

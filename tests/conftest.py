@@ -24,3 +24,21 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_eval_data(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_eval_data(tmp_path_factory.mktemp("data") / "eval.jsonl", tiny_checkpoint)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`tensorrt` tests skip where no TensorRT flavour imports, `gpu` tests where no CUDA GPU is usable: cleanly,
+    with the reason, never as a failure."""
+    import importlib.util
+
+    has_tensorrt = any(importlib.util.find_spec(name) for name in ("tensorrt", "tensorrt_rtx"))
+    has_gpu = False
+    if any("gpu" in item.keywords for item in items):
+        from engineforge.engines.tensorrt_api import current_gpu
+
+        has_gpu = current_gpu() is not None
+    for item in items:
+        if "tensorrt" in item.keywords and not has_tensorrt:
+            item.add_marker(pytest.mark.skip(reason="needs tensorrt or tensorrt-rtx (`pip install -e '.[tensorrt]'`)"))
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA (torch.cuda.is_available())"))

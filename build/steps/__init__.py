@@ -14,13 +14,15 @@ from .dynamic_int8 import DynamicInt8Config, quantize_dynamic_int8
 from .static_int8 import StaticInt8Config, quantize_static_int8
 from .int4_weight_only import Int4WeightOnlyConfig, quantize_int4_weight_only
 from .select_runtime import SelectRuntimeConfig, select_runtime
+from .compile import CompileConfig, compile_engine
 from .validate import ValidateConfig, validate_accuracy
 from .publish import PublishConfig, publish
 
 __all__ = [
-    "Bnb4BitConfig", "DistillConfig", "DynamicInt8Config", "ExportConfig", "GraphOptimizeConfig",
+    "Bnb4BitConfig", "CompileConfig", "DistillConfig", "DynamicInt8Config", "ExportConfig", "GraphOptimizeConfig",
     "Int4WeightOnlyConfig", "PruneConfig", "PublishConfig", "SelectRuntimeConfig", "StaticInt8Config",
-    "ValidateConfig", "distill", "export_onnx", "optimize_graph", "plan_bnb_modules", "prune", "publish",
+    "ValidateConfig", "compile_engine", "distill", "export_onnx", "optimize_graph", "plan_bnb_modules", "prune",
+    "publish",
     "quantize_bnb_4bit", "quantize_dynamic_int8", "quantize_int4_weight_only", "quantize_static_int8",
     "select_runtime", "validate_accuracy",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..config import ONNX_GRAPH, STAGE_ONNX_QUANTIZE, StepConfig, require
+from ..config import ONNX_GRAPH, PORTABLE_ONNX, STAGE_ONNX_QUANTIZE, StepConfig, require
 from ..context import BuildContext
 from ..files import file_mb
 from ..pipeline import register_step
@@ -19,6 +19,8 @@ class DynamicInt8Config(StepConfig):
     stage: ClassVar[int] = STAGE_ONNX_QUANTIZE
     requires = frozenset({ONNX_GRAPH})
     provides = frozenset({ONNX_GRAPH})
+    removes = frozenset({PORTABLE_ONNX})
+    removes_reason = "quantized into ONNX Runtime's dynamic int8 ops (MatMulInteger), which TensorRT does not run"
 
     per_channel: bool = True
     # QInt8 weights are ~2x faster than QUInt8 on x86 VNNI (measured, FIELD-NOTES).

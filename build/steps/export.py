@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from engineforge.engines import model_input_names
 
-from ..config import ENGINE, ONNX_GRAPH, PLAIN_ONNX, STAGE_EXPORT, TORCH_MODEL, StepConfig, require
+from ..config import ENGINE, ONNX_GRAPH, PLAIN_ONNX, PORTABLE_ONNX, STAGE_EXPORT, TORCH_MODEL, StepConfig, require
 from ..context import BuildContext
 from ..files import file_mb
 from ..onnx_export import check_against_torch, write_onnx
@@ -24,7 +24,7 @@ class ExportConfig(StepConfig):
     step_type: ClassVar[str] = "export"
     stage: ClassVar[int] = STAGE_EXPORT
     requires = frozenset({TORCH_MODEL})
-    provides = frozenset({ONNX_GRAPH, PLAIN_ONNX, ENGINE})
+    provides = frozenset({ONNX_GRAPH, PLAIN_ONNX, PORTABLE_ONNX, ENGINE})
 
     opset: int = 17
     # Tolerance for the export check: max |logit_onnx - logit_torch| on sample inputs.

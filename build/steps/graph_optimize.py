@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..config import ONNX_GRAPH, STAGE_GRAPH_OPTIMIZE, StepConfig, require
+from ..config import ONNX_GRAPH, PORTABLE_ONNX, STAGE_GRAPH_OPTIMIZE, StepConfig, require
 from ..context import BuildContext
 from ..files import file_mb
 from ..onnx_export import check_against_torch
@@ -24,6 +24,8 @@ class GraphOptimizeConfig(StepConfig):
     stage: ClassVar[int] = STAGE_GRAPH_OPTIMIZE
     requires = frozenset({ONNX_GRAPH})
     provides = frozenset({ONNX_GRAPH})
+    removes = frozenset({PORTABLE_ONNX})
+    removes_reason = "fused the graph into ONNX Runtime-only ops (com.microsoft Attention, SkipLayerNormalization, ...)"
 
     # ORT's offline optimization level applied after the fusions: 0 = fusions only, 1 = basic, 2 = extended.
     # 99 (all) would bake CPU-specific layouts into the file, so it is not offered.

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from engineforge.errors import ConfigError
 
-from ..config import ONNX_GRAPH, STAGE_ONNX_QUANTIZE, StepConfig, require
+from ..config import ONNX_GRAPH, PORTABLE_ONNX, STAGE_ONNX_QUANTIZE, StepConfig, require
 from ..context import BuildContext
 from ..files import file_mb
 from ..pipeline import register_step
@@ -30,6 +30,8 @@ class Int4WeightOnlyConfig(StepConfig):
     stage: ClassVar[int] = STAGE_ONNX_QUANTIZE
     requires = frozenset({ONNX_GRAPH})
     provides = frozenset({ONNX_GRAPH})
+    removes = frozenset({PORTABLE_ONNX})
+    removes_reason = "packed the weights into ONNX Runtime's com.microsoft.MatMulNBits op"
 
     # Weights along K share one scale (and zero point) per block; smaller blocks = more accurate, bigger file.
     block_size: int = 32

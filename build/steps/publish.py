@@ -28,6 +28,8 @@ class PublishConfig(StepConfig):
     max_batch_size: int = 32
     max_queue_delay_us: int = 2000
     instances: int = 1
+    # TensorRT engines only: where the native `tensorrt_plan` model goes (None = `<repo_dir>-tensorrt`).
+    native_repo_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.model_name is not None:
@@ -46,7 +48,13 @@ def publish(ctx: BuildContext, config: PublishConfig) -> dict[str, Any]:
         raise ConfigError("publish needs an engine: add 'export' (or 'bnb_4bit') before it")
     name = config.model_name or default_model_name(ctx.config.checkpoint)
     published = publish_engine(bundle, config.repo_dir, name, max_batch_size=config.max_batch_size,
-                               max_queue_delay_us=config.max_queue_delay_us, instances=config.instances)
+                               max_queue_delay_us=config.max_queue_delay_us, instances=config.instances,
+                               native_repo_dir=config.native_repo_dir)
     ctx.published = {"repo_dir": str(config.repo_dir), "model_name": name, "version": published.version}
+    if published.native_plan is not None:
+        repo, plan_model, version = published.native_plan
+        ctx.published["native_plan"] = {"repo_dir": str(repo), "model_name": plan_model, "version": version}
     return {"repo_dir": str(config.repo_dir), "model": name, "version": published.version,
-            "engine_mb": bundle_engine_mb(bundle)}
+            "engine_mb": bundle_engine_mb(bundle)} | (
+        {"native_plan": f"{ctx.published['native_plan']['repo_dir']}/{ctx.published['native_plan']['model_name']}"}
+        if "native_plan" in ctx.published else {})

@@ -28,7 +28,17 @@ from engineforge.errors import ConfigError, DataError
 
 from ..accuracy import Budget, Comparison, compare_logits
 from ..calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
-from ..config import CALIBRATION_DATA, EVAL_DATA, ONNX_GRAPH, PLAIN_ONNX, STAGE_ONNX_QUANTIZE, StepConfig, require
+from ..config import (
+    CALIBRATION_DATA,
+    EVAL_DATA,
+    ONNX_GRAPH,
+    PLAIN_ONNX,
+    PORTABLE_ONNX,
+    QDQ_INT8_ONNX,
+    STAGE_ONNX_QUANTIZE,
+    StepConfig,
+    require,
+)
 from ..context import BuildContext
 from ..files import file_mb
 from ..int8_fallback import GRANULARITIES, Sensitivity, group_nodes, match_patterns, rank, search_fallback
@@ -48,7 +58,7 @@ class StaticInt8Config(StepConfig):
     stage: ClassVar[int] = STAGE_ONNX_QUANTIZE
     # It quantizes the plain export even after graph_optimize (see _source_graph).
     requires = frozenset({PLAIN_ONNX, CALIBRATION_DATA})
-    provides = frozenset({ONNX_GRAPH})
+    provides = frozenset({ONNX_GRAPH, PORTABLE_ONNX, QDQ_INT8_ONNX})  # a portable graph, even after fusion
 
     calibration_method: str = "minmax"
     # Histogram percentile kept by the `percentile` method (clips the rarest outliers).

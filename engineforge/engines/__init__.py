@@ -1,10 +1,10 @@
 """One engine layer for build, serving and benchmarks: `load_engine(path, runtime, threads) -> Engine`.
 
-Runtimes register themselves here (ONNX Runtime, OpenVINO, torch-bnb; TensorRT plugs in the same way);
+Runtimes register themselves here (ONNX Runtime, OpenVINO, torch-bnb, TensorRT);
 heavy imports happen inside the loaders, so importing this package stays cheap.
 """
 
-from . import onnxruntime_engine, openvino_engine, torch_engine  # noqa: F401  (each registers its runtime)
+from . import onnxruntime_engine, openvino_engine, tensorrt_engine, torch_engine  # noqa: F401  (each registers its runtime)
 from .registry import (
     Engine,
     Runtime,

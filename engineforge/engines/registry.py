@@ -18,9 +18,10 @@ import numpy as np
 
 from engineforge.errors import EngineLoadError
 
-# What a runtime reads: an ONNX file, or a Hugging Face `save_pretrained` directory (torch-bnb).
+# What a runtime reads: an ONNX file, a Hugging Face `save_pretrained` directory (torch-bnb) or a TensorRT plan.
 MODEL_ONNX = "onnx"
 MODEL_DIRECTORY = "directory"
+MODEL_PLAN = "plan"  # a serialized TensorRT engine, with its metadata in engine.json beside it
 
 
 class Engine(Protocol):
@@ -46,7 +47,7 @@ Loader = Callable[[Path, int], Engine]
 class Runtime:
     name: str
     loader: Loader
-    model_kind: str  # MODEL_ONNX or MODEL_DIRECTORY
+    model_kind: str  # MODEL_ONNX, MODEL_DIRECTORY or MODEL_PLAN
     description: str
 
 

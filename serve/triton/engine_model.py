@@ -2,7 +2,7 @@
 
 Copied verbatim as `model.py` into each published version directory, next to the engine files.
 All requests of a dynamic batch are classified with ONE engine call (ONNX Runtime, OpenVINO or
-torch-bnb, as engine.json says); a bad request gets an INVALID_ARG error on its own response while
+torch-bnb or TensorRT, as engine.json says); a bad request gets an INVALID_ARG error on its own response while
 the others in the batch are answered normally, and an engine failure on a valid request is INTERNAL.
 """
 
@@ -47,6 +47,8 @@ class TritonPythonModel:
             name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
             for name in ("LOGITS", "PROBABILITIES", "LABEL")
         }
+        if args.get("model_instance_kind") == "GPU":  # Triton assigns each GPU instance its device
+            rt.use_gpu(int(args["model_instance_device_id"]))
         self.engine = rt.open_bundle_engine(version_dir, self.spec)
 
     def _read(self, request) -> rt.RequestArrays:
@@ -60,7 +62,7 @@ class TritonPythonModel:
             arrays["input_ids"],
             arrays["attention_mask"],
             arrays["token_type_ids"],
-            max_positions=self.spec.max_position_embeddings,
+            max_positions=self.spec.max_request_tokens,
             vocab_size=self.spec.vocab_size,
         )
 

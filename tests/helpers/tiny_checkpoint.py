@@ -80,3 +80,26 @@ def write_eval_data(path: Path, model_dir: Path | None = None) -> Path:
     lines = [json.dumps({"text": t, "label": label}) for t, label in zip(EVAL_TEXTS, labels, strict=True)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def make_trained_tiny_checkpoint(path: Path) -> Path:
+    """A tiny checkpoint briefly trained on EVAL_TEXTS, so its predictions differ per text (a random BERT is
+    nearly constant, which would make any agreement check pass)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    make_tiny_checkpoint(path)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # most of the parameters; not needed
+    encoded = tokenizer(list(EVAL_TEXTS), padding=True, return_tensors="pt")
+    targets = torch.tensor([i % len(TINY_LABELS) for i in range(len(EVAL_TEXTS))])
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(30):
+        model(**encoded, labels=targets).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval().save_pretrained(str(path))
+    return path

@@ -160,7 +160,7 @@ def bad_requests() -> list:
         ("oversized_batch", "", {"TEXT": np.array([[b"hi"]] * (MAX_BATCH + 1), dtype=object)},
          f"batch-size must be <= {MAX_BATCH}"),
         ("too_long", "_engine", {"INPUT_IDS": np.full((1, 129), 1000), "ATTENTION_MASK": np.ones((1, 129), np.int64)},
-         "exceeds the model's max_position_embeddings 128"),
+         "exceeds the engine's limit of 128 tokens"),
         ("mask_shape", "_engine", {"INPUT_IDS": ids, "ATTENTION_MASK": np.ones((1, 2), np.int64)},
          "differs from input_ids shape"),
         ("id_out_of_vocab", "_engine", {"INPUT_IDS": ids * 1000, "ATTENTION_MASK": np.ones_like(ids)},

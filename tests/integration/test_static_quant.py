@@ -22,28 +22,7 @@ from engineforge.build.runner import run_build
 from engineforge.build.steps import ExportConfig, GraphOptimizeConfig, StaticInt8Config, ValidateConfig
 from engineforge.errors import ConfigError, MissingPrerequisiteError
 from tests.helpers.logits import file_logits
-from tests.helpers.tiny_checkpoint import EVAL_TEXTS, TINY_LABELS, make_tiny_checkpoint, write_eval_data
-
-
-def _train_on_eval_texts(path: Path) -> Path:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    make_tiny_checkpoint(path)
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path))
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # most of the parameters; not needed
-    encoded = tokenizer(list(EVAL_TEXTS), padding=True, return_tensors="pt")
-    targets = torch.tensor([i % len(TINY_LABELS) for i in range(len(EVAL_TEXTS))])
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    for _ in range(30):
-        model(**encoded, labels=targets).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval().save_pretrained(str(path))
-    return path
+from tests.helpers.tiny_checkpoint import EVAL_TEXTS, TINY_LABELS, make_trained_tiny_checkpoint, write_eval_data
 
 
 def _add_pooler_outlier(source: Path, target: Path) -> Path:
@@ -67,7 +46,7 @@ def _add_pooler_outlier(source: Path, target: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("static")
-    checkpoint = _train_on_eval_texts(root / "trained")
+    checkpoint = make_trained_tiny_checkpoint(root / "trained")
     calibration = root / "calibration.jsonl"  # texts only: calibration needs no labels
     calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in EVAL_TEXTS))
     return {"checkpoint": checkpoint, "eval": write_eval_data(root / "eval.jsonl", checkpoint),

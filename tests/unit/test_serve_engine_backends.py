@@ -25,9 +25,22 @@ def test_spec_accepts_the_servable_runtimes(runtime, directory):
 
 
 def test_spec_refuses_other_runtimes_naming_the_choices():
-    with pytest.raises(ConfigError, match=r"'runtime' is 'tensorrt'; servable runtimes are 'onnxruntime', "
-                                          r"'openvino', 'torch-bnb'"):
-        EngineSpec(labels=LABELS, runtime="tensorrt")
+    with pytest.raises(ConfigError, match=r"'runtime' is 'tvm'; servable runtimes are 'onnxruntime', "
+                                          r"'openvino', 'tensorrt', 'torch-bnb'"):
+        EngineSpec(labels=LABELS, runtime="tvm")
+
+
+def test_a_tensorrt_spec_carries_its_metadata_and_no_other_does():
+    with pytest.raises(ConfigError, match=r"field 'tensorrt' must be the TensorRT metadata object exactly when"):
+        EngineSpec(labels=LABELS, runtime="tensorrt", model_file="model.plan")
+    with pytest.raises(ConfigError, match=r"field 'tensorrt'"):
+        EngineSpec(labels=LABELS, tensorrt={"flavour": "tensorrt"})
+    meta = {"flavour": "tensorrt", "version": "11.4.0.106", "profiles": [{"input_ids": {"min": [1, 1],
+            "opt": [8, 64], "max": [16, 64]}}]}
+    spec = EngineSpec(labels=LABELS, runtime="tensorrt", model_file="model.plan", tensorrt=meta,
+                      max_position_embeddings=512)
+    assert spec.max_request_tokens == 64  # the profile, not the model's 512 positions, limits a request
+    assert EngineSpec.from_dict(spec.to_dict()) == spec and spec.to_dict()["tensorrt"] == meta
 
 
 def test_torch_bnb_bundle_needs_a_model_directory(tiny_bundle, tmp_path):  # noqa: F811

@@ -33,7 +33,7 @@ def test_validate_accepts_and_normalises():
     ("ids", "mask", "types", "message"),
     [
         (np.ones((2,), np.int64), np.ones((2,), np.int64), None, "rank 2"),
-        (np.ones((1, 9), np.int64), np.ones((1, 9), np.int64), None, "exceeds the model's max_position_embeddings 8"),
+        (np.ones((1, 9), np.int64), np.ones((1, 9), np.int64), None, "exceeds the engine's limit of 8 tokens"),
         (np.ones((1, 4), np.int64), np.ones((1, 3), np.int64), None, "differs from input_ids shape"),
         (np.ones((1, 0), np.int64), np.ones((1, 0), np.int64), None, "empty sequence"),
         (np.ones((2, 3), np.int64), np.array([[1, 1, 0], [0, 0, 0]]), None, r"row\(s\) \[1\]"),
