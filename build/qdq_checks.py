@@ -7,12 +7,11 @@ for, so a graph either of them cannot read fails the build instead of a later de
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from pathlib import Path
 from typing import Any
 
-from engineforge.errors import EngineLoadError, ValidationError
+from engineforge.errors import CompileError, EngineLoadError, ValidationError
 
 _HOW_TO_SKIP = "set check_engines = false in the static_int8 step if that runtime will not serve it"
 
@@ -45,31 +44,23 @@ def check_openvino(path: Path, threads: int) -> str:
     return "ok: read_model + compile_model(CPU)"
 
 
-def _tensorrt() -> Any:
-    for name in ("tensorrt", "tensorrt_rtx"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    return None
-
-
 def check_tensorrt(path: Path, symmetric_int8: bool) -> str:
     """Parse with TensorRT's ONNX parser, where a TensorRT (or TensorRT-RTX) package is installed."""
     if not symmetric_int8:
         return "skipped: TensorRT rejects uint8 Q/DQ activations (use activation_type = 'int8')"
-    trt = _tensorrt()
+    from engineforge.engines.tensorrt_api import find_tensorrt
+
+    from .tensorrt_compile import parse_onnx
+
+    trt = find_tensorrt()
     if trt is None:
         return "skipped: tensorrt not installed"
-    logger = trt.Logger(trt.Logger.INTERNAL_ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # must outlive the parser: it only borrows it (segfault otherwise)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 2)))
-        raise ValidationError(f"TensorRT's parser rejects the static int8 model {path.name}: {errors[:300]}; "
-                              + _HOW_TO_SKIP)
-    return f"ok: parsed by {trt.__name__} {trt.__version__}"
+    try:
+        parse_onnx(trt, path)
+    except CompileError as exc:
+        raise ValidationError(f"TensorRT's parser rejects the static int8 model {path.name}: {str(exc)[:400]}; "
+                              + _HOW_TO_SKIP) from exc
+    return f"ok: parsed by {trt.module.__name__} {trt.version}"
 
 
 def check_engines(path: Path, threads: int) -> dict[str, str]:

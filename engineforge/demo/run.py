@@ -55,6 +55,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.preset not in PRESET_NAMES:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}")
+    if args.preset.startswith("trt-"):
+        from engineforge.engines.tensorrt_api import current_gpu
+
+        if current_gpu() is None:
+            raise UsageError(f"the demo serves its engine here, and a {args.preset} engine runs on an NVIDIA GPU only: "
+                             f"build it here with `build-engine CKPT --preset {args.preset}`, or run "
+                             "`bash benchmarks/gpu_check.sh` on a GPU machine")
     try:
         concurrency = parse_concurrency(args.concurrency)
     except argparse.ArgumentTypeError as exc:

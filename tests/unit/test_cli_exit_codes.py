@@ -6,6 +6,7 @@ import pytest
 
 from engineforge.cli import main as engineforge_main
 from engineforge.cli_support import arguments_checked, run_command
+from engineforge.engines.tensorrt_api import current_gpu
 from engineforge.errors import ConfigError, DataError, UsageError
 
 
@@ -32,6 +33,8 @@ def test_invalid_values_in_arguments_are_usage_errors():
 @pytest.mark.parametrize(("argv", "message"), [
     (["demo", "--preset", "turbo"], "engineforge demo: error: unknown preset 'turbo'"),
     (["demo", "--concurrency", "0"], "engineforge demo: error: --concurrency"),
+    pytest.param(["demo", "--preset", "trt-fp16"], "a trt-fp16 engine runs on an NVIDIA GPU only",
+                 marks=pytest.mark.skipif(current_gpu() is not None, reason="this machine has a GPU")),
     (["loadtest", "--model", "m", "--batch-size", "0"], "engineforge loadtest: error: invalid load-test settings"),
     (["infer"], "engineforge infer: error: give either texts or --token-ids"),
     (["build", "--preset", "int8"], "build-engine: error: no checkpoint given"),
