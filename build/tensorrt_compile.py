@@ -87,22 +87,16 @@ def declared_precisions(network: Any) -> dict[str, Any]:
     skip = {"CONSTANT", "SHAPE", "SHUFFLE", "IDENTITY", "GATHER", "SLICE", "CONCATENATION", "UNSQUEEZE",
             "SQUEEZE", "FILL", "CAST", "CONDITION", "ASSERTION"}
     by_type: Counter[str] = Counter()
-    matmul: Counter[str] = Counter()
     for index in range(network.num_layers):
         layer = network.get_layer(index)
-        kind = layer.type.name
-        if kind in skip or layer.num_outputs == 0:
+        if layer.type.name in skip or layer.num_outputs == 0:
             continue
         dtype = layer.get_output_type(0).name
-        if dtype in ("INT64", "INT32", "BOOL"):
-            continue  # index and mask arithmetic
-        by_type[dtype] += 1
-        if kind in ("MATRIX_MULTIPLY", "CONVOLUTION"):
-            matmul[dtype] += 1
-        elif kind == "QUANTIZE":
-            matmul["INT8 (quantize)"] += 1
-    return {"compute_layers_by_output_type": dict(by_type), "matrix_multiplies_by_input_type": _matmul_inputs(
-        network) or dict(matmul), "source": "strongly typed network (the built engine keeps these types)"}
+        if dtype not in ("INT64", "INT32", "BOOL"):  # those are index and mask arithmetic
+            by_type[dtype] += 1
+    return {"compute_layers_by_output_type": dict(by_type),
+            "matrix_multiplies_by_input_type": _matmul_inputs(network),
+            "source": "strongly typed network (the built engine keeps these types)"}
 
 
 def _matmul_inputs(network: Any) -> dict[str, int]:

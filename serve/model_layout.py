@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-from engineforge.errors import ConfigError
+from engineforge.engines.tensorrt_engine import TensorRTMetadata
+from engineforge.errors import ConfigError, EngineLoadError
 
 from .engine_spec import EngineSpec
 from .model_config import (
@@ -129,7 +130,10 @@ def build_plan_config(model_name: str, spec: EngineSpec, *, max_batch_size: int,
     GPU instances on profile 0, dynamic batching up to the profile's max batch."""
     if spec.tensorrt is None:
         raise ConfigError(f"{spec.source}: not a TensorRT engine; only TensorRT builds have a native plan model")
-    profile_max = min(int(shapes["max"][0]) for shapes in spec.tensorrt["profiles"][0].values())
+    try:
+        profile_max = TensorRTMetadata.from_dict(spec.tensorrt, spec.source).max_batch_size
+    except EngineLoadError as exc:
+        raise ConfigError(str(exc)) from exc
     if max_batch_size > profile_max:
         raise ConfigError(f"max_batch_size {max_batch_size} exceeds the engine profile's max batch {profile_max}; "
                           "lower it or rebuild with a larger compile.max_shape")
