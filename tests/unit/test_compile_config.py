@@ -132,3 +132,18 @@ def test_native_plan_config_reparses_in_triton_and_fits_the_profile():
     assert parsed.parameters["tensorrt"].string_value == "tensorrt 11.4.0.106"
     with pytest.raises(ConfigError, match="max_batch_size 64 exceeds the engine profile's max batch 32"):
         build_plan_config("clf", spec, max_batch_size=64, max_queue_delay_us=0)
+
+
+def test_a_gpu_the_plan_was_not_built_for_is_named_with_its_targets(monkeypatch, tmp_path):
+    from engineforge.engines import tensorrt_engine
+
+    plan = tmp_path / "model.plan"
+    meta = _metadata(flavour="tensorrt-rtx", version="1.7.1.116", gpu_architectures=("SM86", "SM89"))
+    monkeypatch.setattr(tensorrt_engine, "current_gpu", lambda: ("NVIDIA H200", "SM90"))
+    with pytest.raises(EngineLoadError, match=rf"{plan}: built for SM86, SM89 by tensorrt-rtx 1.7.1.116, but this "
+                                              r"GPU is NVIDIA H200 \(SM90\)"):
+        tensorrt_engine.check_gpu(plan, meta)
+    assert tensorrt_engine.check_gpu(plan, _metadata(gpu_architectures=("SM90",))) == "NVIDIA H200 (SM90)"
+    monkeypatch.setattr(tensorrt_engine, "current_gpu", lambda: None)
+    with pytest.raises(tensorrt_engine.NoGpuError, match="needs an NVIDIA GPU"):
+        tensorrt_engine.check_gpu(plan, meta)
