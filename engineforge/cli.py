@@ -1,4 +1,5 @@
-"""`engineforge`: one command family (build, serve, infer, loadtest, demo). Thin: parse, then call functions."""
+"""`engineforge`: one command family (build, serve, infer, rollback, k8s, loadtest, demo). Thin: parse, then call
+functions."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ def make_parser() -> argparse.ArgumentParser:
     from engineforge.demo import run as demo
     from engineforge.loadtest import cli as loadtest_cli
     from engineforge.serve import cli as serve_cli
+    from engineforge.serve import kubernetes, versions
 
     parser = argparse.ArgumentParser(prog="engineforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -17,6 +19,8 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("build_args", nargs=argparse.REMAINDER)
     build.set_defaults(func=_run_build)
     serve_cli.add_parsers(sub)
+    versions.add_parser(sub)
+    kubernetes.add_parser(sub)
     loadtest_cli.add_parser(sub)
     demo.add_parser(sub)
     return parser

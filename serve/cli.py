@@ -23,12 +23,16 @@ def add_parsers(subparsers: Any) -> None:
     serve.add_argument("--http-port", type=int, default=8000, help="(default: %(default)s)")
     serve.add_argument("--metrics-port", type=int, default=8002, help="(default: %(default)s)")
     serve.add_argument("--log-file", default=None, help="server log (default: a temporary file, printed)")
-    serve.add_argument(
-        "--model-control-mode", choices=("none", "explicit"), default="none",
-        help="none: load every model in the repository; explicit: only --load-model ones",
-    )  # fmt: skip
-    serve.add_argument("--load-model", action="append", default=[], help="model to load (explicit mode)")
+    serve.add_argument("--load-model", action="append", default=[],
+                       help="serve only this model (repeat; default: every model in the repository)")
     serve.add_argument("--startup-timeout", type=float, default=120.0, help="seconds (default: %(default)s)")
+    serve.add_argument("--bind", default="127.0.0.1",
+                       help="interface to listen on; 0.0.0.0 = all, only by explicit choice (default: %(default)s)")
+    serve.add_argument("--control-key-file", default=None,
+                       help="where to write the key that model control needs (default: beside the server log)")
+    serve.add_argument("--tls-cert", default=None, help="PEM server certificate: serve gRPC over TLS")
+    serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", default=None, help="PEM CA: require client certificates it signed (mTLS)")
     serve.set_defaults(func=run_serve)
 
     infer = subparsers.add_parser("infer", help="classify texts or token ids with a running server")
@@ -45,18 +49,29 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .server import serve_forever
+    from .grpc_security import TlsFiles
+    from .supervisor import serve_forever
 
-    return run_command("engineforge serve", lambda: serve_forever(
-        args.repo,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-        log_file=args.log_file,
-        model_control_mode=args.model_control_mode,
-        load_models=tuple(args.load_model),
-        startup_timeout_s=args.startup_timeout,
-    ))
+    def serve() -> int:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise UsageError("--tls-cert and --tls-key go together")
+        tls = None
+        if args.tls_cert:
+            tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca, mutual=bool(args.tls_client_ca))
+        return serve_forever(
+            args.repo,
+            key_file=args.control_key_file,
+            grpc_port=args.grpc_port,
+            http_port=args.http_port,
+            metrics_port=args.metrics_port,
+            log_file=args.log_file,
+            load_models=tuple(args.load_model),
+            startup_timeout_s=args.startup_timeout,
+            bind=args.bind,
+            tls=tls,
+        )
+
+    return run_command("engineforge serve", serve)
 
 
 def parse_token_ids(rows: list[str]) -> tuple[list[list[int]], list[list[int]]]:

@@ -3,14 +3,21 @@
 Errors come back typed: ServerUnavailableError (nothing listens), ModelNotReadyError (names the
 model and lists the ready ones), InferenceRequestError (the server's own message for a rejected
 request), ServerError (timeouts and other server-side failures).
+
+Inference is idempotent, so failures that a restart or a reload repairs (no server, model not ready, a dead
+python stub) are retried with jittered exponential backoff until the call's deadline (`timeout_s`, for the
+whole call, retries included). A rejected request is never retried.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,7 +25,23 @@ from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_MODEL_NAME
 from engineforge.errors import InferenceRequestError, ModelNotReadyError, ServerError
 
 from . import grpc_errors
+from .grpc_security import CONTROL_HEADER, TlsFiles, grpc_client
 from .model_layout import ENGINE_SUFFIX, LABELS_PARAMETER
+
+T = TypeVar("T")
+
+
+class _NotReadyYet(Exception):
+    """The model answers is_model_ready False: retryable like Triton's own "not ready" errors."""
+
+
+def retryable(exc: BaseException) -> bool:
+    """Failures a supervisor's restart or reload repairs; anything about the request itself is final."""
+    if isinstance(exc, _NotReadyYet):
+        return True
+    kind = grpc_errors.kind_of(exc)
+    return kind in (grpc_errors.UNAVAILABLE, grpc_errors.NOT_READY) or (
+        kind == grpc_errors.SERVER and "is not healthy" in grpc_errors.message_of(exc))
 
 _NUMPY_TO_TRITON = {
     "int64": "INT64", "int32": "INT32", "float32": "FP32", "float64": "FP64", "float16": "FP16",
@@ -40,14 +63,32 @@ class Prediction:
 class EngineforgeClient:
     """Classify through `<model>` (text -> ensemble) or `<model>_engine` (token ids)."""
 
-    def __init__(self, url: str = DEFAULT_GRPC_URL, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str = DEFAULT_GRPC_URL, *, timeout_s: float = 30.0, retry: bool = True,
+                 tls: TlsFiles | None = None, control_key: str | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
         self.url = url
         self.timeout_s = timeout_s
+        self.retry = retry
         self._grpc = grpcclient
-        self._client = grpcclient.InferenceServerClient(url)  # connects lazily
+        self._client = grpc_client(url, tls)  # connects lazily
+        self._headers = {CONTROL_HEADER: control_key} if control_key else None  # for the restricted index
         self._labels: dict[str, tuple[str, ...]] = {}
+
+    def _call(self, fn: Callable[[float], T], model: str | None = None) -> T:
+        """fn(seconds left) until it succeeds, fails for good, or the deadline passes; errors typed."""
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return fn(max(deadline - time.monotonic(), 0.001))
+            except Exception as exc:
+                if not (self.retry and retryable(exc)) or time.monotonic() + delay >= deadline:
+                    if isinstance(exc, _NotReadyYet) and model is not None:
+                        raise self._not_ready(model) from None
+                    raise self._translate(exc, model) from exc
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 1.0)
 
     def close(self) -> None:
         self._client.close()
@@ -68,7 +109,10 @@ class EngineforgeClient:
         return grpc_errors.to_error(exc, self.url, model, self.timeout_s, ready)
 
     def _not_ready(self, model: str) -> ModelNotReadyError:
-        ready = ", ".join(self.ready_models()) or "none"
+        try:
+            ready = ", ".join(self.ready_models()) or "none"
+        except Exception:  # the index may be restricted (control key) or the server gone
+            ready = "unknown"
         return ModelNotReadyError(f"model {model!r} is not ready on Triton at {self.url}; ready models: {ready}")
 
     def is_server_ready(self) -> bool:
@@ -78,8 +122,9 @@ class EngineforgeClient:
             raise self._translate(exc) from exc
 
     def ready_models(self) -> list[str]:
+        """READY models from the repository index (restricted by `engineforge serve`: needs control_key)."""
         try:
-            index = self._client.get_model_repository_index(client_timeout=self.timeout_s)
+            index = self._client.get_model_repository_index(headers=self._headers, client_timeout=self.timeout_s)
         except Exception as exc:
             raise self._translate(exc) from exc
         return sorted({m.name for m in index.models if m.state == "READY"})
@@ -87,13 +132,12 @@ class EngineforgeClient:
     def labels(self, model: str = DEFAULT_MODEL_NAME) -> tuple[str, ...]:
         """Label names (index = class id) from the model config's `labels` parameter; checks readiness."""
         if model not in self._labels:
-            try:
-                ready = self._client.is_model_ready(model, client_timeout=self.timeout_s)
-                config = self._client.get_model_config(model, client_timeout=self.timeout_s).config if ready else None
-            except Exception as exc:
-                raise self._translate(exc) from exc
-            if config is None:
-                raise self._not_ready(model)
+            def fetch(timeout: float) -> Any:
+                if not self._client.is_model_ready(model, client_timeout=timeout):
+                    raise _NotReadyYet(model)
+                return self._client.get_model_config(model, client_timeout=timeout).config
+
+            config = self._call(fetch, model)
             if LABELS_PARAMETER not in config.parameters:
                 raise ModelNotReadyError(
                     f"model {model!r} has no '{LABELS_PARAMETER}' parameter; it was not published by engineforge"
@@ -113,10 +157,8 @@ class EngineforgeClient:
             tensor.set_data_from_numpy(array)
             request.append(tensor)
         wanted = [self._grpc.InferRequestedOutput(name) for name in outputs]
-        try:
-            result = self._client.infer(model, request, outputs=wanted, client_timeout=self.timeout_s)
-        except Exception as exc:
-            raise self._translate(exc, model) from exc
+        result = self._call(lambda timeout: self._client.infer(model, request, outputs=wanted, client_timeout=timeout),
+                            model)
         return {name: result.as_numpy(name) for name in outputs}
 
     def _predictions(self, model: str, result: dict[str, np.ndarray]) -> list[Prediction]:

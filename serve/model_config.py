@@ -23,6 +23,12 @@ TENSORRT_PLAN = "tensorrt_plan"
 PLATFORMS = (ENSEMBLE, TENSORRT_PLAN)
 # Tensor names (TEXT, INPUT_IDS...); model names follow engineforge.defaults.check_model_name.
 _TENSOR_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# Triton reads `input_data_file` from this folder of the model directory (beside config.pbtxt).
+WARMUP_DIR = "warmup"
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_DTYPE_BYTES = {"TYPE_BOOL": 1, "TYPE_INT8": 1, "TYPE_UINT8": 1, "TYPE_INT16": 2, "TYPE_UINT16": 2, "TYPE_FP16": 2,
+                "TYPE_BF16": 2, "TYPE_INT32": 4, "TYPE_UINT32": 4, "TYPE_FP32": 4, "TYPE_INT64": 8, "TYPE_UINT64": 8,
+                "TYPE_FP64": 8}
 
 
 def _check_tensor_name(name: str) -> None:
@@ -116,6 +122,81 @@ class EnsembleStep:
 
 
 @dataclass(frozen=True)
+class WarmupInput:
+    """One input of a warmup sample: dims exclude the batch dimension; exactly one data source.
+
+    `file_data` is the content of `input_data_file` (raw row-major bytes; TYPE_STRING elements are a 4-byte
+    little-endian length then the bytes); the publisher writes it to `warmup/<input_data_file>`."""
+
+    dtype: str
+    dims: tuple[int, ...]
+    zero_data: bool = False
+    random_data: bool = False
+    input_data_file: str = ""
+    file_data: bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dims", tuple(self.dims))
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"warmup input: unknown dtype {self.dtype!r}; use one of {sorted(DTYPES)}")
+        if not self.dims or any(not isinstance(d, int) or d < 1 for d in self.dims):
+            raise ConfigError(f"warmup input: dims {list(self.dims)} invalid; warmup needs fixed sizes >= 1 (no -1)")
+        if sum((self.zero_data, self.random_data, bool(self.input_data_file))) != 1:
+            raise ConfigError("warmup input: set exactly one of zero_data, random_data or input_data_file")
+        if self.input_data_file and (not _FILE_NAME.match(self.input_data_file) or ".." in self.input_data_file):
+            raise ConfigError(f"warmup input_data_file {self.input_data_file!r} must be a plain file name (it lives "
+                              f"in the model's {WARMUP_DIR}/ folder); use letters, digits, '_', '-', '.'")
+        if self.file_data is not None:
+            if not self.input_data_file:
+                raise ConfigError("warmup input: file_data needs input_data_file (the name it is written under)")
+            expected = _DTYPE_BYTES.get(self.dtype)
+            elements = 1
+            for d in self.dims:
+                elements *= d
+            if expected is not None and len(self.file_data) != expected * elements:
+                raise ConfigError(f"warmup file {self.input_data_file!r}: {len(self.file_data)} bytes, but "
+                                  f"{self.dtype} x {list(self.dims)} needs {expected * elements}")
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    """One `model_warmup` entry: Triton runs it `count` times on every instance before the model is READY,
+    and a sample that fails fails the model's load (so it must be a valid request)."""
+
+    name: str
+    inputs: Mapping[str, WarmupInput]
+    batch_size: int = 1
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", dict(self.inputs))
+        if not self.name or not _FILE_NAME.match(self.name):
+            raise ConfigError(f"warmup sample name {self.name!r} is invalid; use letters, digits, '_', '-', '.'")
+        if not self.inputs:
+            raise ConfigError(f"warmup sample {self.name!r} has no inputs; give every required model input")
+        for name in self.inputs:
+            _check_tensor_name(name)
+        if self.batch_size < 1 or self.count < 1:
+            raise ConfigError(f"warmup sample {self.name!r}: batch_size and count must be >= 1, "
+                              f"got {self.batch_size} and {self.count}")
+
+    def to_protobuf(self) -> pb.ModelWarmup:
+        warmup = pb.ModelWarmup(name=self.name, batch_size=self.batch_size, count=self.count)
+        for name in sorted(self.inputs):
+            spec = self.inputs[name]
+            entry = warmup.inputs[name]
+            entry.data_type = pb.DataType.Value(spec.dtype)
+            entry.dims.extend(spec.dims)
+            if spec.zero_data:
+                entry.zero_data = True
+            elif spec.random_data:
+                entry.random_data = True
+            else:
+                entry.input_data_file = spec.input_data_file
+        return warmup
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A whole `config.pbtxt`. Exactly one of backend (e.g. "python") or a platform ("ensemble", "tensorrt_plan")."""
 
@@ -130,10 +211,11 @@ class ModelConfig:
     parameters: Mapping[str, str] = field(default_factory=dict)
     ensemble_steps: tuple[EnsembleStep, ...] = ()
     default_model_filename: str = ""  # e.g. "model.plan"; empty = the backend's default
+    model_warmup: tuple[WarmupSample, ...] = ()
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
-        for attr in ("inputs", "outputs", "ensemble_steps"):
+        for attr in ("inputs", "outputs", "ensemble_steps", "model_warmup"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
         object.__setattr__(self, "parameters", dict(self.parameters))
         where = f"model {self.name!r}"
@@ -170,6 +252,43 @@ class ModelConfig:
         for key, value in self.parameters.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ConfigError(f"{where}: parameters must map strings to strings, got {key!r}: {value!r}")
+        self._check_warmup(where)
+
+    def _check_warmup(self, where: str) -> None:
+        if self.model_warmup and self.is_ensemble:
+            raise ConfigError(f"{where}: Triton refuses model_warmup on ensembles; warm up the composing models")
+        names = [w.name for w in self.model_warmup]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}: duplicate warmup sample names {names}; give each its own")
+        files: dict[str, bytes | None] = {}
+        inputs = {t.name: t for t in self.inputs}
+        for sample in self.model_warmup:
+            what = f"{where} warmup sample {sample.name!r}"
+            if sample.batch_size > max(1, self.max_batch_size):
+                raise ConfigError(f"{what}: batch_size {sample.batch_size} exceeds max_batch_size "
+                                  f"{self.max_batch_size}; lower it")
+            unknown = sorted(set(sample.inputs) - set(inputs))
+            missing = sorted(n for n, t in inputs.items() if not t.optional and n not in sample.inputs)
+            if unknown or missing:
+                raise ConfigError(f"{what}: unknown inputs {unknown}, missing required inputs {missing}; "
+                                  f"the model's inputs are {sorted(inputs)}")
+            for name, data in sample.inputs.items():
+                spec = inputs[name]
+                fits = len(data.dims) == len(spec.dims) and all(
+                    s in (-1, d) for s, d in zip(spec.dims, data.dims, strict=True))
+                if data.dtype != spec.dtype or not fits:
+                    raise ConfigError(f"{what}: input {name!r} is {data.dtype} {list(data.dims)} but the model takes "
+                                      f"{spec.dtype} {list(spec.dims)}")
+                if data.input_data_file:
+                    if data.input_data_file in files and files[data.input_data_file] != data.file_data:
+                        raise ConfigError(f"{what}: warmup file {data.input_data_file!r} is given two contents")
+                    files[data.input_data_file] = data.file_data
+
+    @property
+    def warmup_files(self) -> dict[str, bytes]:
+        """{file name: content} the publisher writes into the model's `warmup/` folder."""
+        return {d.input_data_file: d.file_data for w in self.model_warmup for d in w.inputs.values()
+                if d.input_data_file and d.file_data is not None}
 
     @property
     def is_ensemble(self) -> bool:
@@ -214,6 +333,7 @@ class ModelConfig:
                                       profile=self.instance_group.profiles)
         for key in sorted(self.parameters):
             config.parameters[key].string_value = self.parameters[key]
+        config.model_warmup.extend(w.to_protobuf() for w in self.model_warmup)
         for step in self.ensemble_steps:
             config.ensemble_scheduling.step.add(
                 model_name=step.model_name,

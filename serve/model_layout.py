@@ -22,6 +22,7 @@ from .model_config import (
     TensorSpec,
     validate_ensemble,
 )
+from .serving_defaults import ServingSettings, derive_serving_settings, engine_warmup, tokenizer_warmup
 
 ENGINE_SUFFIX = "_engine"
 TOKENIZER_SUFFIX = "_tokenizer"
@@ -69,10 +70,21 @@ def build_model_configs(
     spec: EngineSpec,
     *,
     max_batch_size: int = 32,
-    max_queue_delay_us: int = 2000,
-    instances: int = 1,
+    max_queue_delay_us: int | None = None,
+    instances: int | None = None,
+    settings: ServingSettings | None = None,
+    measured_latency_ms: float | None = None,
+    warmup: bool = True,
 ) -> dict[str, ModelConfig]:
-    """Configs keyed "tokenizer", "engine", "ensemble"; raises ConfigError with the fix if inconsistent."""
+    """Configs keyed "tokenizer", "engine", "ensemble"; raises ConfigError with the fix if inconsistent.
+
+    Queue delay and instance count left as None are derived (serving_defaults.derive_serving_settings); a full
+    `settings` (e.g. the winner of `engineforge tune`) replaces the derivation.
+    """
+    if settings is None:
+        settings = derive_serving_settings(spec, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                                           instances=instances, measured_latency_ms=measured_latency_ms, warmup=warmup)
+    max_batch_size, instances = settings.max_batch_size, settings.instances
     labels = json.dumps(list(spec.labels))
     engine = ModelConfig(
         name=engine_model_name(model_name),
@@ -80,7 +92,8 @@ def build_model_configs(
         max_batch_size=max_batch_size,
         inputs=_token_inputs(),
         outputs=(LOGITS, PROBABILITIES, LABEL),
-        dynamic_batching=DynamicBatching(max_queue_delay_us=max_queue_delay_us),
+        dynamic_batching=DynamicBatching(preferred_batch_sizes=settings.preferred_batch_sizes,
+                                         max_queue_delay_us=settings.max_queue_delay_us),
         # A TensorRT engine runs on a GPU: Triton places one instance group per GPU and tells the stub which.
         instance_group=InstanceGroup(count=instances, kind="GPU" if spec.runtime == "tensorrt" else "CPU"),
         parameters={
@@ -90,7 +103,8 @@ def build_model_configs(
             "runtime": spec.runtime,
             "max_sequence_length": str(spec.max_sequence_length),
             "max_position_embeddings": str(spec.max_position_embeddings),
-        },
+        } | settings.parameters(),
+        model_warmup=engine_warmup(spec, max_batch_size) if settings.warmup else (),
     )
     tokenizer = ModelConfig(
         name=tokenizer_model_name(model_name),
@@ -102,6 +116,7 @@ def build_model_configs(
         dynamic_batching=DynamicBatching(max_queue_delay_us=0),
         instance_group=InstanceGroup(count=instances, kind="CPU"),
         parameters={"max_sequence_length": str(spec.max_sequence_length)},
+        model_warmup=tokenizer_warmup() if settings.warmup else (),
     )
     token_map = {name: name.lower() for name in TOKEN_TENSORS}
     ensemble = ModelConfig(

@@ -33,7 +33,7 @@ from engineforge.defaults import DEFAULT_MODEL_NAME, DEFAULT_REPO, TOKENIZER_DIR
 from engineforge.errors import ConfigError, RepositoryError
 
 from .engine_spec import ENGINE_SPEC_FILENAME, EngineSpec
-from .model_config import ModelConfig
+from .model_config import WARMUP_DIR, ModelConfig
 from .model_layout import PLAN_FILENAME, build_model_configs, build_plan_config
 
 MANIFEST = "versions.json"
@@ -117,6 +117,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verify_published_engine(version_dir: Path, spec: EngineSpec) -> None:
+    """Refuse an engine whose file differs from what was published (tampered with, or damaged): the hash in
+    the model's versions.json, written at publish time from the build's bundle, must match."""
+    record = _read_manifest(version_dir.parent).get("versions", {}).get(version_dir.name)
+    if not record or "model_sha256" not in record:
+        raise RepositoryError(f"{version_dir}: no published hash in {version_dir.parent / MANIFEST}; "
+                              "republish the engine with engineforge")
+    actual = _sha256(version_dir / spec.model_file)
+    if actual != record["model_sha256"]:
+        raise RepositoryError(f"{version_dir / spec.model_file}: sha256 {actual[:16]}… differs from the published "
+                              f"{record['model_sha256'][:16]}… ({MANIFEST}); the file was changed after publishing: "
+                              "refusing to load it; republish the build")
+
+
 def _copy(src: Path, dst: Path) -> None:
     # Indirection so tests can inject a failure part-way through staging.
     if src.is_dir():
@@ -162,12 +176,18 @@ def publish_engine(
     model_name: str = DEFAULT_MODEL_NAME,
     *,
     max_batch_size: int = 32,
-    max_queue_delay_us: int = 2000,
-    instances: int = 1,
+    max_queue_delay_us: int | None = None,
+    instances: int | None = None,
     native_repo_dir: str | os.PathLike[str] | None = None,
+    measured_latency_ms: float | None = None,
+    warmup: bool = True,
 ) -> PublishedModel:
     """Add the bundle as a new version of `<model_name>`, `<model_name>_engine`, `<model_name>_tokenizer`; a
-    TensorRT bundle also as `<model_name>_plan` in `native_repo_dir` (default: `<repo_dir>-tensorrt`)."""
+    TensorRT bundle also as `<model_name>_plan` in `native_repo_dir` (default: `<repo_dir>-tensorrt`).
+
+    Queue delay and instances left as None are derived from the engine and this machine's cores (queue delay 0,
+    instances = cores // engine threads); see serving_defaults. `measured_latency_ms` (the build's batch-1 latency)
+    is quoted in the config's reasons."""
     bundle = Path(bundle_dir).resolve()
     repo = Path(repo_dir)
     try:
@@ -177,10 +197,12 @@ def publish_engine(
     spec = check_bundle(bundle)
     try:
         configs = build_model_configs(model_name, spec, max_batch_size=max_batch_size,
-                                      max_queue_delay_us=max_queue_delay_us, instances=instances)
+                                      max_queue_delay_us=max_queue_delay_us, instances=instances,
+                                      measured_latency_ms=measured_latency_ms, warmup=warmup)
+        derived = configs["engine"]  # the plan model gets the same derived delay and instance count
         plan = None if spec.tensorrt is None else build_plan_config(
-            model_name, spec, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-            instances=instances)
+            model_name, spec, max_batch_size=max_batch_size,
+            max_queue_delay_us=derived.dynamic_batching.max_queue_delay_us, instances=derived.instance_group.count)
     except ConfigError as exc:
         raise RepositoryError(f"cannot publish {model_name!r}: {exc}") from exc
     # Composing models first, ensemble last, so the ensemble never points at missing models.
@@ -235,6 +257,9 @@ def _publish_models(bundle: Path, spec: EngineSpec, repo: Path, configs: dict[st
                 staged = staging / config.name
                 _stage_version(kind, bundle, spec, staged / str(version))
                 (staged / CONFIG).write_text(config.to_pbtxt(), encoding="utf-8")
+                for filename, data in config.warmup_files.items():  # Triton reads them from <model>/warmup/
+                    (staged / WARMUP_DIR).mkdir(exist_ok=True)
+                    (staged / WARMUP_DIR / filename).write_bytes(data)
                 manifest = _read_manifest(model_dirs[kind]) or {"model": config.name, "kind": kind}
                 manifest.setdefault("versions", {})[str(version)] = record
                 (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -262,7 +287,9 @@ def _commit(staging: Path, model_dirs: dict[str, Path], order: list[str], versio
                 continue
             os.rename(staged / str(version), target / str(version))
             undo.append(lambda t=target: shutil.rmtree(t / str(version)))
-            for filename in (CONFIG, MANIFEST):
+            warmup = sorted(p.relative_to(staged).as_posix() for p in (staged / WARMUP_DIR).glob("*"))
+            for filename in (CONFIG, MANIFEST, *warmup):
+                (target / filename).parent.mkdir(exist_ok=True)
                 old = (target / filename).read_bytes() if (target / filename).exists() else None
                 os.replace(staged / filename, target / filename)
                 undo.append(lambda t=target / filename, o=old: t.write_bytes(o) if o is not None else t.unlink())

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,14 @@ from types import TracebackType
 from engineforge import progress
 from engineforge.errors import ServerError
 
+from .grpc_security import (
+    CONTROL_HEADER,
+    CONTROL_KEY_NAME,
+    RESTRICTED_PROTOCOLS,
+    TlsFiles,
+    die_with_parent,
+    grpc_client,
+)
 from .triton_env import (
     TritonInstallation,
     find_triton,
@@ -32,7 +39,7 @@ from .triton_env import (
     server_environment,
 )
 
-__all__ = ["TritonServer", "find_triton", "free_port", "serve_forever"]
+__all__ = ["TritonServer", "find_triton", "free_port"]
 
 CONTROL_MODES = ("none", "explicit")
 
@@ -56,6 +63,10 @@ class TritonServer:
         load_models: Sequence[str] = (),
         log_file: str | os.PathLike[str] | None = None,
         log_verbose: int = 0,
+        bind: str = "127.0.0.1",
+        control_key: str | None = None,
+        tls: TlsFiles | None = None,
+        die_with_parent: bool = False,
         startup_timeout_s: float = 120.0,
         stop_grace_s: float = 10.0,
     ) -> None:
@@ -71,6 +82,8 @@ class TritonServer:
             raise ServerError(f"gRPC, HTTP and metrics ports must differ, got {ports}")
         self.grpc_port, self.http_port, self.metrics_port = ports
         self.model_control_mode = model_control_mode
+        # Other interfaces only by explicit choice; administrative gRPC/HTTP APIs need the control key header.
+        self.bind, self.control_key, self.tls, self.die_with_parent = bind, control_key, tls, die_with_parent
         self.load_models = tuple(load_models)
         self.log_verbose = log_verbose
         self.startup_timeout_s = startup_timeout_s
@@ -81,16 +94,29 @@ class TritonServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def host(self) -> str:
+        return "127.0.0.1" if self.bind in ("0.0.0.0", "127.0.0.1") else self.bind
+
+    @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def control_headers(self) -> dict[str, str]:
+        """Headers for model control and the other restricted APIs (empty when they are not restricted)."""
+        return {CONTROL_HEADER: self.control_key} if self.control_key else {}
+
+    def client(self) -> object:
+        """A tritonclient gRPC client for this server (TLS when the server uses it)."""
+        return grpc_client(self.grpc_url, self.tls)
 
     @property
     def log_path(self) -> Path:
@@ -114,9 +140,9 @@ class TritonServer:
             f"--model-repository={self.repo}",
             f"--backend-directory={backend_dir}",
             f"--model-control-mode={self.model_control_mode}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
-            "--metrics-address=127.0.0.1",
+            f"--http-address={self.bind}",
+            f"--grpc-address={self.bind}",
+            f"--metrics-address={self.bind}",
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
@@ -125,6 +151,11 @@ class TritonServer:
             # Python-backend shared memory names collide between servers on one host unless prefixed.
             f"--backend-config=python,shm-region-prefix-name=engineforge_{os.getpid()}_{self.grpc_port}_",
         ]
+        if self.control_key:
+            args += [f"--grpc-restricted-protocol={RESTRICTED_PROTOCOLS}:{CONTROL_KEY_NAME}={self.control_key}",
+                     f"--http-restricted-api={RESTRICTED_PROTOCOLS}:{CONTROL_KEY_NAME}={self.control_key}"]
+        if self.tls is not None:
+            args += self.tls.server_args()
         return args + [f"--load-model={name}" for name in self.load_models]
 
     def start(self) -> TritonServer:
@@ -152,6 +183,8 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=server_environment(installation),
                 start_new_session=True,
+                # A supervisor killed with SIGKILL must not leave an orphan server behind.
+                preexec_fn=die_with_parent if self.die_with_parent else None,
             )
         try:
             self.wait_until_ready()
@@ -174,7 +207,6 @@ class TritonServer:
         )
 
     def wait_until_ready(self) -> None:
-        import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
         process = self._process
@@ -182,7 +214,7 @@ class TritonServer:
             raise ServerError("the server has not been started; call start()")
         expected = self.expected_models()
         deadline = time.monotonic() + self.startup_timeout_s
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+        client = self.client()
         try:
             while True:
                 code = process.poll()
@@ -192,7 +224,8 @@ class TritonServer:
                     if client.is_server_live(client_timeout=2):
                         states = {
                             m.name: (m.state, m.reason)
-                            for m in client.get_model_repository_index(client_timeout=2).models
+                            for m in client.get_model_repository_index(
+                                headers=self.control_headers, client_timeout=2).models
                         }
                         failed = {n: s[1] for n, s in states.items() if n in expected and s[0] == "UNAVAILABLE"}
                         if failed:
@@ -235,42 +268,3 @@ class TritonServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def serve_forever(repo: str | os.PathLike[str], **server_options: object) -> int:
-    """Run Triton in the foreground until Ctrl-C or SIGTERM; returns 0 after a clean stop.
-
-    Raises ServerError if the server fails to start or dies on its own.
-    """
-    server = TritonServer(repo, **server_options)  # type: ignore[arg-type]
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = {}
-    if main_thread:  # SIGTERM (e.g. from a process manager) takes the same clean path as Ctrl-C
-        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)}
-    try:
-        server.start()
-        progress.info(
-            f"Triton serving {server.repo}: gRPC {server.grpc_url}, HTTP {server.http_url}, "
-            f"metrics {server.metrics_url}; log {server.log_path}. Ctrl-C stops it."
-        )
-        code = server.wait()
-        raise ServerError(
-            f"tritonserver exited unexpectedly with code {code}\n"
-            f"--- last lines of {server.log_path} ---\n{log_tail(server.log_path)}"
-        )
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if server.is_running():
-            progress.info("stopping Triton ...")
-            if main_thread:  # a second Ctrl-C must not abort the shutdown and orphan the server
-                previous.setdefault(signal.SIGINT, signal.signal(signal.SIGINT, signal.SIG_IGN))
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            server.stop()
-            progress.info("Triton stopped")
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

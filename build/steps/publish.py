@@ -26,8 +26,10 @@ class PublishConfig(StepConfig):
     # None = derived from the checkpoint directory name.
     model_name: str | None = None
     max_batch_size: int = 32
-    max_queue_delay_us: int = 2000
-    instances: int = 1
+    # None = derived at publish time: queue delay 0 (a lone request never waits; queued requests still batch),
+    # instances from the machine's cores and the engine's threads (engineforge.serve.serving_defaults).
+    max_queue_delay_us: int | None = None
+    instances: int | None = None
     # TensorRT engines only: where the native `tensorrt_plan` model goes (None = `<repo_dir>-tensorrt`).
     native_repo_dir: str | None = None
 
@@ -35,8 +37,19 @@ class PublishConfig(StepConfig):
         if self.model_name is not None:
             check_model_name(self.model_name, "publish.model_name")
         require(self.max_batch_size >= 1, f"publish.max_batch_size must be >= 1, got {self.max_batch_size}")
-        require(self.max_queue_delay_us >= 0, "publish.max_queue_delay_us must be >= 0")
-        require(self.instances >= 1, f"publish.instances must be >= 1, got {self.instances}")
+        require(self.max_queue_delay_us is None or self.max_queue_delay_us >= 0,
+                "publish.max_queue_delay_us must be >= 0 (or left out to derive it)")
+        require(self.instances is None or self.instances >= 1,
+                f"publish.instances must be >= 1 (or left out to derive it), got {self.instances}")
+
+
+def _measured_latency_ms(ctx: BuildContext) -> float | None:
+    """The batch-1 median latency of the chosen runtime, when this build timed runtimes (select_runtime)."""
+    for record in reversed(ctx.records):
+        value = record.details.get("median_ms") if record.name == "select_runtime" else None
+        if isinstance(value, int | float):
+            return float(value)
+    return None
 
 
 @register_step(PublishConfig)
@@ -49,7 +62,7 @@ def publish(ctx: BuildContext, config: PublishConfig) -> dict[str, Any]:
     name = config.model_name or default_model_name(ctx.config.checkpoint)
     published = publish_engine(bundle, config.repo_dir, name, max_batch_size=config.max_batch_size,
                                max_queue_delay_us=config.max_queue_delay_us, instances=config.instances,
-                               native_repo_dir=config.native_repo_dir)
+                               native_repo_dir=config.native_repo_dir, measured_latency_ms=_measured_latency_ms(ctx))
     ctx.published = {"repo_dir": str(config.repo_dir), "model_name": name, "version": published.version}
     if published.native_plan is not None:
         repo, plan_model, version = published.native_plan

@@ -18,6 +18,7 @@ try:
     from engineforge.serve import engine_runtime as rt
     from engineforge.serve.engine_spec import EngineSpec
     from engineforge.serve.model_layout import TOKEN_TENSOR_NAMES
+    from engineforge.serve.repository import verify_published_engine
 except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
     raise ImportError(
         "engineforge is not importable by the Triton python backend stub; start the server with "
@@ -47,6 +48,7 @@ class TritonPythonModel:
             name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
             for name in ("LOGITS", "PROBABILITIES", "LABEL")
         }
+        verify_published_engine(version_dir, self.spec)  # a tampered engine file never loads
         if args.get("model_instance_kind") == "GPU":  # Triton assigns each GPU instance its device
             rt.use_gpu(int(args["model_instance_device_id"]))
         self.engine = rt.open_bundle_engine(version_dir, self.spec)

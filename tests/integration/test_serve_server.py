@@ -67,7 +67,7 @@ def test_missing_repository_and_bad_options(tmp_path: Path) -> None:
         TritonServer(tmp_path, model_control_mode="poll")
 
 
-def test_engineforge_serve_explicit_mode_stops_cleanly_on_sigterm(tiny_bundle, tmp_path: Path) -> None:  # noqa: F811
+def test_engineforge_serve_selected_models_stops_cleanly_on_sigterm(tiny_bundle, tmp_path: Path) -> None:  # noqa: F811
     repo = tmp_path / "repo"
     publish_engine(tiny_bundle, repo, "clf", max_batch_size=4)
     publish_engine(tiny_bundle, repo, "other", max_batch_size=4)  # must stay unloaded in explicit mode
@@ -75,7 +75,8 @@ def test_engineforge_serve_explicit_mode_stops_cleanly_on_sigterm(tiny_bundle, t
     command = [
         sys.executable, "-c", "import sys; from engineforge.cli import main; sys.exit(main())",
         "serve", "--repo", str(repo), "--grpc-port", str(grpc_port), "--http-port", "0", "--metrics-port", "0",
-        "--model-control-mode", "explicit", "--load-model", "clf", "--log-file", str(tmp_path / "triton.log"),
+        "--load-model", "clf", "--log-file", str(tmp_path / "triton.log"),
+        "--control-key-file", str(tmp_path / "control.key"),
     ]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
@@ -85,7 +86,9 @@ def test_engineforge_serve_explicit_mode_stops_cleanly_on_sigterm(tiny_bundle, t
             if "Triton serving" in line or process.poll() is not None:
                 break
         assert any("Triton serving" in line for line in lines), "".join(lines)
-        with EngineforgeClient(f"127.0.0.1:{grpc_port}") as client:
+        key = (tmp_path / "control.key").read_text().strip()
+        assert (tmp_path / "control.key").stat().st_mode & 0o077 == 0  # owner-only
+        with EngineforgeClient(f"127.0.0.1:{grpc_port}", control_key=key) as client:
             assert client.ready_models() == ["clf", "clf_engine", "clf_tokenizer"]
             assert client.classify(["hello"], model="clf")[0].label in TINY_LABELS
         process.send_signal(signal.SIGTERM)

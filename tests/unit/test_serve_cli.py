@@ -21,7 +21,7 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_defaults_match_the_rest_of_serve():
     args = parse("serve")
     assert (args.repo, args.grpc_port, args.http_port, args.metrics_port) == ("model_repo", 8001, 8000, 8002)
-    assert args.func is cli.run_serve and args.model_control_mode == "none"
+    assert args.func is cli.run_serve and args.bind == "127.0.0.1" and args.load_model == []
     infer = parse("infer", "hello")
     assert infer.func is cli.run_infer and infer.model == repository.DEFAULT_MODEL_NAME
     assert infer.url == "127.0.0.1:8001" and infer.texts == ["hello"]

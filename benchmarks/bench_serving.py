@@ -1,0 +1,179 @@
+"""Serving-path benchmark: served latency vs in-process, old vs derived serving defaults, and the fastest path.
+
+    .venv/bin/python benchmarks/bench_serving.py [--bundle artifacts/builds/demo-intent/engine] [--duration 15]
+
+In one run, on one engine bundle (the demo build by default; `engineforge demo` makes it):
+(a) in-process: engine latency at 1x128 (engineforge.engines.measure_latency) and tokenizer + engine for the load
+    tester's texts, one text per call;
+(b) served through one Triton holding two publications of the bundle side by side: "before" (queue delay 2000 us,
+    1 instance, no warmup: the old defaults) and "after" (the derived defaults); p50 at concurrency 1 and
+    throughput at concurrency 4, token ids 1x128 to NAME_engine and text through the ensemble NAME;
+(c) the fastest path for text: tokenize in the client, send the token ids straight to NAME_engine.
+Prints a Markdown table (ratios served / in-process) and writes reports/bench-serving/bench_serving.{md,json}.
+Run it on a quiet machine: at 2 shared cores the load generator competes with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from engineforge.engines import load_engine  # noqa: E402
+from engineforge.engines.timing import measure_latency  # noqa: E402
+from engineforge.loadtest.config import LoadTestConfig  # noqa: E402
+from engineforge.loadtest.payloads import DEFAULT_TEXTS  # noqa: E402
+from engineforge.loadtest.runner import run_loadtest  # noqa: E402
+from engineforge.serve.engine_spec import EngineSpec  # noqa: E402
+from engineforge.serve.repository import publish_engine  # noqa: E402
+from engineforge.serve.server import TritonServer  # noqa: E402
+
+DEFAULT_BUNDLE = ROOT / "artifacts" / "builds" / "demo-intent" / "engine"
+OUT = ROOT / "reports" / "bench-serving"
+SEQ_LEN = 128
+
+
+def in_process(bundle: Path, spec: EngineSpec, iterations: int) -> dict[str, float]:
+    from transformers import AutoTokenizer
+
+    engine = load_engine(bundle / spec.model_file, spec.runtime, spec.intra_op_threads)
+    engine_ms = measure_latency(engine, spec.vocab_size or 30522, 1, SEQ_LEN, iterations).median_ms
+    tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
+    times, tokenize_times = [], []
+    for i in range(max(iterations, len(DEFAULT_TEXTS)) + 5):
+        start = time.perf_counter()
+        encoded = tokenizer([DEFAULT_TEXTS[i % len(DEFAULT_TEXTS)]], truncation=True,
+                            max_length=spec.max_sequence_length, return_tensors="np")
+        tokenized = time.perf_counter()
+        engine.run({name: encoded[name].astype(np.int64) for name in spec.input_names})
+        if i >= 5:  # the first calls pay for lazy allocation
+            times.append((time.perf_counter() - start) * 1000)
+            tokenize_times.append((tokenized - start) * 1000)
+    return {"engine_1x128_ms": engine_ms, "text_ms": statistics.median(times),
+            "tokenize_ms": statistics.median(tokenize_times)}
+
+
+class ClientTokenized:
+    """Load-test request function: tokenize in the client, send the token ids to the engine model."""
+
+    def __init__(self, url: str, model: str, bundle: Path, spec: EngineSpec) -> None:
+        from transformers import AutoTokenizer
+
+        self.url, self.model, self.spec = url, model, spec
+        self.tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
+        self._client: Any = None
+
+    async def __call__(self, seq: int):
+        import tritonclient.grpc.aio as grpcclient
+
+        from engineforge.loadtest.records import ERR_CLIENT, RequestResult, clock, failure
+
+        start = clock()
+        try:
+            if self._client is None:
+                self._client = grpcclient.InferenceServerClient(self.url)
+            encoded = self.tokenizer([DEFAULT_TEXTS[seq % len(DEFAULT_TEXTS)]], truncation=True,
+                                     max_length=self.spec.max_sequence_length, return_tensors="np")
+            inputs = []
+            for key, name in (("input_ids", "INPUT_IDS"), ("attention_mask", "ATTENTION_MASK"),
+                              ("token_type_ids", "TOKEN_TYPE_IDS")):
+                if key in self.spec.input_names:
+                    array = encoded[key].astype(np.int64)
+                    inputs.append(grpcclient.InferInput(name, list(array.shape), "INT64"))
+                    inputs[-1].set_data_from_numpy(array)
+            result = await self._client.infer(self.model, inputs,
+                                              outputs=[grpcclient.InferRequestedOutput("LABEL")])
+            latency = clock() - start
+            label = result.as_numpy("LABEL").reshape(-1)[0]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return failure(start, f"{type(exc).__name__}: {exc}", ERR_CLIENT)
+        return RequestResult(start_s=start, latency_s=latency, ok=True, batch_size=1, output=str(label))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def served(server: TritonServer, model: str, mode: str, args: argparse.Namespace, request_fn=None) -> dict[str, Any]:
+    config = LoadTestConfig(model=model, url=server.grpc_url, mode=mode, concurrency=(1, 4), duration_s=args.duration,
+                            warmup_s=args.warmup, seq_len=SEQ_LEN, progress_every_s=0)
+    result = run_loadtest(config, request_fn)
+    if request_fn is not None:
+        try:  # its channel belonged to the run's (now closed) event loop
+            asyncio.run(request_fn.aclose())
+        except Exception:
+            pass
+    by_level = {lv.concurrency: lv.metrics for lv in result.levels}
+    return {"p50_c1_ms": by_level[1].latency_p50_ms, "p99_c1_ms": by_level[1].latency_p99_ms,
+            "rps_c4": by_level[4].throughput_rps, "errors": sum(m.errors for m in by_level.values())}
+
+
+def table(inproc: dict[str, float], rows: list[dict[str, Any]]) -> str:
+    lines = ["| path | config | served p50 @c1 (ms) | in-process (ms) | ratio | target | req/s @c4 | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        base = inproc[row["baseline"]]
+        ratio = row["p50_c1_ms"] / base if row["p50_c1_ms"] else float("nan")
+        lines.append(f"| {row['path']} | {row['config']} | {row['p50_c1_ms']:.2f} | {base:.2f} | {ratio:.2f}x | "
+                     f"<= {row['target']}x | {row['rps_c4']:.1f} | {row['errors']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="engine bundle (build output engine/)")
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per concurrency level")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per concurrency level")
+    parser.add_argument("--iterations", type=int, default=200, help="in-process timing iterations")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    if not (args.bundle / "engine.json").is_file():
+        parser.error(f"{args.bundle} is not an engine bundle; run `engineforge demo` or pass --bundle PATH")
+    spec = EngineSpec.load(args.bundle)
+    inproc = in_process(args.bundle, spec, args.iterations)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        repo = Path(tmp) / "model_repo"
+        publish_engine(args.bundle, repo, "before", max_queue_delay_us=2000, instances=1, warmup=False)
+        after = publish_engine(args.bundle, repo, "after")
+        derived = (repo / "after_engine" / "config.pbtxt").read_text()
+        with TritonServer(repo, log_file=args.out / "tritonserver.log") as server:
+            for name in ("before", "after"):
+                rows.append({"path": "token ids 1x128 -> engine", "config": name, "baseline": "engine_1x128_ms",
+                             "target": 1.3, **served(server, f"{name}_engine", "tokens", args)})
+                rows.append({"path": "text -> ensemble", "config": name, "baseline": "text_ms", "target": 1.5,
+                             **served(server, name, "text", args)})
+            fastest = ClientTokenized(server.grpc_url, after.engine_model, args.bundle, spec)
+            rows.append({"path": "text, client-side tokenization -> engine", "config": "after",
+                         "baseline": "text_ms", "target": 1.5,
+                         **served(server, after.engine_model, "tokens", args, request_fn=fastest)})
+    markdown = (f"# Serving benchmark: {args.bundle} ({spec.runtime}, {spec.precision})\n\n"
+                f"In-process: engine 1x{SEQ_LEN} {inproc['engine_1x128_ms']:.2f} ms; tokenizer + engine "
+                f"{inproc['text_ms']:.2f} ms (tokenizer {inproc['tokenize_ms']:.2f} ms), median.\n"
+                f"Load: {args.duration:g} s per level after {args.warmup:g} s warm-up.\n\n" + table(inproc, rows))
+    print(markdown)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_serving.md").write_text(markdown + "\nDerived engine config:\n\n```\n" + derived + "```\n",
+                                              encoding="utf-8")
+    (args.out / "bench_serving.json").write_text(json.dumps({"bundle": str(args.bundle), "in_process": inproc,
+                                                             "rows": rows, "settings": vars(args) | {
+                                                                 "bundle": str(args.bundle), "out": str(args.out)}},
+                                                            indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""`engineforge serve` as a real subprocess, a bounded load against it, and a readiness sampler: what the fault,
+swap and rollback tests watch. Everything talks to 127.0.0.1 and stops by itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class ServeProcess:
+    repo: Path
+    workdir: Path
+    grpc_port: int
+    http_port: int
+    process: subprocess.Popen[str] | None = None
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def key(self) -> str:
+        return (self.workdir / "control.key").read_text().strip()
+
+    def start(self, timeout_s: float = 120) -> ServeProcess:
+        command = [sys.executable, "-c", "import sys; from engineforge.cli import main; sys.exit(main())", "serve",
+                   "--repo", str(self.repo), "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
+                   "--metrics-port", "0", "--log-file", str(self.workdir / "triton.log"),
+                   "--control-key-file", str(self.workdir / "control.key")]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout_s
+        for line in self.process.stderr:  # type: ignore[union-attr]
+            self.lines.append(line)
+            if "Triton serving" in line or time.monotonic() > deadline:
+                break
+        if not any("Triton serving" in line for line in self.lines):
+            self.stop()
+            raise RuntimeError("engineforge serve did not start:\n" + "".join(self.lines))
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        for line in self.process.stderr:  # type: ignore[union-attr]
+            self.lines.append(line)
+
+    def triton_pid(self) -> int:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_bytes()
+                    cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if int(stat.rsplit(b")", 1)[1].split()[1]) == self.process.pid and b"tritonserver" in cmd:
+                    return int(entry)
+        raise RuntimeError("no tritonserver child found")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class Outcome:
+    start: float
+    end: float
+    ok: bool
+    error: str = ""
+
+
+class TextLoad:
+    """`threads` closed loops of one-text requests to `model` until stopped; every request has a deadline."""
+
+    def __init__(self, url: str, model: str, *, threads: int = 2, timeout_s: float = 10.0, retry: bool = False):
+        self.url, self.model, self.timeout_s, self.retry = url, model, timeout_s, retry
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> TextLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.timeout_s + 35)
+
+    def _loop(self) -> None:
+        from engineforge.serve.client import EngineforgeClient
+
+        client = EngineforgeClient(self.url, timeout_s=self.timeout_s, retry=self.retry)
+        text = np.array([[b"where is my parcel?"]], dtype=object)
+        while not self._stop.is_set():
+            start = time.monotonic()
+            try:
+                client.infer(self.model, {"TEXT": text}, ("LABEL",))
+                self.outcomes.append(Outcome(start, time.monotonic(), True))
+            except Exception as exc:  # recorded, never raised: the test judges the records
+                self.outcomes.append(Outcome(start, time.monotonic(), False, f"{type(exc).__name__}: {exc}"))
+                time.sleep(0.01)
+        client.close()
+
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+class ReadinessSampler:
+    """Samples gRPC model readiness every `every_s`: (time, True/False); no answer counts as not ready."""
+
+    def __init__(self, url: str, model: str, every_s: float = 0.02):
+        import tritonclient.grpc as grpcclient
+
+        self.client = grpcclient.InferenceServerClient(url)
+        self.model, self.every_s = model, every_s
+        self.samples: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> ReadinessSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.client.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            at = time.monotonic()
+            try:
+                ready = bool(self.client.is_model_ready(self.model, client_timeout=1))
+            except Exception:
+                ready = False
+            self.samples.append((at, ready))
+            time.sleep(self.every_s)
