@@ -9,7 +9,9 @@ In one run, on one engine bundle (the demo build by default; `engineforge demo` 
     1 instance, no warmup: the old defaults) and "after" (the derived defaults); p50 at concurrency 1 and
     throughput at concurrency 4, token ids 1x128 to NAME_engine and text through the ensemble NAME;
 (c) the fastest path for text: tokenize in the client, send the token ids straight to NAME_engine.
-Prints a Markdown table (ratios served / in-process) and writes reports/bench-serving/bench_serving.{md,json}.
+Triton's own statistics give, per request, the engine model's queue and compute time and the tokenizer's compute
+time, so the table shows what the python-backend hop and the tokenizer hop cost. Prints a Markdown table (ratios
+served / in-process) and writes reports/bench-serving/bench_serving.{md,json}.
 Run it on a quiet machine: at 2 shared cores the load generator competes with the server.
 """
 
@@ -73,6 +75,7 @@ class ClientTokenized:
         self.url, self.model, self.spec = url, model, spec
         self.tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
         self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, seq: int):
         import tritonclient.grpc.aio as grpcclient
@@ -81,8 +84,9 @@ class ClientTokenized:
 
         start = clock()
         try:
-            if self._client is None:
-                self._client = grpcclient.InferenceServerClient(self.url)
+            loop = asyncio.get_running_loop()
+            if self._client is None or self._loop is not loop:  # grpc.aio channels cannot move between loops
+                self._client, self._loop = grpcclient.InferenceServerClient(self.url), loop
             encoded = self.tokenizer([DEFAULT_TEXTS[seq % len(DEFAULT_TEXTS)]], truncation=True,
                                      max_length=self.spec.max_sequence_length, return_tensors="np")
             inputs = []
@@ -107,28 +111,66 @@ class ClientTokenized:
             await self._client.close()
 
 
-def served(server: TritonServer, model: str, mode: str, args: argparse.Namespace, request_fn=None) -> dict[str, Any]:
-    config = LoadTestConfig(model=model, url=server.grpc_url, mode=mode, concurrency=(1, 4), duration_s=args.duration,
-                            warmup_s=args.warmup, seq_len=SEQ_LEN, progress_every_s=0)
-    result = run_loadtest(config, request_fn)
+STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def _stats(url: str, models: list[str]) -> dict[str, dict[str, int]]:
+    """Triton's cumulative per-model statistics: request count and total ns per stage."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    totals = {}
+    for model in models:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+        totals[model] = {"count": int(stats["success"].get("count", 0))} | {
+            stage: int(stats[stage].get("ns", 0)) for stage in STAGES}
+    client.close()
+    return totals
+
+
+def served(server: TritonServer, model: str, mode: str, args: argparse.Namespace, request_fn=None,
+           breakdown: tuple[str, ...] = ()) -> dict[str, Any]:
+    """p50 at c1, req/s at c4, and where the server spent each request's time (ms, from Triton's statistics)."""
+    levels, server_ms = {}, {}
+    for concurrency in (1, 4):  # one run per level so the server statistics below are those of concurrency 1
+        before = _stats(server.grpc_url, list(breakdown))
+        config = LoadTestConfig(model=model, url=server.grpc_url, mode=mode, concurrency=(concurrency,),
+                                duration_s=args.duration, warmup_s=args.warmup, seq_len=SEQ_LEN, progress_every_s=0)
+        levels[concurrency] = run_loadtest(config, request_fn).levels[0].metrics
+        if concurrency == 1:
+            after = _stats(server.grpc_url, list(breakdown))
+            for name in breakdown:  # per request (warm-up included), at concurrency 1
+                count = max(1, after[name]["count"] - before[name]["count"])
+                server_ms[name] = {stage: round((after[name][stage] - before[name][stage]) / count / 1e6, 3)
+                                   for stage in STAGES}
     if request_fn is not None:
         try:  # its channel belonged to the run's (now closed) event loop
             asyncio.run(request_fn.aclose())
         except Exception:
             pass
-    by_level = {lv.concurrency: lv.metrics for lv in result.levels}
+    by_level = levels
     return {"p50_c1_ms": by_level[1].latency_p50_ms, "p99_c1_ms": by_level[1].latency_p99_ms,
-            "rps_c4": by_level[4].throughput_rps, "errors": sum(m.errors for m in by_level.values())}
+            "rps_c4": by_level[4].throughput_rps, "errors": sum(m.errors for m in by_level.values()),
+            "server_ms": server_ms}
+
+
+def _stage(row: dict[str, Any], suffix: str, queue: bool = True) -> str:
+    stats = next((v for k, v in row["server_ms"].items() if k.endswith(suffix)), None)
+    if stats is None:
+        return "-"
+    return (f"{stats['queue']:.2f} / " if queue else "") + f"{stats['compute_infer']:.2f}"
 
 
 def table(inproc: dict[str, float], rows: list[dict[str, Any]]) -> str:
-    lines = ["| path | config | served p50 @c1 (ms) | in-process (ms) | ratio | target | req/s @c4 | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| path | config | served p50 @c1 (ms) | in-process (ms) | ratio | target | req/s @c4 | errors "
+             "| engine queue / compute @c1 (ms) | tokenizer compute @c1 (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         base = inproc[row["baseline"]]
         ratio = row["p50_c1_ms"] / base if row["p50_c1_ms"] else float("nan")
         lines.append(f"| {row['path']} | {row['config']} | {row['p50_c1_ms']:.2f} | {base:.2f} | {ratio:.2f}x | "
-                     f"<= {row['target']}x | {row['rps_c4']:.1f} | {row['errors']} |")
+                     f"<= {row['target']}x | {row['rps_c4']:.1f} | {row['errors']} | {_stage(row, '_engine')} | "
+                     f"{_stage(row, '_tokenizer', queue=False)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,14 +194,16 @@ def main(argv: list[str] | None = None) -> int:
         derived = (repo / "after_engine" / "config.pbtxt").read_text()
         with TritonServer(repo, log_file=args.out / "tritonserver.log") as server:
             for name in ("before", "after"):
+                engine, tokenizer = f"{name}_engine", f"{name}_tokenizer"
                 rows.append({"path": "token ids 1x128 -> engine", "config": name, "baseline": "engine_1x128_ms",
-                             "target": 1.3, **served(server, f"{name}_engine", "tokens", args)})
+                             "target": 1.3, **served(server, engine, "tokens", args, breakdown=(engine,))})
                 rows.append({"path": "text -> ensemble", "config": name, "baseline": "text_ms", "target": 1.5,
-                             **served(server, name, "text", args)})
+                             **served(server, name, "text", args, breakdown=(engine, tokenizer))})
             fastest = ClientTokenized(server.grpc_url, after.engine_model, args.bundle, spec)
             rows.append({"path": "text, client-side tokenization -> engine", "config": "after",
                          "baseline": "text_ms", "target": 1.5,
-                         **served(server, after.engine_model, "tokens", args, request_fn=fastest)})
+                         **served(server, after.engine_model, "tokens", args, request_fn=fastest,
+                                  breakdown=(after.engine_model,))})
     markdown = (f"# Serving benchmark: {args.bundle} ({spec.runtime}, {spec.precision})\n\n"
                 f"In-process: engine 1x{SEQ_LEN} {inproc['engine_1x128_ms']:.2f} ms; tokenizer + engine "
                 f"{inproc['text_ms']:.2f} ms (tokenizer {inproc['tokenize_ms']:.2f} ms), median.\n"

@@ -105,7 +105,10 @@ class EngineforgeClient:
         ready = ""
         if model is not None and grpc_errors.kind_of(exc) == grpc_errors.NOT_READY:
             self._labels.pop(model, None)
-            ready = ", ".join(self.ready_models())
+            try:
+                ready = ", ".join(self.ready_models())
+            except Exception:  # restricted index (needs the control key), or the server went away meanwhile
+                ready = "unknown"
         return grpc_errors.to_error(exc, self.url, model, self.timeout_s, ready)
 
     def _not_ready(self, model: str) -> ModelNotReadyError:

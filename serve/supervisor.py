@@ -30,26 +30,44 @@ from .triton_env import repository_models
 
 STUB_BINARY = "triton_python_backend_stub"
 _INSTANCE_SUFFIX = re.compile(r"_\d+_\d+$")  # Triton names stub instances <model>_<group>_<index>
+RETIRE_GRACE_S = 0.3
 
 
 def find_stubs(server_pid: int) -> dict[int, str]:
     """{pid: model name} of the python-backend stubs whose parent is `server_pid`."""
+    return {pid: model for pid, (model, _, _) in find_stub_versions(server_pid).items()}
+
+
+def find_stub_versions(server_pid: int) -> dict[int, tuple[str, str, str]]:
+    """{pid: (model name, version, instance name)} of the python-backend stubs whose parent is `server_pid`."""
     stubs = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in _children(server_pid):
         try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                ppid = int(handle.read().rsplit(b")", 1)[1].split()[1])
-            if ppid != server_pid:
-                continue
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 args = handle.read().decode(errors="replace").split("\0")
         except (OSError, ValueError, IndexError):
             continue  # the process went away while we looked
-        if args and args[0].endswith(STUB_BINARY) and len(args) > 9:
-            stubs[int(entry)] = _INSTANCE_SUFFIX.sub("", args[8])
+        if args and args[0].endswith(STUB_BINARY) and len(args) > 9:  # args[1]: <repo>/<model>/<version>/model.py
+            stubs[int(entry)] = (_INSTANCE_SUFFIX.sub("", args[8]), Path(args[1]).parent.name, args[8])
     return stubs
+
+
+def _children(pid: int) -> list[str]:
+    """Child pids: from /proc/PID/task/*/children where the kernel has it (cheap), else a scan of /proc."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        return [c for t in tasks for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:
+        pass
+    children = []
+    for entry in (e for e in os.listdir("/proc") if e.isdigit()):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                if int(handle.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                    children.append(entry)
+        except (OSError, ValueError, IndexError):
+            continue
+    return children
 
 
 @dataclass
@@ -68,8 +86,10 @@ class Supervisor:
     models: tuple[str, ...] | None = None  # the models served; None = every model in the repository
     events: list[Event] = field(default_factory=list)
     server: TritonServer | None = None
-    _watched: dict[int, tuple[int, str]] = field(default_factory=dict)  # pidfd -> (pid, model)
+    # pidfd -> (pid, (model, version, instance))
+    _watched: dict[int, tuple[int, tuple[str, str, str]]] = field(default_factory=dict)
     _repo_state: dict[str, float] = field(default_factory=dict)
+    _scanned: float = 0.0
 
     def log(self, what: str) -> None:
         self.events.append(Event(time.time(), what))
@@ -105,14 +125,15 @@ class Supervisor:
             self._load_new_versions(server)
 
     def _watch_stubs(self) -> None:
+        self._scanned = time.monotonic()
         if self.server is None or self.server.pid is None:
             return
         known = {pid for pid, _ in self._watched.values()}
-        for pid, model in find_stubs(self.server.pid).items():
+        for pid, stub in find_stub_versions(self.server.pid).items():
             if pid in known:
                 continue
             try:
-                self._watched[os.pidfd_open(pid)] = (pid, model)
+                self._watched[os.pidfd_open(pid)] = (pid, stub)
             except ProcessLookupError:
                 continue
 
@@ -123,14 +144,26 @@ class Supervisor:
 
     def _repair_dead_stubs(self, server: TritonServer) -> None:
         ready, _, _ = select.select(list(self._watched), [], [], self.poll_s)
-        dead = set()
-        for fd in ready:
-            pid, model = self._watched.pop(fd)
-            os.close(fd)
-            dead.add(model)
-            self.log(f"stub of model {model!r} (pid {pid}) died")
+        if not ready:
+            if time.monotonic() - self._scanned > 1.0:  # stubs only appear after loads; a scan reads /proc
+                self._watch_stubs()
+            return
         client = server.client()
+        dead = set()
         try:
+            suspects = []
+            for fd in ready:
+                suspects.append(self._watched.pop(fd))
+                os.close(fd)
+            # Triton ends stubs itself when it retires a version (new version, rollback, unload) or reloads one
+            # (new instances with the same names first). A crash: after a short grace no stub has taken the
+            # instance's place, and Triton still calls that version READY.
+            time.sleep(RETIRE_GRACE_S)
+            alive = set(find_stub_versions(server.pid).values()) if server.pid else set()
+            for pid, (model, version, instance) in suspects:
+                if (model, version, instance) not in alive and self._still_loaded(client, model, version):
+                    dead.add(model)
+                    self.log(f"stub of model {model!r} version {version} ({instance}, pid {pid}) died")
             for model in sorted(dead):
                 started = time.perf_counter()
                 # Unload first: readiness turns NOT READY at once, for the model and every ensemble using it.
@@ -143,6 +176,15 @@ class Supervisor:
         finally:
             client.close()  # type: ignore[attr-defined]
         self._watch_stubs()
+
+    @staticmethod
+    def _still_loaded(client: object, model: str, version: str) -> bool:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return bool(client.is_model_ready(model, version))  # type: ignore[attr-defined]
+        except InferenceServerException:
+            return False
 
     def _load(self, client: object, server: TritonServer, model: str) -> None:
         from tritonclient.utils import InferenceServerException
@@ -164,6 +206,17 @@ class Supervisor:
         config = model_dir / "config.pbtxt"
         return config.is_file() and 'platform: "ensemble"' in config.read_text(errors="replace")
 
+    @staticmethod
+    def _members(model_dir: Path) -> set[str]:
+        """The composing models of an ensemble (empty for any other model)."""
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+
+        if not Supervisor._is_ensemble(model_dir):
+            return set()
+        config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        return {step.model_name for step in config.ensemble_scheduling.step}
+
     def _snapshot(self) -> dict[str, float]:
         """Modification times of each model's config and version manifest: a publish or rollback changes them."""
         state = {}
@@ -183,9 +236,15 @@ class Supervisor:
             changed = [m for m in changed if m in self.models]
         if not changed:
             return
+        # Loading an ensemble re-reads it and its members from the repository and reloads whatever changed, in
+        # dependency order (a member reloaded alone brings its ensembles back with their old configs, which
+        # would undo a rollback): so a changed ensemble is loaded by itself, a changed member only when no
+        # changed ensemble covers it.
+        ensembles = [m for m in changed if self._is_ensemble(server.repo / m)]
+        covered = set().union(*(self._members(server.repo / m) for m in ensembles)) if ensembles else set()
+        changed = [m for m in changed if m in ensembles or m not in covered]
         client = server.client()
         try:
-            # Composing models first, ensembles last: an ensemble never points at a version not yet loaded.
             for model in sorted(changed, key=lambda m: self._is_ensemble(server.repo / m)):
                 started = time.perf_counter()
                 self._load(client, server, model)
