@@ -46,6 +46,7 @@ def ensure_bundle(ctx: BuildContext) -> Path | None:
         source_checkpoint=str(ctx.config.checkpoint),
         build_id=ctx.build_id,
         vocab_size=ctx.checkpoint.vocab_size,
+        type_vocab_size=getattr(ctx.reference_model.config, "type_vocab_size", None),
         tensorrt=ctx.tensorrt_metadata,
     ).save(bundle)
     ctx.bundle_dir = bundle

@@ -1,5 +1,5 @@
-"""`engineforge`: one command family (build, serve, infer, rollback, k8s, loadtest, demo). Thin: parse, then call
-functions."""
+"""`engineforge`: one command family (build, serve, infer, rollback, tune, k8s, loadtest, demo). Thin: parse, then
+call functions."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def make_parser() -> argparse.ArgumentParser:
     from engineforge.demo import run as demo
     from engineforge.loadtest import cli as loadtest_cli
     from engineforge.serve import cli as serve_cli
-    from engineforge.serve import kubernetes, versions
+    from engineforge.serve import kubernetes, tune, versions
 
     parser = argparse.ArgumentParser(prog="engineforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -20,6 +20,7 @@ def make_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_run_build)
     serve_cli.add_parsers(sub)
     versions.add_parser(sub)
+    tune.add_parser(sub)
     kubernetes.add_parser(sub)
     loadtest_cli.add_parser(sub)
     demo.add_parser(sub)

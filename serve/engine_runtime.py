@@ -65,6 +65,7 @@ def validate_request_arrays(
     *,
     max_positions: int,
     vocab_size: int | None = None,
+    type_vocab_size: int | None = None,
 ) -> RequestArrays:
     """Check one request before it joins a batch; raises InvalidRequestError saying what to fix."""
     ids = _as_int_matrix("input_ids", input_ids)
@@ -100,8 +101,10 @@ def validate_request_arrays(
             raise InvalidRequestError(
                 f"token_type_ids shape {list(types.shape)} differs from input_ids shape {list(ids.shape)}"
             )
-        if types.min() < 0:
-            raise InvalidRequestError("token_type_ids must be >= 0")
+        if types.min() < 0 or (type_vocab_size is not None and types.max() >= type_vocab_size):
+            bound = f"[0, {type_vocab_size})" if type_vocab_size is not None else ">= 0"
+            raise InvalidRequestError(f"token_type_ids must be in {bound}; got values from {types.min()} to "
+                                      f"{types.max()}")
     return RequestArrays(ids, mask, types)
 
 

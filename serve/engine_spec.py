@@ -46,6 +46,8 @@ class EngineSpec:
     runtime: str = "onnxruntime"
     # Optional: when known, token ids outside [0, vocab_size) are rejected before they reach the model.
     vocab_size: int | None = None
+    # Optional likewise: token_type_ids outside [0, type_vocab_size) are rejected.
+    type_vocab_size: int | None = None
     # TensorRT engines: flavour, version, GPU targets, profiles, I/O, hashes (engineforge.engines.tensorrt_engine).
     tensorrt: Mapping[str, Any] | None = field(default=None, hash=False)
     format_version: int = FORMAT_VERSION
@@ -105,8 +107,9 @@ class EngineSpec:
         self._check_int("max_position_embeddings", minimum=1)
         self._check_int("max_sequence_length", minimum=1)
         self._check_int("intra_op_threads", minimum=0)
-        if self.vocab_size is not None:
-            self._check_int("vocab_size", minimum=1)
+        for name in ("vocab_size", "type_vocab_size"):
+            if getattr(self, name) is not None:
+                self._check_int(name, minimum=1)
         if (self.runtime == "tensorrt") != isinstance(self.tensorrt, Mapping):
             self._fail("tensorrt", "must be the TensorRT metadata object exactly when runtime is 'tensorrt' "
                        "(rebuild the engine with engineforge's compile step)")
@@ -153,7 +156,7 @@ class EngineSpec:
                 continue
             value = getattr(self, f.name)
             data[f.name] = list(value) if isinstance(value, tuple) else value
-        for optional in ("vocab_size", "tensorrt"):
+        for optional in ("vocab_size", "type_vocab_size", "tensorrt"):
             if data[optional] is None:
                 del data[optional]
         data.update(self.extra)

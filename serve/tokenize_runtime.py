@@ -33,9 +33,12 @@ def load_tokenizer(path: str | os.PathLike[str]):  # -> transformers.PreTrainedT
     return tokenizer
 
 
-def decode_texts(raw: np.ndarray | Sequence[bytes | str]) -> list[str]:
-    """Turn a Triton TYPE_STRING tensor ([batch, 1] of bytes) into validated Python strings."""
+def decode_texts(raw: np.ndarray | Sequence[bytes | str], *, batched: bool = False) -> list[str]:
+    """Turn a Triton TYPE_STRING tensor ([batch, 1] of bytes) into validated Python strings. `batched` (the
+    served model): only [batch, 1]; Triton 2.51 hands a request with batch dimension 0 (or 2^32) on unbatched."""
     array = np.asarray(raw, dtype=object)
+    if batched and (array.ndim != 2 or array.shape[1] != 1):
+        raise TokenizationError(f"TEXT must have shape [batch, 1] with batch >= 1, got {list(np.shape(raw))}")
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1:

@@ -66,6 +66,7 @@ class TritonPythonModel:
             arrays["token_type_ids"],
             max_positions=self.spec.max_request_tokens,
             vocab_size=self.spec.vocab_size,
+            type_vocab_size=self.spec.type_vocab_size,
         )
 
     def _respond(self, rows: rt.ClassifiedRows) -> pb_utils.InferenceResponse:

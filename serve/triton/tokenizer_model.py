@@ -45,7 +45,7 @@ class TritonPythonModel:
         tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")
         if tensor is None:
             raise rt.TokenizationError("TEXT is required")
-        texts = rt.decode_texts(tensor.as_numpy())
+        texts = rt.decode_texts(tensor.as_numpy(), batched=True)
         arrays = rt.tokenize_batch(self.tokenizer, texts, self.spec.max_sequence_length)
         return pb_utils.InferenceResponse(
             output_tensors=[

@@ -82,6 +82,7 @@ def make_tiny_bundle(
         source_checkpoint="random-tiny-bert",
         build_id=build_id,
         vocab_size=TINY_VOCAB,
+        type_vocab_size=config.type_vocab_size,
     ).save(out)
     return out
 
