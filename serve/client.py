@@ -6,7 +6,7 @@ request), ServerError (timeouts and other server-side failures).
 
 Inference is idempotent, so failures that a restart or a reload repairs (no server, model not ready, a dead
 python stub) are retried with jittered exponential backoff until the call's deadline (`timeout_s`, for the
-whole call, retries included). A rejected request is never retried.
+whole call, retries included; retries stop after `retry_s`). A rejected request is never retried.
 """
 
 from __future__ import annotations
@@ -64,12 +64,13 @@ class EngineforgeClient:
     """Classify through `<model>` (text -> ensemble) or `<model>_engine` (token ids)."""
 
     def __init__(self, url: str = DEFAULT_GRPC_URL, *, timeout_s: float = 30.0, retry: bool = True,
-                 tls: TlsFiles | None = None, control_key: str | None = None) -> None:
+                 retry_s: float = 10.0, tls: TlsFiles | None = None, control_key: str | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
         self.url = url
         self.timeout_s = timeout_s
         self.retry = retry
+        self.retry_s = retry_s  # how long repairable failures are retried, within the call's deadline
         self._grpc = grpcclient
         self._client = grpc_client(url, tls)  # connects lazily
         self._headers = {CONTROL_HEADER: control_key} if control_key else None  # for the restricted index
@@ -77,13 +78,14 @@ class EngineforgeClient:
 
     def _call(self, fn: Callable[[float], T], model: str | None = None) -> T:
         """fn(seconds left) until it succeeds, fails for good, or the deadline passes; errors typed."""
-        deadline = time.monotonic() + self.timeout_s
+        started = time.monotonic()
+        deadline, retry_until = started + self.timeout_s, started + min(self.retry_s, self.timeout_s)
         delay = 0.05
         while True:
             try:
                 return fn(max(deadline - time.monotonic(), 0.001))
             except Exception as exc:
-                if not (self.retry and retryable(exc)) or time.monotonic() + delay >= deadline:
+                if not (self.retry and retryable(exc)) or time.monotonic() + delay >= retry_until:
                     if isinstance(exc, _NotReadyYet) and model is not None:
                         raise self._not_ready(model) from None
                     raise self._translate(exc, model) from exc

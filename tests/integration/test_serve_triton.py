@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,12 +210,22 @@ def test_an_engine_failure_on_a_valid_request_is_a_server_error_not_the_clients(
     assert_still_serving(client, tiny_bundle)
 
 
-def test_unknown_model_names_ready_models(client) -> None:
-    with pytest.raises(ModelNotReadyError) as info:
-        client.classify(["hi"], model="nope")
-    assert "'nope'" in str(info.value) and f"{MODEL}_engine" in str(info.value)
-    with pytest.raises(ModelNotReadyError, match="'nope_engine' is not ready"):
-        client.infer("nope_engine", {"INPUT_IDS": np.ones((1, 2), np.int64)}, ("LABEL",))
+def test_unknown_model_names_ready_models(served) -> None:
+    # No retries: a name that is not ready is retried for retry_s (it may be reloading), which would only wait here.
+    with EngineforgeClient(served.grpc_url, retry=False) as client:
+        with pytest.raises(ModelNotReadyError) as info:
+            client.classify(["hi"], model="nope")
+        assert "'nope'" in str(info.value) and f"{MODEL}_engine" in str(info.value)
+        with pytest.raises(ModelNotReadyError, match="'nope_engine' is not ready"):
+            client.infer("nope_engine", {"INPUT_IDS": np.ones((1, 2), np.int64)}, ("LABEL",))
+
+
+def test_the_client_retries_a_not_ready_model_until_its_retry_budget(served) -> None:
+    with EngineforgeClient(served.grpc_url, retry_s=1.0) as client:
+        started = time.monotonic()
+        with pytest.raises(ModelNotReadyError):
+            client.classify(["hi"], model="nope")
+        assert 0.4 < time.monotonic() - started < 5  # retried (an answer takes ms), and stopped at the budget
 
 
 def test_dead_port_is_server_unavailable() -> None:

@@ -50,7 +50,7 @@ def test_infer_needs_exactly_one_kind_of_input(capsys):
 
 def test_infer_and_client_against_dead_port(capsys):
     url = f"127.0.0.1:{free_port()}"
-    assert cli.run_infer(parse("infer", "--url", url, "hello")) == 1
+    assert cli.run_infer(parse("infer", "--url", url, "--timeout", "2", "hello")) == 1
     assert f"no Triton server answers at {url}" in capsys.readouterr().err
     with EngineforgeClient(url, timeout_s=2) as client:
         with pytest.raises(ServerUnavailableError, match="engineforge serve"):
