@@ -115,7 +115,9 @@ class TritonServer:
         return {CONTROL_HEADER: self.control_key} if self.control_key else {}
 
     def client(self) -> object:
-        """A tritonclient gRPC client for this server (TLS when the server uses it)."""
+        """A tritonclient gRPC client for this server (TLS when the server uses it, trusting its own certificate)."""
+        if self.tls is not None and self.tls.root_cert is None:
+            return grpc_client(self.grpc_url, TlsFiles(root_cert=self.tls.server_cert))
         return grpc_client(self.grpc_url, self.tls)
 
     @property
