@@ -31,6 +31,11 @@ def qdq_summary(path: Path) -> dict[str, Any]:
             "symmetric_activations": all(not numpy_helper.to_array(z).any() for z in zero_points)}
 
 
+def is_symmetric_int8(summary: dict[str, Any]) -> bool:
+    """Q/DQ activations TensorRT accepts: INT8 with all-zero zero points."""
+    return summary["activation_types"] == ["INT8"] and summary["symmetric_activations"]
+
+
 def check_openvino(path: Path, threads: int) -> str:
     if importlib.util.find_spec("openvino") is None:
         return "skipped: openvino not installed"
@@ -65,5 +70,4 @@ def check_tensorrt(path: Path, symmetric_int8: bool) -> str:
 
 def check_engines(path: Path, threads: int) -> dict[str, str]:
     summary = qdq_summary(path)
-    symmetric_int8 = summary["activation_types"] == ["INT8"] and summary["symmetric_activations"]
-    return {"openvino": check_openvino(path, threads), "tensorrt": check_tensorrt(path, symmetric_int8)}
+    return {"openvino": check_openvino(path, threads), "tensorrt": check_tensorrt(path, is_symmetric_int8(summary))}

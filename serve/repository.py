@@ -85,13 +85,14 @@ def check_bundle(bundle_dir: str | os.PathLike[str]) -> EngineSpec:
     return spec
 
 
-def _versions_in(model_dir: Path) -> list[int]:
+def versions_in(model_dir: Path) -> list[int]:
+    """The version numbers published in a model directory, ascending."""
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _read_manifest(model_dir: Path) -> dict:
+def read_manifest(model_dir: Path) -> dict:
     path = model_dir / MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -117,10 +118,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def replace_config(model_dir: Path, text: str) -> Path:
+    """Write a model's config.pbtxt atomically: a polling supervisor or Triton never reads half a config."""
+    path = model_dir / CONFIG
+    temporary = model_dir / f".{CONFIG}.tmp"
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
 def verify_published_engine(version_dir: Path, spec: EngineSpec) -> None:
     """Refuse an engine whose file differs from what was published (tampered with, or damaged): the hash in
     the model's versions.json, written at publish time from the build's bundle, must match."""
-    record = _read_manifest(version_dir.parent).get("versions", {}).get(version_dir.name)
+    record = read_manifest(version_dir.parent).get("versions", {}).get(version_dir.name)
     if not record or "model_sha256" not in record:
         raise RepositoryError(f"{version_dir}: no published hash in {version_dir.parent / MANIFEST}; "
                               "republish the engine with engineforge")
@@ -239,7 +249,7 @@ def _publish_models(bundle: Path, spec: EngineSpec, repo: Path, configs: dict[st
                     f"{path} exists but was not published by engineforge (no {MANIFEST}); "
                     "choose another model name or move that directory away"
                 )
-        version = 1 + max((v for p in model_dirs.values() for v in _versions_in(p)), default=0)
+        version = 1 + max((v for p in model_dirs.values() for v in versions_in(p)), default=0)
         staging: Path | None = None
         try:
             record = {
@@ -260,7 +270,7 @@ def _publish_models(bundle: Path, spec: EngineSpec, repo: Path, configs: dict[st
                 for filename, data in config.warmup_files.items():  # Triton reads them from <model>/warmup/
                     (staged / WARMUP_DIR).mkdir(exist_ok=True)
                     (staged / WARMUP_DIR / filename).write_bytes(data)
-                manifest = _read_manifest(model_dirs[kind]) or {"model": config.name, "kind": kind}
+                manifest = read_manifest(model_dirs[kind]) or {"model": config.name, "kind": kind}
                 manifest.setdefault("versions", {})[str(version)] = record
                 (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             _commit(staging, model_dirs, [config.name for config in configs.values()], version)

@@ -10,7 +10,7 @@ from pathlib import Path
 from engineforge.defaults import DEFAULT_REPO
 from engineforge.errors import RepositoryError
 
-from .repository import CONFIG, _read_manifest, _versions_in
+from .repository import CONFIG, read_manifest, versions_in
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def list_published(repo_dir: str | os.PathLike[str] = DEFAULT_REPO) -> list[Repo
             with contextlib.suppress(text_format.ParseError, OSError):
                 config = text_format.Parse((model_dir / CONFIG).read_text(), model_config_pb2.ModelConfig())
                 kind = config.platform or config.backend or "unknown"
-        manifest = _read_manifest(model_dir).get("versions", {})
+        manifest = read_manifest(model_dir).get("versions", {})
         builds = {int(v): str(r.get("build_id", "")) for v, r in manifest.items() if v.isdigit()}
-        models.append(RepositoryModel(model_dir.name, kind, tuple(_versions_in(model_dir)), builds))
+        models.append(RepositoryModel(model_dir.name, kind, tuple(versions_in(model_dir)), builds))
     return models

@@ -198,24 +198,20 @@ class Supervisor:
         """Ensembles unloaded along with a member come back once the member is READY again."""
         index = client.get_model_repository_index(headers=server.control_headers)  # type: ignore[attr-defined]
         for model in index.models:
-            if model.state != "READY" and self._is_ensemble(server.repo / model.name):
+            if model.state != "READY" and self._ensemble_members(server.repo / model.name) is not None:
                 self._load(client, server, model.name)
 
     @staticmethod
-    def _is_ensemble(model_dir: Path) -> bool:
-        config = model_dir / "config.pbtxt"
-        return config.is_file() and 'platform: "ensemble"' in config.read_text(errors="replace")
-
-    @staticmethod
-    def _members(model_dir: Path) -> set[str]:
-        """The composing models of an ensemble (empty for any other model)."""
+    def _ensemble_members(model_dir: Path) -> set[str] | None:
+        """The composing models of an ensemble; None for any other model (or no readable config)."""
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
 
-        if not Supervisor._is_ensemble(model_dir):
-            return set()
-        config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-        return {step.model_name for step in config.ensemble_scheduling.step}
+        try:
+            config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        except (OSError, text_format.ParseError):
+            return None
+        return {step.model_name for step in config.ensemble_scheduling.step} if config.platform == "ensemble" else None
 
     def _snapshot(self) -> dict[str, float]:
         """Modification times of each model's config and version manifest: a publish or rollback changes them."""
@@ -240,12 +236,12 @@ class Supervisor:
         # dependency order (a member reloaded alone brings its ensembles back with their old configs, which
         # would undo a rollback): so a changed ensemble is loaded by itself, a changed member only when no
         # changed ensemble covers it.
-        ensembles = [m for m in changed if self._is_ensemble(server.repo / m)]
-        covered = set().union(*(self._members(server.repo / m) for m in ensembles)) if ensembles else set()
+        ensembles = {m: members for m in changed if (members := self._ensemble_members(server.repo / m)) is not None}
+        covered = set().union(*ensembles.values())
         changed = [m for m in changed if m in ensembles or m not in covered]
         client = server.client()
         try:
-            for model in sorted(changed, key=lambda m: self._is_ensemble(server.repo / m)):
+            for model in sorted(changed, key=lambda m: m in ensembles):
                 started = time.perf_counter()
                 self._load(client, server, model)
                 self.log(f"model {model!r} (re)loaded from the repository in {time.perf_counter() - started:.1f}s")

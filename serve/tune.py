@@ -23,6 +23,7 @@ from engineforge.errors import ConfigError, EngineforgeError, RepositoryError
 from .engine_spec import EngineSpec
 from .model_config import WARMUP_DIR, ModelConfig
 from .model_layout import build_model_configs, engine_model_name, tokenizer_model_name
+from .repository import CONFIG, MANIFEST, replace_config, versions_in
 from .serving_defaults import ServingSettings
 from .tune_report import (
     LevelStats,
@@ -37,13 +38,10 @@ from .tune_report import (
 
 __all__ = ["SLONotMetError", "TuneResult", "add_parser", "tune"]
 DEFAULT_OUT = "reports/tune"
-CONFIG = "config.pbtxt"
-MANIFEST = "versions.json"
 
 
 def _latest_version(model_dir: Path) -> Path:
-    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) \
-        if model_dir.is_dir() else []
+    versions = versions_in(model_dir)
     if not versions:
         raise RepositoryError(f"{model_dir} has no published version; publish the engine first (build-engine)")
     return model_dir / str(versions[-1])
@@ -73,9 +71,7 @@ def write_configs(repo: Path, configs: dict[str, ModelConfig]) -> None:
         for filename, data in config.warmup_files.items():
             (model_dir / WARMUP_DIR).mkdir(exist_ok=True)
             (model_dir / WARMUP_DIR / filename).write_bytes(data)
-        temporary = model_dir / f".{CONFIG}.tmp"
-        temporary.write_text(config.to_pbtxt(), encoding="utf-8")
-        os.replace(temporary, model_dir / CONFIG)
+        replace_config(model_dir, config.to_pbtxt())
 
 
 def _configs(model: str, spec: EngineSpec, trial: TrialSettings, why: str) -> dict[str, ModelConfig]:

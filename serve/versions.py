@@ -18,7 +18,7 @@ from engineforge.defaults import DEFAULT_REPO, check_model_name
 from engineforge.errors import ConfigError, RepositoryError, UsageError
 
 from .model_layout import engine_model_name, tokenizer_model_name
-from .repository import CONFIG, _versions_in
+from .repository import CONFIG, replace_config, versions_in
 
 
 def _members(repo: Path, model: str) -> list[Path]:
@@ -38,7 +38,7 @@ def serving_version(repo: Path, model: str) -> tuple[int | None, list[int]]:
     engine = _members(repo, model)[1]
     config = text_format.Parse((engine / CONFIG).read_text(), model_config_pb2.ModelConfig())
     pinned = list(config.version_policy.specific.versions) if config.version_policy.HasField("specific") else []
-    return (pinned[0] if pinned else None), _versions_in(engine)
+    return (pinned[0] if pinned else None), versions_in(engine)
 
 
 def rollback(repo: str | os.PathLike[str], model: str, to_version: int | str | None = None) -> dict[str, Any]:
@@ -63,17 +63,14 @@ def rollback(repo: str | os.PathLike[str], model: str, to_version: int | str | N
         if target not in versions:
             raise ConfigError(f"{model!r} has no version {target}; versions on disk: {versions}")
     for model_dir in dirs:
-        if target is not None and target not in _versions_in(model_dir):
+        if target is not None and target not in versions_in(model_dir):
             raise RepositoryError(f"{model_dir} lacks version {target}; it cannot serve it")
     for model_dir in dirs:
-        path = model_dir / CONFIG
-        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        config = text_format.Parse((model_dir / CONFIG).read_text(), model_config_pb2.ModelConfig())
         config.ClearField("version_policy")
         if target is not None:
             config.version_policy.specific.versions.append(target)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text_format.MessageToString(config), encoding="utf-8")
-        os.replace(tmp, path)  # atomic: a polling supervisor never reads half a config
+        replace_config(model_dir, text_format.MessageToString(config))
     return {"model": model, "from": current, "to": target or max(versions), "pinned": target is not None}
 
 

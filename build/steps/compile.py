@@ -24,7 +24,7 @@ from ..context import BuildContext
 from ..files import file_mb
 from ..fp16_graph import convert_to_fp16
 from ..pipeline import register_step
-from ..qdq_checks import qdq_summary
+from ..qdq_checks import is_symmetric_int8, qdq_summary
 from ..tensorrt_compile import (
     Profile,
     build_plan,
@@ -135,7 +135,7 @@ def compile_engine(ctx: BuildContext, config: CompileConfig) -> dict[str, Any]:
         ctx.precision = "fp16"
     elif config.precision == "int8":
         summary = qdq_summary(handed)
-        if summary["activation_types"] != ["INT8"] or not summary["symmetric_activations"]:
+        if not is_symmetric_int8(summary):
             raise CompileError(f"{handed}: TensorRT needs symmetric int8 Q/DQ activations, the graph has "
                                f"{summary['activation_types']}; set static_int8.activation_type = \"int8\"")
         details["qdq"] = summary

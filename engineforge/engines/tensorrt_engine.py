@@ -21,7 +21,7 @@ import numpy as np
 from engineforge.errors import EngineLoadError
 
 from .registry import MODEL_PLAN, register_runtime
-from .tensorrt_api import current_gpu, make_logger, require_tensorrt
+from .tensorrt_api import TensorRT, current_gpu, make_logger, require_tensorrt
 
 RUNTIME = "tensorrt"
 METADATA_FILE = "engine.json"
@@ -90,8 +90,8 @@ def write_metadata(directory: Path, metadata: TensorRTMetadata) -> Path:
     return path
 
 
-def check_plan(plan: Path, metadata: TensorRTMetadata) -> None:
-    """Everything that can be checked without a GPU: the file is whole and this TensorRT built it."""
+def check_plan(plan: Path, metadata: TensorRTMetadata) -> TensorRT:
+    """Everything that can be checked without a GPU: the file is whole and this TensorRT built it; returns it."""
     size = plan.stat().st_size
     if size != metadata.plan_bytes or sha256_file(plan) != metadata.plan_sha256:
         raise EngineLoadError(f"{plan}: corrupt or truncated TensorRT plan ({size} bytes; its build wrote "
@@ -101,6 +101,7 @@ def check_plan(plan: Path, metadata: TensorRTMetadata) -> None:
         raise EngineLoadError(f"{plan}: built by {metadata.flavour} {metadata.version}, but this machine has "
                               f"{trt.describe()}; plans only load in the TensorRT that built them: rebuild the "
                               f"engine here, or install {metadata.flavour} {metadata.version}")
+    return trt
 
 
 def check_gpu(plan: Path, metadata: TensorRTMetadata) -> str:
@@ -121,14 +122,15 @@ class TensorRTEngine:
 
     runtime = RUNTIME
 
-    def __init__(self, path: Path, engine: Any, metadata: TensorRTMetadata, gpu: str, keep_alive: Any) -> None:
+    def __init__(self, path: Path, engine: Any, metadata: TensorRTMetadata, gpu: str, trt: TensorRT,
+                 keep_alive: Any) -> None:
         import torch
 
         self.path, self.engine, self.metadata, self.gpu = path, engine, metadata, gpu
         self._keep_alive = keep_alive  # the IRuntime and logger must outlive the engine
         self.context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        mode = require_tensorrt("TensorRT engine").module.TensorIOMode
+        mode = trt.module.TensorIOMode
         self.input_names = tuple(n for n in names if engine.get_tensor_mode(n) == mode.INPUT)
         self.output_names = tuple(n for n in names if engine.get_tensor_mode(n) == mode.OUTPUT)
         self._torch = torch
@@ -167,13 +169,12 @@ class TensorRTEngine:
 def load_tensorrt(path: Path, threads: int) -> TensorRTEngine:
     del threads  # GPU execution: CPU threads do not apply
     metadata = read_metadata(path)
-    check_plan(path, metadata)
+    trt = check_plan(path, metadata)
     gpu = check_gpu(path, metadata)
-    trt = require_tensorrt(str(path))
     logger = make_logger(trt)
     runtime = trt.module.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise EngineLoadError(f"{path}: {trt.describe()} cannot deserialize the plan on {gpu}: "
                               f"{logger.last_error()[:300]}")
-    return TensorRTEngine(path, engine, metadata, gpu, (runtime, logger))
+    return TensorRTEngine(path, engine, metadata, gpu, trt, (runtime, logger))
