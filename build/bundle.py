@@ -46,7 +46,9 @@ def ensure_bundle(ctx: BuildContext) -> Path | None:
         source_checkpoint=str(ctx.config.checkpoint),
         build_id=ctx.build_id,
         vocab_size=ctx.checkpoint.vocab_size,
-        type_vocab_size=getattr(ctx.reference_model.config, "type_vocab_size", None),
+        # Only an engine that takes token_type_ids bounds them (DeBERTa-v3's type_vocab_size is 0).
+        type_vocab_size=(getattr(ctx.reference_model.config, "type_vocab_size", None) or None)
+        if "token_type_ids" in model_input_names(ctx.tokenizer) else None,
         tensorrt=ctx.tensorrt_metadata,
     ).save(bundle)
     ctx.bundle_dir = bundle

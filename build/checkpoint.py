@@ -9,10 +9,10 @@ from typing import Any
 
 from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 
+from .families import SUPPORTED_MODEL_TYPES, config_value, family_for, usable_positions
 from .files import sha256_file
 
-# BERT-family encoders whose ONNX graphs ONNX Runtime's BERT fusions understand.
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
+__all__ = ["SUPPORTED_MODEL_TYPES", "CheckpointInfo", "inspect_checkpoint", "load_checkpoint"]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model")
 
@@ -65,11 +65,7 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
     architecture = architectures[0] if architectures else ""
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedArchitectureError(
-            f"model_type {model_type!r} in {config_file} is not supported; "
-            f"supported BERT-family types: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    family_for(model_type, str(config_file))
     if not architecture.endswith("ForSequenceClassification"):
         raise UnsupportedArchitectureError(
             f"architecture {architecture or '(none)'} in {config_file} is not a sequence classifier; "
@@ -95,9 +91,9 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
         labels=labels,
         weights_file=weights,
         weights_sha256=sha256_file(weights),
-        num_heads=int(config.get("num_attention_heads", 0)),
-        hidden_size=int(config.get("hidden_size", 0)),
-        max_position_embeddings=int(config.get("max_position_embeddings", 512)),
+        num_heads=config_value(config, "num_attention_heads"),
+        hidden_size=config_value(config, "hidden_size"),
+        max_position_embeddings=usable_positions(config),
         vocab_size=int(config["vocab_size"]) if "vocab_size" in config else None,
     )
 
@@ -125,4 +121,24 @@ def load_checkpoint(path: Path) -> tuple[CheckpointInfo, Any, Any]:
     except Exception as exc:
         raise CheckpointError(f"could not load the tokenizer in {path}: {type(exc).__name__}: {exc}") from exc
     model.eval()
+    tokenizer.model_input_names = accepted_inputs(model, tokenizer)
     return info, model, tokenizer
+
+
+def accepted_inputs(model: Any, tokenizer: Any) -> list[str]:
+    """The tokenizer's outputs this model uses: DistilBERT, MPNet and ModernBERT take no token_type_ids, and
+    DeBERTa-v3 (type_vocab_size 0) ignores them. Every later step, the engine and the served tokenizer
+    follow this list."""
+    import inspect
+
+    parameters = inspect.signature(model.forward).parameters
+    names = [n for n in tokenizer.model_input_names if n in parameters]
+    if "token_type_ids" in names and not getattr(model.config, "type_vocab_size", 1):
+        names.remove("token_type_ids")
+    if "input_ids" not in names or "attention_mask" not in parameters:
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__}.forward takes {sorted(parameters)}; engineforge needs input_ids and "
+            "attention_mask")
+    if "attention_mask" not in names:
+        names.insert(1, "attention_mask")
+    return names

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engineforge.cli_support import arguments_checked, run_command
+from engineforge.cli_support import arguments_checked, enable_debug, run_command
 from engineforge.errors import UsageError
 
 
@@ -40,6 +40,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seq-len", type=int, help="max tokens per text when served (default 128)")
     parser.add_argument("--threads", type=int, help="engine runtime intra-op threads (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--debug", action="store_true", help="print the traceback after an error")
     return parser
 
 
@@ -106,6 +107,8 @@ def build(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.debug:
+        enable_debug()
     return run_command("build-engine", lambda: build(args))
 
 

@@ -87,6 +87,11 @@ class StepConfig:
         """Refuse settings that contradict the rest of the build (raise ConfigError with the fix); run before
         any work. Most steps stand alone; a step whose options depend on others overrides this."""
 
+    def family_problem(self, family: Any) -> str:
+        """Why this configured step cannot run on an encoder family (`families.EncoderFamily`), or "" if it can.
+        Most steps work on every family; a step that depends on the module layout overrides this."""
+        return ""
+
     def to_dict(self) -> dict[str, Any]:
         """JSON/TOML-shaped: tuples become lists, so a dict survives a round trip through the report."""
         return {"type": self.step_type, **{k: list(v) if isinstance(v, tuple) else v

@@ -15,15 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from engineforge import progress
-from engineforge.errors import ConfigError, MissingPrerequisiteError, StepOrderError
+from engineforge.errors import (
+    ConfigError,
+    EngineforgeError,
+    MissingPrerequisiteError,
+    StepFailedError,
+    StepOrderError,
+    UnsupportedStepError,
+)
 
 from .config import Artifact, BuildConfig, StepConfig
 from .context import BuildContext
+from .families import EncoderFamily, family_problems, read_family
 from .report import StepRecord
 
 StepFunction = Callable[[BuildContext, Any], dict[str, Any]]
 _FUNCTIONS: dict[type[StepConfig], StepFunction] = {}
 STEP_CONFIG_TYPES: dict[str, type[StepConfig]] = {}
+
+
+BUILD_LOG = "build.log"  # third-party warnings and log records of a build, beside its report
 
 
 def register_step(config_type: type[StepConfig]) -> Callable[[StepFunction], StepFunction]:
@@ -97,11 +108,27 @@ def _explain(step: StepConfig, artifact: Artifact, remover: StepConfig | None) -
 
 
 def check_build(config: BuildConfig) -> None:
-    """Everything that can be refused without loading the checkpoint."""
+    """Everything that can be refused without loading the checkpoint (its config.json is read)."""
     check_step_order(config.steps)
     check_prerequisites(config.steps, config.inputs())
     for step in config.steps:
         step.check_in(config)
+    family = read_family(config.checkpoint)
+    if family is not None:
+        check_family(config.steps, family, config.preset)
+
+
+def check_family(steps: Sequence[StepConfig], family: EncoderFamily, preset: str | None = None) -> None:
+    """Refuse steps that cannot work on the checkpoint's family, naming the presets that do."""
+    problems = family_problems(steps, family)
+    if not problems:
+        return
+    from .presets import PRESET_NAMES, preset_steps
+
+    working = [name for name in PRESET_NAMES if not family_problems(preset_steps(name), family)]
+    what = f"preset '{preset}'" if preset else "this recipe"
+    raise UnsupportedStepError(f"{what} cannot build a {family.name} checkpoint: " + "; ".join(problems)
+                               + f". Presets that work for {family.name}: {', '.join(working)}")
 
 
 def run_steps(ctx: BuildContext) -> None:
@@ -111,7 +138,16 @@ def run_steps(ctx: BuildContext) -> None:
         label = f"step {index}/{len(steps)} {step.step_type}"
         start = time.perf_counter()
         with progress.stage(label):
-            details = fn(ctx, step) or {}
+            try:
+                details = fn(ctx, step) or {}
+            except EngineforgeError:
+                raise
+            except Exception as exc:  # a library failed inside the step: say which step, what, and what next
+                raise StepFailedError(
+                    f"{label} failed: {type(exc).__name__}: {str(exc).strip()[:600]}. The step's options are "
+                    f"{step.to_dict()}; the full log is in {ctx.work_dir.parent / BUILD_LOG}. Try another "
+                    "preset, or rerun with --debug for the traceback and report it if the checkpoint "
+                    "and data are valid") from exc
         ctx.records.append(StepRecord(step.step_type, time.perf_counter() - start, details))
         summary = ", ".join(f"{k}={v}" for k, v in details.items() if not isinstance(v, dict | list))
         if summary:

@@ -2,8 +2,8 @@
 
 Heads: Michel et al. 2019 — |∂L/∂ξ_h| for a gate ξ_h = 1 on each head's output. The gate is never
 materialised: ∂L/∂ξ_h equals Σ_{tokens, dims of h} context · ∂L/∂context at the input of
-`attention.output.dense`, so a tensor hook there gives it. FFN neurons: first-order Taylor
-(Molchanov et al. 2019) — |Σ_tokens activation · ∂L/∂activation| on the intermediate output, which is
+the layer's attention output projection, so a tensor hook there gives it. FFN neurons: first-order Taylor
+(Molchanov et al. 2019) — |Σ_tokens activation · ∂L/∂activation| at the input of the FFN's output projection, which is
 the same gate gradient for a neuron. Both are taken per example (loss summed, examples independent)
 and accumulated, so opposite-signed examples do not cancel.
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .prune_structure import encoder_layers
+from .prune_structure import attention_module, encoder_layers, get_path, layout_of
 from .teacher_student import Batch, kd_loss
 
 
@@ -38,10 +38,11 @@ def measure_importance(model: Any, batches: Sequence[Batch]) -> Importance:
     """Accumulate head and neuron importance over `batches` (teacher logits must be filled in)."""
     import torch
 
-    layers = encoder_layers(model)
-    head_size = [int(layer.attention.self.attention_head_size) for layer in layers]
-    heads = [torch.zeros(int(layer.attention.self.num_attention_heads), dtype=torch.float64) for layer in layers]
-    ffn = [torch.zeros(int(layer.intermediate.dense.out_features), dtype=torch.float64) for layer in layers]
+    layout, layers = layout_of(model), encoder_layers(model)
+    head_size = [int(attention_module(model, layer).attention_head_size) for layer in layers]
+    heads = [torch.zeros(int(getattr(attention_module(model, layer), layout.heads_attr)), dtype=torch.float64)
+             for layer in layers]
+    ffn = [torch.zeros(int(get_path(layer, layout.ffn_in).out_features), dtype=torch.float64) for layer in layers]
     captured: dict[tuple[str, int], Any] = {}
 
     def keep_context(i: int) -> Any:
@@ -50,14 +51,14 @@ def measure_importance(model: Any, batches: Sequence[Batch]) -> Importance:
         return hook
 
     def keep_activation(i: int) -> Any:
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            captured[("ffn", i)] = output
+        def hook(_module: Any, args: tuple[Any, ...]) -> None:
+            captured[("ffn", i)] = args[0]
         return hook
 
     handles = []
     for i, layer in enumerate(layers):
-        handles.append(layer.attention.output.dense.register_forward_pre_hook(keep_context(i)))
-        handles.append(layer.intermediate.register_forward_hook(keep_activation(i)))
+        handles.append(get_path(layer, layout.attention_out).register_forward_pre_hook(keep_context(i)))
+        handles.append(get_path(layer, layout.ffn_out).register_forward_pre_hook(keep_activation(i)))
     was_training = model.training
     model.eval()  # no dropout: score the network that will be served
     total_loss, examples, used_labels = 0.0, 0, False

@@ -1,14 +1,14 @@
 """Structured pruning by slicing: per-layer budgets from importance scores, then smaller Linear layers.
 
-transformers 5.x dropped `prune_heads`, so heads and FFN neurons are removed here by slicing the
-weights of BERT-family encoder layers (BERT, RoBERTa, XLM-R, ELECTRA share the module layout):
+transformers 5.x dropped `prune_heads`, so heads and FFN neurons are removed here by slicing the weights of
+each encoder layer, at the module paths of its family's `PruneLayout` (`build/families.py`); for BERT:
 
     attention.self.{query,key,value}  rows of the kept heads      (out_features = heads x head_dim)
     attention.output.dense            columns of the kept heads   (in_features)
     intermediate.dense                rows of the kept neurons
     output.dense                      columns of the kept neurons
 
-Per-layer head counts live on each self-attention module (`num_attention_heads`, `all_head_size`);
+Per-layer head counts live on each attention module (`num_attention_heads` / `n_heads`, and the width);
 the config only records the layout (`pruned_layout`) because `num_attention_heads` is one number.
 """
 
@@ -21,28 +21,53 @@ import numpy as np
 
 from engineforge.errors import ConfigError
 
+from .families import PruneLayout, family_for
+
+
+def get_path(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def set_path(obj: Any, path: str, value: Any) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(get_path(obj, parent) if parent else obj, name, value)
+
+
+def layout_of(model: Any) -> PruneLayout:
+    family = family_for(getattr(model.config, "model_type", None), "the model's config")
+    if family.prune_layout is None:
+        raise ConfigError(f"structured pruning does not support {family.name}: {family.no_ffn_pruning}")
+    return family.prune_layout
+
 
 def encoder_layers(model: Any) -> list[Any]:
-    """The transformer blocks of a BERT-family sequence classifier."""
+    """The transformer blocks of a supported encoder."""
+    layout = layout_of(model)
     try:
-        return list(model.base_model.encoder.layer)
+        return list(get_path(model, layout.layers))
     except AttributeError:
-        raise ConfigError(
-            f"{type(model).__name__} has no base_model.encoder.layer: structured pruning supports "
-            "BERT-family encoders (bert, roberta, xlm-roberta, electra)"
-        ) from None
+        raise ConfigError(f"{type(model).__name__} has no {layout.layers}: its layout is not the one "
+                          f"engineforge knows for {model.config.model_type}") from None
+
+
+def attention_module(model: Any, layer: Any) -> Any:
+    return get_path(layer, layout_of(model).attention)
 
 
 def heads_per_layer(model: Any) -> list[int]:
-    return [int(layer.attention.self.num_attention_heads) for layer in encoder_layers(model)]
+    layout = layout_of(model)
+    return [int(getattr(get_path(layer, layout.attention), layout.heads_attr)) for layer in encoder_layers(model)]
 
 
 def ffn_per_layer(model: Any) -> list[int]:
-    return [int(layer.intermediate.dense.out_features) for layer in encoder_layers(model)]
+    layout = layout_of(model)
+    return [int(get_path(layer, layout.ffn_in).out_features) for layer in encoder_layers(model)]
 
 
 def head_dim(model: Any) -> int:
-    return int(encoder_layers(model)[0].attention.self.attention_head_size)
+    return int(attention_module(model, encoder_layers(model)[0]).attention_head_size)
 
 
 def attention_fusion_shape(model: Any) -> tuple[int, int]:
@@ -122,44 +147,45 @@ def _sliced_linear(linear: Any, index: Any, dim: int) -> Any:
     return new
 
 
-def prune_layer_heads(layer: Any, keep: Sequence[int]) -> None:
+def prune_layer_heads(layer: Any, keep: Sequence[int], layout: PruneLayout) -> None:
     import torch
 
-    attn = layer.attention.self
+    attn = get_path(layer, layout.attention)
     size = int(attn.attention_head_size)
-    if not keep or len(keep) == attn.num_attention_heads:
+    if not keep or len(keep) == getattr(attn, layout.heads_attr):
         if not keep:
             raise ConfigError("refusing to remove every head of a layer: set min_heads_per_layer >= 1")
         return
     rows = torch.tensor([h * size + i for h in keep for i in range(size)], dtype=torch.long)
-    for name in ("query", "key", "value"):
+    for name in layout.qkv:
         setattr(attn, name, _sliced_linear(getattr(attn, name), rows, 0))
-    layer.attention.output.dense = _sliced_linear(layer.attention.output.dense, rows, 1)
+    set_path(layer, layout.attention_out, _sliced_linear(get_path(layer, layout.attention_out), rows, 1))
     # The forward reshapes with -1 heads of `attention_head_size`; these keep the module consistent.
-    attn.num_attention_heads = len(keep)
-    attn.all_head_size = len(keep) * size
+    setattr(attn, layout.heads_attr, len(keep))
+    for name in layout.width_attrs:
+        setattr(attn, name, len(keep) * size)
 
 
-def prune_layer_ffn(layer: Any, keep: Sequence[int]) -> None:
+def prune_layer_ffn(layer: Any, keep: Sequence[int], layout: PruneLayout) -> None:
     import torch
 
     if not keep:
         raise ConfigError("refusing to remove every FFN neuron of a layer: set min_ffn_per_layer >= 1")
-    if len(keep) == layer.intermediate.dense.out_features:
+    if len(keep) == get_path(layer, layout.ffn_in).out_features:
         return
     index = torch.tensor(list(keep), dtype=torch.long)
-    layer.intermediate.dense = _sliced_linear(layer.intermediate.dense, index, 0)
-    layer.output.dense = _sliced_linear(layer.output.dense, index, 1)
+    set_path(layer, layout.ffn_in, _sliced_linear(get_path(layer, layout.ffn_in), index, 0))
+    set_path(layer, layout.ffn_out, _sliced_linear(get_path(layer, layout.ffn_out), index, 1))
 
 
 def apply_pruning(model: Any, heads: Sequence[Sequence[int]] | None, ffn: Sequence[Sequence[int]] | None) -> None:
     """Slice `model` in place to the kept heads/neurons per layer and record the layout in its config."""
-    layers = encoder_layers(model)
-    for i, layer in enumerate(layers):
+    layout = layout_of(model)
+    for i, layer in enumerate(encoder_layers(model)):
         if heads is not None:
-            prune_layer_heads(layer, heads[i])
+            prune_layer_heads(layer, heads[i], layout)
         if ffn is not None:
-            prune_layer_ffn(layer, ffn[i])
+            prune_layer_ffn(layer, ffn[i], layout)
     model.config.pruned_layout = {
         "heads_per_layer": heads_per_layer(model),
         "intermediate_sizes": ffn_per_layer(model),

@@ -18,7 +18,7 @@ from .context import BuildContext
 from .data import Example, load_examples
 from .files import file_mb
 from .manifest import build_manifest, write_manifest
-from .pipeline import check_build, prepare_output_dir, run_steps
+from .pipeline import BUILD_LOG, check_build, prepare_output_dir, run_steps
 from .presets import dump_recipe
 from .report import BuildReport, package_versions
 
@@ -38,9 +38,10 @@ def run_build(config: BuildConfig) -> BuildReport:
                          recipe=[s.to_dict() for s in config.steps], versions=package_versions())
     ctx: BuildContext | None = None
     try:
-        ctx = _start(config, work_dir, report)
-        run_steps(ctx)
-        ensure_bundle(ctx)
+        with progress.third_party_logs_to(out_dir / BUILD_LOG):
+            ctx = _start(config, work_dir, report)
+            run_steps(ctx)
+            ensure_bundle(ctx)
         report.status = "ok"
     except EngineforgeError as exc:
         report.status, report.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -63,8 +64,10 @@ def _start(config: BuildConfig, work_dir: Path, report: BuildReport) -> BuildCon
     with progress.stage("load checkpoint"):
         info, model, tokenizer = load_checkpoint(config.checkpoint)
     if config.max_sequence_length > info.max_position_embeddings:
-        raise ConfigError(f"max_sequence_length={config.max_sequence_length} exceeds the model's "
-                          f"max_position_embeddings={info.max_position_embeddings}")
+        raise ConfigError(
+            f"max_sequence_length={config.max_sequence_length} exceeds the {info.max_position_embeddings} tokens "
+            f"this {info.model_type} model's position embeddings hold (RoBERTa-style models start positions after "
+            f"the padding index): pass --max-seq-len {info.max_position_embeddings} or less")
     ctx = BuildContext.start(config, work_dir, info, model, tokenizer, report.build_id)
     validate = config.step(steps.ValidateConfig)
     if isinstance(validate, steps.ValidateConfig):  # earlier steps judge candidates by the same budget

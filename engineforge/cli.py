@@ -14,6 +14,7 @@ def make_parser() -> argparse.ArgumentParser:
     from engineforge.serve import kubernetes, tune, versions
 
     parser = argparse.ArgumentParser(prog="engineforge", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="print the traceback after an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     build = sub.add_parser("build", help="same as build-engine (see `build-engine --help`)", add_help=False)
     build.add_argument("build_args", nargs=argparse.REMAINDER)
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return build_main(argv[1:])
     args = make_parser().parse_args(argv)
+    if args.debug:
+        from engineforge.cli_support import enable_debug
+
+        enable_debug()
     return int(args.func(args) or 0)
 
 

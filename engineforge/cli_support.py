@@ -6,13 +6,24 @@ line itself is wrong; argparse uses 2 as well); 130 interrupted (Ctrl-C).
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from engineforge.errors import ConfigError, EngineforgeError, UsageError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEBUG_ENV = "ENGINEFORGE_DEBUG"  # 1: print the traceback after the one-line error (`--debug` sets it)
+
+
+def enable_debug() -> None:
+    os.environ[DEBUG_ENV] = "1"
+
+
+def _debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def exit_code(exc: BaseException) -> int:
@@ -29,10 +40,18 @@ def run_command(prog: str, command: Callable[[], int | None]) -> int:
         return int(command() or EXIT_OK)
     except EngineforgeError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        if _debugging():
+            traceback.print_exc()
         return exit_code(exc)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # not a typed error: still one line, with what to do; the traceback on request
+        print(f"{prog}: error: unexpected {type(exc).__name__}: {exc}. Rerun with --debug (or {DEBUG_ENV}=1) "
+              "for the traceback and report it", file=sys.stderr)
+        if _debugging():
+            traceback.print_exc()
+        return EXIT_FAILURE
 
 
 @contextmanager

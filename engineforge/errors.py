@@ -23,6 +23,14 @@ class UnsupportedArchitectureError(CheckpointError):
     """The checkpoint is not a model family the pipeline can build."""
 
 
+class UnsupportedStepError(ConfigError):
+    """A build step cannot work on this checkpoint's model family (the structure it needs does not exist)."""
+
+
+class StepFailedError(EngineforgeError):
+    """A build step raised something other than a typed engineforge error; the message names the step."""
+
+
 class StepOrderError(ConfigError):
     """Build steps were requested in an order that makes no sense (e.g. pruning after quantization)."""
 

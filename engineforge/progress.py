@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 LOGGER = logging.getLogger("engineforge")
 
@@ -30,6 +31,32 @@ if not LOGGER.handlers:
     LOGGER.addHandler(_handler)
     LOGGER.setLevel(logging.INFO)
     LOGGER.propagate = False  # the handler above is the console; a root handler would print lines twice
+
+
+@contextmanager
+def third_party_logs_to(path: Path) -> Iterator[None]:
+    """While inside: Python warnings and other libraries' log records (ONNX Runtime's quantizer, transformers,
+    torch) go to `path` instead of the console, which keeps to engineforge's own lines; `path` gets those too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    # Loggers that print to the console themselves (transformers installs its own stderr handler).
+    swapped = {logging.getLogger(): list(logging.getLogger().handlers)}
+    for name, candidate in logging.Logger.manager.loggerDict.items():
+        if isinstance(candidate, logging.Logger) and name != LOGGER.name and candidate.handlers:
+            swapped[candidate] = list(candidate.handlers)
+    for logger in swapped:
+        logger.handlers = [handler]  # the root gets one too, so a library's basicConfig() prints nothing
+    LOGGER.addHandler(handler)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        LOGGER.removeHandler(handler)
+        for logger, handlers in swapped.items():
+            logger.handlers = handlers
+        handler.close()
 
 
 def info(message: str) -> None:

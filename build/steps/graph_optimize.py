@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from ..config import ONNX_GRAPH, PORTABLE_ONNX, STAGE_GRAPH_OPTIMIZE, StepConfig, require
 from ..context import BuildContext
+from ..families import family_for
 from ..files import file_mb
 from ..onnx_export import check_against_torch
 from ..pipeline import register_step
@@ -53,7 +54,13 @@ def optimize_graph(ctx: BuildContext, config: GraphOptimizeConfig) -> dict[str, 
                                    max_length=ctx.config.max_sequence_length, threads=ctx.config.intra_op_threads,
                                    atol=1e-3, what="graph-optimized model")
     ctx.onnx_path = path
-    missing = [k for k in KEY_FUSIONS if not fused.get(k)]
+    family = family_for(ctx.checkpoint.model_type)
+    # Where the family has no fusable attention, LayerNorm/GELU/bias fusions still apply: a smaller win.
+    expected = [k for k in KEY_FUSIONS if k != "Attention" or not family.no_attention_fusion]
+    missing = [k for k in expected if not fused.get(k)]
+    attention: dict[str, Any] | str = {"num_heads": shape.num_heads, "hidden_size": shape.hidden_size}
+    if family.no_attention_fusion:
+        attention = f"not available: {family.no_attention_fusion}"
     return {"file": path.name, "size_mb": file_mb(path), "fused_ops": fused, "missing_fusions": missing,
-            "attention_fusion": {"num_heads": shape.num_heads, "hidden_size": shape.hidden_size},
+            "attention_fusion": attention,
             "nodes": len(optimized.model.graph.node), "max_abs_diff_vs_torch": float(f"{max_diff:.3g}")}

@@ -75,6 +75,15 @@ class PruneConfig(StepConfig):
             raise ConfigError(f"prune.max_length={self.max_length}: use 8..8192 (128 is typical)")
 
 
+    def family_problem(self, family: Any) -> str:
+        if self.head_sparsity > 0 and not family.supports_head_pruning():
+            return (f"head pruning: {family.no_head_pruning or 'no layout'}; set prune.head_sparsity = 0"
+                    + (" to prune FFN neurons only" if family.supports_ffn_pruning() else ""))
+        if self.ffn_sparsity > 0 and not family.supports_ffn_pruning():
+            return f"FFN pruning: {family.no_ffn_pruning or 'no layout'}; drop the prune step"
+        return ""
+
+
 @dataclass(frozen=True)
 class Plan:
     heads: list[list[int]]

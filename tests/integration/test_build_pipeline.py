@@ -130,3 +130,47 @@ def test_eval_labels_unknown_to_the_model_are_refused(tiny_checkpoint, tmp_path,
     code = build_engine([str(tiny_checkpoint), "--eval-data", str(data), "-o", str(tmp_path / "out"), "--no-publish"])
     assert code == 1
     assert "labels ['weather'] that the model does not know" in capsys.readouterr().err
+
+
+def test_a_library_failure_inside_a_step_is_a_typed_error_naming_the_step(tiny_checkpoint, tiny_eval_data,
+                                                                           tmp_path, monkeypatch):
+    from engineforge.build import pipeline
+    from engineforge.build.steps import GraphOptimizeConfig
+    from engineforge.errors import StepFailedError
+
+    def broken(ctx, config):
+        raise IndexError("indices element out of data bounds")
+
+    monkeypatch.setitem(pipeline._FUNCTIONS, GraphOptimizeConfig, broken)
+    with pytest.raises(StepFailedError, match=r"step 2/4 graph_optimize failed: IndexError: indices element out of "
+                                              r"data bounds\. The step's options are .* Try another preset"):
+        _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out")
+    report = BuildReport.load(tmp_path / "out")
+    assert report.status == "failed" and report.error.startswith("StepFailedError: step 2/4 graph_optimize failed")
+
+
+def test_third_party_warnings_go_to_the_build_log_not_the_console(tiny_checkpoint, tiny_eval_data, tmp_path,
+                                                                  monkeypatch, capsys):
+    import logging
+    import warnings
+
+    from engineforge.build import pipeline
+    from engineforge.build.steps import DynamicInt8Config
+
+    real = pipeline._FUNCTIONS[DynamicInt8Config]
+
+    def noisy(ctx, config):  # what ONNX Runtime's quantizer and torch do inside a step
+        logging.warning("Please consider pre-processing before quantization")
+        logging.getLogger("onnxruntime.quantization").warning("third-party record")
+        warnings.warn("a library deprecation", DeprecationWarning, stacklevel=1)
+        return real(ctx, config)
+
+    monkeypatch.setitem(pipeline._FUNCTIONS, DynamicInt8Config, noisy)
+    report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out")
+    assert report.status == "ok"
+    err = capsys.readouterr().err
+    assert "pre-processing" not in err and "third-party record" not in err and "deprecation" not in err
+    assert "[engineforge] step 3/4 dynamic_int8 done" in err  # the project's own lines stay
+    log = (tmp_path / "out" / "build.log").read_text()
+    assert "Please consider pre-processing" in log and "third-party record" in log and "a library deprecation" in log
+    assert "step 3/4 dynamic_int8 done" in log

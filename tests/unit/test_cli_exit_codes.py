@@ -10,19 +10,31 @@ from engineforge.engines.tensorrt_api import current_gpu
 from engineforge.errors import ConfigError, DataError, UsageError
 
 
+def fail(exc: BaseException):
+    def command() -> int:
+        raise exc
+    return command
+
+
 def test_run_command_maps_errors_to_exit_codes(capsys):
-    def fail(exc: BaseException):
-        def command() -> int:
-            raise exc
-        return command
 
     assert run_command("tool", lambda: 0) == 0
     assert run_command("tool", fail(UsageError("give X"))) == 2
     assert run_command("tool", fail(DataError("bad file"))) == 1
     assert run_command("tool", fail(KeyboardInterrupt())) == 130
     assert capsys.readouterr().err.splitlines() == ["tool: error: give X", "tool: error: bad file", "tool: interrupted"]
-    with pytest.raises(RuntimeError):  # a bug is not swallowed into an exit code
-        run_command("tool", fail(RuntimeError("bug")))
+    # An untyped failure (a bug, or a library failing on odd input) is one line with what to do, exit 1...
+    assert run_command("tool", fail(RuntimeError("bug"))) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tool: error: unexpected RuntimeError: bug. Rerun with --debug") and "Traceback" not in err
+
+
+def test_debug_prints_the_traceback_after_the_line(capsys, monkeypatch):
+    monkeypatch.setenv("ENGINEFORGE_DEBUG", "1")
+    assert run_command("tool", fail(RuntimeError("bug"))) == 1
+    assert run_command("tool", fail(DataError("bad file"))) == 1
+    err = capsys.readouterr().err
+    assert err.count("Traceback (most recent call last)") == 2 and "tool: error: bad file" in err
 
 
 def test_invalid_values_in_arguments_are_usage_errors():

@@ -1,0 +1,91 @@
+"""Which build steps each encoder family supports, refused from config.json alone before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engineforge.build.cli import main as build_engine
+from engineforge.build.config import BuildConfig
+from engineforge.build.families import FAMILIES, SUPPORTED_MODEL_TYPES, family_for, usable_positions
+from engineforge.build.pipeline import check_build
+from engineforge.build.presets import PRESET_NAMES, preset_steps
+from engineforge.build.steps import ExportConfig, PruneConfig, StaticInt8Config, ValidateConfig
+from engineforge.errors import UnsupportedArchitectureError, UnsupportedStepError
+
+HEADLESS = {"albert", "deberta-v2", "mpnet", "modernbert"}  # no head pruning, so no fast-cpu / trt-int8
+
+
+def _checkpoint(tmp_path: Path, model_type: str, **extra) -> Path:
+    path = tmp_path / f"ckpt-{model_type}"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": model_type, **extra}))
+    return path
+
+
+def _config(tmp_path: Path, model_type: str, steps) -> BuildConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    eval_data = tmp_path / "eval.jsonl"
+    eval_data.write_text('{"text": "x", "label": "a"}\n')
+    return BuildConfig(checkpoint=_checkpoint(tmp_path, model_type), output_dir=tmp_path / "out", steps=steps,
+                       eval_data=eval_data, train_data=eval_data, calibration_data=eval_data)
+
+
+def test_every_family_is_listed_and_unknown_types_name_the_supported_ones():
+    expected = {"distilbert", "albert", "deberta-v2", "mpnet", "modernbert", "bert", "roberta", "electra"}
+    assert expected <= set(SUPPORTED_MODEL_TYPES)
+    assert len(SUPPORTED_MODEL_TYPES) == len(set(SUPPORTED_MODEL_TYPES))  # one family per model_type
+    with pytest.raises(UnsupportedArchitectureError, match=r"'gpt2' .* supported encoder types: bert, .*distilbert"):
+        family_for("gpt2")
+
+
+@pytest.mark.parametrize("family", [f.name for f in FAMILIES])
+def test_presets_needing_head_pruning_are_refused_with_the_reason_and_the_working_presets(tmp_path, family):
+    model_type = family_for(family if family != "bert" else "bert").model_types[0]
+    for preset in PRESET_NAMES:
+        config = _config(tmp_path / preset, model_type, preset_steps(preset))
+        if family in HEADLESS and preset in ("fast-cpu", "trt-int8"):
+            with pytest.raises(UnsupportedStepError) as refused:
+                check_build(config)
+            message = str(refused.value)
+            assert f"step 'prune' cannot run on {family} checkpoints: head pruning: " in message
+            assert f"Presets that work for {family}: fp32, max-accuracy, int8, int8-static" in message
+            assert "fast-cpu" not in message.split("Presets that work")[1]
+        else:
+            check_build(config)
+        assert not (tmp_path / preset / "out").exists()
+
+
+@pytest.mark.parametrize("model_type,allowed", [("mpnet", True), ("deberta-v2", True), ("distilbert", True),
+                                                ("albert", False), ("modernbert", False)])
+def test_ffn_only_pruning_where_the_layout_allows_it(tmp_path, model_type, allowed):
+    steps = (PruneConfig(head_sparsity=0.0, ffn_sparsity=0.5), ExportConfig(), StaticInt8Config(), ValidateConfig())
+    config = _config(tmp_path, model_type, steps)
+    if allowed:
+        check_build(config)
+    else:
+        with pytest.raises(UnsupportedStepError, match=r"FFN pruning: .*(shares one layer|fuses Q/K/V)"):
+            check_build(config)
+
+
+def test_the_cli_refuses_an_unsupported_preset_as_a_usage_error_without_a_traceback(tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path, "mpnet")
+    data = tmp_path / "eval.jsonl"
+    data.write_text('{"text": "x", "label": "a"}\n')
+    code = build_engine([str(checkpoint), "--preset", "fast-cpu", "--output", str(tmp_path / "out"),
+                         "--eval-data", str(data), "--train-data", str(data), "--calibration-data", str(data)])
+    err = capsys.readouterr().err
+    assert code == 2 and "preset 'fast-cpu' cannot build a mpnet checkpoint" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config,expected", [
+    ({"model_type": "bert", "max_position_embeddings": 512}, 512),
+    ({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}, 512),
+    ({"model_type": "mpnet", "max_position_embeddings": 130, "pad_token_id": 0}, 129),
+    ({"model_type": "distilbert", "max_position_embeddings": 512}, 512),
+])
+def test_usable_positions_follow_each_familys_position_scheme(config, expected):
+    assert usable_positions(config) == expected
