@@ -14,6 +14,8 @@ import numpy as np
 
 from engineforge.errors import AccuracyBudgetExceeded
 
+from .embedding_quality import EmbeddingComparison
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -38,6 +40,18 @@ class Comparison:
         """The figures a search compares candidates by."""
         return {"agreement": self.agreement, "flips": self.flips, "accuracy_drop": self.accuracy_drop,
                 "margin_shift": self.margin_shift}
+
+    def summary(self) -> str:
+        return (f"agreement {self.agreement:.2%}, accuracy drop {self.accuracy_drop}, "
+                f"margin shift {self.margin_shift:.3g}")
+
+    def badness(self) -> tuple[float, ...]:
+        """Larger = moved further from fp32 (sensitivity ranking)."""
+        return (self.flips, self.margin_shift)
+
+    def goodness(self) -> tuple[float, ...]:
+        drop = self.accuracy_drop if self.accuracy_drop is not None else 0.0
+        return (self.agreement, -drop, -self.margin_shift)
 
     @classmethod
     def worst(cls, results: Sequence[Comparison]) -> Comparison:
@@ -81,14 +95,25 @@ def _margin(logits: np.ndarray, top: np.ndarray) -> np.ndarray:
     return logits[rows, top] - others.max(axis=1)
 
 
+def _cosine(value: float) -> str:
+    """Enough digits that a cosine just below 1 does not print as 1."""
+    return f"{value:.5f}" if value < 0.99999 else f"{value:.8f}"
+
+
 @dataclass(frozen=True)
 class Budget:
-    """How far an engine may move from fp32: accuracy drop in points, argmax agreement as a fraction."""
+    """How far an engine may move from fp32. Classifiers: accuracy drop in points, argmax agreement as a
+    fraction. Embeddings: cosine to the fp32 embedding (mean and worst text), recall@10 drop in points."""
 
     max_accuracy_drop: float = 1.0
     min_agreement: float = 0.98
+    min_cosine_mean: float = 0.99
+    min_cosine_worst: float = 0.95
+    max_recall_drop: float = 2.0
 
-    def violations(self, result: Comparison) -> list[str]:
+    def violations(self, result: Comparison | EmbeddingComparison) -> list[str]:
+        if isinstance(result, EmbeddingComparison):
+            return self._embedding_violations(result)
         problems = []
         if result.accuracy_drop is not None and result.accuracy_drop > self.max_accuracy_drop:
             accuracies = (f" ({result.reference_accuracy:.2f}% fp32 -> {result.engine_accuracy:.2f}% engine)"
@@ -99,18 +124,31 @@ class Budget:
             problems.append(f"argmax agreement with fp32 is {result.agreement:.2%}, budget >= {self.min_agreement:.2%}")
         return problems
 
-    def holds(self, result: Comparison) -> bool:
+    def _embedding_violations(self, result: EmbeddingComparison) -> list[str]:
+        problems = []
+        if result.cosine_mean < self.min_cosine_mean:
+            problems.append(f"mean cosine to the fp32 embeddings is {_cosine(result.cosine_mean)}, budget >= "
+                            f"{self.min_cosine_mean}")
+        if result.cosine_worst < self.min_cosine_worst:
+            problems.append(f"worst cosine is {_cosine(result.cosine_worst)}, budget >= {self.min_cosine_worst}")
+        if result.recall_drop is not None and result.recall_drop > self.max_recall_drop:
+            problems.append(f"recall@10 dropped {result.recall_drop:.2f} points ({result.reference_recall:.2f}% fp32 "
+                            f"-> {result.engine_recall:.2f}% engine), budget {self.max_recall_drop:.2f}")
+        return problems
+
+    def holds(self, result: Comparison | EmbeddingComparison) -> bool:
         return not self.violations(result)
 
-    def check(self, result: Comparison) -> None:
+    def check(self, result: Comparison | EmbeddingComparison) -> None:
         """Raise AccuracyBudgetExceeded naming every violation and the worst output difference."""
         problems = self.violations(result)
         if problems:
             raise AccuracyBudgetExceeded(
                 "engine is outside the accuracy budget: " + "; ".join(problems)
-                + f". Worst output difference: {result.max_abs_logit_diff:.4g} (max |logit|) on eval example "
+                + f". Worst output difference: {result.max_abs_logit_diff:.4g} (max |output|) on eval example "
                 f"{result.worst_example} ({result.worst_text[:80]!r}). Loosen the budget (--max-accuracy-drop, "
-                "--min-agreement) or choose a less aggressive preset (e.g. fp32)."
+                "--min-agreement; validate.min_cosine_mean, min_cosine_worst, max_recall_drop for embeddings) or "
+                "choose a less aggressive preset (e.g. fp32)."
             )
 
     def to_dict(self) -> dict[str, float]:

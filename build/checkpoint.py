@@ -1,4 +1,5 @@
-"""Load and check an input checkpoint: a Hugging Face `*ForSequenceClassification` directory."""
+"""Load and check an input checkpoint: a Hugging Face `*ForSequenceClassification` directory, or a bare encoder /
+sentence-transformers directory for embeddings (build/tasks.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 
 from .families import SUPPORTED_MODEL_TYPES, config_value, family_for, usable_positions
 from .files import sha256_file
+from .tasks import EMBEDDINGS, TEXT_CLASSIFICATION, Pooling, detect_task, embedding_model, read_pooling
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "CheckpointInfo", "inspect_checkpoint", "load_checkpoint"]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -29,6 +31,8 @@ class CheckpointInfo:
     hidden_size: int
     max_position_embeddings: int
     vocab_size: int | None = None
+    task: str = TEXT_CLASSIFICATION
+    pooling: Pooling | None = None  # embeddings only
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,10 +46,12 @@ class CheckpointInfo:
             "hidden_size": self.hidden_size,
             "max_position_embeddings": self.max_position_embeddings,
             "vocab_size": self.vocab_size,
+            "task": self.task,
+            "pooling": self.pooling.to_dict() if self.pooling else None,
         }
 
 
-def inspect_checkpoint(path: Path) -> CheckpointInfo:
+def inspect_checkpoint(path: Path, task: str | None = None) -> CheckpointInfo:
     """Check the directory without loading weights; every problem names the file and the fix."""
     path = Path(path)
     if not path.exists():
@@ -66,11 +72,7 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     architectures = config.get("architectures") or []
     architecture = architectures[0] if architectures else ""
     family_for(model_type, str(config_file))
-    if not architecture.endswith("ForSequenceClassification"):
-        raise UnsupportedArchitectureError(
-            f"architecture {architecture or '(none)'} in {config_file} is not a sequence classifier; "
-            "engineforge builds *ForSequenceClassification checkpoints (fine-tune a classification head first)"
-        )
+    task = detect_task(path, config, task)
 
     weights = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
     if weights is None:
@@ -84,6 +86,8 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     id2label = config.get("id2label") or {}
     num_labels = len(id2label) or int(config.get("num_labels", 2))
     labels = tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels))
+    if task == EMBEDDINGS:
+        labels = ()
     return CheckpointInfo(
         path=path,
         model_type=model_type,
@@ -95,22 +99,24 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
         hidden_size=config_value(config, "hidden_size"),
         max_position_embeddings=usable_positions(config),
         vocab_size=int(config["vocab_size"]) if "vocab_size" in config else None,
+        task=task,
+        pooling=read_pooling(path) if task == EMBEDDINGS else None,
     )
 
 
-def load_checkpoint(path: Path) -> tuple[CheckpointInfo, Any, Any]:
-    """Return (info, fp32 model in eval mode with eager attention, fast tokenizer)."""
-    info = inspect_checkpoint(path)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_checkpoint(path: Path, task: str | None = None) -> tuple[CheckpointInfo, Any, Any]:
+    """Return (info, fp32 model in eval mode with eager attention, fast tokenizer). For embeddings the model is
+    the encoder with its pooling (`tasks.embedding_model`)."""
+    info = inspect_checkpoint(path, task)
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # build steps print their own progress
 
     try:
         # Eager attention exports the plain MatMul/Softmax pattern ORT's attention fusion recognises.
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), attn_implementation="eager", local_files_only=True
-        )
+        auto = AutoModel if info.task == EMBEDDINGS else AutoModelForSequenceClassification
+        model = auto.from_pretrained(str(path), attn_implementation="eager", local_files_only=True)
     except Exception as exc:  # safetensors/torch raise many types for truncated or garbled files
         raise CheckpointError(
             f"could not load weights from {info.weights_file}: {type(exc).__name__}: {exc}. "
@@ -122,6 +128,8 @@ def load_checkpoint(path: Path) -> tuple[CheckpointInfo, Any, Any]:
         raise CheckpointError(f"could not load the tokenizer in {path}: {type(exc).__name__}: {exc}") from exc
     model.eval()
     tokenizer.model_input_names = accepted_inputs(model, tokenizer)
+    if info.task == EMBEDDINGS and info.pooling is not None:
+        model = embedding_model(model, info.pooling)
     return info, model, tokenizer
 
 

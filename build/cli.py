@@ -40,6 +40,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seq-len", type=int, help="max tokens per text when served (default 128)")
     parser.add_argument("--threads", type=int, help="engine runtime intra-op threads (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    parser.add_argument("--task", choices=("text-classification", "embeddings"),
+                        help="what the checkpoint is for (default: read from its architecture and files)")
     parser.add_argument("--debug", action="store_true", help="print the traceback after an error")
     return parser
 
@@ -77,7 +79,7 @@ def config_from_args(args: argparse.Namespace, kwargs: dict[str, Any]) -> Any:  
     for flag, key in ((args.eval_data, "eval_data"), (args.train_data, "train_data"),
                       (args.calibration_data, "calibration_data"), (args.unlabelled_data, "unlabelled_data"),
                       (args.max_seq_len, "max_sequence_length"),
-                      (args.threads, "intra_op_threads")):
+                      (args.threads, "intra_op_threads"), (args.task, "task")):
         if flag is not None:
             kwargs[key] = flag
     steps = []

@@ -127,6 +127,8 @@ class BuildConfig:
     intra_op_threads: int = 2
     overwrite: bool = False
     preset: str | None = None
+    # None = read from the checkpoint (build/tasks.py); "text-classification" or "embeddings" forces it.
+    task: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
@@ -139,6 +141,8 @@ class BuildConfig:
         require(8 <= self.max_sequence_length <= 8192,
                 f"max_sequence_length={self.max_sequence_length}: use 8..8192 (and <= the model's positions)")
         require(self.intra_op_threads >= 1, "intra_op_threads must be >= 1")
+        require(self.task in (None, "text-classification", "embeddings"),
+                f"task={self.task!r}: use 'text-classification' or 'embeddings' (or leave it to the checkpoint)")
 
     def step(self, config_type: type[StepConfig]) -> StepConfig | None:
         return next((s for s in self.steps if isinstance(s, config_type)), None)

@@ -12,11 +12,13 @@ import numpy as np
 
 from engineforge.errors import ConfigError
 
-from .accuracy import Budget
+from .accuracy import Budget, Comparison, compare_logits
 from .checkpoint import CheckpointInfo
 from .config import STAGE_EXPORT, BuildConfig
 from .data import Example, eval_label_ids
+from .embedding_quality import EmbeddingComparison, compare_embeddings
 from .report import StepRecord
+from .tasks import EMBEDDINGS
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,25 @@ class BuildContext:
 
     def label_ids(self, examples: Sequence[Example]) -> list[int] | None:
         return eval_label_ids(examples, self.checkpoint.labels)
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.checkpoint.task == EMBEDDINGS
+
+    def eval_texts(self, examples: Sequence[Example]) -> list[str]:
+        """The texts whose outputs judge an engine. Embeddings: examples with a `positive` first, then the
+        others, then those positives (what `compare` expects)."""
+        if not self.is_embedding:
+            return [e.text for e in examples]
+        paired = [e for e in examples if e.positive]
+        return [e.text for e in paired] + [e.text for e in examples if not e.positive] + [e.positive for e in paired]
+
+    def compare(self, reference: np.ndarray, outputs: np.ndarray, examples: Sequence[Example],
+                texts: Sequence[str] | None = None) -> Comparison | EmbeddingComparison:
+        """Engine outputs vs the fp32 reference's on `eval_texts(examples)`, by the task's measure."""
+        if self.is_embedding:
+            return compare_embeddings(reference, outputs, len(examples), texts)
+        return compare_logits(reference, outputs, self.label_ids(examples), texts)
 
     def budget_examples(self) -> list[Example]:
         """The eval examples the validate step judges (all, or its max_examples)."""

@@ -1,4 +1,5 @@
-"""Text data a build reads (eval, train, calibration, unlabelled): JSONL or CSV with `text` and optional `label`."""
+"""Text data a build reads (eval, train, calibration, unlabelled): JSONL or CSV with `text` and optional `label`
+(classifiers) or `positive` (embeddings: the text this one should retrieve)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from engineforge.errors import DataError
 class Example:
     text: str
     label: str | None = None
+    positive: str | None = None  # embeddings: a text that should be retrieved for this one (recall@10)
 
 
 def load_examples(path: Path, labels: Sequence[str] | None = None, limit: int | None = None) -> list[Example]:
@@ -34,13 +36,17 @@ def load_examples(path: Path, labels: Sequence[str] | None = None, limit: int | 
         text = row.get("text")
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}:{line_no}: missing or empty 'text'")
-        label = row.get("label")
-        examples.append(Example(text=text, label=None if label is None else str(label)))
+        label, positive = row.get("label"), row.get("positive")
+        if positive is not None and (not isinstance(positive, str) or not positive.strip()):
+            raise DataError(f"{path}:{line_no}: 'positive' must be a non-empty text")
+        examples.append(Example(text=text, label=None if label is None else str(label), positive=positive or None))
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
         raise DataError(f"data file {path} holds no examples")
-    if labels is not None:
+    if labels is not None and not labels:  # an embedding model has no labels: any given are not used
+        examples = [Example(text=e.text, positive=e.positive) for e in examples]
+    elif labels is not None:
         unknown = sorted({e.label for e in examples if e.label is not None} - set(labels))
         if unknown:
             raise DataError(

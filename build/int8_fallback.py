@@ -31,6 +31,7 @@ from typing import Any
 from engineforge.errors import ConfigError
 
 from .accuracy import Budget, Comparison
+from .embedding_quality import EmbeddingComparison
 
 GRANULARITIES = ("role", "layer", "node")
 _LAYER = re.compile(r"(?:^|[/._])(layers?)[./_]?(\d+)(?=[/._]|$)")
@@ -82,7 +83,7 @@ def match_patterns(node_names: Sequence[str], patterns: Sequence[str]) -> tuple[
 class Sensitivity:
     group: str
     nodes: tuple[str, ...]
-    metrics: Comparison  # quantizing this group alone
+    metrics: Comparison | EmbeddingComparison  # quantizing this group alone
 
     def to_dict(self) -> dict[str, Any]:
         return {"group": self.group, "nodes": len(self.nodes), **self.metrics.figures()}
@@ -90,7 +91,7 @@ class Sensitivity:
 
 def rank(sensitivities: Sequence[Sensitivity]) -> list[Sensitivity]:
     """Worst offenders first: most flips, then largest margin shift; graph order breaks ties (stable sort)."""
-    return sorted(sensitivities, key=lambda s: (s.metrics.flips, s.metrics.margin_shift), reverse=True)
+    return sorted(sensitivities, key=lambda s: s.metrics.badness(), reverse=True)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class SearchStep:
     action: str  # "all quantized", "fp32 <group>", "re-quantize <group>", "re-quantize node <name>"
     fp32_nodes: tuple[str, ...]  # the nodes kept fp32 in this candidate
     fp32_groups: tuple[str, ...]  # the same, summarised: "<group>" or "<group> (k/n nodes)"
-    metrics: Comparison
+    metrics: Comparison | EmbeddingComparison
     within_budget: bool
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,11 +119,11 @@ class FallbackDecision:
         return self.steps[self.chosen].fp32_nodes
 
 
-Evaluate = Callable[[tuple[str, ...]], Comparison]
+Evaluate = Callable[[tuple[str, ...]], Comparison | EmbeddingComparison]
 
 
 def search_fallback(ranking: Sequence[Sensitivity], evaluate: Evaluate, budget: Budget, max_nodes: int,
-                    baseline: Comparison, refine_nodes: bool = True) -> FallbackDecision:
+                    baseline: Comparison | EmbeddingComparison, refine_nodes: bool = True) -> FallbackDecision:
     """Fewest nodes in fp32 (at most `max_nodes`) for which `budget` holds; `evaluate` gets the excluded
     node names, `baseline` is the all-quantized result. Without a solution, the best candidate wins.
 
@@ -176,6 +177,5 @@ def _summary(ranking: Sequence[Sensitivity], nodes: set[str]) -> tuple[str, ...]
     return tuple(out)
 
 
-def _goodness(step: SearchStep) -> tuple[float, float, float, int]:
-    drop = step.metrics.accuracy_drop if step.metrics.accuracy_drop is not None else 0.0
-    return (step.metrics.agreement, -drop, -step.metrics.margin_shift, -len(step.fp32_nodes))
+def _goodness(step: SearchStep) -> tuple[float, ...]:
+    return (*step.metrics.goodness(), -len(step.fp32_nodes))

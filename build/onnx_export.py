@@ -30,12 +30,13 @@ def _logits_only(model: Any, names: Sequence[str]) -> Any:
     return LogitsOnly().eval()
 
 
-def write_onnx(model: Any, names: Sequence[str], args: tuple[Any, ...], path: Path, opset: int) -> None:
-    """Export `model`'s logits with dynamic batch and sequence axes."""
+def write_onnx(model: Any, names: Sequence[str], args: tuple[Any, ...], path: Path, opset: int,
+               output_name: str = "logits") -> None:
+    """Export `model`'s logits (an embedding model's pooled embeddings) with dynamic batch and sequence axes."""
     import torch
 
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
+    axes[output_name] = {0: "batch"}
     # The TorchScript exporter is deliberate (dynamo needs onnxscript rewrites ORT's fusions don't match);
     # its tracer and deprecation warnings say nothing actionable to a user of build-engine.
     with torch.inference_mode(), warnings.catch_warnings():
@@ -43,7 +44,7 @@ def write_onnx(model: Any, names: Sequence[str], args: tuple[Any, ...], path: Pa
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*aten::index.*")
         torch.onnx.export(
-            _logits_only(model, names), args, str(path), input_names=list(names), output_names=["logits"],
+            _logits_only(model, names), args, str(path), input_names=list(names), output_names=[output_name],
             dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
         )
 

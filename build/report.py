@@ -104,14 +104,7 @@ class BuildReport:
             lines += ["", "## Accuracy (eval set)", ""]
             if isinstance(val.get("engine_executed"), str):  # e.g. a TensorRT engine on a machine without a GPU
                 lines += [f"**{val['engine_executed']}**: these figures are not the engine's own.", ""]
-            lines += ["| metric | value |", "|---|---|",
-                      f"| examples | {val['examples']} |",
-                      f"| fp32 PyTorch accuracy | {_fmt(val['reference_accuracy'])} % |",
-                      f"| engine accuracy | {_fmt(val['engine_accuracy'])} % |",
-                      f"| accuracy drop | {_fmt(val['accuracy_drop'])} points (budget {budget['max_accuracy_drop']}) |",
-                      f"| argmax agreement | {val['agreement']:.2%} (budget ≥ {budget['min_agreement']:.0%}) |",
-                      f"| max / mean abs logit diff | {val['max_abs_logit_diff']:.4g} / "
-                      f"{val['mean_abs_logit_diff']:.3g} |"]
+            lines += _embedding_rows(val, budget) if "cosine_mean" in val else _classifier_rows(val, budget)
         if self.candidates:
             lines += ["", "## Candidates tried (most aggressive first)", "", "| candidate | result |", "|---|---|"]
             lines += [f"| {c['candidate']} | {c['result']}{': ' + c['reason'][:200] if c.get('reason') else ''} |"
@@ -128,6 +121,26 @@ class BuildReport:
                              f"`{native['repo_dir']}` (for a Triton GPU server with the TensorRT that built it).")
         lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
         return "\n".join(lines)
+
+
+def _classifier_rows(val: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    return ["| metric | value |", "|---|---|",
+            f"| examples | {val['examples']} |",
+            f"| fp32 PyTorch accuracy | {_fmt(val['reference_accuracy'])} % |",
+            f"| engine accuracy | {_fmt(val['engine_accuracy'])} % |",
+            f"| accuracy drop | {_fmt(val['accuracy_drop'])} points (budget {budget['max_accuracy_drop']}) |",
+            f"| argmax agreement | {val['agreement']:.2%} (budget ≥ {budget['min_agreement']:.0%}) |",
+            f"| max / mean abs logit diff | {val['max_abs_logit_diff']:.4g} / {val['mean_abs_logit_diff']:.3g} |"]
+
+
+def _embedding_rows(val: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    return ["| metric | value |", "|---|---|",
+            f"| texts embedded | {val['examples']} ({val['recall_pairs']} query/positive pairs) |",
+            f"| cosine to fp32, mean | {val['cosine_mean']:.5f} (budget ≥ {budget['min_cosine_mean']}) |",
+            f"| cosine to fp32, worst text | {val['cosine_worst']:.5f} (budget ≥ {budget['min_cosine_worst']}) |",
+            f"| recall@10 fp32 → engine | {_fmt(val['reference_recall'])} % → {_fmt(val['engine_recall'])} % "
+            f"(drop budget {budget['max_recall_drop']} points) |",
+            f"| max abs embedding diff | {val['max_abs_diff']:.4g} |"]
 
 
 def _fmt(value: Any) -> str:

@@ -62,7 +62,7 @@ def run_build(config: BuildConfig) -> BuildReport:
 
 def _start(config: BuildConfig, work_dir: Path, report: BuildReport) -> BuildContext:
     with progress.stage("load checkpoint"):
-        info, model, tokenizer = load_checkpoint(config.checkpoint)
+        info, model, tokenizer = load_checkpoint(config.checkpoint, config.task)
     if config.max_sequence_length > info.max_position_embeddings:
         raise ConfigError(
             f"max_sequence_length={config.max_sequence_length} exceeds the {info.max_position_embeddings} tokens "
@@ -73,7 +73,9 @@ def _start(config: BuildConfig, work_dir: Path, report: BuildReport) -> BuildCon
     if isinstance(validate, steps.ValidateConfig):  # earlier steps judge candidates by the same budget
         ctx.budget, ctx.budget_max_examples = validate.budget, validate.max_examples
     report.checkpoint = info.to_dict()
-    progress.info(f"  {info.architecture} ({info.model_type}), {len(info.labels)} labels, "
+    what = (f"embeddings, {info.pooling.mode} pooling{' + L2 normalize' if info.pooling.normalize else ''}"
+            if info.pooling else f"{len(info.labels)} labels")
+    progress.info(f"  {info.architecture} ({info.model_type}, {info.task}), {what}, "
                   f"weights {file_mb(info.weights_file)} MB")
     for kind in ("eval", "train", "calibration", "unlabelled"):
         path = getattr(config, f"{kind}_data")

@@ -75,8 +75,10 @@ def text_batches(texts: list[str] | tuple[str, ...], batch_size: int) -> list[np
     ]
 
 
-def token_batches(batch_size: int, seq_len: int, *, n_batches: int = 4, seed: int = 0) -> list[np.ndarray]:
-    """Deterministic synthetic INT64 token ids of shape [batch, seq_len], values in [1000, 2000).
+def token_batches(batch_size: int, seq_len: int, *, n_batches: int = 4, seed: int = 0,
+                  vocab_size: int | None = None) -> list[np.ndarray]:
+    """Deterministic synthetic INT64 token ids of shape [batch, seq_len], values in [1000, 2000) (within
+    [vocab_size // 2, vocab_size) for a smaller vocabulary, above its special tokens).
 
     No tokenizer is involved, so tokens mode measures the engine (model) alone; ids in that range
     are ordinary word pieces in BERT-style vocabularies, and the cost of a dense encoder does not
@@ -84,5 +86,10 @@ def token_batches(batch_size: int, seq_len: int, *, n_batches: int = 4, seed: in
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+    low, high = 1000, 2000
+    if vocab_size is not None and vocab_size < high:
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+        low, high = vocab_size // 2, vocab_size
     rng = np.random.default_rng(seed)
-    return [rng.integers(1000, 2000, size=(batch_size, seq_len), dtype=np.int64) for _ in range(n_batches)]
+    return [rng.integers(low, high, size=(batch_size, seq_len), dtype=np.int64) for _ in range(n_batches)]

@@ -116,13 +116,17 @@ def text_request_fn(
     url: str = DEFAULT_GRPC_URL,
     batch_size: int = 1,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    embedding: bool = False,
 ) -> TritonRequestFn:
-    """Raw text to the ensemble: TEXT (BYTES [batch, 1]) -> LABEL (BYTES), PROBABILITIES (FP32)."""
+    """Raw text to the ensemble: TEXT (BYTES [batch, 1]) -> LABEL (BYTES), PROBABILITIES (FP32), or EMBEDDING
+    (FP32 [batch, dim]) for an embedding model."""
     batches = []
     for arr in payloads.text_batches(list(texts), batch_size):
         inp = grpcclient.InferInput("TEXT", list(arr.shape), "BYTES")
         inp.set_data_from_numpy(arr)
         batches.append([inp])
+    if embedding:
+        return TritonRequestFn(url, model, batches, ("EMBEDDING",), check_embedding_outputs, batch_size, timeout_s)
     return TritonRequestFn(url, model, batches, ("LABEL", "PROBABILITIES"), check_text_outputs, batch_size, timeout_s)
 
 
@@ -135,11 +139,13 @@ def token_request_fn(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     token_type_ids: bool = True,
     seed: int = 0,
+    embedding: bool = False,
+    vocab_size: int | None = None,
 ) -> TritonRequestFn:
     """Token ids straight to the engine (no tokenizer): INPUT_IDS, ATTENTION_MASK[, TOKEN_TYPE_IDS]
     (INT64 [batch, seq_len]) -> LOGITS (FP32 [batch, n_labels]). Measures the engine alone."""
     batches = []
-    for ids in payloads.token_batches(batch_size, seq_len, seed=seed):
+    for ids in payloads.token_batches(batch_size, seq_len, seed=seed, vocab_size=vocab_size):
         tensors = {"INPUT_IDS": ids, "ATTENTION_MASK": np.ones_like(ids)}
         if token_type_ids:
             tensors["TOKEN_TYPE_IDS"] = np.zeros_like(ids)
@@ -149,6 +155,8 @@ def token_request_fn(
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
         batches.append(inputs)
+    if embedding:
+        return TritonRequestFn(url, model, batches, ("EMBEDDING",), check_embedding_outputs, batch_size, timeout_s)
     return TritonRequestFn(url, model, batches, ("LOGITS",), check_logits_outputs, batch_size, timeout_s)
 
 
@@ -164,6 +172,14 @@ def check_logits_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
     logits = arrays["LOGITS"]
     _expect_rows("LOGITS", logits, batch_size)
     return str(int(np.argmax(logits.reshape(batch_size, -1)[0])))
+
+
+def check_embedding_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
+    embeddings = arrays["EMBEDDING"]
+    _expect_rows("EMBEDDING", embeddings, batch_size)
+    if not np.isfinite(embeddings).all():
+        raise ValueError("EMBEDDING holds non-finite values")
+    return f"dim {embeddings.shape[-1]}"
 
 
 def _expect_rows(name: str, arr: np.ndarray, batch_size: int) -> None:
@@ -198,9 +214,12 @@ async def check_server(url: str, model: str, *, timeout_s: float = 5.0) -> dict[
         if not ready:
             raise ModelNotReadyError(await _not_ready_message(client, url, model, timeout_s))
         try:
-            return await client.get_model_metadata(model, as_json=True, client_timeout=timeout_s)
+            metadata = await client.get_model_metadata(model, as_json=True, client_timeout=timeout_s)
+            config = await client.get_model_config(model, as_json=True, client_timeout=timeout_s)
         except InferenceServerException:  # only used to check inputs; the load test can go on
             return None
+        parameters = config.get("config", {}).get("parameters", {})
+        return metadata | {"parameters": {k: v.get("string_value", "") for k, v in parameters.items()}}
 
 
 async def _not_ready_message(client: grpcclient.InferenceServerClient, url: str, model: str, timeout_s: float) -> str:
@@ -224,6 +243,8 @@ async def _not_ready_message(client: grpcclient.InferenceServerClient, url: str,
 def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = None) -> TritonRequestFn:
     """The request function for `config.mode`, checked against the model's declared inputs."""
     inputs = {i["name"] for i in (metadata or {}).get("inputs", [])}
+    embedding = "EMBEDDING" in {o["name"] for o in (metadata or {}).get("outputs", [])}
+    vocab = (metadata or {}).get("parameters", {}).get("vocab_size")
     if config.mode == "text":
         if metadata is not None and "TEXT" not in inputs:
             raise ConfigError(
@@ -231,7 +252,8 @@ def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = N
                 "point --model at the ensemble, or use --mode tokens for an engine model"
             )
         return text_request_fn(
-            config.model, config.texts, url=config.url, batch_size=config.batch_size, timeout_s=config.timeout_s
+            config.model, config.texts, url=config.url, batch_size=config.batch_size, timeout_s=config.timeout_s,
+            embedding=embedding,
         )
     needed = {"INPUT_IDS", "ATTENTION_MASK"}
     if metadata is not None and not needed <= inputs:
@@ -249,4 +271,6 @@ def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = N
         batch_size=config.batch_size,
         timeout_s=config.timeout_s,
         token_type_ids=token_type_ids,
+        embedding=embedding,
+        vocab_size=int(vocab) if vocab else None,
     )

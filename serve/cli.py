@@ -101,6 +101,26 @@ def format_table(inputs: list[str], predictions: list[Any]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _print_embeddings(client: Any, args: argparse.Namespace, token_rows: Any) -> int:
+    """Embedding models: one row per input with the dimension, the L2 norm and the first values."""
+    import numpy as np
+
+    if token_rows is not None:
+        embeddings, inputs = client.embed_token_ids(*token_rows, model=args.model), args.token_ids
+    else:
+        embeddings, inputs = client.embed(args.texts, model=args.model), args.texts
+    if args.json:
+        print(json.dumps([{"input": text, "embedding": [round(float(v), 6) for v in row]}
+                          for text, row in zip(inputs, embeddings, strict=True)], indent=2))
+        return 0
+    rows = [[text if len(text) <= 60 else text[:57] + "...", str(len(row)), f"{float(np.linalg.norm(row)):.4f}",
+             " ".join(f"{v:+.3f}" for v in row[:4]) + " ..."] for text, row in zip(inputs, embeddings, strict=True)]
+    header = ["input", "dim", "norm", "embedding"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]))
+    return 0
+
+
 def run_infer(args: argparse.Namespace) -> int:
     return run_command("engineforge infer", lambda: _infer(args))
 
@@ -112,6 +132,8 @@ def _infer(args: argparse.Namespace) -> int:
     from .client import EngineforgeClient
 
     with EngineforgeClient(args.url, timeout_s=args.timeout) as client:
+        if client.task(args.model) == "embeddings":
+            return _print_embeddings(client, args, token_rows)
         if token_rows is not None:
             predictions = client.classify_token_ids(*token_rows, model=args.model)
             inputs = args.token_ids

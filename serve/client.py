@@ -25,6 +25,7 @@ from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_MODEL_NAME
 from engineforge.errors import InferenceRequestError, ModelNotReadyError, ServerError
 
 from . import grpc_errors
+from .engine_spec import EMBEDDINGS, TEXT_CLASSIFICATION
 from .grpc_security import CONTROL_HEADER, TlsFiles, grpc_client
 from .model_layout import ENGINE_SUFFIX, LABELS_PARAMETER
 
@@ -75,6 +76,7 @@ class EngineforgeClient:
         self._client = grpc_client(url, tls)  # connects lazily
         self._headers = {CONTROL_HEADER: control_key} if control_key else None  # for the restricted index
         self._labels: dict[str, tuple[str, ...]] = {}
+        self._tasks: dict[str, str] = {}
 
     def _call(self, fn: Callable[[float], T], model: str | None = None) -> T:
         """fn(seconds left) until it succeeds, fails for good, or the deadline passes; errors typed."""
@@ -148,7 +150,47 @@ class EngineforgeClient:
                     f"model {model!r} has no '{LABELS_PARAMETER}' parameter; it was not published by engineforge"
                 )
             self._labels[model] = tuple(json.loads(config.parameters[LABELS_PARAMETER].string_value))
+            self._tasks[model] = (config.parameters["task"].string_value if "task" in config.parameters
+                                  else TEXT_CLASSIFICATION)
         return self._labels[model]
+
+    def task(self, model: str = DEFAULT_MODEL_NAME) -> str:
+        """"text-classification" or "embeddings", from the model config (checks readiness)."""
+        self.labels(model)
+        return self._tasks[model]
+
+    def _expect_task(self, model: str, task: str) -> None:
+        served = self.task(model)
+        if served != task:
+            use = "embed()/embed_token_ids()" if served == EMBEDDINGS else "classify()/classify_token_ids()"
+            raise InferenceRequestError(f"model {model!r} serves {served}, not {task}: call {use} instead")
+
+    def embed(self, texts: str | Sequence[str], model: str = DEFAULT_MODEL_NAME) -> np.ndarray:
+        """Embeddings [len(texts), dim] of raw texts through the ensemble of an embedding build (one request)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise InferenceRequestError("give one or more texts (strings) to embed")
+        self._expect_task(model, EMBEDDINGS)
+        array = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+        return self._embeddings(model, self.infer(model, {"TEXT": array}, ("EMBEDDING",)), len(texts))
+
+    def embed_token_ids(self, input_ids: Sequence[Sequence[int]] | np.ndarray,
+                        attention_mask: Sequence[Sequence[int]] | np.ndarray,
+                        token_type_ids: Sequence[Sequence[int]] | np.ndarray | None = None,
+                        model: str = DEFAULT_MODEL_NAME) -> np.ndarray:
+        """Embeddings of pre-tokenized [batch, seq] ids through `<model>_engine`."""
+        engine = model if model.endswith(ENGINE_SUFFIX) else model + ENGINE_SUFFIX
+        self._expect_task(engine, EMBEDDINGS)
+        inputs = _token_inputs(input_ids, attention_mask, token_type_ids)
+        return self._embeddings(engine, self.infer(engine, inputs, ("EMBEDDING",)), len(inputs["INPUT_IDS"]))
+
+    @staticmethod
+    def _embeddings(model: str, result: dict[str, np.ndarray], rows: int) -> np.ndarray:
+        embeddings = result["EMBEDDING"]
+        if embeddings is None or embeddings.ndim != 2 or embeddings.shape[0] != rows or embeddings.shape[1] < 1:
+            raise ServerError(f"{model} returned EMBEDDING of shape {getattr(embeddings, 'shape', None)} for {rows} "
+                              "inputs; is the numpy in the server's environment < 2?")
+        return embeddings
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """Low-level call: numpy arrays in (dtype sent as is), numpy arrays out, errors typed."""
@@ -187,7 +229,7 @@ class EngineforgeClient:
             raise InferenceRequestError("no texts to classify")
         if not all(isinstance(t, str) for t in texts):
             raise InferenceRequestError("texts must be strings")
-        self.labels(model)  # readiness check with a clear error before sending data
+        self._expect_task(model, TEXT_CLASSIFICATION)  # readiness check with a clear error before sending data
         array = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
         return self._predictions(model, self.infer(model, {"TEXT": array}, ("LABEL", "PROBABILITIES")))
 
@@ -200,12 +242,17 @@ class EngineforgeClient:
     ) -> list[Prediction]:
         """Classify pre-tokenized [batch, seq] ids through `<model>_engine` (bypasses the tokenizer)."""
         engine = model if model.endswith(ENGINE_SUFFIX) else model + ENGINE_SUFFIX
-        self.labels(engine)
-        inputs = {"INPUT_IDS": _int64_matrix("input_ids", input_ids)}
-        inputs["ATTENTION_MASK"] = _int64_matrix("attention_mask", attention_mask)
-        if token_type_ids is not None:
-            inputs["TOKEN_TYPE_IDS"] = _int64_matrix("token_type_ids", token_type_ids)
+        self._expect_task(engine, TEXT_CLASSIFICATION)
+        inputs = _token_inputs(input_ids, attention_mask, token_type_ids)
         return self._predictions(engine, self.infer(engine, inputs, ("LABEL", "PROBABILITIES")))
+
+
+def _token_inputs(input_ids: Any, attention_mask: Any, token_type_ids: Any) -> dict[str, np.ndarray]:
+    inputs = {"INPUT_IDS": _int64_matrix("input_ids", input_ids),
+              "ATTENTION_MASK": _int64_matrix("attention_mask", attention_mask)}
+    if token_type_ids is not None:
+        inputs["TOKEN_TYPE_IDS"] = _int64_matrix("token_type_ids", token_type_ids)
+    return inputs
 
 
 def _int64_matrix(name: str, value: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:

@@ -49,6 +49,13 @@ class ClassifiedRows:
     labels: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class EmbeddedRows:
+    """Embeddings for one request, [batch, embedding_dim], rows in request order."""
+
+    embeddings: np.ndarray
+
+
 def _as_int_matrix(name: str, value: object) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype.kind not in "iu":
@@ -186,8 +193,20 @@ def _classify(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays
     return results
 
 
-def run_batch(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows | Exception]:
-    """Classify all requests with ONE engine call.
+def _embed(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[EmbeddedRows]:
+    merged, sizes = merge_requests(requests)
+    embeddings = np.asarray(engine.run({name: merged[name] for name in spec.input_names}), dtype=np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[1] != spec.embedding_dim:
+        raise RuntimeError(f"engine returned embeddings of shape {list(embeddings.shape)}, expected [batch, "
+                           f"{spec.embedding_dim}] (embedding_dim in engine.json)")
+    return [EmbeddedRows(part) for part in split_outputs(embeddings, sizes)]
+
+
+Rows = ClassifiedRows | EmbeddedRows
+
+
+def run_batch(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[Rows | Exception]:
+    """Classify (or embed) all requests with ONE engine call.
 
     If that call fails (e.g. a token id beyond the vocabulary when vocab_size is unknown), each
     request is retried alone so only the offending ones get an error: one bad request never fails
@@ -195,15 +214,16 @@ def run_batch(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays
     """
     if not requests:
         return []
+    infer = _embed if spec.is_embedding else _classify
     try:
-        return list(_classify(engine, spec, requests))
+        return list(infer(engine, spec, requests))
     except Exception as batch_error:
         if len(requests) == 1:
             return [batch_error]
-    outcomes: list[ClassifiedRows | Exception] = []
+    outcomes: list[Rows | Exception] = []
     for request in requests:
         try:
-            outcomes.append(_classify(engine, spec, [request])[0])
+            outcomes.append(infer(engine, spec, [request])[0])
         except Exception as exc:
             outcomes.append(exc)
     return outcomes

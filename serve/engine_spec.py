@@ -22,6 +22,8 @@ from engineforge.errors import ConfigError
 ENGINE_SPEC_FILENAME = "engine.json"
 FORMAT_VERSION = 1
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+TEXT_CLASSIFICATION, EMBEDDINGS = "text-classification", "embeddings"
+TASKS = (TEXT_CLASSIFICATION, EMBEDDINGS)
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
 
 
@@ -29,11 +31,12 @@ REQUIRED_INPUTS = ("input_ids", "attention_mask")
 class EngineSpec:
     """Everything serving needs to know about an engine bundle besides the model file itself.
 
-    Only `labels` is required; the defaults match a standard BERT export. Lists are accepted
+    A classifier needs `labels`; an embedding engine (task "embeddings") has none and declares `embedding_dim`.
+    The defaults match a standard BERT classifier export. Lists are accepted
     wherever tuples are stored. Unknown keys read from a newer writer are kept in `extra`.
     """
 
-    labels: tuple[str, ...]
+    labels: tuple[str, ...] = ()
     model_file: str = "model.onnx"
     input_names: tuple[str, ...] = KNOWN_INPUTS
     output_name: str = "logits"
@@ -50,6 +53,10 @@ class EngineSpec:
     type_vocab_size: int | None = None
     # TensorRT engines: flavour, version, GPU targets, profiles, I/O, hashes (engineforge.engines.tensorrt_engine).
     tensorrt: Mapping[str, Any] | None = field(default=None, hash=False)
+    task: str = TEXT_CLASSIFICATION
+    # Embeddings: the width of one embedding, and how the graph pools ({"mode": "mean", "normalize": true}).
+    embedding_dim: int | None = None
+    pooling: Mapping[str, Any] | None = field(default=None, hash=False)
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # Where the spec was read from, for error messages; not serialized.
@@ -90,7 +97,15 @@ class EngineSpec:
         for name in ("source_checkpoint", "build_id"):
             if not isinstance(getattr(self, name), str):
                 self._fail(name, f"must be a string, got {getattr(self, name)!r}")
-        if not self.labels:
+        if self.task not in TASKS:
+            self._fail("task", f"is {self.task!r}; this engineforge serves {', '.join(TASKS)}")
+        if self.task == EMBEDDINGS:
+            if self.labels:
+                self._fail("labels", "must be empty for an embedding engine (it has no classes)")
+            if self.embedding_dim is None:
+                self._fail("embedding_dim", "is missing; an embedding engine declares its embedding width")
+            self._check_int("embedding_dim", minimum=1)
+        elif not self.labels:
             self._fail("labels", "is empty; list one label per class id")
         if not all(isinstance(label, str) and label for label in self.labels):
             self._fail("labels", f"must all be non-empty strings, got {list(self.labels)!r}")
@@ -146,6 +161,10 @@ class EngineSpec:
         return min(profile_max, self.max_position_embeddings)
 
     @property
+    def is_embedding(self) -> bool:
+        return self.task == EMBEDDINGS
+
+    @property
     def uses_token_type_ids(self) -> bool:
         return "token_type_ids" in self.input_names
 
@@ -156,7 +175,7 @@ class EngineSpec:
                 continue
             value = getattr(self, f.name)
             data[f.name] = list(value) if isinstance(value, tuple) else value
-        for optional in ("vocab_size", "type_vocab_size", "tensorrt"):
+        for optional in ("vocab_size", "type_vocab_size", "tensorrt", "embedding_dim", "pooling"):
             if data[optional] is None:
                 del data[optional]
         data.update(self.extra)
@@ -170,7 +189,7 @@ class EngineSpec:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
         declared = {f.name for f in fields(cls)} - {"extra", "source"}
-        if "labels" not in data:
+        if "labels" not in data and data.get("task", TEXT_CLASSIFICATION) == TEXT_CLASSIFICATION:
             raise ConfigError(f"{source}: field 'labels' is missing; list one label per class id")
         known = {k: v for k, v in data.items() if k in declared}
         extra = {k: v for k, v in data.items() if k not in declared}

@@ -38,6 +38,7 @@ TEXT = TensorSpec("TEXT", "TYPE_STRING", (1,))
 LABEL = TensorSpec("LABEL", "TYPE_STRING", (1,))
 LOGITS = TensorSpec("LOGITS", "TYPE_FP32", (-1,))
 PROBABILITIES = TensorSpec("PROBABILITIES", "TYPE_FP32", (-1,))
+EMBEDDING = TensorSpec("EMBEDDING", "TYPE_FP32", (-1,))  # [batch, embedding_dim]: embedding engines only
 # Tokenizer output / engine input tensors, keyed by the Hugging Face input name they carry.
 TOKEN_TENSOR_NAMES = {"input_ids": "INPUT_IDS", "attention_mask": "ATTENTION_MASK", "token_type_ids": "TOKEN_TYPE_IDS"}
 TOKEN_TENSORS = tuple(TOKEN_TENSOR_NAMES.values())
@@ -86,12 +87,14 @@ def build_model_configs(
                                            instances=instances, measured_latency_ms=measured_latency_ms, warmup=warmup)
     max_batch_size, instances = settings.max_batch_size, settings.instances
     labels = json.dumps(list(spec.labels))
+    outputs = (EMBEDDING,) if spec.is_embedding else (LOGITS, PROBABILITIES, LABEL)
+    task = {"task": spec.task} | ({"embedding_dim": str(spec.embedding_dim)} if spec.is_embedding else {})
     engine = ModelConfig(
         name=engine_model_name(model_name),
         backend="python",
         max_batch_size=max_batch_size,
         inputs=_token_inputs(),
-        outputs=(LOGITS, PROBABILITIES, LABEL),
+        outputs=outputs,
         dynamic_batching=DynamicBatching(preferred_batch_sizes=settings.preferred_batch_sizes,
                                          max_queue_delay_us=settings.max_queue_delay_us),
         # A TensorRT engine runs on a GPU: Triton places one instance group per GPU and tells the stub which.
@@ -103,7 +106,7 @@ def build_model_configs(
             "runtime": spec.runtime,
             "max_sequence_length": str(spec.max_sequence_length),
             "max_position_embeddings": str(spec.max_position_embeddings),
-        } | settings.parameters(),
+        } | task | ({"vocab_size": str(spec.vocab_size)} if spec.vocab_size else {}) | settings.parameters(),
         model_warmup=engine_warmup(spec, max_batch_size) if settings.warmup else (),
     )
     tokenizer = ModelConfig(
@@ -124,14 +127,14 @@ def build_model_configs(
         platform="ensemble",
         max_batch_size=max_batch_size,
         inputs=(TEXT,),
-        outputs=(LABEL, PROBABILITIES, LOGITS),
-        parameters={LABELS_PARAMETER: labels, "build_id": spec.build_id},
+        outputs=outputs[::-1],
+        parameters={LABELS_PARAMETER: labels, "build_id": spec.build_id} | task,
         ensemble_steps=(
             EnsembleStep(tokenizer.name, input_map={"TEXT": "TEXT"}, output_map=token_map),
             EnsembleStep(
                 engine.name,
                 input_map=token_map,
-                output_map={"LABEL": "LABEL", "PROBABILITIES": "PROBABILITIES", "LOGITS": "LOGITS"},
+                output_map={t.name: t.name for t in outputs},
             ),
         ),
     )
@@ -165,7 +168,8 @@ def build_plan_config(model_name: str, spec: EngineSpec, *, max_batch_size: int,
         default_model_filename=PLAN_FILENAME,
         max_batch_size=max_batch_size,
         inputs=tuple(tensor(t, (-1,)) for t in spec.tensorrt["inputs"]),
-        outputs=tuple(tensor(t, (spec.num_labels,)) for t in spec.tensorrt["outputs"]),
+        outputs=tuple(tensor(t, (spec.embedding_dim if spec.is_embedding else spec.num_labels,))
+                      for t in spec.tensorrt["outputs"]),
         dynamic_batching=DynamicBatching(max_queue_delay_us=max_queue_delay_us),
         instance_group=InstanceGroup(count=instances, kind="GPU", profiles=("0",)),
         parameters={LABELS_PARAMETER: json.dumps(list(spec.labels)), "build_id": spec.build_id,

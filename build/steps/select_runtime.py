@@ -15,7 +15,6 @@ from engineforge import progress
 from engineforge.engines import Engine, engine_logits, measure_latencies, onnx_runtime_names
 from engineforge.errors import AccuracyBudgetExceeded, ConfigError, EngineforgeError
 
-from ..accuracy import compare_logits
 from ..config import EVAL_DATA, ONNX_GRAPH, STAGE_COMPILE, StepConfig
 from ..context import BuildContext
 from ..pipeline import register_step
@@ -46,7 +45,7 @@ class SelectRuntimeConfig(StepConfig):
 
 
 def _try_runtime(ctx: BuildContext, runtime: str, texts: list[str], reference: Any,
-                 label_ids: list[int] | None) -> tuple[dict[str, Any], Engine | None]:
+                 examples: list[Any]) -> tuple[dict[str, Any], Engine | None]:
     """(decision row, the engine when it fits the budget)."""
     row: dict[str, Any] = {"runtime": runtime}
     try:
@@ -58,23 +57,23 @@ def _try_runtime(ctx: BuildContext, runtime: str, texts: list[str], reference: A
         row.update(status="cannot run",
                    reason=str(exc) if isinstance(exc, EngineforgeError) else f"{type(exc).__name__}: {lines[-1][:300]}")
         return row, None
-    result = compare_logits(reference, logits, label_ids, texts)
-    row.update(accuracy=result.engine_accuracy, agreement=result.agreement)
+    result = ctx.compare(reference, logits, examples, texts)
+    row.update(result.figures() | ({"accuracy": result.engine_accuracy} if hasattr(result, "engine_accuracy") else {}))
     problems = ctx.budget.violations(result)
     if problems:
         row.update(status="outside budget", reason="; ".join(problems))
         return row, None
     row["status"] = "ok"
-    progress.info(f"  {runtime}: within budget, agreement {result.agreement:.2%}")
+    progress.info(f"  {runtime}: within budget, {result.summary()}")
     return row, engine
 
 
 @register_step(SelectRuntimeConfig)
 def select_runtime(ctx: BuildContext, config: SelectRuntimeConfig) -> dict[str, Any]:
     examples = ctx.eval_examples[: config.max_examples] if config.max_examples else ctx.eval_examples
-    texts = [e.text for e in examples]
+    texts = ctx.eval_texts(examples)
     reference = ctx.reference_logits(texts)
-    tried = [_try_runtime(ctx, runtime, texts, reference, ctx.label_ids(examples)) for runtime in config.candidates]
+    tried = [_try_runtime(ctx, runtime, texts, reference, list(examples)) for runtime in config.candidates]
     rows = [row for row, _ in tried]
     fitting = {row["runtime"]: engine for row, engine in tried if engine is not None}
     if not fitting:

@@ -26,7 +26,7 @@ from engineforge import progress
 from engineforge.engines import engine_logits, load_engine, onnx_runtime_names
 from engineforge.errors import ConfigError, DataError
 
-from ..accuracy import Budget, Comparison, compare_logits
+from ..accuracy import Budget, Comparison
 from ..calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
 from ..config import (
     CALIBRATION_DATA,
@@ -40,6 +40,7 @@ from ..config import (
     require,
 )
 from ..context import BuildContext
+from ..embedding_quality import EmbeddingComparison
 from ..files import file_mb
 from ..int8_fallback import GRANULARITIES, Sensitivity, group_nodes, match_patterns, rank, search_fallback
 from ..pipeline import register_step
@@ -244,8 +245,7 @@ def _fallback(ctx: BuildContext, quantizer: _Quantizer, scratch: Path, quantizab
     """Measure, rank and search. Returns the nodes to keep fp32, the decision for the report, and the
     trial file when it already holds the chosen candidate."""
     max_len, threads = ctx.config.max_sequence_length, ctx.config.intra_op_threads
-    texts = [e.text for e in examples]
-    label_ids = ctx.label_ids(examples)
+    texts = ctx.eval_texts(examples)
 
     def logits(path: Path, runtime: str) -> Any:
         return engine_logits(load_engine(path, runtime, threads), ctx.tokenizer, texts, max_len)
@@ -253,33 +253,32 @@ def _fallback(ctx: BuildContext, quantizer: _Quantizer, scratch: Path, quantizab
     # The budget is end to end, as validate judges it: against the original fp32 model, not this step's
     # input (after pruning and distillation the two differ, and the input may already use up the budget).
     reference = ctx.reference_logits(texts)
-    before = compare_logits(reference, logits(quantizer.source, "onnxruntime"), label_ids)
+    before = ctx.compare(reference, logits(quantizer.source, "onnxruntime"), examples)
     record: dict[str, Any] = {"budget": budget.to_dict(), "eval_examples": len(examples),
                               "fp32_input": before.figures()}
     if not budget.holds(before):
-        reason = (f"the fp32 input is already outside the budget (agreement {before.agreement:.2%}, accuracy drop "
-                 f"{before.accuracy_drop} points): no fp32 fallback can bring it back")
+        reason = (f"the fp32 input is already outside the budget ({before.summary()}): no fp32 fallback can bring "
+                  "it back")
         progress.info(f"  fallback skipped: {reason}")
         return (), record | {"budget_met": False, "stop_reason": reason}, None
     runtimes = [r for r in config.eval_runtimes if r != "openvino" or importlib.util.find_spec("openvino")]
     trial = scratch / "trial.onnx"
     last: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
 
-    def evaluate(exclude: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Comparison:
+    def evaluate(exclude: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Comparison | EmbeddingComparison:
         quantizer.quantize(trial, exclude=exclude, only=only)
         last[:] = [(exclude, only)]
-        return Comparison.worst([compare_logits(reference, logits(trial, r), label_ids) for r in runtimes])
+        results = [ctx.compare(reference, logits(trial, r), examples) for r in runtimes]
+        return type(results[0]).worst(results)  # type: ignore[arg-type]
 
     baseline = evaluate()
-    progress.info(f"  all quantized: agreement {baseline.agreement:.2%}, accuracy drop {baseline.accuracy_drop}, "
-                 f"margin shift {baseline.margin_shift:.3g}")
+    progress.info(f"  all quantized: {baseline.summary()}")
     groups = group_nodes([n for n in quantizable if n not in keep], config.sensitivity_granularity)
     ranking: list[Sensitivity] = []
     if not budget.holds(baseline):
         for index, (group, nodes) in enumerate(groups.items(), start=1):
             ranking.append(Sensitivity(group, nodes, evaluate(only=nodes)))
-            progress.info(f"  sensitivity {index}/{len(groups)} {group}: flips {ranking[-1].metrics.flips}, "
-                         f"margin shift {ranking[-1].metrics.margin_shift:.3g}")
+            progress.info(f"  sensitivity {index}/{len(groups)} {group}: {ranking[-1].metrics.summary()}")
         ranking = rank(ranking)
     decision = search_fallback(ranking, lambda excluded: evaluate(exclude=excluded), budget,
                                config.max_fallback_nodes, baseline, config.refine_nodes)

@@ -10,7 +10,7 @@ from engineforge.engines import engine_logits, load_engine
 from engineforge.engines.tensorrt_engine import NoGpuError
 from engineforge.errors import DataError
 
-from ..accuracy import Budget, compare_logits
+from ..accuracy import Budget
 from ..config import ENGINE, EVAL_DATA, STAGE_VALIDATE, StepConfig, require
 from ..context import BuildContext
 from ..pipeline import register_step
@@ -28,6 +28,10 @@ class ValidateConfig(StepConfig):
     max_accuracy_drop: float = 1.0
     # ... and the engine's argmax must agree with fp32's on at least this fraction of examples.
     min_agreement: float = 0.98
+    # Embedding models: cosine to the fp32 embeddings (mean, worst text) and recall@10 drop in points.
+    min_cosine_mean: float = 0.99
+    min_cosine_worst: float = 0.95
+    max_recall_drop: float = 2.0
     batch_size: int = 32
     # None = every example of the eval file.
     max_examples: int | None = None
@@ -37,26 +41,32 @@ class ValidateConfig(StepConfig):
                 f"validate.max_accuracy_drop={self.max_accuracy_drop}: give percentage points in [0, 100], e.g. 1.0")
         require(0 <= self.min_agreement <= 1,
                 f"validate.min_agreement={self.min_agreement}: give a fraction in [0, 1], e.g. 0.98")
+        for name in ("min_cosine_mean", "min_cosine_worst"):
+            require(-1 <= getattr(self, name) <= 1, f"validate.{name}={getattr(self, name)}: give a cosine in "
+                                                    "[-1, 1], e.g. 0.99")
+        require(0 <= self.max_recall_drop <= 100,
+                f"validate.max_recall_drop={self.max_recall_drop}: give percentage points in [0, 100], e.g. 2")
         require(self.batch_size >= 1, f"validate.batch_size must be >= 1, got {self.batch_size}")
         require(self.max_examples is None or self.max_examples >= 1,
                 f"validate.max_examples must be >= 1 or omitted, got {self.max_examples}")
 
     @property
     def budget(self) -> Budget:
-        return Budget(self.max_accuracy_drop, self.min_agreement)
+        return Budget(self.max_accuracy_drop, self.min_agreement, self.min_cosine_mean, self.min_cosine_worst,
+                      self.max_recall_drop)
 
 
 @register_step(ValidateConfig)
 def validate_accuracy(ctx: BuildContext, config: ValidateConfig) -> dict[str, Any]:
     examples = ctx.eval_examples[: config.max_examples] if config.max_examples else ctx.eval_examples
     if not examples:
-        raise DataError("the validate step needs labelled eval data: pass --eval-data FILE.jsonl "
-                        "(lines of {\"text\": ..., \"label\": ...})")
-    texts = [e.text for e in examples]
+        raise DataError("the validate step needs eval data: pass --eval-data FILE.jsonl (lines of "
+                        "{\"text\": ..., \"label\": ...}; for embeddings {\"text\": ..., \"positive\": ...})")
+    texts = ctx.eval_texts(examples)
     reference = ctx.reference_logits(texts, config.batch_size)
     engine, executed = _engine_or_stand_in(ctx)
     logits = engine_logits(engine, ctx.tokenizer, texts, ctx.config.max_sequence_length, config.batch_size)
-    result = compare_logits(reference, logits, ctx.label_ids(examples), texts)
+    result = ctx.compare(reference, logits, examples, texts)
     ctx.validation = result.to_dict() | {"budget": config.budget.to_dict(), "engine_executed": executed}
     config.budget.check(result)
     return {"runtime": ctx.runtime, "engine_executed": executed} | {

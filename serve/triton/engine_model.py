@@ -1,4 +1,5 @@
-"""Triton python-backend model for `<name>_engine`: token id tensors -> LOGITS, PROBABILITIES, LABEL.
+"""Triton python-backend model for `<name>_engine`: token id tensors -> LOGITS, PROBABILITIES, LABEL (classifiers)
+or EMBEDDING (embedding engines).
 
 Copied verbatim as `model.py` into each published version directory, next to the engine files.
 All requests of a dynamic batch are classified with ONE engine call (ONNX Runtime, OpenVINO or
@@ -45,8 +46,7 @@ class TritonPythonModel:
                 f"{list(self.spec.labels)}; republish this engine with engineforge"
             )
         self.dtypes = {
-            name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
-            for name in ("LOGITS", "PROBABILITIES", "LABEL")
+            output["name"]: pb_utils.triton_string_to_numpy(output["data_type"]) for output in config["output"]
         }
         verify_published_engine(version_dir, self.spec)  # a tampered engine file never loads
         if args.get("model_instance_kind") == "GPU":  # Triton assigns each GPU instance its device
@@ -69,7 +69,10 @@ class TritonPythonModel:
             type_vocab_size=self.spec.type_vocab_size,
         )
 
-    def _respond(self, rows: rt.ClassifiedRows) -> pb_utils.InferenceResponse:
+    def _respond(self, rows: rt.Rows) -> pb_utils.InferenceResponse:
+        if isinstance(rows, rt.EmbeddedRows):
+            return pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor("EMBEDDING", rows.embeddings.astype(self.dtypes["EMBEDDING"]))])
         labels = np.array([[label.encode("utf-8")] for label in rows.labels], dtype=self.dtypes["LABEL"])
         return pb_utils.InferenceResponse(
             output_tensors=[

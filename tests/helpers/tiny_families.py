@@ -91,3 +91,47 @@ def make_family_build_inputs(root: Path, model_type: str) -> tuple[Path, Path]:
     """(checkpoint, eval data) for one family under root."""
     checkpoint = make_family_checkpoint(root / f"tiny-{model_type}", model_type)
     return checkpoint, write_eval_data(root / f"eval-{model_type}.jsonl", checkpoint)
+
+
+PAIRS = (
+    ("where is my order #A1234?", "has my parcel shipped yet"),
+    ("I want my money back for the broken headphones", "please refund the 49.99 you charged me twice"),
+    ("can't log in, password reset email never arrives", "two factor code is not being sent to my phone"),
+    ("my account got locked after too many attempts", "how do I change the email on my account"),
+    ("tracking number says label created for 5 days now", "when will the blue hoodie be delivered?"),
+    ("the coffee grinder stopped working, I'd like a refund",
+     "return label please, the shoes don't fit and I want a refund"),
+)
+
+
+def make_embedding_checkpoint(path: Path, model_type: str = "bert", *, normalize: bool = True,
+                              pooling: str = "mean") -> Path:
+    """A tiny bare encoder saved the sentence-transformers way (modules.json, 1_Pooling/config.json)."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model(model_type, vocab_size=len(word_vocabulary()), max_position_embeddings=130,
+                                  pad_token_id=0, **FAMILY_CONFIGS[model_type])
+    torch.manual_seed(1)
+    AutoModel.from_config(config).eval().save_pretrained(str(path))
+    make_tokenizer(["input_ids", "token_type_ids", "attention_mask"]).save_pretrained(str(path))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": config.hidden_size, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean"}))
+    return path
+
+
+def write_pairs(path: Path) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps({"text": q, "positive": p}) + "\n" for q, p in PAIRS)
+                    + "".join(json.dumps({"text": t}) + "\n" for t in EVAL_TEXTS))
+    return path

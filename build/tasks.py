@@ -1,0 +1,119 @@
+"""What a checkpoint is for: read from `architectures` and sentence-transformers files, or forced with `--task`.
+
+- text-classification: `*ForSequenceClassification`; the engine returns logits [batch, labels].
+- embeddings: a bare encoder (`BertModel`, `MPNetModel`, ...) or a sentence-transformers directory; the engine
+  returns pooled (mean or CLS, as `1_Pooling/config.json` says), optionally L2-normalized, embeddings
+  [batch, hidden]: the pooling is part of the exported graph, so every runtime serves the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engineforge.errors import CheckpointError, UnsupportedArchitectureError
+
+TEXT_CLASSIFICATION = "text-classification"
+EMBEDDINGS = "embeddings"
+TOKEN_CLASSIFICATION = "token-classification"
+TASKS = (TEXT_CLASSIFICATION, EMBEDDINGS)
+POOLING_MODES = ("mean", "cls")
+_NORMALIZE = "sentence_transformers.models.Normalize"
+
+
+@dataclass(frozen=True)
+class Pooling:
+    mode: str = "mean"
+    normalize: bool = False
+    source: str = "default (no sentence-transformers files)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "normalize": self.normalize, "source": self.source}
+
+
+def detect_task(path: Path, config: dict[str, Any], forced: str | None = None) -> str:
+    architectures = config.get("architectures") or []
+    architecture = architectures[0] if architectures else ""
+    sentence_transformers = (path / "modules.json").is_file()
+    if forced is not None:
+        if forced not in TASKS:
+            raise UnsupportedArchitectureError(f"task {forced!r} is not supported; supported tasks: {', '.join(TASKS)}")
+        if forced == TEXT_CLASSIFICATION and not architecture.endswith("ForSequenceClassification"):
+            raise UnsupportedArchitectureError(
+                f"--task {forced} needs a *ForSequenceClassification checkpoint; {path} holds "
+                f"{architecture or 'no architecture'} (fine-tune a classification head first, or use "
+                f"--task {EMBEDDINGS})")
+        return forced
+    if architecture.endswith("ForSequenceClassification"):
+        return TEXT_CLASSIFICATION
+    if architecture.endswith("ForTokenClassification"):
+        raise UnsupportedArchitectureError(
+            f"{architecture} in {path} is a token classifier (NER); engineforge does not build token "
+            f"classification yet. Supported tasks: {', '.join(TASKS)}")
+    if sentence_transformers or architecture.endswith("Model"):
+        return EMBEDDINGS
+    raise UnsupportedArchitectureError(
+        f"architecture {architecture or '(none)'} in {path / 'config.json'} is neither a sequence classifier "
+        f"nor a bare encoder; supported tasks: {TEXT_CLASSIFICATION} (*ForSequenceClassification), {EMBEDDINGS} "
+        "(a bare encoder or a sentence-transformers directory); force one with --task")
+
+
+def read_pooling(path: Path) -> Pooling:
+    """Pooling from sentence-transformers' `1_Pooling/config.json` and `modules.json` when present."""
+    modules_file, pooling_file = path / "modules.json", path / "1_Pooling" / "config.json"
+    if not pooling_file.is_file():
+        return Pooling()
+    try:
+        pooling = json.loads(pooling_file.read_text())
+        modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{pooling_file} or {modules_file} is not valid JSON ({exc}): re-save the model") from exc
+    if pooling.get("pooling_mode_cls_token"):
+        mode = "cls"
+    elif pooling.get("pooling_mode_mean_tokens"):
+        mode = "mean"
+    else:
+        used = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v)
+        raise UnsupportedArchitectureError(f"{pooling_file} asks for pooling {used}; engineforge serves mean or CLS "
+                                           "pooling")
+    normalize = any(isinstance(m, dict) and m.get("type") == _NORMALIZE for m in modules)
+    return Pooling(mode, normalize, f"{pooling_file.relative_to(path)}"
+                                    + (" + modules.json Normalize" if normalize else ""))
+
+
+def embedding_model(encoder: Any, pooling: Pooling) -> Any:
+    """`encoder` (an AutoModel) with pooling on top; `.logits` of its output is the embedding, so every step
+    that runs a torch model (export, validation references, distillation) treats it like a classifier."""
+    import inspect
+    from types import SimpleNamespace
+
+    import torch
+
+    takes_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
+
+    class SentenceEmbedder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wrapped = encoder
+            self.config = encoder.config
+            self.pooling = pooling
+
+        @property
+        def base_model(self) -> Any:
+            return self.wrapped.base_model
+
+        def forward(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Any:
+            kwargs = {"token_type_ids": token_type_ids} if takes_types and token_type_ids is not None else {}
+            hidden = self.wrapped(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+            if self.pooling.mode == "cls":
+                pooled = hidden[:, 0]
+            else:  # mean over real tokens: padding must not change an embedding
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if self.pooling.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
+            return SimpleNamespace(logits=pooled)
+
+    return SentenceEmbedder().eval()
