@@ -111,9 +111,11 @@ class Budget:
     min_cosine_worst: float = 0.95
     max_recall_drop: float = 2.0
 
-    def violations(self, result: Comparison | EmbeddingComparison) -> list[str]:
+    def violations(self, result: Any) -> list[str]:
         if isinstance(result, EmbeddingComparison):
             return self._embedding_violations(result)
+        if hasattr(result, "f1_vs_reference"):  # token classification: entity F1 and per-token agreement
+            return self._token_violations(result)
         problems = []
         if result.accuracy_drop is not None and result.accuracy_drop > self.max_accuracy_drop:
             accuracies = (f" ({result.reference_accuracy:.2f}% fp32 -> {result.engine_accuracy:.2f}% engine)"
@@ -122,6 +124,16 @@ class Budget:
                             f"budget {self.max_accuracy_drop:.2f}")
         if result.agreement < self.min_agreement:
             problems.append(f"argmax agreement with fp32 is {result.agreement:.2%}, budget >= {self.min_agreement:.2%}")
+        return problems
+
+    def _token_violations(self, result: Any) -> list[str]:
+        problems = []
+        if result.accuracy_drop is not None and result.accuracy_drop > self.max_accuracy_drop:
+            problems.append(f"entity F1 dropped {result.accuracy_drop:.2f} points ({result.reference_f1:.2f} fp32 -> "
+                            f"{result.engine_f1:.2f} engine), budget {self.max_accuracy_drop:.2f}")
+        if result.agreement < self.min_agreement:
+            problems.append(f"per-token tag agreement with fp32 is {result.agreement:.2%}, budget >= "
+                            f"{self.min_agreement:.2%}")
         return problems
 
     def _embedding_violations(self, result: EmbeddingComparison) -> list[str]:
@@ -136,10 +148,10 @@ class Budget:
                             f"-> {result.engine_recall:.2f}% engine), budget {self.max_recall_drop:.2f}")
         return problems
 
-    def holds(self, result: Comparison | EmbeddingComparison) -> bool:
+    def holds(self, result: Any) -> bool:
         return not self.violations(result)
 
-    def check(self, result: Comparison | EmbeddingComparison) -> None:
+    def check(self, result: Any) -> None:
         """Raise AccuracyBudgetExceeded naming every violation and the worst output difference."""
         problems = self.violations(result)
         if problems:

@@ -12,7 +12,15 @@ from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 
 from .families import SUPPORTED_MODEL_TYPES, config_value, family_for, usable_positions
 from .files import sha256_file
-from .tasks import EMBEDDINGS, TEXT_CLASSIFICATION, Pooling, detect_task, embedding_model, read_pooling
+from .tasks import (
+    EMBEDDINGS,
+    TEXT_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    Pooling,
+    detect_task,
+    embedding_model,
+    read_pooling,
+)
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "CheckpointInfo", "inspect_checkpoint", "load_checkpoint"]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -108,14 +116,20 @@ def load_checkpoint(path: Path, task: str | None = None) -> tuple[CheckpointInfo
     """Return (info, fp32 model in eval mode with eager attention, fast tokenizer). For embeddings the model is
     the encoder with its pooling (`tasks.embedding_model`)."""
     info = inspect_checkpoint(path, task)
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # build steps print their own progress
 
     try:
         # Eager attention exports the plain MatMul/Softmax pattern ORT's attention fusion recognises.
-        auto = AutoModel if info.task == EMBEDDINGS else AutoModelForSequenceClassification
+        auto = {EMBEDDINGS: AutoModel, TOKEN_CLASSIFICATION: AutoModelForTokenClassification}.get(
+            info.task, AutoModelForSequenceClassification)
         model = auto.from_pretrained(str(path), attn_implementation="eager", local_files_only=True)
     except Exception as exc:  # safetensors/torch raise many types for truncated or garbled files
         raise CheckpointError(

@@ -40,7 +40,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seq-len", type=int, help="max tokens per text when served (default 128)")
     parser.add_argument("--threads", type=int, help="engine runtime intra-op threads (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    parser.add_argument("--task", choices=("text-classification", "embeddings"),
+    parser.add_argument("--task", choices=("text-classification", "token-classification", "embeddings"),
                         help="what the checkpoint is for (default: read from its architecture and files)")
     parser.add_argument("--debug", action="store_true", help="print the traceback after an error")
     return parser

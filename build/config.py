@@ -141,8 +141,9 @@ class BuildConfig:
         require(8 <= self.max_sequence_length <= 8192,
                 f"max_sequence_length={self.max_sequence_length}: use 8..8192 (and <= the model's positions)")
         require(self.intra_op_threads >= 1, "intra_op_threads must be >= 1")
-        require(self.task in (None, "text-classification", "embeddings"),
-                f"task={self.task!r}: use 'text-classification' or 'embeddings' (or leave it to the checkpoint)")
+        require(self.task in (None, "text-classification", "token-classification", "embeddings"),
+                f"task={self.task!r}: use 'text-classification', 'token-classification' or 'embeddings' (or "
+                "leave it to the checkpoint)")
 
     def step(self, config_type: type[StepConfig]) -> StepConfig | None:
         return next((s for s in self.steps if isinstance(s, config_type)), None)

@@ -18,7 +18,8 @@ from .config import STAGE_EXPORT, BuildConfig
 from .data import Example, eval_label_ids
 from .embedding_quality import EmbeddingComparison, compare_embeddings
 from .report import StepRecord
-from .tasks import EMBEDDINGS
+from .tasks import EMBEDDINGS, TOKEN_CLASSIFICATION
+from .token_quality import TokenComparison, compare_tokens, text_offsets
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,17 @@ class BuildContext:
     def is_embedding(self) -> bool:
         return self.checkpoint.task == EMBEDDINGS
 
+    @property
+    def is_token_task(self) -> bool:
+        return self.checkpoint.task == TOKEN_CLASSIFICATION
+
+    @property
+    def entity_types(self) -> list[str]:
+        """A token classifier's entity types (its IOB2 tags without B-/I-)."""
+        from engineforge.ner import split_tag
+
+        return sorted({split_tag(tag)[1] for tag in self.labels} - {""})
+
     def eval_texts(self, examples: Sequence[Example]) -> list[str]:
         """The texts whose outputs judge an engine. Embeddings: examples with a `positive` first, then the
         others, then those positives (what `compare` expects)."""
@@ -98,8 +110,12 @@ class BuildContext:
         return [e.text for e in paired] + [e.text for e in examples if not e.positive] + [e.positive for e in paired]
 
     def compare(self, reference: np.ndarray, outputs: np.ndarray, examples: Sequence[Example],
-                texts: Sequence[str] | None = None) -> Comparison | EmbeddingComparison:
+                texts: Sequence[str] | None = None) -> Comparison | EmbeddingComparison | TokenComparison:
         """Engine outputs vs the fp32 reference's on `eval_texts(examples)`, by the task's measure."""
+        if self.is_token_task:
+            texts = [e.text for e in examples]
+            offsets = text_offsets(self.tokenizer, texts, self.config.max_sequence_length)
+            return compare_tokens(reference, outputs, offsets, self.labels, [e.entities for e in examples], texts)
         if self.is_embedding:
             return compare_embeddings(reference, outputs, len(examples), texts)
         return compare_logits(reference, outputs, self.label_ids(examples), texts)

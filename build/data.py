@@ -18,10 +18,14 @@ class Example:
     text: str
     label: str | None = None
     positive: str | None = None  # embeddings: a text that should be retrieved for this one (recall@10)
+    # NER: gold entities, {"label": type, "start": char, "end": char (exclusive)}; None = not annotated.
+    entities: tuple[dict[str, Any], ...] | None = None
 
 
-def load_examples(path: Path, labels: Sequence[str] | None = None, limit: int | None = None) -> list[Example]:
-    """Read `{"text", "label"}` rows. Labels, when given, must be among the model's labels."""
+def load_examples(path: Path, labels: Sequence[str] | None = None, limit: int | None = None,
+                  entity_types: Sequence[str] | None = None) -> list[Example]:
+    """Read `{"text", "label"}` rows (or `{"text", "positive"}`, `{"text", "entities"}`). Labels, when given,
+    must be among the model's labels; entity types among `entity_types` (a token classifier's)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
@@ -39,11 +43,19 @@ def load_examples(path: Path, labels: Sequence[str] | None = None, limit: int | 
         label, positive = row.get("label"), row.get("positive")
         if positive is not None and (not isinstance(positive, str) or not positive.strip()):
             raise DataError(f"{path}:{line_no}: 'positive' must be a non-empty text")
-        examples.append(Example(text=text, label=None if label is None else str(label), positive=positive or None))
+        entities = _entities(path, line_no, text, row["entities"]) if "entities" in row else None
+        examples.append(Example(text=text, label=None if label is None else str(label), positive=positive or None,
+                                entities=entities))
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
         raise DataError(f"data file {path} holds no examples")
+    if entity_types is not None:
+        unknown = sorted({e["label"] for x in examples for e in x.entities or ()} - set(entity_types))
+        if unknown:
+            raise DataError(f"{path} uses entity types {unknown} that the model does not tag; its types: "
+                            f"{sorted(entity_types)}")
+        return examples
     if labels is not None and not labels:  # an embedding model has no labels: any given are not used
         examples = [Example(text=e.text, positive=e.positive) for e in examples]
     elif labels is not None:
@@ -53,6 +65,22 @@ def load_examples(path: Path, labels: Sequence[str] | None = None, limit: int | 
                 f"{path} uses labels {unknown} that the model does not know; model labels: {list(labels)}"
             )
     return examples
+
+
+def _entities(path: Path, line_no: int, text: str, value: object) -> tuple[dict[str, Any], ...]:
+    where = f"{path}:{line_no}: 'entities'"
+    if not isinstance(value, list):
+        raise DataError(f"{where} must be a list of {{\"label\", \"start\", \"end\"}} objects")
+    out = []
+    for entity in value:
+        if not isinstance(entity, dict) or not isinstance(entity.get("label"), str):
+            raise DataError(f"{where}: each entity needs a string 'label' and integer 'start'/'end', got {entity!r}")
+        start, end = entity.get("start"), entity.get("end")
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+            raise DataError(f"{where}: span {start}..{end} of {entity['label']!r} is not inside the text "
+                            f"(0..{len(text)}, end exclusive)")
+        out.append({"label": entity["label"], "start": start, "end": end})
+    return tuple(sorted(out, key=lambda e: e["start"]))
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

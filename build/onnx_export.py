@@ -31,12 +31,12 @@ def _logits_only(model: Any, names: Sequence[str]) -> Any:
 
 
 def write_onnx(model: Any, names: Sequence[str], args: tuple[Any, ...], path: Path, opset: int,
-               output_name: str = "logits") -> None:
+               output_name: str = "logits", per_token: bool = False) -> None:
     """Export `model`'s logits (an embedding model's pooled embeddings) with dynamic batch and sequence axes."""
     import torch
 
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes[output_name] = {0: "batch"}
+    axes[output_name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     # The TorchScript exporter is deliberate (dynamo needs onnxscript rewrites ORT's fusions don't match);
     # its tracer and deprecation warnings say nothing actionable to a user of build-engine.
     with torch.inference_mode(), warnings.catch_warnings():
@@ -58,12 +58,13 @@ def check_against_torch(model: Any, tokenizer: Any, onnx_path: Path, texts: Sequ
     reference = engine_logits(TorchEngine(model, model_input_names(tokenizer)), tokenizer, texts, max_length)
     got = engine_logits(load_engine(onnx_path, "onnxruntime", threads), tokenizer, texts, max_length)
     diff = np.abs(reference - got)
-    worst = int(np.argmax(diff.max(axis=1)))
+    worst = int(np.argmax(diff.reshape(len(diff), -1).max(axis=1)))
     max_diff = float(diff.max())
     if not np.isfinite(got).all() or max_diff > atol:
         raise OutputMismatchError(
             f"{what} does not match PyTorch: max |logit difference| = {max_diff:.3g} > atol {atol:g} "
-            f"on example {worst} ({texts[worst][:60]!r}): torch {np.round(reference[worst], 4).tolist()} "
-            f"vs onnx {np.round(got[worst], 4).tolist()}"
+            f"on example {worst} ({texts[worst][:60]!r}): torch "
+            f"{np.round(reference[worst].reshape(-1)[:8], 4).tolist()} vs onnx "
+            f"{np.round(got[worst].reshape(-1)[:8], 4).tolist()}"
         )
     return max_diff

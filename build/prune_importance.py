@@ -9,7 +9,10 @@ and accumulated, so opposite-signed examples do not cancel.
 
 Loss: cross-entropy on the given labels. Unlabelled text uses the teacher's argmax as the label: the
 KL to the teacher's soft predictions is at its minimum (zero gradient) while the student still *is*
-the teacher, so it would score every unit 0 before any pruning.
+the teacher, so it would score every unit 0 before any pruning. Embedding models have no classes and the
+same problem with any distance to the teacher: their loss is 0.5·|R e|² for fixed Gaussian directions R, the
+squared output along random probes (a Fisher-style output sensitivity), which is not constant even for
+normalized embeddings.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from .prune_structure import attention_module, encoder_layers, get_path, layout_of
-from .teacher_student import Batch, kd_loss
+from .teacher_student import Batch, is_embedding_model, kd_loss
+
+EMBEDDING_PROBES = 16
 
 
 @dataclass
@@ -62,15 +67,23 @@ def measure_importance(model: Any, batches: Sequence[Batch]) -> Importance:
     was_training = model.training
     model.eval()  # no dropout: score the network that will be served
     total_loss, examples, used_labels = 0.0, 0, False
+    embedding = is_embedding_model(model)
+    probes = None
     try:
         for batch in batches:
             captured.clear()
             logits = model(**batch.inputs).logits
             labels = batch.labels
-            if bool((labels < 0).any()):
-                labels = torch.where(labels >= 0, labels, batch.teacher.argmax(-1))
-            used_labels = used_labels or bool((batch.labels >= 0).any())
-            loss = kd_loss(logits, batch.teacher, labels, alpha=1.0, reduction="sum")
+            if embedding:  # see module docstring: the output energy along fixed random directions
+                if probes is None:
+                    generator = torch.Generator().manual_seed(0)
+                    probes = torch.randn(EMBEDDING_PROBES, logits.shape[-1], generator=generator, dtype=logits.dtype)
+                loss = 0.5 * ((logits @ probes.T) ** 2).sum() / EMBEDDING_PROBES
+            else:
+                if bool((labels < 0).any()):
+                    labels = torch.where(labels >= 0, labels, batch.teacher.argmax(-1))
+                used_labels = used_labels or bool((batch.labels >= 0).any())
+                loss = kd_loss(logits, batch.teacher, labels, alpha=1.0, reduction="sum")
             keys = list(captured)
             grads = torch.autograd.grad(loss, [captured[k] for k in keys])
             mask = batch.inputs["attention_mask"].unsqueeze(-1).to(logits.dtype)
@@ -90,6 +103,8 @@ def measure_importance(model: Any, batches: Sequence[Batch]) -> Importance:
             handle.remove()
         model.train(was_training)
     loss_name = "cross-entropy on labels" if used_labels else "cross-entropy on teacher argmax"
+    if embedding:
+        loss_name = f"embedding energy along {EMBEDDING_PROBES} random directions"
     if used_labels and any(bool((b.labels < 0).any()) for b in batches):
         loss_name = "cross-entropy on labels (teacher argmax where unlabelled)"
     return Importance(

@@ -80,7 +80,8 @@ def _start(config: BuildConfig, work_dir: Path, report: BuildReport) -> BuildCon
     for kind in ("eval", "train", "calibration", "unlabelled"):
         path = getattr(config, f"{kind}_data")
         if path is not None:
-            examples = load_examples(path, ctx.labels)
+            examples = (load_examples(path, entity_types=ctx.entity_types) if ctx.is_token_task
+                        else load_examples(path, ctx.labels))
             if kind == "unlabelled":  # the teacher labels this text; any labels in the file are not used
                 examples = [Example(text=e.text) for e in examples]
             setattr(ctx, f"{kind}_examples", examples)

@@ -1,6 +1,8 @@
 """What a checkpoint is for: read from `architectures` and sentence-transformers files, or forced with `--task`.
 
 - text-classification: `*ForSequenceClassification`; the engine returns logits [batch, labels].
+- token-classification: `*ForTokenClassification` (NER); the engine returns per-token logits [batch, seq, tags]
+  over IOB2 tags (`B-PRODUCT`, `I-PRODUCT`, `O`); quality is entity-level F1 and per-token agreement.
 - embeddings: a bare encoder (`BertModel`, `MPNetModel`, ...) or a sentence-transformers directory; the engine
   returns pooled (mean or CLS, as `1_Pooling/config.json` says), optionally L2-normalized, embeddings
   [batch, hidden]: the pooling is part of the exported graph, so every runtime serves the same thing.
@@ -18,7 +20,8 @@ from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 TEXT_CLASSIFICATION = "text-classification"
 EMBEDDINGS = "embeddings"
 TOKEN_CLASSIFICATION = "token-classification"
-TASKS = (TEXT_CLASSIFICATION, EMBEDDINGS)
+TASKS = (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, EMBEDDINGS)
+HEADS = {TEXT_CLASSIFICATION: "ForSequenceClassification", TOKEN_CLASSIFICATION: "ForTokenClassification"}
 POOLING_MODES = ("mean", "cls")
 _NORMALIZE = "sentence_transformers.models.Normalize"
 
@@ -40,24 +43,21 @@ def detect_task(path: Path, config: dict[str, Any], forced: str | None = None) -
     if forced is not None:
         if forced not in TASKS:
             raise UnsupportedArchitectureError(f"task {forced!r} is not supported; supported tasks: {', '.join(TASKS)}")
-        if forced == TEXT_CLASSIFICATION and not architecture.endswith("ForSequenceClassification"):
+        if forced in HEADS and not architecture.endswith(HEADS[forced]):
             raise UnsupportedArchitectureError(
-                f"--task {forced} needs a *ForSequenceClassification checkpoint; {path} holds "
-                f"{architecture or 'no architecture'} (fine-tune a classification head first, or use "
-                f"--task {EMBEDDINGS})")
+                f"--task {forced} needs a *{HEADS[forced]} checkpoint; {path} holds "
+                f"{architecture or 'no architecture'} (fine-tune that head first, or use --task {EMBEDDINGS})")
         return forced
-    if architecture.endswith("ForSequenceClassification"):
-        return TEXT_CLASSIFICATION
-    if architecture.endswith("ForTokenClassification"):
-        raise UnsupportedArchitectureError(
-            f"{architecture} in {path} is a token classifier (NER); engineforge does not build token "
-            f"classification yet. Supported tasks: {', '.join(TASKS)}")
+    for task, head in HEADS.items():
+        if architecture.endswith(head):
+            return task
     if sentence_transformers or architecture.endswith("Model"):
         return EMBEDDINGS
     raise UnsupportedArchitectureError(
-        f"architecture {architecture or '(none)'} in {path / 'config.json'} is neither a sequence classifier "
-        f"nor a bare encoder; supported tasks: {TEXT_CLASSIFICATION} (*ForSequenceClassification), {EMBEDDINGS} "
-        "(a bare encoder or a sentence-transformers directory); force one with --task")
+        f"architecture {architecture or '(none)'} in {path / 'config.json'} is neither a sequence or token "
+        f"classifier nor a bare encoder; supported tasks: {TEXT_CLASSIFICATION} (*ForSequenceClassification), "
+        f"{TOKEN_CLASSIFICATION} (*ForTokenClassification), {EMBEDDINGS} (a bare encoder or a "
+        "sentence-transformers directory); force one with --task")
 
 
 def read_pooling(path: Path) -> Pooling:
@@ -104,9 +104,12 @@ def embedding_model(encoder: Any, pooling: Pooling) -> Any:
         def base_model(self) -> Any:
             return self.wrapped.base_model
 
-        def forward(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Any:
+        def forward(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None,
+                    output_hidden_states: bool = False) -> Any:
             kwargs = {"token_type_ids": token_type_ids} if takes_types and token_type_ids is not None else {}
-            hidden = self.wrapped(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+            out = self.wrapped(input_ids=input_ids, attention_mask=attention_mask,
+                               output_hidden_states=output_hidden_states, **kwargs)
+            hidden = out.last_hidden_state
             if self.pooling.mode == "cls":
                 pooled = hidden[:, 0]
             else:  # mean over real tokens: padding must not change an embedding
@@ -114,6 +117,6 @@ def embedding_model(encoder: Any, pooling: Pooling) -> Any:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             if self.pooling.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
-            return SimpleNamespace(logits=pooled)
+            return SimpleNamespace(logits=pooled, hidden_states=out.hidden_states if output_hidden_states else None)
 
     return SentenceEmbedder().eval()

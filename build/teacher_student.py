@@ -72,14 +72,27 @@ def with_teacher_logits(teacher: Any, batches: Sequence[Batch]) -> list[Batch]:
     return list(batches)
 
 
+def is_embedding_model(model: Any) -> bool:
+    """A `tasks.embedding_model` wrapper: its `.logits` are pooled embeddings, not class scores."""
+    return getattr(model, "pooling", None) is not None
+
+
 def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: float = 1.0,
-            alpha: float = 0.0, reduction: str = "mean") -> Any:
+            alpha: float = 0.0, reduction: str = "mean", embedding: bool = False) -> Any:
     """(1-alpha)·T²·KL(teacher_T || student_T) + alpha·CE(labels); KL alone where no label is given.
+    Embeddings (`embedding=True`): 1 - cosine(student, teacher) + their MSE, per example (labels unused).
 
     reduction="sum" keeps examples separable, which per-example importance scores rely on.
     """
     import torch
     import torch.nn.functional as F
+
+    if embedding:
+        per_example = (1 - F.cosine_similarity(student_logits, teacher_logits, dim=-1)
+                       + F.mse_loss(student_logits, teacher_logits, reduction="none").mean(-1))
+        if reduction == "none":
+            return per_example
+        return per_example.sum() if reduction == "sum" else per_example.mean()
 
     t = float(temperature)
     kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
@@ -106,17 +119,23 @@ def hidden_state_loss(student_hidden: Sequence[Any], teacher_hidden: Sequence[An
 
 
 def agreement_and_kl(student: Any, batches: Sequence[Batch]) -> dict[str, float]:
-    """Student vs teacher on cached batches: argmax agreement and mean KL at T=1."""
+    """Student vs teacher on cached batches: argmax agreement and mean KL at T=1 (embeddings: mean cosine as
+    the agreement and the embedding loss as the KL)."""
     import torch
+    import torch.nn.functional as F
 
     was_training = student.training
     student.eval()
     agree = kl = total = 0.0
+    embedding = is_embedding_model(student)
     with torch.inference_mode():
         for batch in batches:
             logits = student(**batch.inputs).logits.float()
-            agree += float((logits.argmax(-1) == batch.teacher.argmax(-1)).sum())
-            kl += float(kd_loss(logits, batch.teacher, batch.labels, reduction="sum"))
+            if embedding:
+                agree += float(F.cosine_similarity(logits, batch.teacher, dim=-1).sum())
+            else:
+                agree += float((logits.argmax(-1) == batch.teacher.argmax(-1)).sum())
+            kl += float(kd_loss(logits, batch.teacher, batch.labels, reduction="sum", embedding=embedding))
             total += len(batch.labels)
     student.train(was_training)
     return {"agreement": agree / max(total, 1), "kl": kl / max(total, 1)}

@@ -49,7 +49,8 @@ def export_onnx(ctx: BuildContext, config: ExportConfig) -> dict[str, Any]:
                            return_tensors="pt")
     args = tuple(sample[n] if n in sample else torch.zeros_like(sample["input_ids"]) for n in names)
     path = ctx.work_dir / "model.fp32.onnx"
-    write_onnx(ctx.model, names, args, path, config.opset, "embeddings" if ctx.is_embedding else "logits")
+    write_onnx(ctx.model, names, args, path, config.opset, "embeddings" if ctx.is_embedding else "logits",
+               per_token=ctx.is_token_task)
     max_diff = check_against_torch(ctx.model, ctx.tokenizer, path, check_texts(ctx),
                                    max_length=ctx.config.max_sequence_length, threads=ctx.config.intra_op_threads,
                                    atol=config.atol, what="ONNX export")

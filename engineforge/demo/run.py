@@ -37,7 +37,10 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("demo", help="build, serve and load-test the demo intent classifier",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = DemoSettings()
-    parser.add_argument("--preset", default=defaults.preset, help="build preset")
+    parser.add_argument("--task", choices=("text-classification", "embeddings"), default="text-classification",
+                        help="text-classification: the intent classifier (default); embeddings: the packaged "
+                             "all-MiniLM-L6-v2 sentence embedder")
+    parser.add_argument("--preset", help="build preset (default: fast-cpu; int8-static for embeddings)")
     parser.add_argument("--duration", type=float, default=defaults.duration_s, help="seconds per load level")
     parser.add_argument("--concurrency", default=",".join(map(str, defaults.concurrency)), help="e.g. 1,4")
     parser.add_argument("--repo", type=Path, default=defaults.repo_dir, help="Triton model repository")
@@ -53,6 +56,8 @@ def _run(args: argparse.Namespace) -> int:
     from engineforge.build.presets import PRESET_NAMES
     from engineforge.loadtest.cli import parse_concurrency
 
+    if args.preset is None:
+        args.preset = "int8-static" if args.task == "embeddings" else DemoSettings().preset
     if args.preset not in PRESET_NAMES:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}")
     if args.preset.startswith("trt-"):
@@ -66,6 +71,14 @@ def _run(args: argparse.Namespace) -> int:
         concurrency = parse_concurrency(args.concurrency)
     except argparse.ArgumentTypeError as exc:
         raise UsageError(f"--concurrency: {exc}") from exc
+    if args.task == "embeddings":
+        from .embeddings import EmbeddingDemoSettings, run_embedding_demo
+
+        out = args.out if args.out != DemoSettings().report_dir else EmbeddingDemoSettings().report_dir
+        print(run_embedding_demo(EmbeddingDemoSettings(preset=args.preset, duration_s=args.duration,
+                                                       repo_dir=args.repo, report_dir=out,
+                                                       concurrency=concurrency))["markdown"])
+        return 0
     settings = dataclasses.replace(DemoSettings(), preset=args.preset, duration_s=args.duration, repo_dir=args.repo,
                                    report_dir=args.out, concurrency=concurrency)
     print(run_demo(settings)["markdown"])

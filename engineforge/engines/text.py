@@ -33,7 +33,11 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, input_names: S
 
 def engine_logits(engine: Engine, tokenizer: Any, texts: Sequence[str], max_length: int,
                   batch_size: int = 32) -> np.ndarray:
-    """Logits of `engine` for `texts`, rows in text order."""
+    """Logits of `engine` for `texts`, rows in text order ([texts, tokens, tags] for a token classifier)."""
     names = engine.input_names
-    return np.concatenate([np.asarray(engine.run(encode(tokenizer, chunk, max_length, names)), dtype=np.float32)
-                           for chunk in batches(texts, batch_size)])
+    parts = [np.asarray(engine.run(encode(tokenizer, chunk, max_length, names)), dtype=np.float32)
+             for chunk in batches(texts, batch_size)]
+    if parts and parts[0].ndim == 3:  # per-token outputs: right-pad every batch to the longest sequence
+        longest = max(p.shape[1] for p in parts)
+        parts = [np.pad(p, ((0, 0), (0, longest - p.shape[1]), (0, 0))) for p in parts]
+    return np.concatenate(parts)
