@@ -92,6 +92,10 @@ class StepConfig:
         Most steps work on every family; a step that depends on the module layout overrides this."""
         return ""
 
+    def task_problem(self, task: str) -> str:
+        """Why this configured step cannot serve a task ("token-classification", ...), or "" if it can."""
+        return ""
+
     def to_dict(self) -> dict[str, Any]:
         """JSON/TOML-shaped: tuples become lists, so a dict survives a round trip through the report."""
         return {"type": self.step_type, **{k: list(v) if isinstance(v, tuple) else v

@@ -132,11 +132,24 @@ def read_family(checkpoint: Path) -> EncoderFamily | None:
     return family_for(config.get("model_type"), str(config_file)) if isinstance(config, dict) else None
 
 
-def family_problems(steps: Sequence[Any], family: EncoderFamily) -> list[str]:
-    """Why each step of a recipe cannot run on `family` (empty = all can)."""
+def read_task(checkpoint: Path, forced: str | None = None) -> str | None:
+    """The checkpoint's task from config.json and its files, or None when unreadable (loading reports it)."""
+    from .tasks import detect_task
+
+    try:
+        config = json.loads((Path(checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return detect_task(Path(checkpoint), config, forced) if isinstance(config, dict) else None
+
+
+def family_problems(steps: Sequence[Any], family: EncoderFamily, task: str | None = None) -> list[str]:
+    """Why each step of a recipe cannot run on `family` (and `task`); empty = all can."""
     problems = []
     for step in steps:
         reason = step.family_problem(family)
         if reason:
             problems.append(f"step '{step.step_type}' cannot run on {family.name} checkpoints: {reason}")
+        elif task and (reason := step.task_problem(task)):
+            problems.append(f"step '{step.step_type}' cannot build a {task} model: {reason}")
     return problems

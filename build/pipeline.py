@@ -26,7 +26,7 @@ from engineforge.errors import (
 
 from .config import Artifact, BuildConfig, StepConfig
 from .context import BuildContext
-from .families import EncoderFamily, family_problems, read_family
+from .families import EncoderFamily, family_problems, read_family, read_task
 from .report import StepRecord
 
 StepFunction = Callable[[BuildContext, Any], dict[str, Any]]
@@ -115,20 +115,22 @@ def check_build(config: BuildConfig) -> None:
         step.check_in(config)
     family = read_family(config.checkpoint)
     if family is not None:
-        check_family(config.steps, family, config.preset)
+        check_family(config.steps, family, config.preset, read_task(config.checkpoint, config.task))
 
 
-def check_family(steps: Sequence[StepConfig], family: EncoderFamily, preset: str | None = None) -> None:
-    """Refuse steps that cannot work on the checkpoint's family, naming the presets that do."""
-    problems = family_problems(steps, family)
+def check_family(steps: Sequence[StepConfig], family: EncoderFamily, preset: str | None = None,
+                 task: str | None = None) -> None:
+    """Refuse steps that cannot work on the checkpoint's family (or task), naming the presets that do."""
+    problems = family_problems(steps, family, task)
     if not problems:
         return
     from .presets import PRESET_NAMES, preset_steps
 
-    working = [name for name in PRESET_NAMES if not family_problems(preset_steps(name), family)]
+    working = [name for name in PRESET_NAMES if not family_problems(preset_steps(name), family, task)]
     what = f"preset '{preset}'" if preset else "this recipe"
+    kind = f"{family.name} {task}" if task else family.name
     raise UnsupportedStepError(f"{what} cannot build a {family.name} checkpoint: " + "; ".join(problems)
-                               + f". Presets that work for {family.name}: {', '.join(working)}")
+                               + f". Presets that work for {kind}: {', '.join(working)}")
 
 
 def run_steps(ctx: BuildContext) -> None:

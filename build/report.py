@@ -104,7 +104,8 @@ class BuildReport:
             lines += ["", "## Accuracy (eval set)", ""]
             if isinstance(val.get("engine_executed"), str):  # e.g. a TensorRT engine on a machine without a GPU
                 lines += [f"**{val['engine_executed']}**: these figures are not the engine's own.", ""]
-            lines += _embedding_rows(val, budget) if "cosine_mean" in val else _classifier_rows(val, budget)
+            lines += (_embedding_rows(val, budget) if "cosine_mean" in val else _token_rows(val, budget)
+                      if "f1_vs_reference" in val else _classifier_rows(val, budget))
         if self.candidates:
             lines += ["", "## Candidates tried (most aggressive first)", "", "| candidate | result |", "|---|---|"]
             lines += [f"| {c['candidate']} | {c['result']}{': ' + c['reason'][:200] if c.get('reason') else ''} |"
@@ -131,6 +132,17 @@ def _classifier_rows(val: dict[str, Any], budget: dict[str, Any]) -> list[str]:
             f"| accuracy drop | {_fmt(val['accuracy_drop'])} points (budget {budget['max_accuracy_drop']}) |",
             f"| argmax agreement | {val['agreement']:.2%} (budget ≥ {budget['min_agreement']:.0%}) |",
             f"| max / mean abs logit diff | {val['max_abs_logit_diff']:.4g} / {val['mean_abs_logit_diff']:.3g} |"]
+
+
+def _token_rows(val: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    return ["| metric | value |", "|---|---|",
+            f"| texts / tokens | {val['examples']} / {val['tokens']} |",
+            f"| entity F1, fp32 PyTorch | {_fmt(val['reference_f1'])} |",
+            f"| entity F1, engine | {_fmt(val['engine_f1'])} |",
+            f"| entity F1 drop | {_fmt(val['accuracy_drop'])} points (budget {budget['max_accuracy_drop']}) |",
+            f"| per-token tag agreement | {val['agreement']:.2%} (budget ≥ {budget['min_agreement']:.0%}) |",
+            f"| engine entities vs fp32 entities (F1) | {val['f1_vs_reference']:.2f} |",
+            f"| max abs logit diff | {val['max_abs_logit_diff']:.4g} |"]
 
 
 def _embedding_rows(val: dict[str, Any], budget: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ re-used (the client only reads them), so the timed loop does no numpy work on th
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -117,9 +118,10 @@ def text_request_fn(
     batch_size: int = 1,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     embedding: bool = False,
+    entities: bool = False,
 ) -> TritonRequestFn:
     """Raw text to the ensemble: TEXT (BYTES [batch, 1]) -> LABEL (BYTES), PROBABILITIES (FP32), or EMBEDDING
-    (FP32 [batch, dim]) for an embedding model."""
+    (FP32 [batch, dim]) for an embedding model, or ENTITIES (BYTES JSON per text) for a token classifier."""
     batches = []
     for arr in payloads.text_batches(list(texts), batch_size):
         inp = grpcclient.InferInput("TEXT", list(arr.shape), "BYTES")
@@ -127,6 +129,8 @@ def text_request_fn(
         batches.append([inp])
     if embedding:
         return TritonRequestFn(url, model, batches, ("EMBEDDING",), check_embedding_outputs, batch_size, timeout_s)
+    if entities:
+        return TritonRequestFn(url, model, batches, ("ENTITIES",), check_entity_outputs, batch_size, timeout_s)
     return TritonRequestFn(url, model, batches, ("LABEL", "PROBABILITIES"), check_text_outputs, batch_size, timeout_s)
 
 
@@ -141,6 +145,7 @@ def token_request_fn(
     seed: int = 0,
     embedding: bool = False,
     vocab_size: int | None = None,
+    entities: bool = False,
 ) -> TritonRequestFn:
     """Token ids straight to the engine (no tokenizer): INPUT_IDS, ATTENTION_MASK[, TOKEN_TYPE_IDS]
     (INT64 [batch, seq_len]) -> LOGITS (FP32 [batch, n_labels]). Measures the engine alone."""
@@ -157,6 +162,8 @@ def token_request_fn(
         batches.append(inputs)
     if embedding:
         return TritonRequestFn(url, model, batches, ("EMBEDDING",), check_embedding_outputs, batch_size, timeout_s)
+    if entities:
+        return TritonRequestFn(url, model, batches, ("TOKEN_LABELS",), check_tag_outputs, batch_size, timeout_s)
     return TritonRequestFn(url, model, batches, ("LOGITS",), check_logits_outputs, batch_size, timeout_s)
 
 
@@ -172,6 +179,21 @@ def check_logits_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
     logits = arrays["LOGITS"]
     _expect_rows("LOGITS", logits, batch_size)
     return str(int(np.argmax(logits.reshape(batch_size, -1)[0])))
+
+
+def check_entity_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
+    rows = arrays["ENTITIES"]
+    _expect_rows("ENTITIES", rows, batch_size)
+    first = json.loads(rows.reshape(-1)[0])
+    if not isinstance(first, dict) or "simple" not in first:
+        raise ValueError("ENTITIES is not a JSON object of entity lists per strategy")
+    return f"{len(first['simple'])} entities"
+
+
+def check_tag_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
+    rows = arrays["TOKEN_LABELS"]
+    _expect_rows("TOKEN_LABELS", rows, batch_size)
+    return f"{len(json.loads(rows.reshape(-1)[0]))} tags"
 
 
 def check_embedding_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
@@ -243,7 +265,8 @@ async def _not_ready_message(client: grpcclient.InferenceServerClient, url: str,
 def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = None) -> TritonRequestFn:
     """The request function for `config.mode`, checked against the model's declared inputs."""
     inputs = {i["name"] for i in (metadata or {}).get("inputs", [])}
-    embedding = "EMBEDDING" in {o["name"] for o in (metadata or {}).get("outputs", [])}
+    outputs = {o["name"] for o in (metadata or {}).get("outputs", [])}
+    embedding, entities = "EMBEDDING" in outputs, "ENTITIES" in outputs
     vocab = (metadata or {}).get("parameters", {}).get("vocab_size")
     if config.mode == "text":
         if metadata is not None and "TEXT" not in inputs:
@@ -253,7 +276,7 @@ def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = N
             )
         return text_request_fn(
             config.model, config.texts, url=config.url, batch_size=config.batch_size, timeout_s=config.timeout_s,
-            embedding=embedding,
+            embedding=embedding, entities=entities,
         )
     needed = {"INPUT_IDS", "ATTENTION_MASK"}
     if metadata is not None and not needed <= inputs:
@@ -273,4 +296,5 @@ def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = N
         token_type_ids=token_type_ids,
         embedding=embedding,
         vocab_size=int(vocab) if vocab else None,
+        entities=entities,
     )

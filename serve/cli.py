@@ -121,6 +121,24 @@ def _print_embeddings(client: Any, args: argparse.Namespace, token_rows: Any) ->
     return 0
 
 
+def _print_entities(client: Any, args: argparse.Namespace) -> int:
+    """Token classifiers: the entities of each text (simple aggregation), or JSON with every strategy's."""
+    if not args.texts:
+        raise UsageError("a token classifier takes texts (entities need character offsets), not --token-ids")
+    found = {s: client.entities(args.texts, model=args.model, strategy=s) for s in ("simple", "first", "max")}
+    if args.json:
+        print(json.dumps([{"input": text, "entities": {s: found[s][i] for s in found}}
+                          for i, text in enumerate(args.texts)], indent=2))
+        return 0
+    for i, text in enumerate(args.texts):
+        print(text)
+        for entity in found["simple"][i] or [{"label": "-", "text": "(no entities)", "start": "", "end": "",
+                                              "score": None}]:
+            score = f"{entity['score']:.3f}" if entity["score"] is not None else ""
+            print(f"  {entity['label']:<12} {entity['text']!s:<30} {entity['start']}..{entity['end']}  {score}")
+    return 0
+
+
 def run_infer(args: argparse.Namespace) -> int:
     return run_command("engineforge infer", lambda: _infer(args))
 
@@ -132,8 +150,11 @@ def _infer(args: argparse.Namespace) -> int:
     from .client import EngineforgeClient
 
     with EngineforgeClient(args.url, timeout_s=args.timeout) as client:
-        if client.task(args.model) == "embeddings":
+        task = client.task(args.model)
+        if task == "embeddings":
             return _print_embeddings(client, args, token_rows)
+        if task == "token-classification":
+            return _print_entities(client, args)
         if token_rows is not None:
             predictions = client.classify_token_ids(*token_rows, model=args.model)
             inputs = args.token_ids

@@ -25,7 +25,7 @@ from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_MODEL_NAME
 from engineforge.errors import InferenceRequestError, ModelNotReadyError, ServerError
 
 from . import grpc_errors
-from .engine_spec import EMBEDDINGS, TEXT_CLASSIFICATION
+from .engine_spec import EMBEDDINGS, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 from .grpc_security import CONTROL_HEADER, TlsFiles, grpc_client
 from .model_layout import ENGINE_SUFFIX, LABELS_PARAMETER
 
@@ -155,14 +155,16 @@ class EngineforgeClient:
         return self._labels[model]
 
     def task(self, model: str = DEFAULT_MODEL_NAME) -> str:
-        """"text-classification" or "embeddings", from the model config (checks readiness)."""
+        """"text-classification", "token-classification" or "embeddings", from the model config (checks
+        readiness)."""
         self.labels(model)
         return self._tasks[model]
 
     def _expect_task(self, model: str, task: str) -> None:
         served = self.task(model)
         if served != task:
-            use = "embed()/embed_token_ids()" if served == EMBEDDINGS else "classify()/classify_token_ids()"
+            use = {EMBEDDINGS: "embed()/embed_token_ids()", TOKEN_CLASSIFICATION: "entities()"}.get(
+                served, "classify()/classify_token_ids()")
             raise InferenceRequestError(f"model {model!r} serves {served}, not {task}: call {use} instead")
 
     def embed(self, texts: str | Sequence[str], model: str = DEFAULT_MODEL_NAME) -> np.ndarray:
@@ -183,6 +185,28 @@ class EngineforgeClient:
         self._expect_task(engine, EMBEDDINGS)
         inputs = _token_inputs(input_ids, attention_mask, token_type_ids)
         return self._embeddings(engine, self.infer(engine, inputs, ("EMBEDDING",)), len(inputs["INPUT_IDS"]))
+
+    def entities(self, texts: str | Sequence[str], model: str = DEFAULT_MODEL_NAME, strategy: str = "simple",
+                 with_tags: bool = False) -> list[list[dict[str, Any]]] | tuple[list[list[dict[str, Any]]], list]:
+        """Entities per text ({label, start, end, score, text}; character offsets) from a token classifier's
+        ensemble, aggregated by `strategy` ("simple", "first" or "max"); `with_tags` also returns each text's
+        per-token tags."""
+        from engineforge.ner import STRATEGIES
+
+        if strategy not in STRATEGIES:
+            raise InferenceRequestError(f"strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise InferenceRequestError("give one or more texts (strings) to tag")
+        self._expect_task(model, TOKEN_CLASSIFICATION)
+        array = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+        result = self.infer(model, {"TEXT": array}, ("ENTITIES", "TOKEN_LABELS"))
+        if result["ENTITIES"] is None or result["ENTITIES"].shape[0] != len(texts):
+            raise ServerError(f"{model} returned ENTITIES of shape {getattr(result['ENTITIES'], 'shape', None)} "
+                              f"for {len(texts)} texts")
+        found = [json.loads(row.reshape(-1)[0])[strategy] for row in result["ENTITIES"]]
+        tags = [json.loads(row.reshape(-1)[0]) for row in result["TOKEN_LABELS"]]
+        return (found, tags) if with_tags else found
 
     @staticmethod
     def _embeddings(model: str, result: dict[str, np.ndarray], rows: int) -> np.ndarray:

@@ -202,7 +202,28 @@ def _embed(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) 
     return [EmbeddedRows(part) for part in split_outputs(embeddings, sizes)]
 
 
-Rows = ClassifiedRows | EmbeddedRows
+@dataclass(frozen=True)
+class TaggedRows:
+    """A token classifier's outputs for one request: logits and probabilities [batch, seq, tags]."""
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+
+
+def _tag(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[TaggedRows]:
+    merged, sizes = merge_requests(requests)
+    logits = np.asarray(engine.run({name: merged[name] for name in spec.input_names}), dtype=np.float32)
+    if logits.ndim != 3 or logits.shape[2] != spec.num_labels:
+        raise RuntimeError(f"engine returned logits of shape {list(logits.shape)}, expected [batch, seq, "
+                           f"{spec.num_labels}] (one column per tag in engine.json)")
+    rows = []
+    for request, part in zip(requests, split_outputs(logits, sizes), strict=True):
+        part = part[:, : request.input_ids.shape[1]]  # back to this request's own length
+        rows.append(TaggedRows(part, softmax(part)))
+    return rows
+
+
+Rows = ClassifiedRows | EmbeddedRows | TaggedRows
 
 
 def run_batch(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[Rows | Exception]:
@@ -214,7 +235,7 @@ def run_batch(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays
     """
     if not requests:
         return []
-    infer = _embed if spec.is_embedding else _classify
+    infer = _embed if spec.is_embedding else _tag if spec.is_token_task else _classify
     try:
         return list(infer(engine, spec, requests))
     except Exception as batch_error:

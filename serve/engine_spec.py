@@ -22,8 +22,8 @@ from engineforge.errors import ConfigError
 ENGINE_SPEC_FILENAME = "engine.json"
 FORMAT_VERSION = 1
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-TEXT_CLASSIFICATION, EMBEDDINGS = "text-classification", "embeddings"
-TASKS = (TEXT_CLASSIFICATION, EMBEDDINGS)
+TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, EMBEDDINGS = "text-classification", "token-classification", "embeddings"
+TASKS = (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, EMBEDDINGS)
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
 
 
@@ -163,6 +163,10 @@ class EngineSpec:
     @property
     def is_embedding(self) -> bool:
         return self.task == EMBEDDINGS
+
+    @property
+    def is_token_task(self) -> bool:
+        return self.task == TOKEN_CLASSIFICATION
 
     @property
     def uses_token_type_ids(self) -> bool:

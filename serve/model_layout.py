@@ -39,9 +39,16 @@ LABEL = TensorSpec("LABEL", "TYPE_STRING", (1,))
 LOGITS = TensorSpec("LOGITS", "TYPE_FP32", (-1,))
 PROBABILITIES = TensorSpec("PROBABILITIES", "TYPE_FP32", (-1,))
 EMBEDDING = TensorSpec("EMBEDDING", "TYPE_FP32", (-1,))  # [batch, embedding_dim]: embedding engines only
+# Token classifiers: per-token logits [batch, seq, tags], entities (JSON per text: one list per aggregation
+# strategy) and the per-token tags (JSON list per text).
+TOKEN_LOGITS = TensorSpec("LOGITS", "TYPE_FP32", (-1, -1))
+ENTITIES = TensorSpec("ENTITIES", "TYPE_STRING", (1,))
+TOKEN_LABELS = TensorSpec("TOKEN_LABELS", "TYPE_STRING", (1,))
 # Tokenizer output / engine input tensors, keyed by the Hugging Face input name they carry.
 TOKEN_TENSOR_NAMES = {"input_ids": "INPUT_IDS", "attention_mask": "ATTENTION_MASK", "token_type_ids": "TOKEN_TYPE_IDS"}
 TOKEN_TENSORS = tuple(TOKEN_TENSOR_NAMES.values())
+# What a token classifier's tokenizer adds, so the engine can turn tags into character spans.
+TOKEN_EXTRA_NAMES = {"offsets": "OFFSETS", "word_ids": "WORD_IDS"}
 
 
 def engine_model_name(model_name: str) -> str:
@@ -66,6 +73,16 @@ def _token_inputs() -> tuple[TensorSpec, ...]:
     )
 
 
+def _token_extras() -> tuple[TensorSpec, ...]:
+    """A token classifier's engine also takes the tokenizer's OFFSETS / WORD_IDS and the TEXT (for entity
+    spans and the `first` / `max` strategies); all optional, so token ids alone still work."""
+    return (
+        TensorSpec("OFFSETS", "TYPE_INT64", (-1, 2), optional=True, allow_ragged_batch=True),
+        TensorSpec("WORD_IDS", "TYPE_INT64", (-1,), optional=True, allow_ragged_batch=True),
+        TensorSpec("TEXT", "TYPE_STRING", (1,), optional=True),
+    )
+
+
 def build_model_configs(
     model_name: str,
     spec: EngineSpec,
@@ -87,13 +104,15 @@ def build_model_configs(
                                            instances=instances, measured_latency_ms=measured_latency_ms, warmup=warmup)
     max_batch_size, instances = settings.max_batch_size, settings.instances
     labels = json.dumps(list(spec.labels))
-    outputs = (EMBEDDING,) if spec.is_embedding else (LOGITS, PROBABILITIES, LABEL)
+    outputs = ((EMBEDDING,) if spec.is_embedding else (TOKEN_LOGITS, ENTITIES, TOKEN_LABELS) if spec.is_token_task
+               else (LOGITS, PROBABILITIES, LABEL))
+    extra_in = _token_extras() if spec.is_token_task else ()
     task = {"task": spec.task} | ({"embedding_dim": str(spec.embedding_dim)} if spec.is_embedding else {})
     engine = ModelConfig(
         name=engine_model_name(model_name),
         backend="python",
         max_batch_size=max_batch_size,
-        inputs=_token_inputs(),
+        inputs=_token_inputs() + extra_in,
         outputs=outputs,
         dynamic_batching=DynamicBatching(preferred_batch_sizes=settings.preferred_batch_sizes,
                                          max_queue_delay_us=settings.max_queue_delay_us),
@@ -114,7 +133,8 @@ def build_model_configs(
         backend="python",
         max_batch_size=max_batch_size,
         inputs=(TEXT,),
-        outputs=tuple(TensorSpec(name, "TYPE_INT64", (-1,)) for name in TOKEN_TENSORS),
+        outputs=tuple(TensorSpec(name, "TYPE_INT64", (-1,)) for name in TOKEN_TENSORS)
+        + tuple(TensorSpec(t.name, t.dtype, t.dims) for t in extra_in if t.name != "TEXT"),
         # No queue delay: tokenizing is cheap, batching only saves stub round trips here.
         dynamic_batching=DynamicBatching(max_queue_delay_us=0),
         instance_group=InstanceGroup(count=instances, kind="CPU"),
@@ -122,6 +142,8 @@ def build_model_configs(
         model_warmup=tokenizer_warmup() if settings.warmup else (),
     )
     token_map = {name: name.lower() for name in TOKEN_TENSORS}
+    if spec.is_token_task:
+        token_map |= {name: name.lower() for name in TOKEN_EXTRA_NAMES.values()}
     ensemble = ModelConfig(
         name=model_name,
         platform="ensemble",
@@ -133,7 +155,7 @@ def build_model_configs(
             EnsembleStep(tokenizer.name, input_map={"TEXT": "TEXT"}, output_map=token_map),
             EnsembleStep(
                 engine.name,
-                input_map=token_map,
+                input_map=token_map | ({"TEXT": "TEXT"} if spec.is_token_task else {}),
                 output_map={t.name: t.name for t in outputs},
             ),
         ),

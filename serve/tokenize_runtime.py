@@ -62,8 +62,11 @@ def decode_texts(raw: np.ndarray | Sequence[bytes | str], *, batched: bool = Fal
     return texts
 
 
-def tokenize_batch(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
-    """Tokenize with truncation to `max_length`, padded to the longest text; int64 [batch, seq] arrays."""
+def tokenize_batch(tokenizer, texts: Sequence[str], max_length: int, with_offsets: bool = False
+                   ) -> dict[str, np.ndarray]:
+    """Tokenize with truncation to `max_length`, padded to the longest text; int64 [batch, seq] arrays.
+    `with_offsets` (token classifiers) adds "offsets" [batch, seq, 2] (character spans, (0, 0) for special
+    and padding tokens) and "word_ids" [batch, seq] (-1 for those)."""
     if not texts:
         raise TokenizationError("no texts to tokenize")
     if max_length < 2:
@@ -75,6 +78,7 @@ def tokenize_batch(tokenizer, texts: Sequence[str], max_length: int) -> dict[str
         padding="longest",
         return_attention_mask=True,
         return_token_type_ids=True,
+        return_offsets_mapping=with_offsets,
         return_tensors="np",
     )
     ids = np.asarray(encoded["input_ids"], dtype=np.int64)
@@ -84,4 +88,8 @@ def tokenize_batch(tokenizer, texts: Sequence[str], max_length: int) -> dict[str
         # Tokenizers of models without segment embeddings may omit them; the engine ignores zeros.
         "token_type_ids": np.asarray(encoded.get("token_type_ids", np.zeros_like(ids)), dtype=np.int64),
     }
+    if with_offsets:
+        arrays["offsets"] = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(*ids.shape, 2)
+        arrays["word_ids"] = np.array([[-1 if w is None else w for w in encoded.word_ids(i)]
+                                       for i in range(len(texts))], dtype=np.int64).reshape(ids.shape)
     return arrays

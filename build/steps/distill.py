@@ -83,6 +83,12 @@ class DistillConfig(StepConfig):
         if self.weight_decay < 0:
             raise ConfigError(f"distill.weight_decay must be >= 0, got {self.weight_decay}")
 
+    def task_problem(self, task: str) -> str:
+        if task == "token-classification":
+            return ("distillation of token classifiers (per-token importance and KL) is not built yet; use int8, "
+                    "int8-static or max-accuracy")
+        return ""
+
 
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train indices, held-out indices): a seeded shuffle; at least 8 held out when any is asked for."""

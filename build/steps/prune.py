@@ -74,6 +74,11 @@ class PruneConfig(StepConfig):
         if not 8 <= self.max_length <= 8192:
             raise ConfigError(f"prune.max_length={self.max_length}: use 8..8192 (128 is typical)")
 
+    def task_problem(self, task: str) -> str:
+        if task == "token-classification":
+            return ("pruning of token classifiers (per-token importance and KL) is not built yet; use int8, "
+                    "int8-static or max-accuracy")
+        return ""
 
     def family_problem(self, family: Any) -> str:
         if self.head_sparsity > 0 and not family.supports_head_pruning():

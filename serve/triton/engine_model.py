@@ -1,5 +1,5 @@
-"""Triton python-backend model for `<name>_engine`: token id tensors -> LOGITS, PROBABILITIES, LABEL (classifiers)
-or EMBEDDING (embedding engines).
+"""Triton python-backend model for `<name>_engine`: token id tensors -> LOGITS, PROBABILITIES, LABEL (classifiers),
+EMBEDDING (embedding engines) or LOGITS, ENTITIES, TOKEN_LABELS (token classifiers).
 
 Copied verbatim as `model.py` into each published version directory, next to the engine files.
 All requests of a dynamic batch are classified with ONE engine call (ONNX Runtime, OpenVINO or
@@ -17,9 +17,11 @@ import triton_python_backend_utils as pb_utils
 
 try:
     from engineforge.serve import engine_runtime as rt
+    from engineforge.serve import ner_runtime
     from engineforge.serve.engine_spec import EngineSpec
     from engineforge.serve.model_layout import TOKEN_TENSOR_NAMES
     from engineforge.serve.repository import verify_published_engine
+    from engineforge.serve.tokenize_runtime import TokenizationError, decode_texts
 except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
     raise ImportError(
         "engineforge is not importable by the Triton python backend stub; start the server with "
@@ -69,7 +71,25 @@ class TritonPythonModel:
             type_vocab_size=self.spec.type_vocab_size,
         )
 
-    def _respond(self, rows: rt.Rows) -> pb_utils.InferenceResponse:
+    def _extras(self, request, arrays: rt.RequestArrays) -> tuple:
+        """A token classifier's optional OFFSETS, WORD_IDS and TEXT, checked against the token ids."""
+        found = [pb_utils.get_input_tensor_by_name(request, name) for name in ("OFFSETS", "WORD_IDS", "TEXT")]
+        offsets, word_ids = (None if t is None else t.as_numpy() for t in found[:2])
+        try:
+            texts = None if found[2] is None else decode_texts(found[2].as_numpy(), batched=True)
+        except TokenizationError as exc:
+            raise rt.InvalidRequestError(str(exc)) from exc
+        ner_runtime.check_extras(arrays.input_ids.shape, offsets, word_ids, texts)
+        return arrays.attention_mask, offsets, word_ids, texts
+
+    def _respond(self, rows: rt.Rows, extras: tuple = ()) -> pb_utils.InferenceResponse:
+        if isinstance(rows, rt.TaggedRows):
+            entities, tags = ner_runtime.tagged_outputs(rows, self.spec.labels, *extras)
+            return pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("LOGITS", rows.logits.astype(self.dtypes["LOGITS"])),
+                pb_utils.Tensor("ENTITIES", np.array([[e.encode("utf-8")] for e in entities], dtype=object)),
+                pb_utils.Tensor("TOKEN_LABELS", np.array([[t.encode("utf-8")] for t in tags], dtype=object)),
+            ])
         if isinstance(rows, rt.EmbeddedRows):
             return pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor("EMBEDDING", rows.embeddings.astype(self.dtypes["EMBEDDING"]))])
@@ -86,9 +106,13 @@ class TritonPythonModel:
         responses: list = [None] * len(requests)
         try:
             valid: list[tuple[int, rt.RequestArrays]] = []
+            extras: dict[int, tuple] = {}
             for index, request in enumerate(requests):
                 try:
-                    valid.append((index, self._read(request)))
+                    arrays = self._read(request)
+                    if self.spec.is_token_task:
+                        extras[index] = self._extras(request, arrays)
+                    valid.append((index, arrays))
                 except rt.InvalidRequestError as exc:
                     responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
             outcomes = rt.run_batch(self.engine, self.spec, [arrays for _, arrays in valid])
@@ -97,7 +121,7 @@ class TritonPythonModel:
                     message = f"the engine failed on this request: {type(outcome).__name__}: {outcome}"
                     responses[index] = _error(message, pb_utils.TritonError.INTERNAL)
                 else:
-                    responses[index] = self._respond(outcome)
+                    responses[index] = self._respond(outcome, extras.get(index, ()))
         except Exception as exc:  # never crash the stub: answer every unanswered request instead
             for index, response in enumerate(responses):
                 if response is None:

@@ -16,7 +16,7 @@ try:
     from engineforge.defaults import TOKENIZER_DIRNAME
     from engineforge.serve import tokenize_runtime as rt
     from engineforge.serve.engine_spec import EngineSpec
-    from engineforge.serve.model_layout import TOKEN_TENSOR_NAMES
+    from engineforge.serve.model_layout import TOKEN_EXTRA_NAMES, TOKEN_TENSOR_NAMES
 except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
     raise ImportError(
         "engineforge is not importable by the Triton python backend stub; start the server with "
@@ -35,10 +35,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.spec = EngineSpec.load(version_dir)
-        self.dtypes = {
-            name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
-            for name in OUTPUTS.values()
-        }
+        self.dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+        # A token classifier's tokenizer also returns OFFSETS and WORD_IDS (the config lists them).
+        self.outputs = {key: name for key, name in (OUTPUTS | TOKEN_EXTRA_NAMES).items() if name in self.dtypes}
+        self.with_offsets = len(self.outputs) > len(OUTPUTS)
         self.tokenizer = rt.load_tokenizer(version_dir / TOKENIZER_DIRNAME)
 
     def _tokenize(self, request) -> pb_utils.InferenceResponse:
@@ -46,10 +46,10 @@ class TritonPythonModel:
         if tensor is None:
             raise rt.TokenizationError("TEXT is required")
         texts = rt.decode_texts(tensor.as_numpy(), batched=True)
-        arrays = rt.tokenize_batch(self.tokenizer, texts, self.spec.max_sequence_length)
+        arrays = rt.tokenize_batch(self.tokenizer, texts, self.spec.max_sequence_length, self.with_offsets)
         return pb_utils.InferenceResponse(
             output_tensors=[
-                pb_utils.Tensor(name, arrays[key].astype(self.dtypes[name])) for key, name in OUTPUTS.items()
+                pb_utils.Tensor(name, arrays[key].astype(self.dtypes[name])) for key, name in self.outputs.items()
             ]
         )
 

@@ -39,11 +39,11 @@ def word_vocabulary(texts: tuple[str, ...] = EVAL_TEXTS) -> list[str]:
     return [*SPECIALS, *words]
 
 
-def make_tokenizer(input_names: list[str]) -> Any:
+def make_tokenizer(input_names: list[str], vocab: list[str] | None = None) -> Any:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = word_vocabulary()
+    vocab = vocab or word_vocabulary()
     ids = {w: i for i, w in enumerate(vocab)}
     tokenizer = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -134,4 +134,28 @@ def write_pairs(path: Path) -> Path:
 
     path.write_text("".join(json.dumps({"text": q, "positive": p}) + "\n" for q, p in PAIRS)
                     + "".join(json.dumps({"text": t}) + "\n" for t in EVAL_TEXTS))
+    return path
+
+
+def make_ner_checkpoint(path: Path, model_type: str = "bert", *, rows: int = 200, epochs: int = 12) -> Path:
+    """A tiny `*ForTokenClassification` trained on the NER demo's annotated messages, with a word vocabulary
+    of those messages (a few hundred tokens); the demo's eval file is left unseen."""
+    import torch
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    from engineforge.demo.ner_data import NER_EVAL_FILE, NER_LABELS, NER_TRAIN_FILE
+    from engineforge.demo.ner_finetune import NerFinetuneSettings, load_rows, train_token_classifier
+
+    train = load_rows(NER_TRAIN_FILE)[:rows]
+    texts = tuple(r["text"] for r in train + load_rows(NER_EVAL_FILE))
+    tokenizer = make_tokenizer(["input_ids", "token_type_ids", "attention_mask"], word_vocabulary(texts))
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), max_position_embeddings=130, pad_token_id=0,
+                                  num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)),
+                                  label2id={label: i for i, label in enumerate(NER_LABELS)},
+                                  **FAMILY_CONFIGS[model_type])
+    torch.manual_seed(0)
+    model = AutoModelForTokenClassification.from_config(config)
+    train_token_classifier(model, tokenizer, train, NerFinetuneSettings(epochs=epochs, learning_rate=3e-3))
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
     return path
