@@ -128,8 +128,8 @@ def check_family(steps: Sequence[StepConfig], family: EncoderFamily, preset: str
 
     working = [name for name in PRESET_NAMES if not family_problems(preset_steps(name), family, task)]
     what = f"preset '{preset}'" if preset else "this recipe"
-    kind = f"{family.name} {task}" if task else family.name
-    raise UnsupportedStepError(f"{what} cannot build a {family.name} checkpoint: " + "; ".join(problems)
+    kind = family.name if task in (None, "text-classification") else f"{family.name} {task}"
+    raise UnsupportedStepError(f"{what} cannot build this {family.name} checkpoint: " + "; ".join(problems)
                                + f". Presets that work for {kind}: {', '.join(working)}")
 
 

@@ -37,10 +37,10 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("demo", help="build, serve and load-test the demo intent classifier",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = DemoSettings()
-    parser.add_argument("--task", choices=("text-classification", "embeddings"), default="text-classification",
-                        help="text-classification: the intent classifier (default); embeddings: the packaged "
-                             "all-MiniLM-L6-v2 sentence embedder")
-    parser.add_argument("--preset", help="build preset (default: fast-cpu; int8-static for embeddings)")
+    parser.add_argument("--task", choices=("text-classification", "ner", "embeddings"), default="text-classification",
+                        help="text-classification: the intent classifier (default); ner: support-message entities; "
+                             "embeddings: the packaged all-MiniLM-L6-v2 sentence embedder")
+    parser.add_argument("--preset", help="build preset (default: fast-cpu; int8-static for ner and embeddings)")
     parser.add_argument("--duration", type=float, default=defaults.duration_s, help="seconds per load level")
     parser.add_argument("--concurrency", default=",".join(map(str, defaults.concurrency)), help="e.g. 1,4")
     parser.add_argument("--repo", type=Path, default=defaults.repo_dir, help="Triton model repository")
@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     from engineforge.loadtest.cli import parse_concurrency
 
     if args.preset is None:
-        args.preset = "int8-static" if args.task == "embeddings" else DemoSettings().preset
+        args.preset = "int8-static" if args.task in ("ner", "embeddings") else DemoSettings().preset
     if args.preset not in PRESET_NAMES:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}")
     if args.preset.startswith("trt-"):
@@ -71,6 +71,13 @@ def _run(args: argparse.Namespace) -> int:
         concurrency = parse_concurrency(args.concurrency)
     except argparse.ArgumentTypeError as exc:
         raise UsageError(f"--concurrency: {exc}") from exc
+    if args.task == "ner":
+        from .ner_demo import NerDemoSettings, run_ner_demo
+
+        out = args.out if args.out != DemoSettings().report_dir else NerDemoSettings().report_dir
+        print(run_ner_demo(NerDemoSettings(preset=args.preset, duration_s=args.duration, repo_dir=args.repo,
+                                           report_dir=out, concurrency=concurrency))["markdown"])
+        return 0
     if args.task == "embeddings":
         from .embeddings import EmbeddingDemoSettings, run_embedding_demo
 
