@@ -117,6 +117,8 @@ def render_embedding_summary(summary: dict[str, Any], load_table: str) -> str:
         f"| cosine to fp32 (mean / worst text) | 1 / 1 | {val['cosine_mean']:.5f} / {val['cosine_worst']:.5f} |",
         f"| recall@10 on the pairs | {val['reference_recall']:.1f} % | {val['engine_recall']:.1f} % |",
         f"| model file | {sizes.get('checkpoint weights')} MB | {sizes.get('engine (published)')} MB |", "",
+        f"Budget: mean cosine ≥ {val['budget']['min_cosine_mean']}, worst ≥ {val['budget']['min_cosine_worst']}, "
+        f"recall@10 drop ≤ {val['budget']['max_recall_drop']} points.", "",
         f"Steps {' → '.join(s['name'] for s in build['steps'])}; precision {build['precision']} in "
         f"{build['runtime']}; build time {build['total_seconds']:.1f} s; published "
         f"`{build['published']['model_name']}` version {build['published']['version']}.", "",

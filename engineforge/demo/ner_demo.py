@@ -114,6 +114,8 @@ def render_ner_summary(summary: dict[str, Any], load_table: str) -> str:
         f"| entity F1 (exact span and type) | {val['reference_f1']:.2f} | {val['engine_f1']:.2f} |",
         f"| per-token tag agreement with fp32 | – | {val['agreement']:.2%} |",
         f"| model file | {sizes.get('checkpoint weights')} MB | {sizes.get('engine (published)')} MB |", "",
+        f"Budget: entity F1 drop ≤ {val['budget']['max_accuracy_drop']} points, per-token agreement ≥ "
+        f"{val['budget']['min_agreement']:.0%}.", "",
         f"Steps {' → '.join(s['name'] for s in build['steps'])}; precision {build['precision']} in "
         f"{build['runtime']}; build time {build['total_seconds']:.1f} s.", "",
         "## Served over gRPC (tokenizer → engine → entities, simple aggregation)", "",

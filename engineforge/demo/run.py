@@ -188,6 +188,9 @@ def render_summary(summary: dict[str, Any], load_table: str) -> str:
         f"| argmax agreement with fp32 | – | {val['agreement']:.2%} |",
         f"| model file | {sizes.get('checkpoint weights')} MB | {sizes.get('engine (published)')} MB |",
         "",
+        f"Budget: accuracy drop ≤ {val['budget']['max_accuracy_drop']} points, argmax agreement ≥ "
+        f"{val['budget']['min_agreement']:.0%}.",
+        "",
         f"Steps {' → '.join(s['name'] for s in build['steps'])}; precision {build['precision']} in "
         f"{build['runtime']}; build time {build['total_seconds']:.1f} s; published "
         f"`{build['published']['model_name']}` version {build['published']['version']}.",

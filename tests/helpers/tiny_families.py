@@ -20,6 +20,9 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
     "bert": dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=80),
     "roberta": dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=80),
+    "xlm-roberta": dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=80),
+    "electra": dict(hidden_size=48, embedding_size=32, num_hidden_layers=2, num_attention_heads=3,
+                    intermediate_size=80),
     "distilbert": dict(dim=48, n_layers=2, n_heads=3, hidden_dim=80),
     "albert": dict(hidden_size=48, embedding_size=16, num_hidden_layers=2, num_attention_heads=3,
                    intermediate_size=80),
@@ -32,6 +35,10 @@ FAMILY_CONFIGS: dict[str, dict[str, Any]] = {
                        global_attn_every_n_layers=2, local_attention=16),
 }
 NEW_FAMILIES = ("distilbert", "albert", "deberta-v2", "mpnet", "modernbert")
+BERT_LIKE = ("roberta", "xlm-roberta", "electra")  # the families supported before, with these odd shapes too
+# bitsandbytes' CPU kernel needs Linear in_features % 64 and out_features % 32: a wider variant for nf4.
+WIDE = {"hidden_size": 64, "dim": 64, "intermediate_size": 128, "hidden_dim": 128, "num_attention_heads": 4,
+        "n_heads": 4}
 
 
 def word_vocabulary(texts: tuple[str, ...] = EVAL_TEXTS) -> list[str]:
@@ -56,7 +63,8 @@ def make_tokenizer(input_names: list[str], vocab: list[str] | None = None) -> An
                                    model_input_names=input_names)
 
 
-def make_family_checkpoint(path: Path, model_type: str, *, seed: int = 0, steps: int = 40) -> Path:
+def make_family_checkpoint(path: Path, model_type: str, *, seed: int = 0, steps: int = 40, wide: bool = False
+                           ) -> Path:
     """A trained tiny `*ForSequenceClassification` of `model_type` with a ~100-token tokenizer, saved at path."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -67,7 +75,7 @@ def make_family_checkpoint(path: Path, model_type: str, *, seed: int = 0, steps:
     config = AutoConfig.for_model(
         model_type, vocab_size=len(vocab), max_position_embeddings=130, num_labels=len(TINY_LABELS),
         id2label=dict(enumerate(TINY_LABELS)), label2id={label: i for i, label in enumerate(TINY_LABELS)},
-        **extra, **FAMILY_CONFIGS[model_type])
+        **extra, **{k: WIDE.get(k, v) if wide else v for k, v in FAMILY_CONFIGS[model_type].items()})
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     # The tokenizer says what a real checkpoint's tokenizer would: BERT-style ids, mask and token types.
@@ -87,10 +95,11 @@ def make_family_checkpoint(path: Path, model_type: str, *, seed: int = 0, steps:
     return path
 
 
-def make_family_build_inputs(root: Path, model_type: str) -> tuple[Path, Path]:
+def make_family_build_inputs(root: Path, model_type: str, wide: bool = False) -> tuple[Path, Path]:
     """(checkpoint, eval data) for one family under root."""
-    checkpoint = make_family_checkpoint(root / f"tiny-{model_type}", model_type)
-    return checkpoint, write_eval_data(root / f"eval-{model_type}.jsonl", checkpoint)
+    name = f"{model_type}-wide" if wide else model_type
+    checkpoint = make_family_checkpoint(root / f"tiny-{name}", model_type, wide=wide)
+    return checkpoint, write_eval_data(root / f"eval-{name}.jsonl", checkpoint)
 
 
 PAIRS = (

@@ -32,10 +32,12 @@ from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.server import TritonServer, find_triton
 from tests.helpers.tiny_checkpoint import EVAL_TEXTS
-from tests.helpers.tiny_families import NEW_FAMILIES, make_family_build_inputs, word_vocabulary
+from tests.helpers.tiny_families import BERT_LIKE, NEW_FAMILIES, make_family_build_inputs, word_vocabulary
+
+ALL_FAMILIES = NEW_FAMILIES + BERT_LIKE
 
 NO_TOKEN_TYPES = {"distilbert", "deberta-v2", "mpnet", "modernbert"}
-FUSED_ATTENTION = {"distilbert"}  # ORT's BERT Attention fusion matches every layer of these
+FUSED_ATTENTION = {"distilbert", "roberta", "xlm-roberta", "electra"}  # ORT fuses every layer's attention
 TEXTS = ["where is my order #1234?", "I want my money back for the broken headphones", "ok",
          "my account got locked after too many attempts, please help"]
 
@@ -43,7 +45,7 @@ TEXTS = ["where is my order #1234?", "I want my money back for the broken headph
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     root = tmp_path_factory.mktemp("families")
-    return {family: make_family_build_inputs(root, family) for family in NEW_FAMILIES}
+    return {family: make_family_build_inputs(root, family) for family in ALL_FAMILIES}
 
 
 def _build(inputs: tuple[Path, Path], out: Path, steps: tuple) -> BuildReport:
@@ -60,10 +62,10 @@ def _details(report: BuildReport, name: str) -> dict:
 @pytest.fixture(scope="module")
 def static_builds(inputs, tmp_path_factory) -> dict[str, BuildReport]:
     root = tmp_path_factory.mktemp("static")
-    return {family: _build(inputs[family], root / family, preset_steps("int8-static")) for family in NEW_FAMILIES}
+    return {family: _build(inputs[family], root / family, preset_steps("int8-static")) for family in ALL_FAMILIES}
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_int8_build_matches_pytorch_and_reports_its_fusions(inputs, family, tmp_path):
     report = _build(inputs[family], tmp_path / "out", preset_steps("int8"))
     assert report.status == "ok" and report.checkpoint["model_type"] == family
@@ -79,7 +81,7 @@ def test_int8_build_matches_pytorch_and_reports_its_fusions(inputs, family, tmp_
     assert spec.vocab_size == len(word_vocabulary()) < 2000
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_static_int8_with_runtime_selection_on_a_small_vocabulary(static_builds, family):
     report = static_builds[family]
     assert report.status == "ok"
@@ -87,6 +89,25 @@ def test_static_int8_with_runtime_selection_on_a_small_vocabulary(static_builds,
     assert {c["runtime"] for c in candidates} == {"onnxruntime", "openvino"}
     assert all(c["status"] == "ok" and c["median_ms"] > 0 for c in candidates)
     assert report.validation["agreement"] >= 0.9
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_int4_weight_only_and_nf4_where_the_shapes_allow(inputs, family, tmp_path):
+    report = _build(inputs[family], tmp_path / "int4", preset_steps("int4-weight-only"))
+    assert report.status == "ok" and _details(report, "int4_weight_only")["quantized_nodes"] > 0
+    wide = make_family_build_inputs(tmp_path, family, wide=True)  # bitsandbytes needs 64-wide Linear inputs
+    report = _build(wide, tmp_path / "nf4", preset_steps("nf4"))
+    assert report.status == "ok" and report.runtime == "torch-bnb"
+    assert _details(report, "bnb_4bit")["quantized_linear"] > 0 and report.validation["agreement"] >= 0.9
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_tensorrt_fp16_engines_build_for_every_family(inputs, family, tmp_path):
+    report = _build(inputs[family], tmp_path / "trt", preset_steps("trt-fp16"))
+    assert report.status == "ok" and report.runtime == "tensorrt"
+    spec = EngineSpec.load(tmp_path / "trt" / "engine")
+    assert sorted(t["name"] for t in spec.tensorrt["inputs"]) == sorted(spec.input_names)
 
 
 def test_distilbert_prunes_heads_and_neurons_then_recovers(inputs, tmp_path):
@@ -144,7 +165,7 @@ def client(static_builds, tmp_path_factory) -> Iterator[EngineforgeClient]:
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_every_family_serves_text_and_token_ids_over_triton(client, static_builds, family):
     bundle = Path(static_builds[family].bundle_dir)
     spec = EngineSpec.load(bundle)
