@@ -90,3 +90,47 @@ def test_the_cli_refuses_an_unsupported_preset_as_a_usage_error_without_a_traceb
 ])
 def test_usable_positions_follow_each_familys_position_scheme(config, expected):
     assert usable_positions(config) == expected
+
+
+@pytest.mark.parametrize("architecture,files,forced,expected", [
+    ("BertForSequenceClassification", (), None, "text-classification"),
+    ("DistilBertForTokenClassification", (), None, "token-classification"),
+    ("MPNetModel", (), None, "embeddings"),
+    ("", ("modules.json",), None, "embeddings"),  # a sentence-transformers directory
+    ("BertForSequenceClassification", (), "embeddings", "embeddings"),  # the encoder under a classifier's head
+])
+def test_the_task_is_read_from_the_checkpoint_or_forced(tmp_path, architecture, files, forced, expected):
+    from engineforge.build.tasks import detect_task
+
+    for name in files:
+        (tmp_path / name).write_text("[]")
+    config = {"model_type": "bert", "architectures": [architecture] if architecture else []}
+    assert detect_task(tmp_path, config, forced) == expected
+
+
+@pytest.mark.parametrize("architecture,forced,message", [
+    ("BertForMaskedLM", None, r"neither a sequence or token classifier nor a bare encoder; supported tasks: "
+                              r"text-classification .*token-classification .*embeddings"),
+    ("BertForSequenceClassification", "token-classification", r"--task token-classification needs a "
+                                                              r"\*ForTokenClassification checkpoint"),
+    ("BertModel", "summarization", r"task 'summarization' is not supported; supported tasks: text-classification, "
+                                   r"token-classification, embeddings"),
+])
+def test_unsupported_task_combinations_list_what_is_supported(tmp_path, architecture, forced, message):
+    from engineforge.build.tasks import detect_task
+
+    with pytest.raises(UnsupportedArchitectureError, match=message):
+        detect_task(tmp_path, {"model_type": "bert", "architectures": [architecture]}, forced)
+
+
+def test_pooling_is_read_from_sentence_transformers_files(tmp_path):
+    from engineforge.build.tasks import read_pooling
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (tmp_path / "modules.json").write_text(json.dumps([{"type": "sentence_transformers.models.Normalize"}]))
+    pooling = read_pooling(tmp_path)
+    assert (pooling.mode, pooling.normalize) == ("cls", True)
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(UnsupportedArchitectureError, match="serves mean or CLS pooling"):
+        read_pooling(tmp_path)
