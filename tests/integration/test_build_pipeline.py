@@ -111,9 +111,9 @@ def test_corrupt_config_is_reported(tiny_checkpoint, tiny_eval_data, tmp_path):
 
 @pytest.mark.parametrize(("model_type", "architecture", "fragment"), [
     ("gpt2", "GPT2ForSequenceClassification", "model_type 'gpt2'"),
-    ("bert", "BertForMaskedLM", "neither a sequence classifier nor a bare encoder; supported tasks: "
+    ("bert", "BertForMaskedLM", "neither a sequence or token classifier nor a bare encoder; supported tasks: "
                                 "text-classification"),
-    ("bert", "BertForTokenClassification", "is a token classifier .* does not build token classification yet"),
+    ("bert", "BertForQuestionAnswering", r"supported tasks: .*token-classification \(\*ForTokenClassification\)"),
 ])
 def test_unsupported_architectures_are_refused(tiny_checkpoint, tiny_eval_data, tmp_path, model_type, architecture,
                                                fragment):
