@@ -1,4 +1,5 @@
-"""`engineforge loadtest`: closed-loop gRPC load test of a model served by Triton.
+"""`engineforge loadtest`: closed-loop (concurrency) or open-loop (`--rate`) gRPC load test of a model served by
+Triton.
 
 The top-level CLI only needs:
 
@@ -55,6 +56,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=",".join(map(str, defaults.concurrency)),
         help="comma-separated in-flight request counts, one measurement each, e.g. 1,4,16",
     )
+    parser.add_argument(
+        "--rate",
+        type=parse_rates,
+        help="open loop instead of concurrency: comma-separated target rates in req/s, e.g. 50,100,200; latency is "
+        "measured from each request's scheduled send (no coordinated omission)",
+    )
+    parser.add_argument("--arrival", choices=("constant", "poisson"), default=defaults.arrival,
+                        help="open loop: evenly spaced or Poisson arrivals")
+    parser.add_argument("--max-in-flight", type=int, default=defaults.max_in_flight,
+                        help="open loop: requests in flight at most (beyond it sends fall behind, reported)")
     parser.add_argument("--duration", type=float, default=defaults.duration_s, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=defaults.warmup_s, help="discarded seconds per level")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="items per request")
@@ -115,7 +126,27 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         token_type_ids=args.token_type_ids,
         label=args.label,
         progress_every_s=args.progress_every,
+        rates=args.rate or (),
+        arrival=args.arrival,
+        max_in_flight=args.max_in_flight,
     )
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    """"50,100,200" -> (50.0, 100.0, 200.0); a range "50:200:50" (start:stop:step, stop included) too."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if not (start > 0 and step > 0 and stop >= start):
+                raise ValueError
+            rates = tuple(round(start + i * step, 6) for i in range(int((stop - start) / step + 1e-9) + 1))
+        else:
+            rates = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rates: give req/s like 50,100,200 or 50:200:50, got {text!r}") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be > 0 req/s, got {text!r}")
+    return rates
 
 
 def run(args: argparse.Namespace) -> int:

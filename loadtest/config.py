@@ -36,6 +36,10 @@ class LoadTestConfig:
     # Abort when this many requests fail in a row (e.g. the server died): a closed loop of instant
     # failures would otherwise spin at full CPU until the duration is over. None disables it.
     max_consecutive_errors: int | None = 1000
+    # Open loop (loadtest/open_loop.py): target request rates, one level each, instead of concurrency levels.
+    rates: tuple[float, ...] = ()
+    arrival: str = "constant"  # or "poisson"
+    max_in_flight: int = 1024  # open loop: requests in flight at most; beyond it, sends fall behind (reported)
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,15 +61,22 @@ class LoadTestConfig:
             problems.append(f"seq-len must be >= 1, got {self.seq_len}")
         if self.mode == "text" and not self.texts:
             problems.append("no payload texts")
+        if any(not r > 0 for r in self.rates):
+            problems.append(f"rates must be > 0 req/s, got {list(self.rates)}")
+        if self.arrival not in ("constant", "poisson"):
+            problems.append(f"arrival must be constant or poisson, got {self.arrival!r}")
+        if self.max_in_flight < 1:
+            problems.append(f"max in flight must be >= 1, got {self.max_in_flight}")
         if problems:
             raise ConfigError("invalid load-test settings: " + "; ".join(problems))
 
     @property
     def estimated_runtime_s(self) -> float:
-        return len(self.concurrency) * (self.warmup_s + self.duration_s)
+        return len(self.rates or self.concurrency) * (self.warmup_s + self.duration_s)
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "texts"}
         data["concurrency"] = list(self.concurrency)
+        data["rates"] = list(self.rates)
         data["n_texts"] = len(self.texts)
         return data

@@ -6,8 +6,9 @@ Conventions, so numbers from different runs stay comparable:
   `throughput_items_per_s` weights each request by its batch size.
 - Latency statistics use successful requests only, since failed calls (refused connection,
   timeout) have latencies that describe the failure, not the model.
-- Percentiles are engineforge.stats.percentiles (numpy's "linear" method, type 7 of Hyndman & Fan):
-  p-th percentile interpolates between the two nearest ranks, so p50 of [1, 2, 3, 4] is 2.5.
+- Percentiles come from an HDR histogram (loadtest/histogram.py, the `hdrhistogram` package): the smallest
+  recorded value with at least p % of samples at or below it, to 3 significant digits, so p50 of
+  [1, 2, 3, 4] ms is 2 ms. Mean, min, max and std are exact.
 - When nothing succeeded, latency fields are None (undefined, written as null in JSON) and
   throughputs are 0.0; error_rate is None only when there were no requests at all.
 """
@@ -21,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from engineforge.stats import percentiles
-
+from .histogram import percentiles_ms
 from .records import MEASURE, RequestResult
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+PERCENTILE_999 = 99.9
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class LoadMetrics:
     latency_min_ms: float | None
     latency_max_ms: float | None
     latency_std_ms: float | None
+    latency_p999_ms: float | None = None
     # error_kind -> count, e.g. {"timeout": 3}; records without a kind count as "unknown".
     errors_by_kind: Mapping[str, int] = field(default_factory=dict)
     # A few distinct error messages (first seen first) so a report can say what went wrong.
@@ -69,11 +71,13 @@ def calculate_metrics(
     *,
     measured_only: bool = True,
     max_error_examples: int = 3,
+    from_schedule: bool = False,
 ) -> LoadMetrics:
     """Summarize `records` observed over a window of `duration_s` seconds.
 
     With `measured_only` (default) records tagged warm-up or drain by the runner are ignored, so
-    passing a level's full record list is safe.
+    passing a level's full record list is safe. `from_schedule` (open loop) measures each latency from the
+    request's scheduled send time (`scheduled_s`), not its actual send: no coordinated omission.
     """
     if not duration_s > 0:
         raise ValueError(f"duration_s must be > 0 to compute throughput, got {duration_s!r}")
@@ -90,7 +94,8 @@ def calculate_metrics(
             if len(examples) >= max_error_examples:
                 break
 
-    latency = _latency_stats_ms([r.latency_s for r in ok])
+    latency = _latency_stats_ms([r.end_s - r.scheduled_s if from_schedule and r.scheduled_s is not None
+                                 else r.latency_s for r in ok])
     return LoadMetrics(
         duration_s=float(duration_s),
         requests=len(rows),
@@ -106,14 +111,15 @@ def calculate_metrics(
 
 
 def _latency_stats_ms(latencies_s: list[float]) -> dict[str, float | None]:
-    names = ["mean", *(f"p{p}" for p in PERCENTILES), "min", "max", "std"]
+    names = ["mean", *(f"p{p}" for p in PERCENTILES), "p999", "min", "max", "std"]
     if not latencies_s:
         return {f"latency_{n}_ms": None for n in names}
     ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
-    pct = percentiles(ms, PERCENTILES)
+    *pct, p999 = percentiles_ms(latencies_s, (*PERCENTILES, PERCENTILE_999))
     stats = {
         "latency_mean_ms": float(ms.mean()),
         **{f"latency_p{p}_ms": float(v) for p, v in zip(PERCENTILES, pct, strict=True)},
+        "latency_p999_ms": float(p999),
         "latency_min_ms": float(ms.min()),
         "latency_max_ms": float(ms.max()),
         "latency_std_ms": float(ms.std()),

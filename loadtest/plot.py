@@ -1,4 +1,4 @@
-"""PNG plot of latency percentiles and throughput against concurrency.
+"""PNG plot of latency percentiles and throughput against concurrency (open loop: against the target rate).
 
 Uses matplotlib's object API with the Agg canvas directly (no pyplot), so it neither needs a
 display nor changes the global backend of a process that imports it.
@@ -13,7 +13,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-PERCENTILES = (50, 90, 95, 99)
+PERCENTILES = (50, 90, 95, 99, 999)
 
 
 def write_plot(report: Mapping[str, Any], path: str | Path) -> Path:
@@ -21,15 +21,17 @@ def write_plot(report: Mapping[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     levels = report["levels"]
-    x = [level["concurrency"] for level in levels]
+    open_loop = any(level.get("rate") for level in levels)
+    x = [level["rate"] if open_loop else level["concurrency"] for level in levels]
+    xlabel = "target rate (req/s)" if open_loop else "concurrency"
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
     ax_lat, ax_tput = fig.subplots(1, 2)
     for p in PERCENTILES:
-        y = [_nan(level["metrics"][f"latency_p{p}_ms"]) for level in levels]
-        ax_lat.plot(x, y, marker="o", label=f"p{p}")
-    ax_lat.set(xlabel="concurrency", ylabel="latency (ms)", title="Latency percentiles")
+        y = [_nan(level["metrics"].get(f"latency_p{p}_ms")) for level in levels]
+        ax_lat.plot(x, y, marker="o", label="p99.9" if p == 999 else f"p{p}")
+    ax_lat.set(xlabel=xlabel, ylabel="latency (ms)", title="Latency percentiles")
     ax_lat.set_ylim(bottom=0)
     ax_lat.legend()
 
@@ -37,14 +39,14 @@ def write_plot(report: Mapping[str, Any], path: str | Path) -> Path:
     if report["settings"].get("batch_size", 1) > 1:
         items = [level["metrics"]["throughput_items_per_s"] for level in levels]
         ax_tput.plot(x, items, marker="s", label="items/s")
-    ax_tput.set(xlabel="concurrency", ylabel="throughput (1/s)", title="Throughput")
+    ax_tput.set(xlabel=xlabel, ylabel="throughput (1/s)", title="Throughput")
     ax_tput.set_ylim(bottom=0)
     ax_tput.legend()
 
     for ax in (ax_lat, ax_tput):
-        if len(x) > 1 and max(x) / min(x) >= 8:  # e.g. 1,2,4,...,64: spread the low end
+        if len(x) > 1 and min(x) > 0 and max(x) / min(x) >= 8:  # e.g. 1,2,4,...,64: spread the low end
             ax.set_xscale("log", base=2)
-        ax.set_xticks(x, [str(c) for c in x])
+        ax.set_xticks(x, [f"{c:g}" for c in x])
         ax.grid(alpha=0.3)
     label = report.get("label")
     fig.suptitle(f"{report['server']['model']}" + (f" ({label})" if label else "") + f" — {report['settings']['mode']}")

@@ -63,18 +63,27 @@ def load_json_report(path: str | Path) -> dict[str, Any]:
 
 
 def markdown_table(result: LoadTestResult | Report) -> str:
-    """One row per concurrency level; latencies in ms over successful requests."""
+    """One row per level (concurrency, or target rate in open loop); latencies in ms over successful requests
+    (open loop: from each request's scheduled send time)."""
     report = _as_report(result)
     batched = report["settings"].get("batch_size", 1) > 1
-    header = ["concurrency", "requests", "errors", "throughput (req/s)"]
+    open_loop = any(level.get("rate") for level in report["levels"])
+    header = ["rate (req/s)", "sent on time"] if open_loop else ["concurrency"]
+    header += ["requests", "errors", "throughput (req/s)"]
     header += ["items/s"] if batched else []
-    header += ["p50 ms", "p90 ms", "p95 ms", "p99 ms"]
+    header += ["p50 ms", "p90 ms", "p95 ms", "p99 ms", "p99.9 ms"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for level in report["levels"]:
         m = level["metrics"]
-        cells = [str(level["concurrency"]), str(m["requests"]), str(m["errors"]), f"{m['throughput_rps']:.1f}"]
+        if open_loop:
+            schedule = level.get("schedule") or {}
+            kept = "yes" if schedule.get("kept_rate") else f"no ({schedule.get('sent_rps', 0):.1f} req/s)"
+            cells = [f"{level['rate']:g}", kept]
+        else:
+            cells = [str(level["concurrency"])]
+        cells += [str(m["requests"]), str(m["errors"]), f"{m['throughput_rps']:.1f}"]
         cells += [f"{m['throughput_items_per_s']:.1f}"] if batched else []
-        cells += [_ms(m[f"latency_p{p}_ms"]) for p in (50, 90, 95, 99)]
+        cells += [_ms(m.get(f"latency_p{p}_ms")) for p in (50, 90, 95, 99, 999)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -92,7 +101,9 @@ def markdown_report(result: LoadTestResult | Report, plot_name: str | None = Non
         "",
         f"- Server: `{report['server']['url']}` (gRPC, KServe v2)",
         f"- Mode: {mode}",
-        f"- Closed loop, batch size {s['batch_size']}; per level: warm-up {s['warmup_s']:g} s (discarded), "
+        (f"- Open loop at {', '.join(f'{r:g}' for r in s['rates'])} req/s ({s.get('arrival', 'constant')} "
+         "arrivals; latency from each request's scheduled send)" if s.get("rates") else "- Closed loop")
+        + f", batch size {s['batch_size']}; per level: warm-up {s['warmup_s']:g} s (discarded), "
         f"measured {s['duration_s']:g} s; request timeout {s['timeout_s']:g} s",
         f"- Run: {report['started_at']} → {report['finished_at']}",
         "",
@@ -179,6 +190,10 @@ def _notes(levels: Sequence[Mapping[str, Any]]) -> list[str]:
     notes = []
     for level in levels:
         c, m = level["concurrency"], level["metrics"]
+        if level.get("rate"):
+            c = f"{level['rate']:g} req/s"
+            if not (level.get("schedule") or {}).get("kept_rate", True):
+                notes.append(f"- rate {c}: {level['schedule']['shortfall']}")
         if level.get("aborted"):
             notes.append(f"- concurrency {c}: {level['aborted']}")
         if m["errors"]:

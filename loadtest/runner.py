@@ -52,10 +52,15 @@ class LevelResult:
     # generator, not the server, may be the bottleneck.
     client_cpu_percent: float | None = None
     aborted: str | None = None
+    # Open loop (loadtest/open_loop.py): the target rate and how well the generator kept its schedule.
+    rate: float | None = None
+    schedule: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "concurrency": self.concurrency,
+            "rate": self.rate,
+            "schedule": self.schedule,
             "window_s": self.window_s,
             "metrics": self.metrics.to_dict(),
             "warmup_requests": self.warmup_requests,
@@ -200,20 +205,29 @@ async def run_loadtest_async(config: LoadTestConfig, request_fn: RequestFn | Non
 
         metadata = await triton_requests.check_server(config.url, config.model)
         request_fn = owned = triton_requests.build_request_fn(config, metadata)
+    levels_text = (f"open loop at {','.join(f'{r:g}' for r in config.rates)} req/s ({config.arrival})"
+                   if config.rates else f"concurrency {','.join(map(str, config.concurrency))}")
     info(
         f"load test of {config.model!r} at {config.url} ({config.mode} mode, batch {config.batch_size}): "
-        f"concurrency {','.join(map(str, config.concurrency))}, ~{config.estimated_runtime_s:g}s"
+        f"{levels_text}, ~{config.estimated_runtime_s:g}s"
     )
     try:
-        levels = await run_levels(
-            request_fn,
-            config.concurrency,
-            config.duration_s,
-            config.warmup_s,
-            drain_timeout_s=config.drain_timeout_s,
-            progress_every_s=config.progress_every_s,
-            max_consecutive_errors=config.max_consecutive_errors,
-        )
+        if config.rates:
+            from .open_loop import run_rate_level
+
+            levels = [await run_rate_level(request_fn, rate, config.duration_s, config.warmup_s,
+                                           arrival=config.arrival, max_in_flight=config.max_in_flight,
+                                           drain_timeout_s=config.drain_timeout_s) for rate in config.rates]
+        else:
+            levels = await run_levels(
+                request_fn,
+                config.concurrency,
+                config.duration_s,
+                config.warmup_s,
+                drain_timeout_s=config.drain_timeout_s,
+                progress_every_s=config.progress_every_s,
+                max_consecutive_errors=config.max_consecutive_errors,
+            )
     finally:
         if owned is not None:
             await owned.aclose()

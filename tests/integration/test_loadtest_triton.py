@@ -147,6 +147,24 @@ def test_tokens_load_test_with_batches_sends_only_declared_inputs(triton):
 
 
 @pytest.mark.triton
+def test_open_loop_rates_over_grpc_write_every_report(triton, tmp_path, capsys):
+    out = tmp_path / "open"
+    code = cli.main(["--url", triton.grpc_url, "--model", "echo_text", "--rate", "40,80", "--arrival", "poisson",
+                     "--duration", "1.5", "--warmup", "0.3", "--out", str(out), "--name", "rates"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    table = captured.out.strip().splitlines()
+    assert table[0].startswith("| rate (req/s) | sent on time | requests |") and "p99.9 ms" in table[0]
+    report = json.loads((out / "rates.json").read_text())
+    assert report["settings"]["rates"] == [40.0, 80.0] and report["settings"]["arrival"] == "poisson"
+    for level, rate in zip(report["levels"], (40, 80), strict=True):
+        assert level["rate"] == rate and level["schedule"]["arrival"] == "poisson"
+        assert level["metrics"]["errors"] == 0 and level["metrics"]["latency_p999_ms"] is not None
+        assert level["metrics"]["throughput_rps"] == pytest.approx(rate, rel=0.35)  # Poisson: ~N(rate, rate/1.5)
+    assert "Open loop at 40, 80 req/s (poisson arrivals" in (out / "rates.md").read_text()
+
+
+@pytest.mark.triton
 def test_missing_model_lists_ready_models(triton):
     with pytest.raises(ModelNotReadyError) as info:
         run_loadtest(LoadTestConfig(model="no_such_model", url=triton.grpc_url, duration_s=1.0))

@@ -20,13 +20,15 @@ def err(kind: str | None = ERR_TIMEOUT, message: str = "deadline exceeded", late
     return RequestResult(start_s=0.0, latency_s=latency_ms / 1000, ok=False, error=message, error_kind=kind)
 
 
-def test_percentiles_on_known_latencies_use_linear_interpolation():
+def test_percentiles_come_from_the_hdr_histogram():
     records = [ok(ms) for ms in range(1, 101)]  # 1..100 ms
     m = calculate_metrics(records, duration_s=10.0)
-    assert m.latency_p50_ms == pytest.approx(50.5)
-    assert m.latency_p90_ms == pytest.approx(90.1)
-    assert m.latency_p95_ms == pytest.approx(95.05)
-    assert m.latency_p99_ms == pytest.approx(99.01)
+    # HDR: the smallest value with >= p % at or below it, to 3 significant digits
+    assert m.latency_p50_ms == pytest.approx(50.0, rel=1e-3)
+    assert m.latency_p90_ms == pytest.approx(90.0, rel=1e-3)
+    assert m.latency_p95_ms == pytest.approx(95.0, rel=1e-3)
+    assert m.latency_p99_ms == pytest.approx(99.0, rel=1e-3)
+    assert m.latency_p999_ms == pytest.approx(100.0, rel=1e-3)
     assert m.latency_mean_ms == pytest.approx(50.5)
     assert m.latency_min_ms == pytest.approx(1.0)
     assert m.latency_max_ms == pytest.approx(100.0)
@@ -37,7 +39,14 @@ def test_percentiles_on_known_latencies_use_linear_interpolation():
 
 def test_small_sample_percentile_matches_documented_example():
     m = calculate_metrics([ok(1), ok(2), ok(3), ok(4)], duration_s=1.0)
-    assert m.latency_p50_ms == pytest.approx(2.5)
+    assert m.latency_p50_ms == pytest.approx(2.0, rel=1e-3)
+
+
+def test_one_slow_request_in_a_thousand_shows_at_p999_only():
+    m = calculate_metrics([ok(2)] * 999 + [ok(900)], duration_s=1.0)
+    assert m.latency_p99_ms == pytest.approx(2.0, rel=1e-3) and m.latency_p999_ms == pytest.approx(2.0, rel=1e-3)
+    m = calculate_metrics([ok(2)] * 998 + [ok(900)] * 2, duration_s=1.0)
+    assert m.latency_p999_ms == pytest.approx(900.0, rel=1e-3) and m.latency_max_ms == pytest.approx(900.0)
 
 
 def test_errors_are_counted_by_kind_and_excluded_from_latency_and_throughput():
@@ -62,7 +71,7 @@ def test_zero_successes_gives_none_latencies_and_zero_throughput_without_warning
         m = calculate_metrics([err(), err()], duration_s=5.0)
     assert (m.requests, m.completed, m.errors, m.error_rate) == (2, 0, 2, 1.0)
     assert m.throughput_rps == 0.0 and m.throughput_items_per_s == 0.0
-    for name in ("mean", "p50", "p90", "p95", "p99", "min", "max", "std"):
+    for name in ("mean", "p50", "p90", "p95", "p99", "p999", "min", "max", "std"):
         assert getattr(m, f"latency_{name}_ms") is None
 
 

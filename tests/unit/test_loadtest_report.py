@@ -49,13 +49,14 @@ def result() -> LoadTestResult:
 
 def test_markdown_table_has_one_row_per_level(result):
     lines = markdown_table(result).splitlines()
-    assert lines[0] == "| concurrency | requests | errors | throughput (req/s) | p50 ms | p90 ms | p95 ms | p99 ms |"
+    assert lines[0] == ("| concurrency | requests | errors | throughput (req/s) | p50 ms | p90 ms | p95 ms | p99 ms "
+                        "| p99.9 ms |")
     assert set(lines[1]) <= set("|-:")
     rows = lines[2:]
     assert len(rows) == 3
-    assert rows[0] == "| 1 | 4 | 0 | 2.0 | 2.50 | 3.70 | 3.85 | 3.97 |"
+    assert rows[0] == "| 1 | 4 | 0 | 2.0 | 2.00 | 4.00 | 4.00 | 4.00 | 4.00 |"  # HDR percentiles
     assert rows[1].startswith("| 4 | 12 | 2 | 5.0 | 2.00 |")
-    assert rows[2] == "| 8 | 3 | 3 | 0.0 | — | — | — | — |"
+    assert rows[2] == "| 8 | 3 | 3 | 0.0 | — | — | — | — | — |"
 
 
 def test_markdown_table_adds_items_per_second_for_batches():

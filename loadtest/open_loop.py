@@ -1,0 +1,153 @@
+"""Open-loop runner: requests are sent on a schedule (constant or Poisson arrivals at a target rate), whatever
+the server does, and each latency is measured from the request's *scheduled* send time.
+
+A closed loop waits for an answer before sending the next request, so a stalled server also stalls the
+client and the stall hides in a few slow samples (coordinated omission). Here the schedule is fixed up front:
+when the server stalls, requests keep being due, each waits, and every one of them carries the wait in its
+latency. When the generator itself cannot keep up (too few cores, or `max_in_flight` reached) the requests
+go out late; that lag is measured per request (actual send minus scheduled send) and reported, and it is
+inside the latency too, so falling behind can never make the server look faster.
+
+A record belongs to the window its *scheduled* time falls in. Requests still unanswered after the drain
+timeout become failed records with the time they had waited (they are the stall, not noise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from engineforge.errors import ConfigError
+from engineforge.progress import info
+
+from .metrics import calculate_metrics
+from .records import DRAIN, ERR_CLIENT, ERR_TIMEOUT, MEASURE, WARMUP, RequestFn, RequestResult, clock, failure
+from .runner import LevelResult
+
+ARRIVALS = ("constant", "poisson")
+# The generator "kept the rate" when it sent >= 97 % of the target inside the window and 99 % of requests left
+# within this lag of their schedule (asyncio timers alone overshoot by ~1 ms; a busy 2-core machine by ~10).
+MAX_P99_SEND_LAG_MS = 25.0
+
+
+def schedule_offsets(rate: float, span_s: float, arrival: str = "constant", seed: int = 0) -> np.ndarray:
+    """Send times (seconds from the start) of every request due in [0, span_s)."""
+    if not rate > 0 or not span_s > 0:
+        raise ConfigError(f"open loop needs rate > 0 and a duration > 0, got rate={rate}, span={span_s}")
+    if arrival == "constant":
+        return np.arange(math.ceil(rate * span_s)) / rate
+    if arrival == "poisson":
+        rng = np.random.default_rng(seed)
+        gaps = rng.exponential(1.0 / rate, size=math.ceil(rate * span_s * 1.5) + 16)
+        times = np.cumsum(gaps) - gaps[0]  # the first request goes out at 0
+        return times[times < span_s]
+    raise ConfigError(f"arrival {arrival!r}: use one of {', '.join(ARRIVALS)}")
+
+
+def schedule_stats(records: list[RequestResult], rate: float, window_s: float, window_end: float) -> dict[str, Any]:
+    """How well the generator kept the schedule, over the measured records (pure): the rate it actually sent at
+    inside the window, and each request's send lag (actual minus scheduled send)."""
+    measured = [r for r in records if r.phase == MEASURE and r.scheduled_s is not None]
+    lags = np.array([max(r.start_s - r.scheduled_s, 0.0) for r in measured]) * 1000.0
+    sent = sum(r.start_s < window_end for r in measured)
+    sent_rps = sent / window_s if window_s > 0 else 0.0
+    p99 = float(np.percentile(lags, 99)) if len(lags) else 0.0
+    # Against what was scheduled in the window (Poisson arrivals scatter around the target by themselves).
+    on_time = sent / len(measured) if measured else 1.0
+    kept = on_time >= 0.97 and p99 <= MAX_P99_SEND_LAG_MS
+    stats = {"target_rps": rate, "scheduled": len(measured),
+             "scheduled_rps": round(len(measured) / window_s, 2) if window_s > 0 else 0.0,
+             "sent_rps": round(sent_rps, 2),
+             "send_lag_p50_ms": round(float(np.percentile(lags, 50)), 3) if len(lags) else 0.0,
+             "send_lag_p99_ms": round(p99, 3), "send_lag_max_ms": round(float(lags.max()), 3) if len(lags) else 0.0,
+             "kept_rate": bool(kept)}
+    if not kept:
+        stats["shortfall"] = (f"the generator could not keep {rate:g} req/s: it sent {sent_rps:.1f} req/s inside "
+                              f"the window ({100 * on_time:.0f} % of those scheduled), p99 send lag {p99:.1f} ms "
+                              f"(limit {MAX_P99_SEND_LAG_MS:g} ms); the lag is included in the latencies")
+    return stats
+
+
+async def run_rate_level(
+    request_fn: RequestFn,
+    rate: float,
+    duration_s: float,
+    warmup_s: float = 0.0,
+    *,
+    arrival: str = "constant",
+    seed: int = 0,
+    max_in_flight: int = 1024,
+    drain_timeout_s: float = 5.0,
+    log: Callable[[str], None] = info,
+) -> LevelResult:
+    """Send at `rate` req/s for warm-up + duration; see module docstring."""
+    if max_in_flight < 1 or warmup_s < 0:
+        raise ConfigError(f"bad open-loop level: max_in_flight={max_in_flight}, warmup={warmup_s}")
+    offsets = schedule_offsets(rate, warmup_s + duration_s, arrival, seed)
+    records: list[RequestResult] = []
+    slots = asyncio.Semaphore(max_in_flight)
+    in_flight: dict[asyncio.Task, tuple[int, float]] = {}
+    t0 = clock() + 0.005
+    warm_end, window_end = t0 + warmup_s, t0 + warmup_s + duration_s
+
+    def phase_of(scheduled: float) -> str:
+        return WARMUP if scheduled < warm_end else MEASURE if scheduled < window_end else DRAIN
+
+    async def send(n: int, scheduled: float) -> None:
+        start = clock()
+        try:
+            result = await request_fn(n)
+            if not isinstance(result, RequestResult):
+                raise TypeError(f"request function returned {type(result).__name__}, not RequestResult")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the contract says never raise; record it if one does
+            result = failure(start, f"request function raised {type(exc).__name__}: {exc}", ERR_CLIENT)
+        finally:
+            slots.release()
+        records.append(replace(result, phase=phase_of(scheduled), seq=n, scheduled_s=scheduled))
+
+    log(f"rate {rate:g} req/s ({arrival}): warm-up {warmup_s:g}s, then measuring {duration_s:g}s")
+    cpu_start = time.process_time()
+    try:
+        for n, offset in enumerate(offsets):
+            scheduled = t0 + float(offset)
+            delay = scheduled - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await slots.acquire()  # at the cap, waiting here is send lag, and it is in the latency
+            task = asyncio.create_task(send(n, scheduled))
+            in_flight[task] = (n, scheduled)
+            task.add_done_callback(in_flight.pop)
+        pending: set[asyncio.Task] = set()
+        if in_flight:
+            _, pending = await asyncio.wait(list(in_flight), timeout=drain_timeout_s)
+        stalled = [in_flight[task] for task in pending if task in in_flight]
+    finally:
+        for task in list(in_flight):
+            task.cancel()
+    cpu_used = time.process_time() - cpu_start
+    now = clock()
+    for n, scheduled in stalled:  # unanswered after the drain: they waited at least this long
+        records.append(RequestResult(start_s=scheduled, latency_s=now - scheduled, ok=False, seq=n,
+                                     error=f"no answer {now - scheduled:.1f}s after its scheduled send",
+                                     error_kind=ERR_TIMEOUT, phase=phase_of(scheduled), scheduled_s=scheduled))
+    metrics = calculate_metrics(records, duration_s, from_schedule=True)
+    level = LevelResult(concurrency=0, window_s=duration_s, metrics=metrics, records=records,
+                        warmup_requests=sum(r.phase == WARMUP for r in records),
+                        drained_requests=sum(r.phase == DRAIN for r in records), cancelled_requests=len(pending),
+                        client_cpu_percent=100.0 * cpu_used / max(now - t0, 1e-9), rate=rate,
+                        schedule=schedule_stats(records, rate, duration_s, window_end) | {"arrival": arrival})
+    m = metrics
+    text = f"{m.completed} ok, {m.errors} errors, {m.throughput_rps:.1f} req/s"
+    if m.latency_p50_ms is not None:
+        text += f", p50 {m.latency_p50_ms:.2f} ms, p99 {m.latency_p99_ms:.2f} ms from scheduled send"
+    log(f"rate {rate:g} req/s: {text}" + (f" — {level.schedule['shortfall']}" if not level.schedule["kept_rate"]
+                                           else ""))
+    return level
