@@ -105,7 +105,9 @@ class TextLoad:
     def _loop(self) -> None:
         from engineforge.serve.client import EngineforgeClient
 
-        client = EngineforgeClient(self.url, timeout_s=self.timeout_s, retry=self.retry)
+        # Retry for the whole deadline: a restart on a loaded 2-core machine can outlast the default 10 s.
+        client = EngineforgeClient(self.url, timeout_s=self.timeout_s, retry=self.retry,
+                                   retry_s=self.timeout_s if self.retry else 10.0)
         text = np.array([[b"where is my parcel?"]], dtype=object)
         while not self._stop.is_set():
             start = time.monotonic()
