@@ -27,7 +27,7 @@ from engineforge.errors import ConfigError
 from engineforge.progress import info
 
 from .metrics import calculate_metrics
-from .records import DRAIN, ERR_CLIENT, ERR_TIMEOUT, MEASURE, WARMUP, RequestFn, RequestResult, clock, failure
+from .records import DRAIN, ERR_TIMEOUT, MEASURE, WARMUP, RequestFn, RequestResult, call_request, clock
 from .runner import LevelResult
 
 ARRIVALS = ("constant", "poisson")
@@ -100,15 +100,8 @@ async def run_rate_level(
         return WARMUP if scheduled < warm_end else MEASURE if scheduled < window_end else DRAIN
 
     async def send(n: int, scheduled: float) -> None:
-        start = clock()
         try:
-            result = await request_fn(n)
-            if not isinstance(result, RequestResult):
-                raise TypeError(f"request function returned {type(result).__name__}, not RequestResult")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the contract says never raise; record it if one does
-            result = failure(start, f"request function raised {type(exc).__name__}: {exc}", ERR_CLIENT)
+            result = await call_request(request_fn, n)
         finally:
             slots.release()
         records.append(replace(result, phase=phase_of(scheduled), seq=n, scheduled_s=scheduled))

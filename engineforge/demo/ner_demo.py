@@ -4,7 +4,6 @@ publish → Triton → served entities checked against the same engine in-proces
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,49 +29,18 @@ class NerDemoSettings:
 
 
 def run_ner_demo(settings: NerDemoSettings) -> dict[str, Any]:
-    from engineforge.build.config import BuildConfig
-    from engineforge.build.presets import preset_candidates
-    from engineforge.build.search import run_candidates
-    from engineforge.build.steps import PublishConfig
-    from engineforge.loadtest.config import LoadTestConfig
-    from engineforge.loadtest.report import markdown_table, write_reports
-    from engineforge.loadtest.runner import run_loadtest
-    from engineforge.serve.server import TritonServer
-
+    from .flow import build_candidates, serve_check_and_load, write_summary
     from .ner_finetune import prepare_ner_checkpoint
 
     with progress.stage("demo 1/4: NER demo checkpoint"):
         training = prepare_ner_checkpoint(settings.checkpoint_dir)
-    candidates = [(name, BuildConfig(
-        checkpoint=settings.checkpoint_dir, output_dir=settings.build_dir, eval_data=NER_EVAL_FILE,
-        calibration_data=NER_TRAIN_FILE, overwrite=True, preset=settings.preset,
-        steps=tuple(dataclasses.replace(s, repo_dir=str(settings.repo_dir), model_name=settings.model_name)
-                    if isinstance(s, PublishConfig) else s for s in steps),
-    )) for name, steps in preset_candidates(settings.preset)]
     with progress.stage("demo 2/4: build-engine (token classification)"):
-        build = run_candidates(candidates)
-    texts = [json.loads(line)["text"] for line in NER_EVAL_FILE.read_text().splitlines() if line.strip()]
-    settings.report_dir.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(settings.repo_dir, log_file=settings.report_dir / "tritonserver.log")
-    with progress.stage("demo 3/4: start Triton"):
-        server.start()
-    try:
-        samples = check_served_entities(server.grpc_url, settings.model_name, Path(str(build.bundle_dir)), texts[:6])
-        with progress.stage("demo 4/4: load test"):
-            load = run_loadtest(LoadTestConfig(
-                model=settings.model_name, url=server.grpc_url, mode="text", concurrency=settings.concurrency,
-                duration_s=settings.duration_s, warmup_s=settings.warmup_s, texts=tuple(texts),
-                texts_source=str(NER_EVAL_FILE), label=settings.preset))
-            paths = write_reports(load, settings.report_dir, stem="loadtest")
-    finally:
-        server.stop()
-    summary = {"training": training, "build": build.to_dict(), "samples": samples,
-               "loadtest_reports": {k: str(v) for k, v in paths.items()}}
-    summary["markdown"] = render_ner_summary(summary, markdown_table(load))
-    (settings.report_dir / "summary.md").write_text(summary["markdown"])
-    (settings.report_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    progress.info(f"demo reports in {settings.report_dir}/ (summary.md, loadtest.md/.json/.png)")
-    return summary
+        build = build_candidates(settings, settings.checkpoint_dir, eval_data=NER_EVAL_FILE,
+                                 calibration_data=NER_TRAIN_FILE)
+    samples, load, paths = serve_check_and_load(settings, build, NER_EVAL_FILE, check_served_entities, 6,
+                                                "demo 3/4:")
+    summary = {"training": training, "build": build.to_dict(), "samples": samples, "loadtest_reports": paths}
+    return write_summary(settings, summary, render_ner_summary, load)
 
 
 def check_served_entities(url: str, model: str, bundle: Path, texts: list[str]) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,51 +92,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
-    from engineforge.build.config import BuildConfig
-    from engineforge.build.presets import preset_candidates
-    from engineforge.build.search import run_candidates
-    from engineforge.build.steps import PublishConfig
-    from engineforge.loadtest.config import LoadTestConfig
-    from engineforge.loadtest.report import markdown_table, write_reports
-    from engineforge.loadtest.runner import run_loadtest
-    from engineforge.serve.server import TritonServer
-
     from .finetune import EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE, prepare_demo_checkpoint
+    from .flow import build_candidates, serve_check_and_load, write_summary
 
     with progress.stage("demo 1/4: demo checkpoint"):
         training = prepare_demo_checkpoint(settings.checkpoint_dir)
-    candidates = [(name, BuildConfig(
-        checkpoint=settings.checkpoint_dir, output_dir=settings.build_dir, eval_data=EVAL_FILE,
-        train_data=TRAIN_FILE, calibration_data=TRAIN_FILE, unlabelled_data=UNLABELLED_FILE,
-        overwrite=True, preset=settings.preset,
-        steps=tuple(dataclasses.replace(s, repo_dir=str(settings.repo_dir), model_name=settings.model_name)
-                    if isinstance(s, PublishConfig) else s for s in steps),
-    )) for name, steps in preset_candidates(settings.preset)]
     with progress.stage("demo 2/4: build-engine"):
-        build = run_candidates(candidates)
-    texts = [json.loads(line)["text"] for line in EVAL_FILE.read_text().splitlines() if line.strip()]
-    settings.report_dir.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(settings.repo_dir, log_file=settings.report_dir / "tritonserver.log")
-    with progress.stage("demo 3/4: start Triton"):
-        server.start()
-    try:
-        samples = check_served_answers(server.grpc_url, settings.model_name, Path(str(build.bundle_dir)), texts[:8])
-        with progress.stage("demo 4/4: load test"):
-            load = run_loadtest(LoadTestConfig(
-                model=settings.model_name, url=server.grpc_url, mode="text", concurrency=settings.concurrency,
-                duration_s=settings.duration_s, warmup_s=settings.warmup_s, texts=tuple(texts),
-                texts_source=str(EVAL_FILE), label=settings.preset,
-            ))
-            paths = write_reports(load, settings.report_dir, stem="loadtest")
-    finally:
-        server.stop()
-    summary = {"training": training, "build": build.to_dict(), "samples": samples, "loadtest_reports": {
-        k: str(v) for k, v in paths.items()}}
-    summary["markdown"] = render_summary(summary, markdown_table(load))
-    (settings.report_dir / "summary.md").write_text(summary["markdown"])
-    (settings.report_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    progress.info(f"demo reports in {settings.report_dir}/ (summary.md, loadtest.md/.json/.png)")
-    return summary
+        build = build_candidates(settings, settings.checkpoint_dir, eval_data=EVAL_FILE, train_data=TRAIN_FILE,
+                                 calibration_data=TRAIN_FILE, unlabelled_data=UNLABELLED_FILE)
+    samples, load, paths = serve_check_and_load(settings, build, EVAL_FILE, check_served_answers, 8, "demo 3/4:")
+    summary = {"training": training, "build": build.to_dict(), "samples": samples, "loadtest_reports": paths}
+    return write_summary(settings, summary, render_summary, load)
 
 
 def check_served_answers(url: str, model: str, bundle: Path, texts: list[str]) -> list[dict[str, Any]]:

@@ -1,0 +1,65 @@
+"""What every demo does after its checkpoint is ready: build (the preset's candidate ladder), publish, serve,
+check served answers against the same engine in-process, load-test, and write the summary report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engineforge import progress
+
+
+def build_candidates(settings: Any, checkpoint: Path, **data: Any) -> Any:
+    """Run the preset's candidates (most aggressive first) and return the chosen build's report."""
+    from engineforge.build.config import BuildConfig
+    from engineforge.build.presets import preset_candidates
+    from engineforge.build.search import run_candidates
+    from engineforge.build.steps import PublishConfig
+
+    candidates = [(name, BuildConfig(
+        checkpoint=checkpoint, output_dir=settings.build_dir, overwrite=True, preset=settings.preset,
+        steps=tuple(dataclasses.replace(s, repo_dir=str(settings.repo_dir), model_name=settings.model_name)
+                    if isinstance(s, PublishConfig) else s for s in steps), **data,
+    )) for name, steps in preset_candidates(settings.preset)]
+    return run_candidates(candidates)
+
+
+def serve_check_and_load(settings: Any, build: Any, texts_file: Path, check: Callable[..., list[dict[str, Any]]],
+                         samples: int, stage: str) -> tuple[list[dict[str, Any]], Any, dict[str, str]]:
+    """Start Triton on the demo repository, `check(url, model, bundle, texts)` a few texts, load-test the
+    ensemble with every text of `texts_file`, stop Triton. Returns (samples, load-test result, report paths)."""
+    from engineforge.loadtest.config import LoadTestConfig
+    from engineforge.loadtest.report import write_reports
+    from engineforge.loadtest.runner import run_loadtest
+    from engineforge.serve.server import TritonServer
+
+    texts = [json.loads(line)["text"] for line in texts_file.read_text().splitlines() if line.strip()]
+    settings.report_dir.mkdir(parents=True, exist_ok=True)
+    server = TritonServer(settings.repo_dir, log_file=settings.report_dir / "tritonserver.log")
+    with progress.stage(f"{stage} start Triton"):
+        server.start()
+    try:
+        checked = check(server.grpc_url, settings.model_name, Path(str(build.bundle_dir)), texts[:samples])
+        with progress.stage(f"{stage} load test"):
+            load = run_loadtest(LoadTestConfig(
+                model=settings.model_name, url=server.grpc_url, mode="text", concurrency=settings.concurrency,
+                duration_s=settings.duration_s, warmup_s=settings.warmup_s, texts=tuple(texts),
+                texts_source=str(texts_file), label=settings.preset))
+            paths = write_reports(load, settings.report_dir, stem="loadtest")
+    finally:
+        server.stop()
+    return checked, load, {k: str(v) for k, v in paths.items()}
+
+
+def write_summary(settings: Any, summary: dict[str, Any], render: Callable[[dict[str, Any], str], str],
+                  load: Any) -> dict[str, Any]:
+    from engineforge.loadtest.report import markdown_table
+
+    summary["markdown"] = render(summary, markdown_table(load))
+    (settings.report_dir / "summary.md").write_text(summary["markdown"])
+    (settings.report_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    progress.info(f"demo reports in {settings.report_dir}/ (summary.md, loadtest.md/.json/.png)")
+    return summary
