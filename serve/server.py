@@ -248,7 +248,8 @@ class TritonServer:
         return self._process.wait(timeout=timeout)
 
     def stop(self, *, keep_runtime_dir: bool = False) -> None:
-        """SIGTERM (Triton unloads models and ends its stubs), then SIGKILL the group after the grace period."""
+        """SIGTERM (Triton unloads models and ends its stubs), then SIGKILL the group after the grace period; a
+        server that already died has its leftover stubs killed."""
         process = self._process
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -260,6 +261,11 @@ class TritonServer:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
+        if process is not None:
+            # Stubs outlive a server that was killed (Triton 2.51 stubs do not notice their parent's death): end
+            # what is left of its process group. The group id is not reused while any member is alive.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
         if self._runtime_dir is not None and not keep_runtime_dir:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
