@@ -20,6 +20,7 @@ from typing import Any
 
 from engineforge.cli_support import arguments_checked, run_command
 from engineforge.defaults import DEFAULT_GRPC_URL
+from engineforge.errors import UsageError
 
 from .config import DEFAULT_TIMEOUT_S, MODES, LoadTestConfig
 
@@ -66,6 +67,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="open loop: evenly spaced or Poisson arrivals")
     parser.add_argument("--max-in-flight", type=int, default=defaults.max_in_flight,
                         help="open loop: requests in flight at most (beyond it sends fall behind, reported)")
+    parser.add_argument("--slo", help="objectives checked at every level, e.g. 'p99<50ms,errors<1%%'; a miss exits 1")
+    parser.add_argument("--find-max", action="store_true",
+                        help="with --slo: search the highest concurrency (or --rate) that meets it, starting from the "
+                        "first level given")
     parser.add_argument("--duration", type=float, default=defaults.duration_s, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=defaults.warmup_s, help="discarded seconds per level")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="items per request")
@@ -159,17 +164,48 @@ def _run(args: argparse.Namespace) -> int:
 
     from .report import markdown_table, write_reports
     from .runner import run_loadtest
+    from .slo import find_max, parse_slo, violations
 
     with arguments_checked():
         config = config_from_args(args)
-    result = run_loadtest(config)
+        conditions = parse_slo(args.slo) if args.slo else ()
+        if args.find_max and not conditions:
+            raise UsageError("--find-max needs --slo (the objective the search keeps to)")
+    search = None
+    if args.find_max:
+        search = find_max(config, conditions, log=info)
+        result = run_result_of(config, search["levels"])
+    else:
+        result = run_loadtest(config)
     paths = write_reports(result, args.out, stem=args.name, plot=not args.no_plot, records=args.save_records)
     print(markdown_table(result))
     info("reports: " + ", ".join(str(p) for p in paths.values()))
+    if search is not None:
+        what = "rate" if search["open_loop"] else "concurrency"
+        if search["best"] is None:
+            info(f"find-max: even {what} {search['probes'][0]['value']:g} misses the SLO {args.slo!r}")
+            return 1
+        print(f"highest {what} meeting the SLO {args.slo!r}: {search['best']:g}"
+              + (f" (first miss: {search['first_miss']:g})" if search["first_miss"] is not None else
+                 " (no miss within the probe budget)"))
+        return 0
     if result.failed:
         info("some concurrency levels had no successful request or were aborted; see the report")
         return 1
-    return 0
+    missed = violations(conditions, [level.to_dict() for level in result.levels])
+    for line in missed:
+        info(line)
+    return 1 if missed else 0
+
+
+def run_result_of(config: LoadTestConfig, levels: list) -> Any:
+    """One report for the probes of a --find-max search."""
+    from datetime import UTC, datetime
+
+    from .runner import LoadTestResult
+
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return LoadTestResult(config, levels, now, now)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from engineforge.progress import info
 from .metrics import calculate_metrics
 from .records import DRAIN, ERR_TIMEOUT, MEASURE, WARMUP, RequestFn, RequestResult, call_request, clock
 from .runner import LevelResult
+from .server_stats import window_breakdown
 
 ARRIVALS = ("constant", "poisson")
 # The generator "kept the rate" when it sent >= 97 % of the target inside the window and 99 % of requests left
@@ -85,8 +86,9 @@ async def run_rate_level(
     max_in_flight: int = 1024,
     drain_timeout_s: float = 5.0,
     log: Callable[[str], None] = info,
+    probe: Any = None,
 ) -> LevelResult:
-    """Send at `rate` req/s for warm-up + duration; see module docstring."""
+    """Send at `rate` req/s for warm-up + duration; see module docstring (`probe`: as for `run_level`)."""
     if max_in_flight < 1 or warmup_s < 0:
         raise ConfigError(f"bad open-loop level: max_in_flight={max_in_flight}, warmup={warmup_s}")
     offsets = schedule_offsets(rate, warmup_s + duration_s, arrival, seed)
@@ -108,6 +110,7 @@ async def run_rate_level(
 
     log(f"rate {rate:g} req/s ({arrival}): warm-up {warmup_s:g}s, then measuring {duration_s:g}s")
     cpu_start = time.process_time()
+    server_view = asyncio.create_task(window_breakdown(probe, warm_end, window_end))
     try:
         for n, offset in enumerate(offsets):
             scheduled = t0 + float(offset)
@@ -122,8 +125,9 @@ async def run_rate_level(
         if in_flight:
             _, pending = await asyncio.wait(list(in_flight), timeout=drain_timeout_s)
         stalled = [in_flight[task] for task in pending if task in in_flight]
+        server = await server_view
     finally:
-        for task in list(in_flight):
+        for task in [*in_flight, server_view]:
             task.cancel()
     cpu_used = time.process_time() - cpu_start
     now = clock()
@@ -136,7 +140,8 @@ async def run_rate_level(
                         warmup_requests=sum(r.phase == WARMUP for r in records),
                         drained_requests=sum(r.phase == DRAIN for r in records), cancelled_requests=len(pending),
                         client_cpu_percent=100.0 * cpu_used / max(now - t0, 1e-9), rate=rate,
-                        schedule=schedule_stats(records, rate, duration_s, window_end) | {"arrival": arrival})
+                        schedule=schedule_stats(records, rate, duration_s, window_end) | {"arrival": arrival},
+                        server=server)
     m = metrics
     text = f"{m.completed} ok, {m.errors} errors, {m.throughput_rps:.1f} req/s"
     if m.latency_p50_ms is not None:

@@ -88,6 +88,22 @@ def markdown_table(result: LoadTestResult | Report) -> str:
     return "\n".join(lines)
 
 
+def server_table(result: LoadTestResult | Report) -> str:
+    """Triton's per-model breakdown of every level ("" when the server gave no statistics)."""
+    report = _as_report(result)
+    rows = []
+    for level in report["levels"]:
+        name = f"{level['rate']:g} req/s" if level.get("rate") else f"c{level['concurrency']}"
+        for model in level.get("server") or ():
+            rows.append(f"| {name} | {model['model']} | {model['requests']} | {_ms(model['queue_ms'])} | "
+                        f"{_ms(model['compute_input_ms'])} | {_ms(model['compute_infer_ms'])} | "
+                        f"{_ms(model['compute_output_ms'])} | {model['avg_batch'] or '—'} |")
+    if not rows:
+        return ""
+    return "\n".join(["| level | model | requests | queue ms | compute in ms | infer ms | compute out ms | avg batch |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|", *rows])
+
+
 def markdown_report(result: LoadTestResult | Report, plot_name: str | None = None) -> str:
     report = _as_report(result)
     s = report["settings"]
@@ -111,9 +127,15 @@ def markdown_report(result: LoadTestResult | Report, plot_name: str | None = Non
         "",
         markdown_table(report),
         "",
-        "Latency is the client-observed gRPC round trip of successful requests (numpy linear percentiles); "
-        "throughput counts successful requests completed inside the measurement window.",
+        "Latency is the client-observed gRPC round trip of successful requests (HDR-histogram percentiles; in "
+        "open loop from each request's scheduled send); throughput counts successful requests inside the "
+        "measurement window.",
     ]
+    server = server_table(report)
+    if server:
+        out += ["", "## Inside Triton (statistics API, differenced over each window)", "", server, "",
+                "Per request: mean queue and compute times in ms; avg batch = inferences / executions (above 1: "
+                "dynamic batching merged requests)."]
     notes = _notes(report["levels"])
     if notes:
         out += ["", "## Warnings", "", *notes]
@@ -126,6 +148,53 @@ def write_markdown_report(result: LoadTestResult | Report, path: str | Path, plo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown_report(result, plot_name), encoding="utf-8")
+    return path
+
+
+# perf_analyzer's CSV columns (latencies in µs), then ours.
+CSV_COLUMNS = ("Concurrency", "Request Rate", "Inferences/Second", "Client Send", "Network+Server Send/Recv",
+               "Server Queue", "Server Compute Input", "Server Compute Infer", "Server Compute Output",
+               "Client Recv", "p50 latency", "p90 latency", "p95 latency", "p99 latency", "Avg latency",
+               "p99.9 latency", "Errors", "Requests/Second")
+
+
+def csv_rows(result: LoadTestResult | Report) -> list[dict[str, Any]]:
+    """One row per level in perf_analyzer's columns where they exist (µs); server times are Triton's, summed
+    over an ensemble's models as perf_analyzer does (the ensemble's own row when it runs nothing else)."""
+    def us(value: float | None) -> str:
+        return "" if value is None else str(round(value * 1000))
+
+    def stage(parts: list[dict[str, Any]], name: str) -> str:
+        values = [p[f"{name}_ms"] for p in parts if p[f"{name}_ms"] is not None]
+        return us(sum(values)) if values else ""
+
+    rows = []
+    for level in _as_report(result)["levels"]:
+        m = level["metrics"]
+        server = level.get("server") or []
+        parts = server[1:] or server[:1]
+        rows.append({"Concurrency": "" if level.get("rate") else level["concurrency"],
+                     "Request Rate": level.get("rate") or "",
+                     "Inferences/Second": round(m["throughput_items_per_s"], 3),
+                     "Client Send": "", "Network+Server Send/Recv": "", "Server Queue": stage(parts, "queue"),
+                     "Server Compute Input": stage(parts, "compute_input"),
+                     "Server Compute Infer": stage(parts, "compute_infer"),
+                     "Server Compute Output": stage(parts, "compute_output"), "Client Recv": "",
+                     **{f"p{p} latency": us(m.get(f"latency_p{p}_ms")) for p in (50, 90, 95, 99)},
+                     "Avg latency": us(m.get("latency_mean_ms")), "p99.9 latency": us(m.get("latency_p999_ms")),
+                     "Errors": m["errors"], "Requests/Second": round(m["throughput_rps"], 3)})
+    return rows
+
+
+def write_csv_report(result: LoadTestResult | Report, path: str | Path) -> Path:
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(csv_rows(result))
     return path
 
 
@@ -148,7 +217,7 @@ def write_reports(
     plot: bool = True,
     records: bool = False,
 ) -> dict[str, Path]:
-    """Write <stem>.json, <stem>.md, <stem>.png (and <stem>.records.jsonl); return their paths by kind."""
+    """Write <stem>.json, <stem>.md, <stem>.csv, <stem>.png (and <stem>.records.jsonl); return their paths."""
     out_dir = Path(out_dir)
     stem = stem or default_stem(result)
     report = report_dict(result)
@@ -160,6 +229,7 @@ def write_reports(
         paths["png"] = write_plot(report, out_dir / f"{stem}.png")
         plot_name = paths["png"].name
     paths["md"] = write_markdown_report(report, out_dir / f"{stem}.md", plot_name)
+    paths["csv"] = write_csv_report(report, out_dir / f"{stem}.csv")
     if records:
         paths["records"] = write_records_jsonl(result, out_dir / f"{stem}.records.jsonl")
     return paths

@@ -26,6 +26,7 @@ from engineforge.progress import info
 from .config import LoadTestConfig
 from .metrics import LoadMetrics, calculate_metrics
 from .records import DRAIN, MEASURE, WARMUP, RequestFn, RequestResult, call_request, clock
+from .server_stats import StatsProbe, window_breakdown
 
 
 @dataclass
@@ -46,12 +47,15 @@ class LevelResult:
     # Open loop (loadtest/open_loop.py): the target rate and how well the generator kept its schedule.
     rate: float | None = None
     schedule: dict[str, Any] | None = None
+    # Triton's own view of the window, per model (loadtest/server_stats.py); None without statistics.
+    server: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "concurrency": self.concurrency,
             "rate": self.rate,
             "schedule": self.schedule,
+            "server": self.server,
             "window_s": self.window_s,
             "metrics": self.metrics.to_dict(),
             "warmup_requests": self.warmup_requests,
@@ -86,8 +90,10 @@ async def run_level(
     progress_every_s: float = 5.0,
     max_consecutive_errors: int | None = None,
     log: Callable[[str], None] = info,
+    probe: Any = None,
 ) -> LevelResult:
-    """Drive `request_fn` with `concurrency` closed-loop workers; see module docstring."""
+    """Drive `request_fn` with `concurrency` closed-loop workers; see module docstring. With a
+    `server_stats.StatsProbe`, Triton's per-model breakdown of the window is attached."""
     if concurrency < 1 or not duration_s > 0 or warmup_s < 0:
         raise ConfigError(f"bad level: concurrency={concurrency}, duration={duration_s}, warmup={warmup_s}")
     records: list[RequestResult] = []
@@ -116,6 +122,7 @@ async def run_level(
     log(f"concurrency {concurrency}: warm-up {warmup_s:g}s, then measuring {duration_s:g}s")
     workers = [asyncio.create_task(worker(i)) for i in range(concurrency)]
     reporter = asyncio.create_task(_report_progress(records, concurrency, warm_end, duration_s, progress_every_s, log))
+    server_view = asyncio.create_task(window_breakdown(probe, warm_end, window_end))
     try:
         await _wait_until(stop, warm_end)
         cpu_start, window_start = time.process_time(), clock()
@@ -124,11 +131,13 @@ async def run_level(
         cpu_used = time.process_time() - cpu_start
         stop.set()
         _, pending = await asyncio.wait(workers, timeout=drain_timeout_s)
+        server = await server_view if not abort_reason else None
     finally:  # also on cancellation of the whole run: never leave workers behind
         stop.set()
-        for task in [*workers, reporter]:
+        for task in [*workers, reporter, server_view]:
             task.cancel()
         outcomes = await asyncio.gather(*workers, reporter, return_exceptions=True)
+        await asyncio.gather(server_view, return_exceptions=True)
     for outcome in outcomes:  # a worker can only fail through a bug in this module: surface it
         if isinstance(outcome, Exception):
             raise outcome
@@ -147,6 +156,7 @@ async def run_level(
         cancelled_requests=len(pending),
         client_cpu_percent=100.0 * cpu_used / window_s if window_s > 0 else None,
         aborted=abort_reason[0] if abort_reason else None,
+        server=server,
     )
     log(f"concurrency {concurrency}: {_summary(level)}")
     return level
@@ -183,11 +193,13 @@ async def run_loadtest_async(config: LoadTestConfig, request_fn: RequestFn | Non
     started_at = _utc_now()
     metadata = None
     owned = None
+    probe = None
     if request_fn is None:
         from . import triton_requests  # heavy (grpc); only when talking to Triton
 
         metadata = await triton_requests.check_server(config.url, config.model)
         request_fn = owned = triton_requests.build_request_fn(config, metadata)
+        probe = await StatsProbe.open(config.url, config.model)
     levels_text = (f"open loop at {','.join(f'{r:g}' for r in config.rates)} req/s ({config.arrival})"
                    if config.rates else f"concurrency {','.join(map(str, config.concurrency))}")
     info(
@@ -200,7 +212,8 @@ async def run_loadtest_async(config: LoadTestConfig, request_fn: RequestFn | Non
 
             levels = [await run_rate_level(request_fn, rate, config.duration_s, config.warmup_s,
                                            arrival=config.arrival, max_in_flight=config.max_in_flight,
-                                           drain_timeout_s=config.drain_timeout_s) for rate in config.rates]
+                                           drain_timeout_s=config.drain_timeout_s, probe=probe)
+                      for rate in config.rates]
         else:
             levels = await run_levels(
                 request_fn,
@@ -210,10 +223,13 @@ async def run_loadtest_async(config: LoadTestConfig, request_fn: RequestFn | Non
                 drain_timeout_s=config.drain_timeout_s,
                 progress_every_s=config.progress_every_s,
                 max_consecutive_errors=config.max_consecutive_errors,
+                probe=probe,
             )
     finally:
         if owned is not None:
             await owned.aclose()
+        if probe is not None:
+            await probe.close()
     return LoadTestResult(config, levels, started_at, _utc_now(), metadata)
 
 

@@ -162,3 +162,9 @@ def test_infer_and_loadtest_drive_an_embedding_ensemble(served, capsys, tmp_path
         report = json.loads(next((tmp_path / mode).glob("*.json")).read_text())
         level = report["levels"][0]
         assert level["metrics"]["errors"] == 0 and level["metrics"]["completed"] > 0
+        # Triton's own breakdown of the window, for the ensemble and each model it runs
+        models = [row["model"] for row in level["server"]]
+        assert models == (["emb_bert", "emb_bert_tokenizer", "emb_bert_engine"] if mode == "text" else [model])
+        engine = next(row for row in level["server"] if row["model"].endswith("_engine"))
+        assert engine["requests"] > 0 and engine["compute_infer_ms"] > 0 and engine["avg_batch"] >= 1
+        assert "## Inside Triton" in next((tmp_path / mode).glob("*.md")).read_text()

@@ -165,6 +165,23 @@ def test_open_loop_rates_over_grpc_write_every_report(triton, tmp_path, capsys):
 
 
 @pytest.mark.triton
+def test_slo_gates_set_the_exit_code_and_find_max_searches(triton, tmp_path, capsys):
+    base = ["--url", triton.grpc_url, "--model", "echo_text", "--concurrency", "1", "--duration", "0.5",
+            "--warmup", "0", "--no-plot"]
+    assert cli.main([*base, "--slo", "p99<10s,errors<1%", "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert cli.main([*base, "--slo", "p50<0.001ms", "--out", str(tmp_path / "b")]) == 1
+    assert "SLO p50<0.001ms missed at concurrency 1: p50" in capsys.readouterr().err
+    assert cli.main([*base, "--slo", "p99<10s", "--find-max", "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "highest concurrency meeting the SLO 'p99<10s': 128 (no miss within the probe budget)" in out
+    report = json.loads(next((tmp_path / "c").glob("*.json")).read_text())
+    assert [lv["concurrency"] for lv in report["levels"]] == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert cli.main([*base, "--slo", "p99<0.001ms", "--find-max", "--out", str(tmp_path / "d")]) == 1
+    assert "find-max: even concurrency 1 misses the SLO" in capsys.readouterr().err
+
+
+@pytest.mark.triton
 def test_missing_model_lists_ready_models(triton):
     with pytest.raises(ModelNotReadyError) as info:
         run_loadtest(LoadTestConfig(model="no_such_model", url=triton.grpc_url, duration_s=1.0))
@@ -191,7 +208,7 @@ def test_cli_end_to_end(triton, tmp_path, capsys):
     table = captured.out.strip().splitlines()
     assert table[0].startswith("| concurrency | requests | errors | throughput (req/s) | items/s |")
     assert len(table) == 3
-    assert sorted(p.name for p in out.iterdir()) == ["run.json", "run.md", "run.png", "run.records.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["run.csv", "run.json", "run.md", "run.png", "run.records.jsonl"]
     assert json.loads((out / "run.json").read_text())["settings"]["batch_size"] == 2
 
 

@@ -92,13 +92,18 @@ def test_markdown_report_mentions_settings_and_warnings(result):
 
 def test_write_reports_writes_json_markdown_plot_and_records(result, tmp_path):
     paths = write_reports(result, tmp_path, records=True)
-    assert set(paths) == {"json", "md", "png", "records"}
+    assert set(paths) == {"json", "md", "csv", "png", "records"}
     assert paths["json"].name == "loadtest_bert-ensemble_fp16_text.json"
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"]({paths['png'].name})" in paths["md"].read_text()
     lines = paths["records"].read_text().splitlines()
     assert len(lines) == sum(len(lv.records) for lv in result.levels)
     assert {"phase", "latency_s", "ok", "error_kind"} <= set(json.loads(lines[0]))
+    import csv
+
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [r["Concurrency"] for r in rows] == ["1", "4", "8"]  # perf_analyzer's columns, latencies in µs
+    assert rows[0]["p50 latency"] == "2000" and rows[2]["p99 latency"] == "" and rows[1]["Errors"] == "2"
 
 
 def test_default_stem_is_file_safe(result):
