@@ -16,6 +16,7 @@ from typing import Any
 
 from engineforge.errors import DataError
 
+from .records import MEASURE
 from .runner import LoadTestResult
 
 SCHEMA = "engineforge.loadtest/v1"
@@ -217,22 +218,35 @@ def write_reports(
     plot: bool = True,
     records: bool = False,
 ) -> dict[str, Path]:
-    """Write <stem>.json, <stem>.md, <stem>.csv, <stem>.png (and <stem>.records.jsonl); return their paths."""
+    """Write <stem>.json, <stem>.md, <stem>.csv, <stem>.png and the self-contained <stem>.html (plots need
+    `plot`), and <stem>.records.jsonl when asked; return their paths by kind."""
     out_dir = Path(out_dir)
     stem = stem or default_stem(result)
     report = report_dict(result)
     paths: dict[str, Path] = {"json": write_json_report(report, out_dir / f"{stem}.json")}
     plot_name = None
     if plot:
+        from .html_report import write_html_report
         from .plot import write_plot  # matplotlib is slow to import; only when asked
 
         paths["png"] = write_plot(report, out_dir / f"{stem}.png")
         plot_name = paths["png"].name
+        paths["html"] = write_html_report(report, out_dir / f"{stem}.html", measured_latencies_ms(result))
     paths["md"] = write_markdown_report(report, out_dir / f"{stem}.md", plot_name)
     paths["csv"] = write_csv_report(report, out_dir / f"{stem}.csv")
     if records:
         paths["records"] = write_records_jsonl(result, out_dir / f"{stem}.records.jsonl")
     return paths
+
+
+def measured_latencies_ms(result: LoadTestResult) -> dict[str, list[float]]:
+    """Each level's successful measured latencies in ms (open loop: from the scheduled send)."""
+    out = {}
+    for level in result.levels:
+        name = f"{level.rate:g} req/s" if level.rate else f"concurrency {level.concurrency}"
+        out[name] = [1000 * ((r.end_s - r.scheduled_s) if level.rate and r.scheduled_s is not None else r.latency_s)
+                     for r in level.records if r.ok and r.phase == MEASURE]
+    return out
 
 
 def default_stem(result: LoadTestResult) -> str:

@@ -162,6 +162,8 @@ def test_open_loop_rates_over_grpc_write_every_report(triton, tmp_path, capsys):
         assert level["metrics"]["errors"] == 0 and level["metrics"]["latency_p999_ms"] is not None
         assert level["metrics"]["throughput_rps"] == pytest.approx(rate, rel=0.35)  # Poisson: ~N(rate, rate/1.5)
     assert "Open loop at 40, 80 req/s (poisson arrivals" in (out / "rates.md").read_text()
+    page = (out / "rates.html").read_text()  # self-contained: table, Triton's breakdown and three plots inline
+    assert page.count("data:image/png;base64,") == 3 and "<h2>Inside Triton</h2>" in page
 
 
 @pytest.mark.triton
@@ -208,7 +210,8 @@ def test_cli_end_to_end(triton, tmp_path, capsys):
     table = captured.out.strip().splitlines()
     assert table[0].startswith("| concurrency | requests | errors | throughput (req/s) | items/s |")
     assert len(table) == 3
-    assert sorted(p.name for p in out.iterdir()) == ["run.csv", "run.json", "run.md", "run.png", "run.records.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["run.csv", "run.html", "run.json", "run.md", "run.png",
+                                                         "run.records.jsonl"]
     assert json.loads((out / "run.json").read_text())["settings"]["batch_size"] == 2
 
 

@@ -92,7 +92,10 @@ def test_markdown_report_mentions_settings_and_warnings(result):
 
 def test_write_reports_writes_json_markdown_plot_and_records(result, tmp_path):
     paths = write_reports(result, tmp_path, records=True)
-    assert set(paths) == {"json", "md", "csv", "png", "records"}
+    assert set(paths) == {"json", "md", "csv", "png", "html", "records"}
+    page = paths["html"].read_text()
+    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 2  # no server stats here
+    assert "<th>concurrency</th>" in page and "latency distribution" in page
     assert paths["json"].name == "loadtest_bert-ensemble_fp16_text.json"
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"]({paths['png'].name})" in paths["md"].read_text()
