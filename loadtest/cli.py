@@ -43,7 +43,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = LoadTestConfig(model="-")
     parser.add_argument("--url", default=DEFAULT_GRPC_URL, help="Triton gRPC address host:port")
-    parser.add_argument("--model", required=True, help="model name in the Triton repository (the ensemble for text)")
+    parser.add_argument("--model", required=True,
+                        help="model name in the Triton repository (the ensemble for text); several, comma-separated, "
+                        "are load-tested one after the other and compared in one report")
     parser.add_argument(
         "--mode",
         choices=MODES,
@@ -171,6 +173,21 @@ def _run(args: argparse.Namespace) -> int:
         conditions = parse_slo(args.slo) if args.slo else ()
         if args.find_max and not conditions:
             raise UsageError("--find-max needs --slo (the objective the search keeps to)")
+    models = [m for m in config.model.split(",") if m]
+    if len(models) > 1:
+        if args.find_max:
+            raise UsageError("--find-max searches one model; compare models without it")
+        from .compare import comparison_table, run_comparison, write_comparison
+
+        results = run_comparison(config, models)
+        paths = write_comparison(results, args.out, stem=args.name or "comparison", plot=not args.no_plot)
+        print(comparison_table(results))
+        info("reports: " + ", ".join(str(p) for p in paths.values()))
+        missed = [f"{r.config.model}: {line}" for r in results
+                  for line in violations(conditions, [level.to_dict() for level in r.levels])]
+        for line in missed:
+            info(line)
+        return 1 if missed or any(r.failed for r in results) else 0
     search = None
     if args.find_max:
         search = find_max(config, conditions, log=info)

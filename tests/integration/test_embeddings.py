@@ -168,3 +168,22 @@ def test_infer_and_loadtest_drive_an_embedding_ensemble(served, capsys, tmp_path
         engine = next(row for row in level["server"] if row["model"].endswith("_engine"))
         assert engine["requests"] > 0 and engine["compute_infer_ms"] > 0 and engine["avg_batch"] >= 1
         assert "## Inside Triton" in next((tmp_path / mode).glob("*.md")).read_text()
+
+
+@pytest.mark.triton
+def test_two_builds_compared_in_one_report(served, tmp_path, capsys):
+    from engineforge.cli import main as engineforge
+
+    _, url = served
+    code = engineforge(["loadtest", "--url", url, "--model", "emb_bert,emb_mpnet", "--concurrency", "1,2",
+                        "--duration", "1", "--warmup", "0.3", "--out", str(tmp_path), "--slo", "p99<10s"])
+    assert code == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| model | concurrency | requests |")
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["emb_bert", "emb_bert", "emb_mpnet", "emb_mpnet"]
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"comparison.md", "comparison.json", "comparison.html", "comparison_emb_bert.json",
+            "comparison_emb_mpnet.html"} <= names
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    assert report["models"] == ["emb_bert", "emb_mpnet"] and len(report["reports"][1]["levels"]) == 2
+    assert "data:image/png;base64," in (tmp_path / "comparison.html").read_text()
