@@ -73,6 +73,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--find-max", action="store_true",
                         help="with --slo: search the highest concurrency (or --rate) that meets it, starting from the "
                         "first level given")
+    parser.add_argument("--stable", type=int, default=0, metavar="N",
+                        help="measure up to N windows of --duration per level, until the last 3 agree on throughput "
+                        "and p99 within --stability-tolerance (0: one window)")
+    parser.add_argument("--stability-tolerance", type=float, default=defaults.stability_tolerance,
+                        help="with --stable: allowed spread around the mean, as a fraction")
     parser.add_argument("--duration", type=float, default=defaults.duration_s, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=defaults.warmup_s, help="discarded seconds per level")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="items per request")
@@ -136,6 +141,8 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         rates=args.rate or (),
         arrival=args.arrival,
         max_in_flight=args.max_in_flight,
+        stability_windows=args.stable,
+        stability_tolerance=args.stability_tolerance,
     )
 
 

@@ -40,6 +40,10 @@ class LoadTestConfig:
     rates: tuple[float, ...] = ()
     arrival: str = "constant"  # or "poisson"
     max_in_flight: int = 1024  # open loop: requests in flight at most; beyond it, sends fall behind (reported)
+    # Stability windows: 0 = one window per level; N = up to N windows of duration_s until the last 3 agree on
+    # throughput and p99 within stability_tolerance (perf_analyzer's criterion).
+    stability_windows: int = 0
+    stability_tolerance: float = 0.1
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +69,9 @@ class LoadTestConfig:
             problems.append(f"rates must be > 0 req/s, got {list(self.rates)}")
         if self.arrival not in ("constant", "poisson"):
             problems.append(f"arrival must be constant or poisson, got {self.arrival!r}")
+        if self.stability_windows < 0 or not 0 < self.stability_tolerance < 1:
+            problems.append(f"stability: windows >= 0 and tolerance in (0, 1), got {self.stability_windows}, "
+                            f"{self.stability_tolerance}")
         if self.max_in_flight < 1:
             problems.append(f"max in flight must be >= 1, got {self.max_in_flight}")
         if problems:

@@ -274,6 +274,10 @@ def _notes(levels: Sequence[Mapping[str, Any]]) -> list[str]:
     notes = []
     for level in levels:
         c, m = level["concurrency"], level["metrics"]
+        from .stability import stability_note
+
+        if stability_note(level):
+            notes.append(f"- {level.get('rate') or level['concurrency']}: {stability_note(level)}")
         if level.get("rate"):
             c = f"{level['rate']:g} req/s"
             if not (level.get("schedule") or {}).get("kept_rate", True):

@@ -49,6 +49,8 @@ class LevelResult:
     schedule: dict[str, Any] | None = None
     # Triton's own view of the window, per model (loadtest/server_stats.py); None without statistics.
     server: list[dict[str, Any]] | None = None
+    # Stability windows (loadtest/stability.py): stable or not, windows measured, per-window figures.
+    stability: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class LevelResult:
             "rate": self.rate,
             "schedule": self.schedule,
             "server": self.server,
+            "stability": self.stability,
             "window_s": self.window_s,
             "metrics": self.metrics.to_dict(),
             "warmup_requests": self.warmup_requests,
@@ -207,7 +210,9 @@ async def run_loadtest_async(config: LoadTestConfig, request_fn: RequestFn | Non
         f"{levels_text}, ~{config.estimated_runtime_s:g}s"
     )
     try:
-        if config.rates:
+        if config.stability_windows:
+            levels = await _stable_levels(config, request_fn, probe)
+        elif config.rates:
             from .open_loop import run_rate_level
 
             levels = [await run_rate_level(request_fn, rate, config.duration_s, config.warmup_s,
@@ -231,6 +236,31 @@ async def run_loadtest_async(config: LoadTestConfig, request_fn: RequestFn | Non
         if probe is not None:
             await probe.close()
     return LoadTestResult(config, levels, started_at, _utc_now(), metadata)
+
+
+async def _stable_levels(config: LoadTestConfig, request_fn: RequestFn, probe: Any) -> list[LevelResult]:
+    """Each level measured window after window until stable (config.stability_windows at most)."""
+    from .open_loop import run_rate_level
+    from .stability import run_until_stable
+
+    levels = []
+    for value in config.rates or config.concurrency:
+        def window(first: bool, value: float = value) -> Any:
+            warmup = config.warmup_s if first else 0.0
+            if config.rates:
+                return run_rate_level(request_fn, value, config.duration_s, warmup, arrival=config.arrival,
+                                      max_in_flight=config.max_in_flight, drain_timeout_s=config.drain_timeout_s,
+                                      probe=probe, log=lambda _m: None)
+            return run_level(request_fn, int(value), config.duration_s, warmup, drain_timeout_s=config.drain_timeout_s,
+                             progress_every_s=0, max_consecutive_errors=config.max_consecutive_errors, probe=probe,
+                             log=lambda _m: None)
+
+        level = await run_until_stable(window, config.stability_windows, config.stability_tolerance,
+                                       log=lambda m, v=value: info(f"{'rate' if config.rates else 'concurrency'} "
+                                                                   f"{v:g}: {m}"))
+        info(f"{'rate' if config.rates else 'concurrency'} {value:g}: {_summary(level)}")
+        levels.append(level)
+    return levels
 
 
 async def _wait_until(stop: asyncio.Event, deadline: float) -> None:

@@ -184,6 +184,18 @@ def test_slo_gates_set_the_exit_code_and_find_max_searches(triton, tmp_path, cap
 
 
 @pytest.mark.triton
+def test_stability_windows_over_grpc(triton, tmp_path, capsys):
+    code = cli.main(["--url", triton.grpc_url, "--model", "echo_text", "--concurrency", "1", "--duration", "0.5",
+                     "--warmup", "0.2", "--stable", "5", "--stability-tolerance", "0.5", "--out", str(tmp_path),
+                     "--no-plot", "--name", "s"])
+    assert code == 0, capsys.readouterr().err
+    level = json.loads((tmp_path / "s.json").read_text())["levels"][0]
+    assert 3 <= level["stability"]["windows"] <= 5 and len(level["stability"]["per_window"]) == level["stability"][
+        "windows"]
+    assert level["window_s"] == pytest.approx(1.5) and level["metrics"]["errors"] == 0
+
+
+@pytest.mark.triton
 def test_missing_model_lists_ready_models(triton):
     with pytest.raises(ModelNotReadyError) as info:
         run_loadtest(LoadTestConfig(model="no_such_model", url=triton.grpc_url, duration_s=1.0))
