@@ -72,7 +72,7 @@ def server_time(levels: Sequence[Mapping[str, Any]]) -> str | None:
     bars = [(f"{_level_name(level)} {row['model']}", row) for level in levels for row in level.get("server") or ()]
     if not bars:
         return None
-    fig = Figure(figsize=(8, 0.6 + 0.35 * len(bars)), layout="constrained")
+    fig = Figure(figsize=(8, max(3.0, 0.8 + 0.35 * len(bars))), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     left = [0.0] * len(bars)
