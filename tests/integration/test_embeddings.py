@@ -21,6 +21,7 @@ from engineforge.serve.client import EngineforgeClient
 from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.server import TritonServer, find_triton
+from tests.helpers.in_process import outputs_one_by_one
 from tests.helpers.tiny_families import make_embedding_checkpoint, word_vocabulary, write_pairs
 
 TEXTS = ["where is my order #1234?", "I want my money back for the broken headphones", "ok"]
@@ -44,19 +45,6 @@ def built(tmp_path_factory) -> dict[str, BuildReport]:
     mpnet = make_embedding_checkpoint(root / "tiny-st-mpnet", "mpnet", normalize=False, pooling="cls")
     return {"bert": _build(bert, data, root / "bert", "int8-static"),
             "mpnet": _build(mpnet, data, root / "mpnet", "int8")}
-
-
-def _in_process(bundle: Path, texts: list[str]) -> np.ndarray:
-    from transformers import AutoTokenizer
-
-    spec = EngineSpec.load(bundle)
-    engine = rt.open_bundle_engine(bundle, spec)
-    tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
-    rows = []
-    for text in texts:
-        encoded = tokenizer([text], truncation=True, max_length=spec.max_sequence_length, return_tensors="np")
-        rows.append(np.asarray(engine.run({n: encoded[n].astype(np.int64) for n in spec.input_names}))[0])
-    return np.array(rows)
 
 
 def _in_process_batch(bundle: Path, texts: list[str]) -> np.ndarray:
@@ -83,9 +71,9 @@ def test_embedding_builds_validate_by_cosine_and_recall(built):
     assert {c["runtime"] for c in candidates if c["status"] == "ok"} == {"onnxruntime", "openvino"}
     spec = EngineSpec.load(Path(bert.bundle_dir))
     assert spec.task == "embeddings" and spec.labels == () and spec.embedding_dim == 48
-    norms = np.linalg.norm(_in_process(Path(bert.bundle_dir), TEXTS), axis=1)
+    norms = np.linalg.norm(outputs_one_by_one(Path(bert.bundle_dir), TEXTS), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-4)  # the Normalize module is part of the engine
-    assert not np.allclose(np.linalg.norm(_in_process(Path(mpnet.bundle_dir), TEXTS), axis=1), 1.0, atol=1e-3)
+    assert not np.allclose(np.linalg.norm(outputs_one_by_one(Path(mpnet.bundle_dir), TEXTS), axis=1), 1.0, atol=1e-3)
 
 
 def test_a_budget_the_engine_cannot_meet_names_the_worst_text(tmp_path):
@@ -132,7 +120,7 @@ def test_served_embeddings_match_in_process(served, built, name):
     # Dynamic int8 picks activation ranges per call, so compare with the same batch run in-process...
     np.testing.assert_allclose(got, _in_process_batch(bundle, TEXTS), atol=1e-5)
     # ...and with each text alone: padding must not move an embedding beyond int8 noise.
-    alone = _in_process(bundle, TEXTS)
+    alone = outputs_one_by_one(bundle, TEXTS)
     cosine = (got * alone).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(alone, axis=1)
     assert cosine.min() > 0.9999
     assert client.task(f"emb_{name}") == "embeddings"

@@ -26,11 +26,11 @@ from engineforge.build.steps import (
     ValidateConfig,
 )
 from engineforge.errors import InferenceRequestError, ServerError
-from engineforge.serve import engine_runtime as rt
 from engineforge.serve.client import EngineforgeClient
 from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.server import TritonServer, find_triton
+from tests.helpers.in_process import probabilities_one_by_one
 from tests.helpers.tiny_checkpoint import EVAL_TEXTS
 from tests.helpers.tiny_families import BERT_LIKE, NEW_FAMILIES, make_family_build_inputs, word_vocabulary
 
@@ -132,20 +132,6 @@ def test_ffn_only_pruning_where_heads_cannot_be_pruned(inputs, family, tmp_path)
     assert _details(report, "export")["max_abs_diff_vs_torch"] < 1e-4
 
 
-def _probabilities(bundle: Path, texts: list[str]) -> np.ndarray:
-    from transformers import AutoTokenizer
-
-    spec = EngineSpec.load(bundle)
-    engine = rt.open_bundle_engine(bundle, spec)
-    tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
-    rows = []
-    for text in texts:
-        encoded = tokenizer([text], truncation=True, max_length=spec.max_sequence_length, return_tensors="np")
-        rows.append(rt.softmax(np.asarray(engine.run({n: encoded[n].astype(np.int64) for n in spec.input_names}),
-                                          dtype=np.float32))[0])
-    return np.array(rows)
-
-
 def _model_name(family: str) -> str:
     return family.replace("-", "_")
 
@@ -171,7 +157,7 @@ def test_every_family_serves_text_and_token_ids_over_triton(client, static_build
     spec = EngineSpec.load(bundle)
     predictions = client.classify(TEXTS + list(EVAL_TEXTS[:2]), model=_model_name(family))
     got = np.array([[p.probabilities[label] for label in spec.labels] for p in predictions])
-    np.testing.assert_allclose(got, _probabilities(bundle, TEXTS + list(EVAL_TEXTS[:2])), atol=1e-4)
+    np.testing.assert_allclose(got, probabilities_one_by_one(bundle, TEXTS + list(EVAL_TEXTS[:2])), atol=1e-4)
     vocab = len(word_vocabulary())
     ids = np.array([[2, vocab + 5, 3]], dtype=np.int64)  # beyond this model's own vocabulary
     with pytest.raises(InferenceRequestError, match=rf"input_ids must be in \[0, {vocab}\)"):

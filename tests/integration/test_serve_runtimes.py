@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from engineforge.errors import InferenceRequestError, ServerError
-from engineforge.serve import engine_runtime as rt
 from engineforge.serve.client import EngineforgeClient
 from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.server import TritonServer, find_triton
+from tests.helpers.in_process import probabilities_one_by_one
 from tests.helpers.tiny_bnb import cached_bnb_build
 from tests.helpers.tiny_engine import tiny_bundle  # noqa: F401
 
@@ -51,27 +51,12 @@ def client(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
         yield connected
 
 
-def in_process_probabilities(bundle: Path, texts: list[str]) -> np.ndarray:
-    """Each text alone through the bundle's own runtime, in this process (no padding, no Triton)."""
-    from transformers import AutoTokenizer
-
-    spec = EngineSpec.load(bundle)
-    engine = rt.open_bundle_engine(bundle, spec)
-    tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
-    rows = []
-    for text in texts:
-        encoded = tokenizer([text], truncation=True, max_length=spec.max_sequence_length, return_tensors="np")
-        feeds = {n: encoded[n].astype(np.int64) for n in spec.input_names}
-        rows.append(rt.softmax(np.asarray(engine.run(feeds), dtype=np.float32))[0])
-    return np.array(rows)
-
-
 @pytest.mark.parametrize("model", ["ov", "bnb"])
 def test_served_probabilities_match_in_process_runtime(client, bundles, model):
     spec = EngineSpec.load(bundles[model])
     predictions = client.classify(TEXTS, model=model)  # one request: padded and merged server-side
     got = np.array([[p.probabilities[label] for label in spec.labels] for p in predictions])
-    expected = in_process_probabilities(bundles[model], TEXTS)
+    expected = probabilities_one_by_one(bundles[model], TEXTS)
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert [p.label for p in predictions] == [spec.labels[i] for i in expected.argmax(axis=1)]
     config = client._client.get_model_config(f"{model}_engine").config
@@ -84,6 +69,6 @@ def test_bad_request_gets_invalid_arg_and_the_server_keeps_serving(client, bundl
     with pytest.raises(InferenceRequestError, match=r"input_ids must be in \[0, 30522\)"):
         client.classify_token_ids(ids, np.ones_like(ids), model=model)
     (prediction,) = client.classify(TEXTS[:1], model=model)
-    expected = in_process_probabilities(bundles[model], TEXTS[:1])[0]
+    expected = probabilities_one_by_one(bundles[model], TEXTS[:1])[0]
     np.testing.assert_allclose([prediction.probabilities[label] for label in EngineSpec.load(bundles[model]).labels],
                                expected, atol=1e-4)

@@ -1,0 +1,32 @@
+"""A bundle's engine run in this process exactly as the served engine model opens it, one text at a time (no
+padding, no Triton): what served answers are compared against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def outputs_one_by_one(bundle: Path, texts: list[str]) -> np.ndarray:
+    """The engine's raw output row for each text alone (logits, or an embedding)."""
+    from transformers import AutoTokenizer
+
+    from engineforge.serve import engine_runtime as rt
+    from engineforge.serve.engine_spec import EngineSpec
+
+    spec = EngineSpec.load(bundle)
+    engine = rt.open_bundle_engine(bundle, spec)
+    tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
+    rows = []
+    for text in texts:
+        encoded = tokenizer([text], truncation=True, max_length=spec.max_sequence_length, return_tensors="np")
+        rows.append(np.asarray(engine.run({n: encoded[n].astype(np.int64) for n in spec.input_names}),
+                               dtype=np.float32)[0])
+    return np.array(rows)
+
+
+def probabilities_one_by_one(bundle: Path, texts: list[str]) -> np.ndarray:
+    from engineforge.serve.engine_runtime import softmax
+
+    return softmax(outputs_one_by_one(bundle, texts))
