@@ -62,6 +62,7 @@ class BuildContext:
     bundle_dir: Path | None = None
     published: dict[str, Any] | None = None
     _reference_logits: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict, repr=False)
+    _offsets: dict[tuple[str, ...], list[np.ndarray]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def start(cls, config: BuildConfig, work_dir: Path, checkpoint: CheckpointInfo, model: Any, tokenizer: Any,
@@ -114,7 +115,10 @@ class BuildContext:
         """Engine outputs vs the fp32 reference's on `eval_texts(examples)`, by the task's measure."""
         if self.is_token_task:
             texts = [e.text for e in examples]
-            offsets = text_offsets(self.tokenizer, texts, self.config.max_sequence_length)
+            key = tuple(texts)  # the int8 fallback compares dozens of trials on the same texts: tokenize once
+            if key not in self._offsets:
+                self._offsets[key] = text_offsets(self.tokenizer, texts, self.config.max_sequence_length)
+            offsets = self._offsets[key]
             return compare_tokens(reference, outputs, offsets, self.labels, [e.entities for e in examples], texts)
         if self.is_embedding:
             return compare_embeddings(reference, outputs, len(examples), texts)

@@ -178,28 +178,30 @@ def open_bundle_engine(engine_dir: str | os.PathLike[str], spec: EngineSpec) -> 
     return engine
 
 
-def _classify(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows]:
+def _merged_outputs(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays], name: str, ndim: int,
+                    width: int | None, expected: str) -> list[np.ndarray]:
+    """ONE engine call for all requests; its output checked (`ndim` dims, last one `width`) and split back into
+    one array per request."""
     merged, sizes = merge_requests(requests)
-    logits = np.asarray(engine.run({name: merged[name] for name in spec.input_names}), dtype=np.float32)
-    if logits.ndim != 2 or logits.shape[1] != spec.num_labels:
-        raise RuntimeError(
-            f"engine returned logits of shape {list(logits.shape)}, expected [batch, {spec.num_labels}] "
-            "(one column per label in engine.json)"
-        )
+    out = np.asarray(engine.run({n: merged[n] for n in spec.input_names}), dtype=np.float32)
+    if out.ndim != ndim or out.shape[-1] != width:
+        raise RuntimeError(f"engine returned {name} of shape {list(out.shape)}, expected {expected}")
+    return split_outputs(out, sizes)
+
+
+def _classify(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[ClassifiedRows]:
     results = []
-    for part in split_outputs(logits, sizes):
+    for part in _merged_outputs(engine, spec, requests, "logits", 2, spec.num_labels,
+                                f"[batch, {spec.num_labels}] (one column per label in engine.json)"):
         probabilities = softmax(part)
         results.append(ClassifiedRows(part, probabilities, labels_for(probabilities, spec.labels)))
     return results
 
 
 def _embed(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[EmbeddedRows]:
-    merged, sizes = merge_requests(requests)
-    embeddings = np.asarray(engine.run({name: merged[name] for name in spec.input_names}), dtype=np.float32)
-    if embeddings.ndim != 2 or embeddings.shape[1] != spec.embedding_dim:
-        raise RuntimeError(f"engine returned embeddings of shape {list(embeddings.shape)}, expected [batch, "
-                           f"{spec.embedding_dim}] (embedding_dim in engine.json)")
-    return [EmbeddedRows(part) for part in split_outputs(embeddings, sizes)]
+    return [EmbeddedRows(part) for part in _merged_outputs(
+        engine, spec, requests, "embeddings", 2, spec.embedding_dim,
+        f"[batch, {spec.embedding_dim}] (embedding_dim in engine.json)")]
 
 
 @dataclass(frozen=True)
@@ -211,13 +213,10 @@ class TaggedRows:
 
 
 def _tag(engine: Engine, spec: EngineSpec, requests: Sequence[RequestArrays]) -> list[TaggedRows]:
-    merged, sizes = merge_requests(requests)
-    logits = np.asarray(engine.run({name: merged[name] for name in spec.input_names}), dtype=np.float32)
-    if logits.ndim != 3 or logits.shape[2] != spec.num_labels:
-        raise RuntimeError(f"engine returned logits of shape {list(logits.shape)}, expected [batch, seq, "
-                           f"{spec.num_labels}] (one column per tag in engine.json)")
+    parts = _merged_outputs(engine, spec, requests, "logits", 3, spec.num_labels,
+                            f"[batch, seq, {spec.num_labels}] (one column per tag in engine.json)")
     rows = []
-    for request, part in zip(requests, split_outputs(logits, sizes), strict=True):
+    for request, part in zip(requests, parts, strict=True):
         part = part[:, : request.input_ids.shape[1]]  # back to this request's own length
         rows.append(TaggedRows(part, softmax(part)))
     return rows
