@@ -6,8 +6,9 @@ Measures, same machine, same threads: PyTorch fp32 eager; ONNX Runtime fp32 (fus
 dynamic int8 per-channel of the unpruned model (what Optimum's dynamic quantizer gives); OpenVINO fp32
 and int8 (symmetric static Q/DQ) of the unpruned model (what optimum-intel gives); each engineforge
 preset. For each: eval accuracy, argmax agreement with fp32, model size, and median / p99 latency at
-batch 1 and 8 × seq 32 and 128, all engines timed in interleaved rounds (machine-load drift on these
-shared 2-core machines reaches 15 % between minutes; interleaving makes the ratios trustworthy).
+batch 1 and 8 × seq 32 and 128, timed twice (benchmarks/cpu_timing.py): all engines in interleaved rounds in
+one process with ONNX Runtime's spinning off (machine-load drift on these shared 2-core machines reaches 15 %
+between minutes; interleaving keeps the ratios trustworthy), and each engine alone in a process of its own.
 Writes benchmarks/results/cpu.{md,json,png}.
 """
 
@@ -23,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cpu_timing import SHAPES, quiet_ort_engine, time_alone  # benchmarks/cpu_timing.py
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SHAPES = ((1, 32), (1, 128), (8, 32), (8, 128))
 
 
 @dataclasses.dataclass
@@ -72,7 +74,8 @@ def build_preset(preset: str, checkpoint: Path, eval_file: Path, train_file: Pat
 
 def open_engine(candidate: Candidate, threads: int) -> Any:
     """The candidate opened through engineforge's engine layer: the same runtime settings the build times
-    and Triton serves with. The eager baseline is the model as transformers runs it."""
+    and Triton serves with, except that ONNX Runtime does not spin (its spinning workers would take the
+    cores from the engine timed next). The eager baseline is the model as transformers runs it."""
     from engineforge.engines import TorchEngine, load_engine
 
     if candidate.runtime == "torch":
@@ -80,6 +83,8 @@ def open_engine(candidate: Candidate, threads: int) -> Any:
 
         torch.set_num_threads(threads)
         return TorchEngine(candidate.model, ("input_ids", "attention_mask", "token_type_ids"))
+    if candidate.runtime == "onnxruntime":
+        return quiet_ort_engine(candidate.path, threads)
     return load_engine(candidate.path, candidate.runtime, threads)
 
 
@@ -95,7 +100,7 @@ def evaluate(candidate: Candidate, engine: Any, tokenizer: Any, texts: list[str]
         "engine": candidate.name, "kind": candidate.kind, "runtime": candidate.runtime, "size_mb": candidate.size_mb,
         "accuracy": round(float((predictions == np.array(labels)).mean() * 100), 2),
         "agreement": None if reference is None else round(float((predictions == reference).mean()), 4),
-        "note": candidate.note, "latency": {},
+        "note": candidate.note, "latency": {}, "latency_alone": {},
     }
     return row, predictions
 
@@ -114,10 +119,28 @@ def time_all(engines: dict[str, Any], rows: list[dict[str, Any]], vocab_size: in
                   file=sys.stderr, flush=True)
 
 
-def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def time_each_alone(candidates: list[Candidate], rows: list[dict[str, Any]], checkpoint: Path, threads: int,
+                    vocab_size: int, iterations: int, rounds: int) -> None:
+    """Each engine alone in a fresh process, `rounds` times in alternating order; per shape the lowest median is
+    kept (a round that met machine-load drift does not count against that engine) and every round is recorded."""
+    order = list(zip(candidates, rows, strict=True))
+    for round_no in range(rounds):
+        for candidate, row in order if round_no % 2 == 0 else order[::-1]:
+            path = checkpoint if candidate.runtime == "torch" else candidate.path
+            timed = time_alone(candidate.runtime, path, threads, vocab_size, iterations)
+            row.setdefault("latency_alone_rounds", []).append(timed)
+            print(f"  {row['engine']} alone, round {round_no + 1}: 1x128 median {timed['1x128']['median_ms']:.2f} ms",
+                  file=sys.stderr, flush=True)
+    for row in rows:
+        timed = row["latency_alone_rounds"]
+        row["latency_alone"] = {shape: min((r[shape] for r in timed), key=lambda lat: lat["median_ms"])
+                                for shape in timed[0]}
+
+
+def targets(rows: list[dict[str, Any]], timing: str = "latency") -> dict[str, Any]:
     """Issue 3's latency targets at 1x128: <= 1/5 of PyTorch eager and <= 2/3 of the fastest int8 peer."""
     def median(row: dict[str, Any]) -> float:
-        return row["latency"]["1x128"]["median_ms"]
+        return row[timing]["1x128"]["median_ms"]
 
     eager = next(r for r in rows if r["engine"] == "PyTorch fp32 eager")
     peer = min((r for r in rows if r["kind"] == "peer" and "int8" in r["engine"]), key=median)
@@ -143,7 +166,24 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     goal = targets(rows)
     goals = ["", f"Latency targets at 1×128: at most 1/5 of PyTorch eager ({goal['eager_target_ms']} ms) and at most "
                  f"2/3 of the fastest int8 peer, {goal['peer']} ({goal['peer_target_ms']} ms)."]
-    return "\n".join([*lines, *goals, *(["", *notes] if notes else []), ""])
+    return "\n".join([*lines, *goals, *alone_table(rows), *(["", *notes] if notes else []), ""])
+
+
+def alone_table(rows: list[dict[str, Any]]) -> list[str]:
+    """1x128 medians both ways: interleaved in one process, and each engine alone in its own."""
+    if not all(r.get("latency_alone") for r in rows):
+        return []
+    base = {t: next(r for r in rows if r["engine"] == "PyTorch fp32 eager")[t]["1x128"]["median_ms"]
+            for t in ("latency", "latency_alone")}
+    rounds = len(rows[0].get("latency_alone_rounds") or [None])
+    lines = ["", "Batch 1 × 128, median ms: interleaved (above; ONNX Runtime not spinning) and each engine alone in "
+             f"a process of its own (runtime defaults; lowest of {rounds} rounds in alternating order).", "",
+             "| engine | interleaved | vs eager | alone | vs eager alone |", "|---|---|---|---|---|"]
+    for r in rows:
+        inter, alone = r["latency"]["1x128"]["median_ms"], r["latency_alone"]["1x128"]["median_ms"]
+        lines.append(f"| {r['engine']} | {inter:.2f} | {base['latency'] / inter:.2f}× | {alone:.2f} | "
+                     f"{base['latency_alone'] / alone:.2f}× |")
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -175,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", default="int8,fast-cpu", help="engineforge presets to build and measure")
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--alone-rounds", type=int, default=2, help="times each engine is timed alone (lowest kept)")
     parser.add_argument("--reuse-builds", action="store_true",
                         help="time the preset builds already under artifacts/bench/ instead of rebuilding them")
     args = parser.parse_args(argv)
@@ -214,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             reference = predictions
         rows.append(row)
     time_all(engines, rows, info.vocab_size or len(tokenizer), args.iterations)
+    engines.clear()  # free the cores and memory before the alone runs
+    time_each_alone(candidates, rows, checkpoint, args.threads, info.vocab_size or len(tokenizer), args.iterations,
+                    args.alone_rounds)
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = machine()
     (RESULTS / "cpu.json").write_text(json.dumps({"machine": meta, "rows": rows}, indent=2) + "\n")

@@ -45,7 +45,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=DEFAULT_GRPC_URL, help="Triton gRPC address host:port")
     parser.add_argument("--model", required=True,
                         help="model name in the Triton repository (the ensemble for text); several, comma-separated, "
-                        "are load-tested one after the other and compared in one report")
+                        "are load-tested level by level, interleaved, and compared in one report")
     parser.add_argument(
         "--mode",
         choices=MODES,
@@ -69,6 +69,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="open loop: evenly spaced or Poisson arrivals")
     parser.add_argument("--max-in-flight", type=int, default=defaults.max_in_flight,
                         help="open loop: requests in flight at most (beyond it sends fall behind, reported)")
+    parser.add_argument("--workers", type=parse_workers, default=defaults.workers,
+                        help="load-generator processes sharing each level (the rate or the concurrency is split "
+                        "between them), or 'auto': start with one and add one whenever a level was limited by the "
+                        "generator itself, up to the machine's cores")
     parser.add_argument("--slo", help="objectives checked at every level, e.g. 'p99<50ms,errors<1%%'; a miss exits 1")
     parser.add_argument("--find-max", action="store_true",
                         help="with --slo: search the highest concurrency (or --rate) that meets it, starting from the "
@@ -84,10 +88,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per-request timeout, seconds")
     parser.add_argument(
         "--texts-file",
-        help="payload texts (text mode): JSONL with a 'text' field, or one text per line "
-        "(default: built-in customer-support messages)",
+        help="payload texts (text mode): CSV with a 'text' column, JSONL with a 'text' field, or one text per line "
+        "(default: built-in customer-support messages); with a 'label' column/field every answer of a classifier "
+        "is checked against it (accuracy reported apart from latency)",
     )
-    parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="tokens mode: tokens per item")
+    parser.add_argument("--seq-len", default=str(defaults.seq_len),
+                        help="tokens mode: tokens per item, or a distribution: 32-256 (uniform), 32,64,128 (one of), "
+                        "normal:96,32 (mean,std); a batch is padded to its longest item")
     parser.add_argument(
         "--token-type-ids",
         action=argparse.BooleanOptionalAction,
@@ -114,15 +121,29 @@ def parse_concurrency(text: str) -> tuple[int, ...]:
     return levels
 
 
+def parse_workers(text: str) -> int:
+    """'auto' -> 0 (grow on demand), else a process count >= 1."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"workers: give a process count >= 1 or 'auto', got {text!r}")
+    return value
+
+
 def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
-    from .payloads import DEFAULT_TEXTS, load_texts
+    from .payloads import DEFAULT_TEXTS, load_labelled_texts
 
     concurrency = args.concurrency
     if isinstance(concurrency, str):  # argparse does not run `type` on string defaults set elsewhere
         concurrency = parse_concurrency(concurrency)
-    texts, source = DEFAULT_TEXTS, "built-in"
+    texts, source, labels = DEFAULT_TEXTS, "built-in", None
     if args.texts_file:
-        texts, source = tuple(load_texts(args.texts_file)), str(args.texts_file)
+        loaded, labels = load_labelled_texts(args.texts_file)
+        texts, source = tuple(loaded), str(args.texts_file)
     return LoadTestConfig(
         model=args.model,
         url=args.url,
@@ -134,7 +155,8 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         timeout_s=args.timeout,
         texts=texts,
         texts_source=source,
-        seq_len=args.seq_len,
+        labels=tuple(labels or ()),
+        seq_len=int(args.seq_len) if str(args.seq_len).strip().isdigit() else args.seq_len,
         token_type_ids=args.token_type_ids,
         label=args.label,
         progress_every_s=args.progress_every,
@@ -143,6 +165,7 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         max_in_flight=args.max_in_flight,
         stability_windows=args.stable,
         stability_tolerance=args.stability_tolerance,
+        workers=args.workers,
     )
 
 

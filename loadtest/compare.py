@@ -1,7 +1,10 @@
 """Several models (builds, versions) under the same load in one run and one report: `--model a,b,c`.
 
-Each model gets the same levels, one after the other, and its own full report; the comparison report puts
-their tables side by side and plots their latency against throughput together.
+Each model gets the same levels and its own full report; the comparison report puts their tables side by side
+and plots their latency against throughput together. Levels are interleaved (the first level for every model,
+then the second, ...), and which model goes first rotates from level to level: on a shared machine load drifts
+by a quarter between minutes, and running one model's levels after the other's would hand that drift to one of
+them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ from .runner import LoadTestResult, run_loadtest
 
 
 def run_comparison(config: LoadTestConfig, models: Sequence[str]) -> list[LoadTestResult]:
-    return [run_loadtest(dataclasses.replace(config, model=model, label=config.label or model)) for model in models]
+    models = list(models)
+    runs: dict[str, list[LoadTestResult]] = {model: [] for model in models}
+    for i, value in enumerate(config.rates or config.concurrency):
+        shift = i % len(models)
+        level = {"rates": (value,)} if config.rates else {"concurrency": (int(value),)}
+        for model in models[shift:] + models[:shift]:
+            runs[model].append(run_loadtest(dataclasses.replace(config, model=model, label=config.label or model,
+                                                                **level)))
+    return [LoadTestResult(dataclasses.replace(config, model=model, label=config.label or model),
+                           [lv for run in runs[model] for lv in run.levels], runs[model][0].started_at,
+                           runs[model][-1].finished_at, runs[model][0].model_metadata) for model in models]
 
 
 def comparison_table(results: Sequence[LoadTestResult]) -> str:
@@ -68,12 +81,13 @@ def write_comparison(results: Sequence[LoadTestResult], out_dir: str | Path, ste
     paths["json"].write_text(json.dumps({"models": [r.config.model for r in results],
                                          "reports": [report_dict(r) for r in results]}, indent=2) + "\n")
     models = ", ".join(f"`{r.config.model}`" for r in results)
-    paths["md"].write_text(f"# Load-test comparison: {models}\n\nSame settings for each model, run one after "
-                           f"the other.\n\n{table}\n", encoding="utf-8")
+    paths["md"].write_text(f"# Load-test comparison: {models}\n\nSame settings for each model; levels interleaved "
+                           f"(each level for every model in turn, the first model rotating).\n\n{table}\n",
+                           encoding="utf-8")
     if plot:
         from .html_report import _table
 
-        body = (f"<h1>Load-test comparison</h1><p>{html.escape(models)}: same settings, one after the other.</p>"
+        body = (f"<h1>Load-test comparison</h1><p>{html.escape(models)}: same settings, levels interleaved.</p>"
                 f"{_table(table)}<figure><img alt='latency vs throughput' "
                 f"src='data:image/png;base64,{comparison_plot(results)}'></figure>")
         paths["html"] = out_dir / f"{stem}.html"

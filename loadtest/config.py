@@ -28,7 +28,8 @@ class LoadTestConfig:
     timeout_s: float = DEFAULT_TIMEOUT_S  # per request (gRPC deadline)
     texts: tuple[str, ...] = field(default=DEFAULT_TEXTS, repr=False)
     texts_source: str = "built-in"  # where `texts` came from, for the report
-    seq_len: int = 128  # tokens mode only
+    labels: tuple[str, ...] = field(default=(), repr=False)  # expected label per text (correctness check), or ()
+    seq_len: int | str = 128  # tokens mode only: a length or a distribution such as 32-256 (loadtest/lengths.py)
     token_type_ids: bool | None = None  # tokens mode: None = send it iff the model declares it
     label: str | None = None  # free-form variant name (e.g. "fp16-trt") for comparisons
     progress_every_s: float = 5.0
@@ -44,6 +45,7 @@ class LoadTestConfig:
     # throughput and p99 within stability_tolerance (perf_analyzer's criterion).
     stability_windows: int = 0
     stability_tolerance: float = 0.1
+    workers: int = 1  # load-generator processes sharing each level (loadtest/workers.py); 0 = auto
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,8 +63,17 @@ class LoadTestConfig:
             problems.append(f"batch size must be >= 1, got {self.batch_size}")
         if not self.timeout_s > 0:
             problems.append(f"request timeout must be > 0 s, got {self.timeout_s}")
-        if self.mode == "tokens" and self.seq_len < 1:
-            problems.append(f"seq-len must be >= 1, got {self.seq_len}")
+        if self.mode == "tokens":
+            from .lengths import parse_lengths
+
+            try:
+                parse_lengths(self.seq_len)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if self.labels and len(self.labels) != len(self.texts):
+            problems.append(f"{len(self.labels)} expected labels for {len(self.texts)} texts")
+        if self.labels and self.mode != "text":
+            problems.append("expected labels are checked in text mode only (tokens mode sends synthetic ids)")
         if self.mode == "text" and not self.texts:
             problems.append("no payload texts")
         if any(not r > 0 for r in self.rates):
@@ -72,6 +83,8 @@ class LoadTestConfig:
         if self.stability_windows < 0 or not 0 < self.stability_tolerance < 1:
             problems.append(f"stability: windows >= 0 and tolerance in (0, 1), got {self.stability_windows}, "
                             f"{self.stability_tolerance}")
+        if not 0 <= self.workers <= 64:
+            problems.append(f"workers must be between 1 and 64 processes (0: auto), got {self.workers}")
         if self.max_in_flight < 1:
             problems.append(f"max in flight must be >= 1, got {self.max_in_flight}")
         if problems:
@@ -82,7 +95,8 @@ class LoadTestConfig:
         return len(self.rates or self.concurrency) * (self.warmup_s + self.duration_s)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "texts"}
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in ("texts", "labels")}
+        data["labels_checked"] = bool(self.labels)
         data["concurrency"] = list(self.concurrency)
         data["rates"] = list(self.rates)
         data["n_texts"] = len(self.texts)

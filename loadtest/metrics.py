@@ -9,6 +9,9 @@ Conventions, so numbers from different runs stay comparable:
 - Percentiles come from an HDR histogram (loadtest/histogram.py, the `hdrhistogram` package): the smallest
   recorded value with at least p % of samples at or below it, to 3 significant digits, so p50 of
   [1, 2, 3, 4] ms is 2 ms. Mean, min, max and std are exact.
+- Correctness (texts with expected labels): `checked_items` / `correct_items` over the successful requests that
+  were checked, `accuracy` their ratio (None when nothing was checked). Apart from latency and throughput: a
+  wrong label is still a served request.
 - When nothing succeeded, latency fields are None (undefined, written as null in JSON) and
   throughputs are 0.0; error_rate is None only when there were no requests at all.
 """
@@ -51,10 +54,16 @@ class LoadMetrics:
     errors_by_kind: Mapping[str, int] = field(default_factory=dict)
     # A few distinct error messages (first seen first) so a report can say what went wrong.
     error_examples: tuple[str, ...] = ()
+    checked_items: int = 0
+    correct_items: int = 0
+    accuracy: float | None = None
+    # gRPC status code -> count over the failed calls (failures without a call, e.g. bad outputs, are not here).
+    errors_by_status: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["errors_by_kind"] = dict(self.errors_by_kind)
+        data["errors_by_status"] = dict(self.errors_by_status)
         data["error_examples"] = list(self.error_examples)
         return data
 
@@ -86,6 +95,7 @@ def calculate_metrics(
     failed = [r for r in rows if not r.ok]
 
     kinds = Counter(r.error_kind or "unknown" for r in failed)
+    statuses = Counter(r.status for r in failed if r.status)
     examples: list[str] = []
     for r in failed:
         message = r.error or "(no message)"
@@ -94,6 +104,9 @@ def calculate_metrics(
             if len(examples) >= max_error_examples:
                 break
 
+    checked = [r for r in ok if r.correct is not None]
+    checked_items = sum(r.batch_size for r in checked)
+    correct_items = sum(r.correct or 0 for r in checked)
     latency = _latency_stats_ms([r.end_s - r.scheduled_s if from_schedule and r.scheduled_s is not None
                                  else r.latency_s for r in ok])
     return LoadMetrics(
@@ -105,7 +118,11 @@ def calculate_metrics(
         throughput_rps=len(ok) / duration_s,
         throughput_items_per_s=sum(r.batch_size for r in ok) / duration_s,
         errors_by_kind=dict(sorted(kinds.items())),
+        errors_by_status=dict(sorted(statuses.items())),
         error_examples=tuple(examples),
+        checked_items=checked_items,
+        correct_items=correct_items,
+        accuracy=correct_items / checked_items if checked_items else None,
         **latency,
     )
 

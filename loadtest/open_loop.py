@@ -87,15 +87,24 @@ async def run_rate_level(
     drain_timeout_s: float = 5.0,
     log: Callable[[str], None] = info,
     probe: Any = None,
+    start_at: float | None = None,
+    shift_s: float = 0.0,
+    progress_every_s: float = 5.0,
 ) -> LevelResult:
-    """Send at `rate` req/s for warm-up + duration; see module docstring (`probe`: as for `run_level`)."""
+    """Send at `rate` req/s for warm-up + duration; see module docstring (`probe`: as for `run_level`).
+
+    Worker processes (loadtest/workers.py) share one schedule: each starts at the same `start_at` (a `clock()`
+    time; the clock is system-wide) and sends its share of the rate, shifted by `shift_s` so that constant
+    arrivals of all of them interleave evenly."""
     if max_in_flight < 1 or warmup_s < 0:
         raise ConfigError(f"bad open-loop level: max_in_flight={max_in_flight}, warmup={warmup_s}")
-    offsets = schedule_offsets(rate, warmup_s + duration_s, arrival, seed)
+    span = warmup_s + duration_s
+    offsets = schedule_offsets(rate, span, arrival, seed) + shift_s
+    offsets = offsets[offsets < span]
     records: list[RequestResult] = []
     slots = asyncio.Semaphore(max_in_flight)
     in_flight: dict[asyncio.Task, tuple[int, float]] = {}
-    t0 = clock() + 0.005
+    t0 = start_at if start_at is not None else clock() + 0.005
     warm_end, window_end = t0 + warmup_s, t0 + warmup_s + duration_s
 
     def phase_of(scheduled: float) -> str:
@@ -111,6 +120,8 @@ async def run_rate_level(
     log(f"rate {rate:g} req/s ({arrival}): warm-up {warmup_s:g}s, then measuring {duration_s:g}s")
     cpu_start = time.process_time()
     server_view = asyncio.create_task(window_breakdown(probe, warm_end, window_end))
+    sent = [0]
+    reporter = asyncio.create_task(_report_progress(rate, sent, records, warm_end, duration_s, progress_every_s, log))
     try:
         for n, offset in enumerate(offsets):
             scheduled = t0 + float(offset)
@@ -119,6 +130,7 @@ async def run_rate_level(
                 await asyncio.sleep(delay)
             await slots.acquire()  # at the cap, waiting here is send lag, and it is in the latency
             task = asyncio.create_task(send(n, scheduled))
+            sent[0] += 1
             in_flight[task] = (n, scheduled)
             task.add_done_callback(in_flight.pop)
         pending: set[asyncio.Task] = set()
@@ -127,7 +139,7 @@ async def run_rate_level(
         stalled = [in_flight[task] for task in pending if task in in_flight]
         server = await server_view
     finally:
-        for task in [*in_flight, server_view]:
+        for task in [*in_flight, server_view, reporter]:
             task.cancel()
     cpu_used = time.process_time() - cpu_start
     now = clock()
@@ -142,10 +154,26 @@ async def run_rate_level(
                         client_cpu_percent=100.0 * cpu_used / max(now - t0, 1e-9), rate=rate,
                         schedule=schedule_stats(records, rate, duration_s, window_end) | {"arrival": arrival},
                         server=server)
-    m = metrics
-    text = f"{m.completed} ok, {m.errors} errors, {m.throughput_rps:.1f} req/s"
-    if m.latency_p50_ms is not None:
-        text += f", p50 {m.latency_p50_ms:.2f} ms, p99 {m.latency_p99_ms:.2f} ms from scheduled send"
-    log(f"rate {rate:g} req/s: {text}" + (f" — {level.schedule['shortfall']}" if not level.schedule["kept_rate"]
-                                           else ""))
+    from .runner import level_summary
+
+    log(f"rate {rate:g} req/s (latency from the scheduled send): {level_summary(level)}")
     return level
+
+
+async def _report_progress(rate: float, sent: list[int], records: list[RequestResult], warm_end: float,
+                           duration_s: float, every_s: float, log: Callable[[str], None]) -> None:
+    """A line every `every_s`: window progress, requests sent and answered, errors, and how late sends run."""
+    if every_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(every_s)
+        now = clock()
+        if now < warm_end:
+            log(f"rate {rate:g} req/s: warming up, {sent[0]} sent")
+            continue
+        measured = [r for r in records if r.phase == MEASURE]
+        errors = sum(not r.ok for r in measured)
+        recent = [r.start_s - r.scheduled_s for r in measured[-200:] if r.scheduled_s is not None]
+        lag = 1000 * max(recent) if recent else 0.0
+        log(f"rate {rate:g} req/s: {min(now - warm_end, duration_s):.0f}/{duration_s:g}s, {sent[0]} sent, "
+            f"{len(measured)} answered in the window, {errors} errors, recent send lag up to {lag:.1f} ms")

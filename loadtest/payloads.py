@@ -26,34 +26,73 @@ DEFAULT_TEXTS: tuple[str, ...] = (
 
 
 def load_texts(path: str | Path) -> list[str]:
-    """Read payload texts: JSONL with a "text" field per line, or one plain text per line.
+    """Payload texts of a file (labels, if any, ignored); see `load_labelled_texts`."""
+    return load_labelled_texts(path, labels_required=False)[0]
 
-    The format is JSONL when the file ends in .jsonl/.json or its first non-blank line starts
-    with "{". Blank lines are skipped.
+
+def load_labelled_texts(path: str | Path, *, labels_required: bool = True) -> tuple[list[str], list[str] | None]:
+    """Texts, and expected labels when the file gives them (for a correctness check of the answers).
+
+    - CSV (.csv): a header row with a "text" column and optionally a "label" column.
+    - JSONL (.jsonl/.json, or a first line starting with "{"): objects with "text" and optionally "label".
+    - Anything else: one plain text per line, no labels.
+    Blank lines are skipped. Labels must be given for every text or for none.
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read texts file {path}: {exc.strerror or exc}") from exc
-    non_blank = [(i, line.strip()) for i, line in enumerate(lines, start=1) if line.strip()]
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read texts file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    non_blank = [(i, line.strip()) for i, line in enumerate(raw.splitlines(), start=1) if line.strip()]
     if not non_blank:
-        raise DataError(f"texts file {path} has no texts; give one text per line or JSONL with 'text'")
-    is_jsonl = path.suffix in {".jsonl", ".json"} or non_blank[0][1].startswith("{")
-    if not is_jsonl:
-        return [line for _, line in non_blank]
-
-    texts = []
-    for lineno, line in non_blank:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-        text = row.get("text") if isinstance(row, dict) else None
-        if not isinstance(text, str) or not text:
-            raise DataError(f'{path}:{lineno}: expected an object with a non-empty string "text" field')
+        raise DataError(f"texts file {path} has no texts; give one text per line, JSONL or CSV with 'text'")
+    if path.suffix == ".csv":
+        rows = _csv_rows(path, raw)
+    elif path.suffix in {".jsonl", ".json"} or non_blank[0][1].startswith("{"):
+        rows = [(lineno, _json_row(path, lineno, line)) for lineno, line in non_blank]
+    else:
+        return [line for _, line in non_blank], None
+    texts, labels = [], []
+    for lineno, row in rows:
+        text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f'{path}:{lineno}: expected a non-empty string "text" field')
         texts.append(text)
-    return texts
+        label = row.get("label")
+        labels.append(None if label is None or label == "" else str(label))
+    given = [label is not None for label in labels]
+    if any(given) and not all(given) and labels_required:
+        first = next(lineno for (lineno, _), has in zip(rows, given, strict=True) if not has)
+        raise DataError(f"{path}:{first}: no label, but other rows have one; label every row or none")
+    return texts, (labels if all(given) else None)  # type: ignore[return-value]
+
+
+def _json_row(path: Path, lineno: int, line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(row, dict):
+        raise DataError(f'{path}:{lineno}: expected an object with a "text" field')
+    return row
+
+
+def _csv_rows(path: Path, raw: str) -> list[tuple[int, dict]]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(raw))
+    if not reader.fieldnames or "text" not in reader.fieldnames:
+        raise DataError(f"{path}: CSV needs a header row with a 'text' column (and optionally 'label'), "
+                        f"got columns {reader.fieldnames}")
+    return [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
+
+
+def label_batches(labels: list[str] | tuple[str, ...], batch_size: int) -> list[tuple[str, ...]]:
+    """The expected labels of each batch of `text_batches(texts, batch_size)`, in the same order."""
+    n = len(labels)
+    period = n // np.gcd(n, batch_size)
+    return [tuple(labels[(k * batch_size + j) % n] for j in range(batch_size)) for k in range(period)]
 
 
 def text_batches(texts: list[str] | tuple[str, ...], batch_size: int) -> list[np.ndarray]:
@@ -75,21 +114,31 @@ def text_batches(texts: list[str] | tuple[str, ...], batch_size: int) -> list[np
     ]
 
 
-def token_batches(batch_size: int, seq_len: int, *, n_batches: int = 4, seed: int = 0,
-                  vocab_size: int | None = None) -> list[np.ndarray]:
-    """Deterministic synthetic INT64 token ids of shape [batch, seq_len], values in [1000, 2000) (within
-    [vocab_size // 2, vocab_size) for a smaller vocabulary, above its special tokens).
+def token_batches(batch_size: int, seq_len: int | str, *, n_batches: int | None = None, seed: int = 0,
+                  vocab_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Deterministic synthetic INT64 (token ids, attention mask) pairs of shape [batch, length], ids in
+    [1000, 2000) (within [vocab_size // 2, vocab_size) for a smaller vocabulary, above its special tokens).
 
-    No tokenizer is involved, so tokens mode measures the engine (model) alone; ids in that range
-    are ordinary word pieces in BERT-style vocabularies, and the cost of a dense encoder does not
-    depend on which ids are sent. The attention mask is all ones (no padding).
+    `seq_len` is a length or a distribution spec (loadtest/lengths.py): each item draws its length, the batch is
+    as wide as its longest item and shorter items are padded (mask 0), as a tokenizer pads a batch. No tokenizer
+    is involved, so tokens mode measures the engine alone; ids in that range are ordinary word pieces in
+    BERT-style vocabularies, and the cost of a dense encoder does not depend on which ids are sent.
     """
-    if batch_size < 1 or seq_len < 1:
-        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+    from .lengths import parse_lengths
+
+    lengths_of = parse_lengths(seq_len)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     low, high = 1000, 2000
     if vocab_size is not None and vocab_size < high:
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
         low, high = vocab_size // 2, vocab_size
     rng = np.random.default_rng(seed)
-    return [rng.integers(low, high, size=(batch_size, seq_len), dtype=np.int64) for _ in range(n_batches)]
+    out = []
+    for _ in range(n_batches or (4 if lengths_of.fixed else 64)):
+        lengths = lengths_of.sample(rng, batch_size)
+        ids = rng.integers(low, high, size=(batch_size, int(lengths.max())), dtype=np.int64)
+        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        out.append((ids * mask, mask))  # padding id 0, as BERT-style tokenizers pad
+    return out

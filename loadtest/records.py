@@ -54,6 +54,11 @@ class RequestResult:
     # Open-loop mode: when the request was *meant* to be sent. start_s - scheduled_s is the
     # client-side queueing delay that closed-loop tests hide (coordinated omission).
     scheduled_s: float | None = None
+    # Correctness check (texts with expected labels): how many items of the batch got the expected label.
+    # Counted apart from latency: a wrong answer is still a successful request.
+    correct: int | None = None
+    # gRPC status code of a failed call ("INVALID_ARGUMENT", "DEADLINE_EXCEEDED", ...); None when no call failed.
+    status: str | None = None
 
     @property
     def end_s(self) -> float:
@@ -63,7 +68,7 @@ class RequestResult:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def failure(start_s: float, error: str, kind: str, batch_size: int = 1) -> RequestResult:
+def failure(start_s: float, error: str, kind: str, batch_size: int = 1, status: str | None = None) -> RequestResult:
     """An error record whose latency runs from `start_s` to now."""
     return RequestResult(
         start_s=start_s,
@@ -72,6 +77,7 @@ def failure(start_s: float, error: str, kind: str, batch_size: int = 1) -> Reque
         batch_size=batch_size,
         error=error,
         error_kind=kind,
+        status=status,
     )
 
 

@@ -33,7 +33,9 @@ def report_dict(result: LoadTestResult) -> dict[str, Any]:
         "schema": SCHEMA,
         "started_at": result.started_at,
         "finished_at": result.finished_at,
-        "server": {"url": cfg.url, "protocol": "grpc", "model": cfg.model},
+        "server": {"url": cfg.url, "protocol": "grpc", "model": cfg.model,
+                   "triton_version": ((result.model_metadata or {}).get("server") or {}).get("version")},
+        "model": model_identity(result.model_metadata),
         "label": cfg.label,
         "settings": cfg.to_dict(),
         "levels": [level.to_dict() for level in result.levels],
@@ -44,6 +46,15 @@ def report_dict(result: LoadTestResult) -> dict[str, Any]:
             "tritonclient": _version("tritonclient"),
         },
     }
+
+
+def model_identity(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What was measured: the model's versions and, for an engineforge publication, its build id, precision and
+    runtime (from the model config's parameters; an ensemble carries its build id)."""
+    metadata = metadata or {}
+    parameters = metadata.get("parameters") or {}
+    return {"name": metadata.get("name"), "versions": metadata.get("versions"),
+            **{key: parameters.get(key) for key in ("build_id", "precision", "runtime", "task")}}
 
 
 def write_json_report(result: LoadTestResult | Report, path: str | Path) -> Path:
@@ -72,7 +83,9 @@ def markdown_table(result: LoadTestResult | Report) -> str:
     header = ["rate (req/s)", "sent on time"] if open_loop else ["concurrency"]
     header += ["requests", "errors", "throughput (req/s)"]
     header += ["items/s"] if batched else []
-    header += ["p50 ms", "p90 ms", "p95 ms", "p99 ms", "p99.9 ms"]
+    header += ["p50 ms", "p90 ms", "p95 ms", "p99 ms", "p99.9 ms", "client CPU %"]
+    checked = any(level["metrics"].get("checked_items") for level in report["levels"])
+    header += ["correct %"] if checked else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for level in report["levels"]:
         m = level["metrics"]
@@ -85,6 +98,11 @@ def markdown_table(result: LoadTestResult | Report) -> str:
         cells += [str(m["requests"]), str(m["errors"]), f"{m['throughput_rps']:.1f}"]
         cells += [f"{m['throughput_items_per_s']:.1f}"] if batched else []
         cells += [_ms(m.get(f"latency_p{p}_ms")) for p in (50, 90, 95, 99, 999)]
+        cpu = level.get("client_cpu_percent")
+        cells += ["—" if cpu is None else f"{cpu:.0f}"]
+        if checked:
+            accuracy = m.get("accuracy")
+            cells += ["—" if accuracy is None else f"{100 * accuracy:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -110,18 +128,24 @@ def markdown_report(result: LoadTestResult | Report, plot_name: str | None = Non
     s = report["settings"]
     title = f"# Load test: `{s['model']}`" + (f" ({report['label']})" if report.get("label") else "")
     if s["mode"] == "tokens":
-        mode = f"tokens — synthetic token ids, seq len {s['seq_len']}; measures the engine alone (no tokenizer)"
+        mode = (f"tokens — synthetic token ids, seq len {s['seq_len']} (padded per batch); measures the engine alone "
+                "(no tokenizer)")
     else:
         mode = f"text — raw text to the model, tokenization included ({s['n_texts']} texts, {s['texts_source']})"
+        if s.get("labels_checked"):
+            mode += "; every answer's label checked against the file's (correct %, apart from latency)"
     out = [
         title,
         "",
-        f"- Server: `{report['server']['url']}` (gRPC, KServe v2)",
+        f"- Server: `{report['server']['url']}` (gRPC, KServe v2"
+        + (f"; Triton {report['server']['triton_version']})" if report["server"].get("triton_version") else ")"),
+        *_model_line(report.get("model") or {}),
         f"- Mode: {mode}",
         (f"- Open loop at {', '.join(f'{r:g}' for r in s['rates'])} req/s ({s.get('arrival', 'constant')} "
          "arrivals; latency from each request's scheduled send)" if s.get("rates") else "- Closed loop")
         + f", batch size {s['batch_size']}; per level: warm-up {s['warmup_s']:g} s (discarded), "
         f"measured {s['duration_s']:g} s; request timeout {s['timeout_s']:g} s",
+        f"- Load generator: {s.get('workers', 1)} process(es); client CPU in % of one core, all processes together",
         f"- Run: {report['started_at']} → {report['finished_at']}",
         "",
         "## Results",
@@ -145,6 +169,13 @@ def markdown_report(result: LoadTestResult | Report, plot_name: str | None = Non
     return "\n".join(out) + "\n"
 
 
+def _model_line(model: Mapping[str, Any]) -> list[str]:
+    parts = [f"versions {', '.join(model['versions'])}"] if model.get("versions") else []
+    parts += [f"{key.replace('_', ' ')} `{model[key]}`" for key in ("build_id", "precision", "runtime")
+              if model.get(key)]
+    return [f"- Model: {'; '.join(parts)}"] if parts else []
+
+
 def write_markdown_report(result: LoadTestResult | Report, path: str | Path, plot_name: str | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +187,7 @@ def write_markdown_report(result: LoadTestResult | Report, path: str | Path, plo
 CSV_COLUMNS = ("Concurrency", "Request Rate", "Inferences/Second", "Client Send", "Network+Server Send/Recv",
                "Server Queue", "Server Compute Input", "Server Compute Infer", "Server Compute Output",
                "Client Recv", "p50 latency", "p90 latency", "p95 latency", "p99 latency", "Avg latency",
-               "p99.9 latency", "Errors", "Requests/Second")
+               "p99.9 latency", "Errors", "Requests/Second", "Client CPU %", "Generator Processes", "Correct %")
 
 
 def csv_rows(result: LoadTestResult | Report) -> list[dict[str, Any]]:
@@ -183,7 +214,11 @@ def csv_rows(result: LoadTestResult | Report) -> list[dict[str, Any]]:
                      "Server Compute Output": stage(parts, "compute_output"), "Client Recv": "",
                      **{f"p{p} latency": us(m.get(f"latency_p{p}_ms")) for p in (50, 90, 95, 99)},
                      "Avg latency": us(m.get("latency_mean_ms")), "p99.9 latency": us(m.get("latency_p999_ms")),
-                     "Errors": m["errors"], "Requests/Second": round(m["throughput_rps"], 3)})
+                     "Errors": m["errors"], "Requests/Second": round(m["throughput_rps"], 3),
+                     "Client CPU %": "" if level.get("client_cpu_percent") is None
+                     else round(level["client_cpu_percent"], 1),
+                     "Generator Processes": level.get("workers", 1),
+                     "Correct %": "" if m.get("accuracy") is None else round(100 * m["accuracy"], 3)})
     return rows
 
 
@@ -286,15 +321,18 @@ def _notes(levels: Sequence[Mapping[str, Any]]) -> list[str]:
             notes.append(f"- concurrency {c}: {level['aborted']}")
         if m["errors"]:
             kinds = ", ".join(f"{n} {kind}" for kind, n in m["errors_by_kind"].items())
+            if m.get("errors_by_status"):
+                kinds += "; gRPC status " + ", ".join(f"{code} ×{n}" for code, n in m["errors_by_status"].items())
             examples = "; ".join(f"`{e}`" for e in m["error_examples"])
             notes.append(f"- concurrency {c}: {m['errors']} failed requests ({kinds}), e.g. {examples}")
         if m["requests"] == 0 and not level.get("aborted"):
             notes.append(f"- concurrency {c}: no request completed inside the measurement window")
-        cpu = level.get("client_cpu_percent")
-        if cpu is not None and cpu >= CLIENT_CPU_WARN_PERCENT:
+        cpu, processes = level.get("client_cpu_percent"), level.get("workers") or 1
+        if cpu is not None and cpu / processes >= CLIENT_CPU_WARN_PERCENT:
             notes.append(
-                f"- concurrency {c}: the load generator used {cpu:.0f}% of a CPU core; "
-                "it may be the bottleneck (run it on another machine or lower the concurrency)"
+                f"- concurrency {c}: each of the {processes} load-generator process(es) used {cpu / processes:.0f}% "
+                f"of a CPU core; the generator may be the bottleneck (--workers {processes + 1} if cores are free, "
+                "or run it on another machine)"
             )
         if level.get("cancelled_requests"):
             notes.append(

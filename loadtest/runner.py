@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +51,7 @@ class LevelResult:
     server: list[dict[str, Any]] | None = None
     # Stability windows (loadtest/stability.py): stable or not, windows measured, per-window figures.
     stability: dict[str, Any] | None = None
+    workers: int = 1  # generator processes that drove the level (loadtest/workers.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class LevelResult:
             "schedule": self.schedule,
             "server": self.server,
             "stability": self.stability,
+            "workers": self.workers,
             "window_s": self.window_s,
             "metrics": self.metrics.to_dict(),
             "warmup_requests": self.warmup_requests,
@@ -94,11 +96,15 @@ async def run_level(
     max_consecutive_errors: int | None = None,
     log: Callable[[str], None] = info,
     probe: Any = None,
+    start_at: float | None = None,
 ) -> LevelResult:
     """Drive `request_fn` with `concurrency` closed-loop workers; see module docstring. With a
-    `server_stats.StatsProbe`, Triton's per-model breakdown of the window is attached."""
+    `server_stats.StatsProbe`, Triton's per-model breakdown of the window is attached. `start_at` (a `clock()`
+    time) lines up worker processes (loadtest/workers.py)."""
     if concurrency < 1 or not duration_s > 0 or warmup_s < 0:
         raise ConfigError(f"bad level: concurrency={concurrency}, duration={duration_s}, warmup={warmup_s}")
+    if start_at is not None and start_at > clock():
+        await asyncio.sleep(start_at - clock())
     records: list[RequestResult] = []
     stop = asyncio.Event()
     abort_reason: list[str] = []
@@ -161,7 +167,7 @@ async def run_level(
         aborted=abort_reason[0] if abort_reason else None,
         server=server,
     )
-    log(f"concurrency {concurrency}: {_summary(level)}")
+    log(f"concurrency {concurrency}: {level_summary(level)}")
     return level
 
 
@@ -203,34 +209,33 @@ async def run_loadtest_async(config: LoadTestConfig, request_fn: RequestFn | Non
         metadata = await triton_requests.check_server(config.url, config.model)
         request_fn = owned = triton_requests.build_request_fn(config, metadata)
         probe = await StatsProbe.open(config.url, config.model)
+    elif config.workers != 1:
+        raise ConfigError("worker processes build their own Triton request functions; a custom request function "
+                          "runs in this process only (workers=1)")
     levels_text = (f"open loop at {','.join(f'{r:g}' for r in config.rates)} req/s ({config.arrival})"
                    if config.rates else f"concurrency {','.join(map(str, config.concurrency))}")
+    processes = {0: ", generator processes: auto", 1: ""}.get(config.workers, f", {config.workers} generator processes")
     info(
         f"load test of {config.model!r} at {config.url} ({config.mode} mode, batch {config.batch_size}): "
-        f"{levels_text}, ~{config.estimated_runtime_s:g}s"
+        f"{levels_text}, ~{config.estimated_runtime_s:g}s{processes}"
     )
-    try:
-        if config.stability_windows:
-            levels = await _stable_levels(config, request_fn, probe)
-        elif config.rates:
-            from .open_loop import run_rate_level
+    from .workers import Generators
 
-            levels = [await run_rate_level(request_fn, rate, config.duration_s, config.warmup_s,
-                                           arrival=config.arrival, max_in_flight=config.max_in_flight,
-                                           drain_timeout_s=config.drain_timeout_s, probe=probe)
-                      for rate in config.rates]
+    generators = Generators(config, metadata, request_fn)
+    try:
+        await generators.start()
+        measure = _level_measurer(config, probe, generators)
+        if config.stability_windows:
+            levels = await _stable_levels(config, measure)
         else:
-            levels = await run_levels(
-                request_fn,
-                config.concurrency,
-                config.duration_s,
-                config.warmup_s,
-                drain_timeout_s=config.drain_timeout_s,
-                progress_every_s=config.progress_every_s,
-                max_consecutive_errors=config.max_consecutive_errors,
-                probe=probe,
-            )
+            levels = []
+            for value in config.rates or config.concurrency:
+                levels.append(await measure(value, config.warmup_s, False))
+                if levels[-1].aborted:
+                    info(f"skipping the remaining levels: {levels[-1].aborted}")
+                    break
     finally:
+        await generators.close()
         if owned is not None:
             await owned.aclose()
         if probe is not None:
@@ -238,28 +243,61 @@ async def run_loadtest_async(config: LoadTestConfig, request_fn: RequestFn | Non
     return LoadTestResult(config, levels, started_at, _utc_now(), metadata)
 
 
-async def _stable_levels(config: LoadTestConfig, request_fn: RequestFn, probe: Any) -> list[LevelResult]:
+MeasureFn = Callable[[float, float, bool], Awaitable[LevelResult]]
+
+
+def _level_measurer(config: LoadTestConfig, probe: Any, generators: Any) -> MeasureFn:
+    """`await measure(value, warmup_s, quiet)`: one window at rate or concurrency `value`, in this process or
+    spread over worker processes; with `--workers auto` a level the generator itself limited is measured again
+    with one more process, while cores remain (loadtest/workers.py)."""
+    from .workers import generator_bound
+
+    async def measure(value: float, warmup_s: float, quiet: bool) -> LevelResult:
+        log = (lambda _m: None) if quiet else info
+        what = f"rate {value:g} req/s" if config.rates else f"concurrency {int(value)}"
+        level = await _measure_once(config, generators, value, warmup_s, probe, log)
+        while config.workers == 0 and generator_bound(level) and await generators.grow():
+            info(f"{what}: the generator was the limit ({level.client_cpu_percent:.0f} % CPU over "
+                 f"{level.workers} process(es)); measuring again with {generators.size} processes")
+            level = await _measure_once(config, generators, value, warmup_s, probe, log)
+        return level
+    return measure
+
+
+async def _measure_once(config: LoadTestConfig, generators: Any, value: float, warmup_s: float, probe: Any,
+                        log: Callable[[str], None]) -> LevelResult:
+    if generators.pool is not None:
+        level = await generators.pool.run_level(value, warmup_s, probe=probe, log=log)
+        log(f"{'rate ' + format(value, 'g') + ' req/s' if config.rates else 'concurrency ' + str(int(value))}: "
+            f"{level_summary(level)}")
+        return level
+    if config.rates:
+        from .open_loop import run_rate_level
+
+        return await run_rate_level(generators.request_fn, value, config.duration_s, warmup_s, arrival=config.arrival,
+                                    max_in_flight=config.max_in_flight, drain_timeout_s=config.drain_timeout_s,
+                                    probe=probe, log=log,
+                                    progress_every_s=0 if log is not info else config.progress_every_s)
+    return await run_level(generators.request_fn, int(value), config.duration_s, warmup_s,
+                           drain_timeout_s=config.drain_timeout_s,
+                           progress_every_s=0 if log is not info else config.progress_every_s,
+                           max_consecutive_errors=config.max_consecutive_errors, probe=probe, log=log)
+
+
+async def _stable_levels(config: LoadTestConfig, measure: MeasureFn) -> list[LevelResult]:
     """Each level measured window after window until stable (config.stability_windows at most)."""
-    from .open_loop import run_rate_level
     from .stability import run_until_stable
 
     levels = []
     for value in config.rates or config.concurrency:
-        def window(first: bool, value: float = value) -> Any:
-            warmup = config.warmup_s if first else 0.0
-            if config.rates:
-                return run_rate_level(request_fn, value, config.duration_s, warmup, arrival=config.arrival,
-                                      max_in_flight=config.max_in_flight, drain_timeout_s=config.drain_timeout_s,
-                                      probe=probe, log=lambda _m: None)
-            return run_level(request_fn, int(value), config.duration_s, warmup, drain_timeout_s=config.drain_timeout_s,
-                             progress_every_s=0, max_consecutive_errors=config.max_consecutive_errors, probe=probe,
-                             log=lambda _m: None)
-
-        level = await run_until_stable(window, config.stability_windows, config.stability_tolerance,
-                                       log=lambda m, v=value: info(f"{'rate' if config.rates else 'concurrency'} "
-                                                                   f"{v:g}: {m}"))
-        info(f"{'rate' if config.rates else 'concurrency'} {value:g}: {_summary(level)}")
+        what = f"{'rate' if config.rates else 'concurrency'} {value:g}"
+        level = await run_until_stable(lambda first, v=value: measure(v, config.warmup_s if first else 0.0, True),
+                                       config.stability_windows, config.stability_tolerance,
+                                       log=lambda m, w=what: info(f"{w}: {m}"))
+        info(f"{what}: {level_summary(level)}")
         levels.append(level)
+        if level.aborted:
+            break
     return levels
 
 
@@ -297,13 +335,19 @@ async def _report_progress(
         last_t, last_n = now, n
 
 
-def _summary(level: LevelResult) -> str:
+def level_summary(level: LevelResult) -> str:
     m = level.metrics
     text = f"{m.completed} ok, {m.errors} errors, {m.throughput_rps:.1f} req/s"
     if m.latency_p50_ms is not None:
         text += f", p50 {m.latency_p50_ms:.2f} ms, p99 {m.latency_p99_ms:.2f} ms"
     if level.aborted:
         text += f" — {level.aborted}"
+    if level.schedule and not level.schedule.get("kept_rate", True):
+        text += f" — {level.schedule.get('shortfall', 'the rate was not kept')}"
+        per_process = (level.client_cpu_percent or 0.0) / max(level.workers, 1)
+        if per_process >= 80:
+            text += (f"; each generator process used {per_process:.0f} % of a core: more processes "
+                     f"(--workers {level.workers + 1}) can keep the rate if cores are free")
     return text
 
 

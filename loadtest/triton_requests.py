@@ -54,9 +54,13 @@ class TritonRequestFn:
         check: OutputCheck,
         batch_size: int,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        expected: Sequence[tuple[str, ...]] | None = None,
     ) -> None:
         if not batches:
             raise ValueError("at least one payload batch is required")
+        if expected is not None and len(expected) != len(batches):
+            raise ValueError(f"{len(expected)} expected-label batches for {len(batches)} payload batches")
+        self._expected = list(expected) if expected is not None else None
         self.url, self.model, self.batch_size, self.timeout_s = url, model, batch_size, timeout_s
         self._batches = list(batches)
         self._outputs = [grpcclient.InferRequestedOutput(name) for name in output_names]
@@ -80,7 +84,8 @@ class TritonRequestFn:
         except asyncio.CancelledError:
             raise  # the runner cancels stragglers at the end of a run; let it
         except InferenceServerException as exc:
-            return failure(start, grpc_errors.describe(exc), classify_error(exc), self.batch_size)
+            return failure(start, grpc_errors.describe(exc), classify_error(exc), self.batch_size,
+                           status=status_name(exc))
         except Exception as exc:  # anything else is a client-side bug or misuse: record it
             return failure(start, f"{type(exc).__name__}: {exc}", ERR_CLIENT, self.batch_size)
 
@@ -99,7 +104,11 @@ class TritonRequestFn:
                 error=f"invalid response: {exc}",
                 error_kind=ERR_BAD_OUTPUT,
             )
-        return RequestResult(start_s=start, latency_s=latency, ok=True, batch_size=self.batch_size, output=summary)
+        correct = None
+        if self._expected is not None:  # counted apart from latency: a wrong answer is still an answer
+            correct = count_correct(arrays["LABEL"], self._expected[seq % len(self._expected)])
+        return RequestResult(start_s=start, latency_s=latency, ok=True, batch_size=self.batch_size, output=summary,
+                             correct=correct)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -119,9 +128,11 @@ def text_request_fn(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     embedding: bool = False,
     entities: bool = False,
+    labels: Sequence[str] | None = None,
 ) -> TritonRequestFn:
     """Raw text to the ensemble: TEXT (BYTES [batch, 1]) -> LABEL (BYTES), PROBABILITIES (FP32), or EMBEDDING
-    (FP32 [batch, dim]) for an embedding model, or ENTITIES (BYTES JSON per text) for a token classifier."""
+    (FP32 [batch, dim]) for an embedding model, or ENTITIES (BYTES JSON per text) for a token classifier.
+    `labels` (one per text, classifiers only): each answer's LABEL is checked against it."""
     batches = []
     for arr in payloads.text_batches(list(texts), batch_size):
         inp = grpcclient.InferInput("TEXT", list(arr.shape), "BYTES")
@@ -131,14 +142,16 @@ def text_request_fn(
         return TritonRequestFn(url, model, batches, ("EMBEDDING",), check_embedding_outputs, batch_size, timeout_s)
     if entities:
         return TritonRequestFn(url, model, batches, ("ENTITIES",), check_entity_outputs, batch_size, timeout_s)
-    return TritonRequestFn(url, model, batches, ("LABEL", "PROBABILITIES"), check_text_outputs, batch_size, timeout_s)
+    expected = payloads.label_batches(list(labels), batch_size) if labels is not None else None
+    return TritonRequestFn(url, model, batches, ("LABEL", "PROBABILITIES"), check_text_outputs, batch_size, timeout_s,
+                           expected=expected)
 
 
 def token_request_fn(
     model: str,
     *,
     url: str = DEFAULT_GRPC_URL,
-    seq_len: int = 128,
+    seq_len: int | str = 128,
     batch_size: int = 1,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     token_type_ids: bool = True,
@@ -148,10 +161,11 @@ def token_request_fn(
     entities: bool = False,
 ) -> TritonRequestFn:
     """Token ids straight to the engine (no tokenizer): INPUT_IDS, ATTENTION_MASK[, TOKEN_TYPE_IDS]
-    (INT64 [batch, seq_len]) -> LOGITS (FP32 [batch, n_labels]). Measures the engine alone."""
+    (INT64 [batch, length]) -> LOGITS (FP32 [batch, n_labels]). Measures the engine alone. `seq_len`: a length
+    or a distribution (loadtest/lengths.py)."""
     batches = []
-    for ids in payloads.token_batches(batch_size, seq_len, seed=seed, vocab_size=vocab_size):
-        tensors = {"INPUT_IDS": ids, "ATTENTION_MASK": np.ones_like(ids)}
+    for ids, mask in payloads.token_batches(batch_size, seq_len, seed=seed, vocab_size=vocab_size):
+        tensors = {"INPUT_IDS": ids, "ATTENTION_MASK": mask}
         if token_type_ids:
             tensors["TOKEN_TYPE_IDS"] = np.zeros_like(ids)
         inputs = []
@@ -165,6 +179,12 @@ def token_request_fn(
     if entities:
         return TritonRequestFn(url, model, batches, ("TOKEN_LABELS",), check_tag_outputs, batch_size, timeout_s)
     return TritonRequestFn(url, model, batches, ("LOGITS",), check_logits_outputs, batch_size, timeout_s)
+
+
+def count_correct(labels: np.ndarray, expected: tuple[str, ...]) -> int:
+    """How many of the batch's predicted labels (BYTES) equal the expected ones."""
+    predicted = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in labels.reshape(-1)]
+    return sum(p == e for p, e in zip(predicted, expected, strict=False))
 
 
 def check_text_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
@@ -210,6 +230,12 @@ def _expect_rows(name: str, arr: np.ndarray, batch_size: int) -> None:
         raise ValueError(f"{name} has shape {list(arr.shape)}, expected {batch_size} row(s)")
 
 
+def status_name(exc: InferenceServerException) -> str:
+    """The gRPC status code of a failed call, e.g. "INVALID_ARGUMENT" (tritonclient gives "StatusCode.X")."""
+    status = exc.status()
+    return str(status).rsplit(".", 1)[-1] if status else "UNKNOWN"
+
+
 def classify_error(exc: InferenceServerException) -> str:
     kind = grpc_errors.kind_of(exc)
     return {grpc_errors.TIMEOUT: ERR_TIMEOUT, grpc_errors.UNAVAILABLE: ERR_UNAVAILABLE}.get(kind, ERR_SERVER)
@@ -238,10 +264,12 @@ async def check_server(url: str, model: str, *, timeout_s: float = 5.0) -> dict[
         try:
             metadata = await client.get_model_metadata(model, as_json=True, client_timeout=timeout_s)
             config = await client.get_model_config(model, as_json=True, client_timeout=timeout_s)
-        except InferenceServerException:  # only used to check inputs; the load test can go on
+            server = await client.get_server_metadata(as_json=True, client_timeout=timeout_s)
+        except InferenceServerException:  # only used to check inputs and for the report; the load test can go on
             return None
         parameters = config.get("config", {}).get("parameters", {})
-        return metadata | {"parameters": {k: v.get("string_value", "") for k, v in parameters.items()}}
+        return metadata | {"parameters": {k: v.get("string_value", "") for k, v in parameters.items()},
+                           "server": {"name": server.get("name"), "version": server.get("version")}}
 
 
 async def _not_ready_message(client: grpcclient.InferenceServerClient, url: str, model: str, timeout_s: float) -> str:
@@ -274,9 +302,12 @@ def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = N
                 f"model {config.model!r} has inputs {sorted(inputs)}, but text mode sends TEXT; "
                 "point --model at the ensemble, or use --mode tokens for an engine model"
             )
+        labels = config.labels or None
+        if labels is not None:
+            labels = expected_labels(config, metadata, embedding or entities)
         return text_request_fn(
             config.model, config.texts, url=config.url, batch_size=config.batch_size, timeout_s=config.timeout_s,
-            embedding=embedding, entities=entities,
+            embedding=embedding, entities=entities, labels=labels,
         )
     needed = {"INPUT_IDS", "ATTENTION_MASK"}
     if metadata is not None and not needed <= inputs:
@@ -284,6 +315,13 @@ def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = N
             f"model {config.model!r} has inputs {sorted(inputs)}, but tokens mode sends "
             "INPUT_IDS and ATTENTION_MASK; point --model at the engine, or use --mode text for the ensemble"
         )
+    max_length = (metadata or {}).get("parameters", {}).get("max_sequence_length")
+    from .lengths import parse_lengths
+
+    longest = parse_lengths(config.seq_len).max_length
+    if max_length and longest > int(max_length):
+        raise ConfigError(f"--seq-len {config.seq_len} reaches {longest} tokens, but model {config.model!r} takes at "
+                          f"most {max_length}; give lengths up to {max_length}")
     token_type_ids = config.token_type_ids
     if token_type_ids is None:  # auto: send it exactly when the model declares it
         token_type_ids = "TOKEN_TYPE_IDS" in inputs if metadata is not None else True
@@ -298,3 +336,20 @@ def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = N
         vocab_size=int(vocab) if vocab else None,
         entities=entities,
     )
+
+
+def expected_labels(config: LoadTestConfig, metadata: dict[str, Any] | None, not_classifier: bool) -> list[str]:
+    """The texts' expected labels, checked against the model's own label names (ids are mapped to names)."""
+    if not_classifier:
+        raise ConfigError(f"model {config.model!r} is not a text classifier (it answers embeddings or entities); "
+                          "expected labels can only be checked against a classifier's LABEL output: drop the 'label' "
+                          "column from the texts file")
+    names = json.loads((metadata or {}).get("parameters", {}).get("labels") or "[]")
+    labels = list(config.labels)
+    if names:
+        labels = [names[int(v)] if v.isdigit() and v not in names and int(v) < len(names) else v for v in labels]
+        unknown = sorted(set(labels) - set(names))
+        if unknown:
+            raise ConfigError(f"expected labels {unknown[:5]} are not labels of model {config.model!r} "
+                              f"(its labels: {', '.join(names)}); fix the texts file's 'label' column")
+    return labels

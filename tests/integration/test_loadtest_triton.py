@@ -10,6 +10,7 @@ The server is started by engineforge.serve.server.TritonServer, like in producti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 import time
@@ -101,6 +102,7 @@ def triton(tmp_path_factory) -> Iterator[TritonServer]:
     repo = root / "repo"
     for name, config, code in (
         ("echo_text", TEXT_MODEL_CONFIG, TEXT_MODEL_PY),
+        ("echo_text_b", TEXT_MODEL_CONFIG.replace('"echo_text"', '"echo_text_b"'), TEXT_MODEL_PY),  # to compare
         ("echo_tokens", TOKENS_MODEL_CONFIG, TOKENS_MODEL_PY),
     ):
         (repo / name / "1").mkdir(parents=True)
@@ -196,12 +198,86 @@ def test_stability_windows_over_grpc(triton, tmp_path, capsys):
 
 
 @pytest.mark.triton
+def test_worker_processes_share_an_open_loop_rate_and_a_closed_loop(triton, tmp_path, capsys):
+    base = ["--url", triton.grpc_url, "--model", "echo_text", "--duration", "1.5", "--warmup", "0.3",
+            "--workers", "2", "--out", str(tmp_path), "--no-plot"]
+    assert cli.main([*base, "--rate", "60", "--name", "open"]) == 0, capsys.readouterr().err
+    level = json.loads((tmp_path / "open.json").read_text())["levels"][0]
+    assert level["workers"] == 2 and level["metrics"]["errors"] == 0
+    assert level["schedule"]["scheduled"] == 90 and level["metrics"]["completed"] == 90  # 60/s x 1.5 s, both halves
+    assert level["schedule"]["kept_rate"], level["schedule"]
+    assert "Generator Processes" in (tmp_path / "open.csv").read_text().splitlines()[0]
+    assert cli.main([*base, "--concurrency", "3", "--name", "closed", "--save-records"]) == 0, capsys.readouterr().err
+    level = json.loads((tmp_path / "closed.json").read_text())["levels"][0]
+    assert level["workers"] == 2 and level["metrics"]["completed"] > 0 and level["metrics"]["errors"] == 0
+    records = [json.loads(line) for line in (tmp_path / "closed.records.jsonl").read_text().splitlines()]
+    assert {r["worker_id"] for r in records} == {0, 1, 2}  # 2 + 1 coroutines over the two processes
+    assert len({r["seq"] for r in records}) == len(records)
+
+
+@pytest.mark.triton
+def test_expected_labels_are_checked_apart_from_latency(triton, tmp_path, capsys):
+    texts = tmp_path / "labelled.csv"  # echo_text answers positive for odd-length texts
+    texts.write_text("text,label\nab,negative\nabc,negative\nabcd,negative\nabcde,positive\n")
+    code = cli.main(["--url", triton.grpc_url, "--model", "echo_text", "--concurrency", "1", "--duration", "1",
+                     "--warmup", "0", "--texts-file", str(texts), "--out", str(tmp_path), "--no-plot", "--name", "l"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    m = json.loads((tmp_path / "l.json").read_text())["levels"][0]["metrics"]
+    assert m["checked_items"] == m["completed"] > 0 and m["errors"] == 0  # wrong answers are still served
+    assert m["accuracy"] == pytest.approx(0.75, abs=1 / m["checked_items"])
+    assert "correct %" in captured.out.splitlines()[0]
+
+
+@pytest.mark.triton
+def test_tokens_mode_with_a_length_distribution(triton, tmp_path):
+    config = LoadTestConfig(model="echo_tokens", url=triton.grpc_url, mode="tokens", concurrency=(1,), duration_s=1.0,
+                            warmup_s=0.0, batch_size=4, seq_len="8-24", progress_every_s=0)
+    level = run_loadtest(config).levels[0]
+    assert level.metrics.errors == 0, level.metrics.error_examples
+    assert level.metrics.completed > 0
+
+
+@pytest.mark.triton
+def test_comparison_of_two_models_writes_one_report_and_each_models_own(triton, tmp_path, capsys):
+    code = cli.main(["--url", triton.grpc_url, "--model", "echo_text,echo_text_b", "--concurrency", "1,2",
+                     "--duration", "0.5", "--warmup", "0", "--out", str(tmp_path), "--slo", "p99<10s"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = [line for line in captured.out.splitlines() if line.startswith("| echo_text")]
+    assert [row.split("|")[1:3] for row in rows] == [[" echo_text ", " 1 "], [" echo_text ", " 2 "],
+                                                     [" echo_text_b ", " 1 "], [" echo_text_b ", " 2 "]]
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    assert report["models"] == ["echo_text", "echo_text_b"]
+    assert [r["settings"]["model"] for r in report["reports"]] == ["echo_text", "echo_text_b"]
+    assert all(lv["metrics"]["errors"] == 0 for r in report["reports"] for lv in r["levels"])
+    assert [[lv["concurrency"] for lv in r["levels"]] for r in report["reports"]] == [[1, 2], [1, 2]]
+    assert (tmp_path / "comparison.html").read_text().count("data:image/png;base64,") >= 1
+    assert {p.name for p in tmp_path.glob("comparison_echo_text_b.*")} >= {"comparison_echo_text_b.json",
+                                                                           "comparison_echo_text_b.csv"}
+
+
+@pytest.mark.triton
+def test_refused_requests_are_counted_by_grpc_status(triton, tmp_path):
+    # echo_text takes batches of at most 8: Triton refuses 16 with INVALID_ARGUMENT and stays up
+    config = LoadTestConfig(model="echo_text", url=triton.grpc_url, concurrency=(1,), duration_s=0.5, warmup_s=0.0,
+                            batch_size=16, progress_every_s=0)
+    result = run_loadtest(config)
+    m = result.levels[0].metrics
+    assert m.completed == 0 and m.errors > 0 and m.errors_by_status == {"INVALID_ARGUMENT": m.errors}
+    write_reports(result, tmp_path, stem="refused", plot=False)
+    assert f"gRPC status INVALID_ARGUMENT ×{m.errors}" in (tmp_path / "refused.md").read_text()
+    ok = run_loadtest(dataclasses.replace(config, batch_size=1)).levels[0].metrics
+    assert ok.completed > 0 and ok.errors == 0
+
+
+@pytest.mark.triton
 def test_missing_model_lists_ready_models(triton):
     with pytest.raises(ModelNotReadyError) as info:
         run_loadtest(LoadTestConfig(model="no_such_model", url=triton.grpc_url, duration_s=1.0))
     message = str(info.value)
     assert "'no_such_model'" in message and triton.grpc_url in message
-    assert "ready models: echo_text, echo_tokens" in message
+    assert "ready models: echo_text, echo_text_b, echo_tokens" in message
 
 
 @pytest.mark.triton
@@ -256,5 +332,5 @@ def test_request_fn_never_raises_when_server_is_gone():
             await fn.aclose()
 
     result = asyncio.run(one())
-    assert not result.ok and result.error_kind == ERR_UNAVAILABLE
+    assert not result.ok and result.error_kind == ERR_UNAVAILABLE and result.status == "UNAVAILABLE"
     assert "UNAVAILABLE" in result.error

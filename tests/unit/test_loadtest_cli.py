@@ -60,3 +60,10 @@ def test_invalid_values_raise_config_error():
 def test_run_returns_2_with_a_clear_message_on_bad_settings(capsys):
     assert cli.run(parse("--model", "m", "--duration", "0")) == 2  # usage error, as for every command
     assert "engineforge loadtest: error: invalid load-test settings: duration must be > 0 s" in capsys.readouterr().err
+
+
+def test_workers_take_a_count_or_auto():
+    assert cli.parse_workers("auto") == 0 and cli.parse_workers("3") == 3
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(argparse.ArgumentTypeError, match="process count >= 1 or 'auto'"):
+            cli.parse_workers(bad)

@@ -107,3 +107,28 @@ def test_metrics_dict_round_trip():
     again = LoadMetrics.from_dict(m.to_dict())
     assert again == m
     assert isinstance(m.to_dict()["error_examples"], list)
+
+
+def test_correctness_is_counted_apart_from_latency_and_throughput():
+    records = [RequestResult(start_s=0.0, latency_s=0.01, ok=True, batch_size=2, correct=2),
+               RequestResult(start_s=0.0, latency_s=0.01, ok=True, batch_size=2, correct=1),
+               RequestResult(start_s=0.0, latency_s=0.02, ok=True, batch_size=2),  # not checked
+               RequestResult(start_s=0.0, latency_s=0.03, ok=False, batch_size=2, error="x")]
+    m = calculate_metrics(records, 1.0)
+    assert (m.checked_items, m.correct_items, m.accuracy) == (4, 3, 0.75)
+    assert m.completed == 3 and m.throughput_rps == 3.0  # a wrong label is still a served request
+    assert calculate_metrics(records[2:], 1.0).accuracy is None
+
+
+def test_errors_are_counted_by_grpc_status_code():
+    records = [RequestResult(start_s=0.0, latency_s=0.01, ok=False, error="bad", error_kind="server_error",
+                             status="INVALID_ARGUMENT"),
+               RequestResult(start_s=0.0, latency_s=0.01, ok=False, error="bad", error_kind="server_error",
+                             status="INVALID_ARGUMENT"),
+               RequestResult(start_s=0.0, latency_s=5.0, ok=False, error="slow", error_kind="timeout",
+                             status="DEADLINE_EXCEEDED"),
+               RequestResult(start_s=0.0, latency_s=0.01, ok=False, error="no outputs", error_kind="bad_output")]
+    m = calculate_metrics(records, 1.0)
+    assert m.errors_by_status == {"DEADLINE_EXCEEDED": 1, "INVALID_ARGUMENT": 2}  # a bad output had no failed call
+    assert m.errors_by_kind == {"bad_output": 1, "server_error": 2, "timeout": 1}
+    assert m.to_dict()["errors_by_status"] == {"DEADLINE_EXCEEDED": 1, "INVALID_ARGUMENT": 2}

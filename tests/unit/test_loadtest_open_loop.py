@@ -93,3 +93,25 @@ def test_latency_from_schedule_is_a_pure_function_of_the_records():
     assert service.latency_p50_ms == pytest.approx(1.0, rel=1e-2)  # what a closed loop would report
     assert from_schedule.latency_p50_ms == pytest.approx(91.0, rel=1e-2)  # what the users waited
     assert from_schedule.latency_max_ms == pytest.approx(100.0)
+
+
+def test_open_loop_reports_progress_while_it_runs():
+    lines: list[str] = []
+    asyncio.run(run_rate_level(endpoint(0.005), rate=100, duration_s=1.0, warmup_s=0.3, log=lines.append,
+                               progress_every_s=0.25))
+    warming = [line for line in lines if "warming up" in line]
+    window = [line for line in lines if "answered in the window" in line]
+    assert warming and warming[0].startswith("rate 100 req/s: warming up, ")
+    assert len(window) >= 2 and "0 errors" in window[-1] and "recent send lag up to" in window[-1]
+    assert lines[-1].startswith("rate 100 req/s (latency from the scheduled send): 100 ok, 0 errors")
+
+
+def test_shifted_worker_schedules_start_on_a_shared_deadline():
+    async def two_workers() -> list:
+        start = clock() + 0.05
+        return await asyncio.gather(*(run_rate_level(endpoint(0.001), rate=50, duration_s=0.5, log=quiet,
+                                                     start_at=start, shift_s=k / 100) for k in range(2)))
+
+    a, b = asyncio.run(two_workers())
+    sends = sorted(r.scheduled_s for r in a.records + b.records if r.phase == MEASURE)
+    assert len(sends) == 50 and np.allclose(np.diff(sends), 0.01)  # one even 100 req/s schedule

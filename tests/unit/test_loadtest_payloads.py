@@ -6,13 +6,24 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from engineforge.errors import DataError
-from engineforge.loadtest.payloads import DEFAULT_TEXTS, load_texts, text_batches, token_batches
+from engineforge.errors import ConfigError, DataError
+from engineforge.loadtest.config import LoadTestConfig
+from engineforge.loadtest.payloads import (
+    DEFAULT_TEXTS,
+    label_batches,
+    load_labelled_texts,
+    load_texts,
+    text_batches,
+    token_batches,
+)
 from engineforge.loadtest.records import ERR_SERVER, ERR_TIMEOUT, ERR_UNAVAILABLE
 from engineforge.loadtest.triton_requests import (
     check_logits_outputs,
     check_text_outputs,
     classify_error,
+    count_correct,
+    expected_labels,
+    status_name,
     text_request_fn,
     token_request_fn,
 )
@@ -61,9 +72,69 @@ def test_default_texts_are_varied():
 
 def test_token_batches_are_deterministic_int64_in_range():
     a, b = token_batches(3, 16, seed=1), token_batches(3, 16, seed=1)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    assert a[0].shape == (3, 16) and a[0].dtype == np.int64
-    assert a[0].min() >= 1000 and a[0].max() < 2000
+    assert all(np.array_equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
+    ids, mask = a[0]
+    assert ids.shape == (3, 16) and ids.dtype == np.int64 and mask.dtype == np.int64
+    assert ids.min() >= 1000 and ids.max() < 2000 and mask.all()
+
+
+def test_token_batches_draw_lengths_and_pad_each_batch_to_its_longest_item():
+    batches = token_batches(4, "8-40", seed=3)
+    assert len(batches) == 64
+    lengths = np.concatenate([mask.sum(axis=1) for _, mask in batches])
+    assert lengths.min() >= 8 and lengths.max() <= 40 and len(set(lengths.tolist())) > 10
+    for ids, mask in batches:
+        assert ids.shape[1] == mask.sum(axis=1).max()  # as wide as the longest item, no wider
+        assert (ids[mask == 0] == 0).all() and (ids[mask == 1] >= 1000).all()
+        assert (np.diff(mask, axis=1) <= 0).all()  # padding only at the end
+
+
+def test_labelled_texts_from_csv_and_jsonl(tmp_path):
+    csv_file = tmp_path / "t.csv"
+    csv_file.write_text('text,label\n"refund please, twice",billing\n\nwhere is my parcel,delivery\n')
+    assert load_labelled_texts(csv_file) == (["refund please, twice", "where is my parcel"], ["billing", "delivery"])
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"text": "a", "label": 3}\n{"text": "b", "label": "x"}\n')
+    assert load_labelled_texts(jsonl) == (["a", "b"], ["3", "x"])
+    jsonl.write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert load_labelled_texts(jsonl) == (["a", "b"], None)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("t.csv", "body,label\nhi,x\n", "needs a header row with a 'text' column"),
+    ("t.csv", "text,label\nhi,x\n,y\n", r't.csv:3: expected a non-empty string "text"'),
+    ("t.jsonl", '{"text": "a", "label": "x"}\n{"text": "b"}\n', "t.jsonl:2: no label, but other rows have one"),
+])
+def test_labelled_texts_refuse_bad_files(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_labelled_texts(path)
+
+
+def test_label_batches_follow_the_text_batches():
+    texts, labels = ["a", "b", "c"], ["A", "B", "C"]
+    batches, expected = text_batches(texts, 2), label_batches(labels, 2)
+    assert len(batches) == len(expected) == 3
+    for arr, want in zip(batches, expected, strict=True):
+        assert tuple(v[0].decode().upper() for v in arr) == want
+
+
+def test_count_correct_compares_each_item():
+    labels = np.array([[b"billing"], [b"delivery"], [b"other"]], dtype=object)
+    assert count_correct(labels, ("billing", "billing", "other")) == 2
+
+
+def test_expected_labels_map_ids_to_names_and_refuse_unknown_ones():
+    metadata = {"parameters": {"labels": '["billing", "delivery"]'}}
+    config = LoadTestConfig(model="m", texts=("a", "b", "c"), labels=("1", "billing", "0"))
+    assert expected_labels(config, metadata, False) == ["delivery", "billing", "billing"]
+    bad = LoadTestConfig(model="m", texts=("a",), labels=("refunds",))
+    with pytest.raises(ConfigError, match=r"expected labels \['refunds'\] are not labels of model 'm' \(its labels: "
+                                          r"billing, delivery\)"):
+        expected_labels(bad, metadata, False)
+    with pytest.raises(ConfigError, match="not a text classifier"):
+        expected_labels(config, metadata, True)
 
 
 def test_text_output_check_returns_first_label_and_rejects_short_outputs():
@@ -86,6 +157,7 @@ def test_logits_output_check_returns_argmax():
 )
 def test_classify_error(status, kind):
     assert classify_error(InferenceServerException("x", status=status)) == kind
+    assert status_name(InferenceServerException("x", status=status)) == (status.split(".")[1] if status else "UNKNOWN")
 
 
 def test_factories_prebuild_inputs():

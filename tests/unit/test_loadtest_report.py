@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from engineforge.loadtest.metrics import calculate_metrics
 from engineforge.loadtest.records import ERR_TIMEOUT, WARMUP, RequestResult
 from engineforge.loadtest.report import (
     SCHEMA,
+    csv_rows,
     default_stem,
     load_json_report,
     markdown_report,
@@ -50,13 +52,13 @@ def result() -> LoadTestResult:
 def test_markdown_table_has_one_row_per_level(result):
     lines = markdown_table(result).splitlines()
     assert lines[0] == ("| concurrency | requests | errors | throughput (req/s) | p50 ms | p90 ms | p95 ms | p99 ms "
-                        "| p99.9 ms |")
+                        "| p99.9 ms | client CPU % |")
     assert set(lines[1]) <= set("|-:")
     rows = lines[2:]
     assert len(rows) == 3
-    assert rows[0] == "| 1 | 4 | 0 | 2.0 | 2.00 | 4.00 | 4.00 | 4.00 | 4.00 |"  # HDR percentiles
+    assert rows[0] == "| 1 | 4 | 0 | 2.0 | 2.00 | 4.00 | 4.00 | 4.00 | 4.00 | 20 |"  # HDR percentiles
     assert rows[1].startswith("| 4 | 12 | 2 | 5.0 | 2.00 |")
-    assert rows[2] == "| 8 | 3 | 3 | 0.0 | — | — | — | — | — |"
+    assert rows[2] == "| 8 | 3 | 3 | 0.0 | — | — | — | — | — | 20 |"
 
 
 def test_markdown_table_adds_items_per_second_for_batches():
@@ -72,13 +74,36 @@ def test_json_report_round_trips(result, tmp_path):
     loaded = load_json_report(paths["json"])
     assert loaded == json.loads(json.dumps(report_dict(result)))
     assert loaded["schema"] == SCHEMA
-    assert loaded["server"] == {"url": "127.0.0.1:8001", "protocol": "grpc", "model": "bert/ensemble"}
+    assert loaded["server"] == {"url": "127.0.0.1:8001", "protocol": "grpc", "model": "bert/ensemble",
+                                "triton_version": None}
     assert loaded["settings"]["concurrency"] == [1, 4, 8]
     assert "texts" not in loaded["settings"] and loaded["settings"]["n_texts"] > 0
     assert [lv["metrics"]["requests"] for lv in loaded["levels"]] == [4, 12, 3]
     assert loaded["levels"][2]["metrics"]["latency_p50_ms"] is None
     # Rendering from the reloaded JSON gives the same Markdown as from the live result.
     assert markdown_table(loaded) == markdown_table(result)
+
+
+def test_reports_name_the_server_version_and_the_build_measured(result):
+    result.model_metadata = {"name": "bert", "versions": ["3"], "server": {"name": "triton", "version": "2.51.0"},
+                             "parameters": {"build_id": "b-42", "precision": "int8", "runtime": "openvino"}}
+    report = report_dict(result)
+    assert report["server"]["triton_version"] == "2.51.0"
+    assert report["model"] == {"name": "bert", "versions": ["3"], "build_id": "b-42", "precision": "int8",
+                               "runtime": "openvino", "task": None}
+    text = markdown_report(result)
+    assert "(gRPC, KServe v2; Triton 2.51.0)" in text
+    assert "- Model: versions 3; build id `b-42`; precision `int8`; runtime `openvino`" in text
+
+
+def test_correctness_gets_a_column_and_a_csv_field(result):
+    level = result.levels[0]
+    level.metrics = dataclasses.replace(level.metrics, checked_items=4, correct_items=3, accuracy=0.75)
+    table = markdown_table(result).splitlines()
+    assert table[0].endswith("| client CPU % | correct % |") and table[2].endswith("| 75.00 |")
+    assert table[3].endswith("| — |")  # not checked at that level
+    rows = csv_rows(result)
+    assert rows[0]["Correct %"] == 75.0 and rows[1]["Correct %"] == "" and rows[0]["Generator Processes"] == 1
 
 
 def test_markdown_report_mentions_settings_and_warnings(result):
