@@ -30,9 +30,9 @@ def load_examples(path: Path, labels: Sequence[str] | None = None, limit: int | 
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     if path.suffix == ".csv":
-        rows = _read_csv(path)
+        rows = read_csv_rows(path)
     elif path.suffix in (".jsonl", ".json"):
-        rows = _read_jsonl(path)
+        rows = read_jsonl_rows(path)
     else:
         raise DataError(f"data file {path}: use .jsonl (one JSON object per line) or .csv with a 'text' column")
     examples: list[Example] = []
@@ -83,7 +83,8 @@ def _entities(path: Path, line_no: int, text: str, value: object) -> tuple[dict[
     return tuple(sorted(out, key=lambda e: e["start"]))
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line; DataError naming the line for bad JSON or a non-object."""
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -93,11 +94,12 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object with 'text' and 'label'")
+                raise DataError(f"{path}:{line_no}: expected a JSON object with a 'text' field")
             yield line_no, row
 
 
-def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) per data row of a CSV whose header has a 'text' column."""
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "text" not in reader.fieldnames:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,8 @@ def load_labelled_texts(path: str | Path, *, labels_required: bool = True) -> tu
     - Anything else: one plain text per line, no labels.
     Blank lines are skipped. Labels must be given for every text or for none.
     """
+    from engineforge.build.data import read_csv_rows, read_jsonl_rows
+
     path = Path(path)
     try:
         raw = path.read_text(encoding="utf-8")
@@ -47,9 +48,9 @@ def load_labelled_texts(path: str | Path, *, labels_required: bool = True) -> tu
     if not non_blank:
         raise DataError(f"texts file {path} has no texts; give one text per line, JSONL or CSV with 'text'")
     if path.suffix == ".csv":
-        rows = _csv_rows(path, raw)
+        rows = [(n, row) for n, row in read_csv_rows(path) if any((v or "").strip() for v in row.values())]
     elif path.suffix in {".jsonl", ".json"} or non_blank[0][1].startswith("{"):
-        rows = [(lineno, _json_row(path, lineno, line)) for lineno, line in non_blank]
+        rows = list(read_jsonl_rows(path))
     else:
         return [line for _, line in non_blank], None
     texts, labels = [], []
@@ -65,27 +66,6 @@ def load_labelled_texts(path: str | Path, *, labels_required: bool = True) -> tu
         first = next(lineno for (lineno, _), has in zip(rows, given, strict=True) if not has)
         raise DataError(f"{path}:{first}: no label, but other rows have one; label every row or none")
     return texts, (labels if all(given) else None)  # type: ignore[return-value]
-
-
-def _json_row(path: Path, lineno: int, line: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-    if not isinstance(row, dict):
-        raise DataError(f'{path}:{lineno}: expected an object with a "text" field')
-    return row
-
-
-def _csv_rows(path: Path, raw: str) -> list[tuple[int, dict]]:
-    import csv
-    import io
-
-    reader = csv.DictReader(io.StringIO(raw))
-    if not reader.fieldnames or "text" not in reader.fieldnames:
-        raise DataError(f"{path}: CSV needs a header row with a 'text' column (and optionally 'label'), "
-                        f"got columns {reader.fieldnames}")
-    return [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
 
 
 def label_batches(labels: list[str] | tuple[str, ...], batch_size: int) -> list[tuple[str, ...]]:

@@ -101,7 +101,7 @@ def test_labelled_texts_from_csv_and_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("t.csv", "body,label\nhi,x\n", "needs a header row with a 'text' column"),
+    ("t.csv", "body,label\nhi,x\n", "the CSV header must contain a 'text' column"),
     ("t.csv", "text,label\nhi,x\n,y\n", r't.csv:3: expected a non-empty string "text"'),
     ("t.jsonl", '{"text": "a", "label": "x"}\n{"text": "b"}\n', "t.jsonl:2: no label, but other rows have one"),
 ])
