@@ -166,6 +166,11 @@ def test_open_loop_rates_over_grpc_write_every_report(triton, tmp_path, capsys):
     assert "Open loop at 40, 80 req/s (poisson arrivals" in (out / "rates.md").read_text()
     page = (out / "rates.html").read_text()  # self-contained: table, Triton's breakdown and three plots inline
     assert page.count("data:image/png;base64,") == 3 and "<h2>Inside Triton</h2>" in page
+    assert report["server"]["triton_version"] and report["model"]["name"] == "echo_text"
+    assert report["settings"]["workers"] == 1 and report["levels"][0]["server"][0]["model"] == "echo_text"
+    rows = (out / "rates.csv").read_text().splitlines()
+    assert rows[0].startswith("Concurrency,Request Rate,Inferences/Second") and len(rows) == 3
+    assert (out / "rates.png").stat().st_size > 0
 
 
 @pytest.mark.triton
