@@ -31,6 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_serving import NOOP_PY  # noqa: E402  (benchmarks/bench_serving.py)
+
 from engineforge.serve.server import TritonServer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -46,18 +48,7 @@ output {{ name: "LOGITS" data_type: TYPE_FP32 dims: 2 }}
 instance_group {{ count: 1 kind: KIND_CPU }}
 dynamic_batching {{ }}
 """
-CODE = """import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for request in requests:
-            rows = pb_utils.get_input_tensor_by_name(request, "INPUT_IDS").as_numpy().shape[0]
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("LOGITS", np.zeros((rows, 2), np.float32))]))
-        return out
-"""
+CODE = NOOP_PY.replace("NLABELS", "2")  # the transport-floor model of bench_serving.py, two logits
 TICK = os.sysconf("SC_CLK_TCK")
 
 
