@@ -254,7 +254,7 @@ def _level_measurer(config: LoadTestConfig, probe: Any, generators: Any) -> Meas
 
     async def measure(value: float, warmup_s: float, quiet: bool) -> LevelResult:
         log = (lambda _m: None) if quiet else info
-        what = f"rate {value:g} req/s" if config.rates else f"concurrency {int(value)}"
+        what = level_name(bool(config.rates), value)
         level = await _measure_once(config, generators, value, warmup_s, probe, log)
         while config.workers == 0 and generator_bound(level) and await generators.grow():
             info(f"{what}: the generator was the limit ({level.client_cpu_percent:.0f} % CPU over "
@@ -268,8 +268,7 @@ async def _measure_once(config: LoadTestConfig, generators: Any, value: float, w
                         log: Callable[[str], None]) -> LevelResult:
     if generators.pool is not None:
         level = await generators.pool.run_level(value, warmup_s, probe=probe, log=log)
-        log(f"{'rate ' + format(value, 'g') + ' req/s' if config.rates else 'concurrency ' + str(int(value))}: "
-            f"{level_summary(level)}")
+        log(f"{level_name(bool(config.rates), value)}: {level_summary(level)}")
         return level
     if config.rates:
         from .open_loop import run_rate_level
@@ -290,7 +289,7 @@ async def _stable_levels(config: LoadTestConfig, measure: MeasureFn) -> list[Lev
 
     levels = []
     for value in config.rates or config.concurrency:
-        what = f"{'rate' if config.rates else 'concurrency'} {value:g}"
+        what = level_name(bool(config.rates), value)
         level = await run_until_stable(lambda first, v=value: measure(v, config.warmup_s if first else 0.0, True),
                                        config.stability_windows, config.stability_tolerance,
                                        log=lambda m, w=what: info(f"{w}: {m}"))
@@ -333,6 +332,11 @@ async def _report_progress(
             done = f"{min(now - warm_end, duration_s):.0f}/{duration_s:g}s"
             log(f"concurrency {concurrency}: {done}, {len(measured)} requests, {rps:.1f} req/s, {errors} errors")
         last_t, last_n = now, n
+
+
+def level_name(open_loop: bool, value: float) -> str:
+    """How progress lines name a level: "rate 200 req/s" or "concurrency 4"."""
+    return f"rate {value:g} req/s" if open_loop else f"concurrency {int(value)}"
 
 
 def level_summary(level: LevelResult) -> str:

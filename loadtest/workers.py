@@ -26,7 +26,7 @@ from engineforge.progress import info
 from .config import LoadTestConfig
 from .metrics import calculate_metrics
 from .records import RequestResult, clock
-from .runner import LevelResult
+from .runner import LevelResult, level_name
 from .server_stats import window_breakdown
 
 # --workers auto: a level is generator-bound when each process used this much of a core and (open loop) the rate
@@ -142,7 +142,7 @@ class WorkerPool:
                                [float(c) for c in split_concurrency(int(value), self.n)])
         start_at = clock() + START_MARGIN_S
         warm_end, window_end = start_at + warmup_s, start_at + warmup_s + config.duration_s
-        what = f"rate {value:g} req/s" if open_loop else f"concurrency {int(value)}"
+        what = level_name(open_loop, value)
         log(f"{what} over {len(shares)} worker processes: warm-up {warmup_s:g}s, then measuring {config.duration_s:g}s")
         for k, share in enumerate(shares):
             self._conns[k].send({"value": share, "warmup_s": warmup_s, "start_at": start_at,
