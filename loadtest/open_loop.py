@@ -28,7 +28,7 @@ from engineforge.progress import info
 
 from .metrics import calculate_metrics
 from .records import DRAIN, ERR_TIMEOUT, MEASURE, WARMUP, RequestFn, RequestResult, call_request, clock
-from .runner import LevelResult
+from .runner import LevelResult, level_summary
 from .server_stats import window_breakdown
 
 ARRIVALS = ("constant", "poisson")
@@ -154,8 +154,6 @@ async def run_rate_level(
                         client_cpu_percent=100.0 * cpu_used / max(now - t0, 1e-9), rate=rate,
                         schedule=schedule_stats(records, rate, duration_s, window_end) | {"arrival": arrival},
                         server=server)
-    from .runner import level_summary
-
     log(f"rate {rate:g} req/s (latency from the scheduled send): {level_summary(level)}")
     return level
 

@@ -70,28 +70,25 @@ def load_labelled_texts(path: str | Path, *, labels_required: bool = True) -> tu
 
 def label_batches(labels: list[str] | tuple[str, ...], batch_size: int) -> list[tuple[str, ...]]:
     """The expected labels of each batch of `text_batches(texts, batch_size)`, in the same order."""
-    n = len(labels)
-    period = n // np.gcd(n, batch_size)
-    return [tuple(labels[(k * batch_size + j) % n] for j in range(batch_size)) for k in range(period)]
+    return [tuple(batch) for batch in cycled_batches(labels, batch_size)]
+
+
+def cycled_batches(items: list | tuple, batch_size: int) -> list[list]:
+    """All distinct batches obtained by cycling through `items`: batch k holds items[(k*batch_size + j) % n], and
+    the sequence repeats after n / gcd(n, batch_size) batches."""
+    n = len(items)
+    return [[items[(k * batch_size + j) % n] for j in range(batch_size)] for k in range(n // np.gcd(n, batch_size))]
 
 
 def text_batches(texts: list[str] | tuple[str, ...], batch_size: int) -> list[np.ndarray]:
-    """All distinct [batch, 1] object arrays obtained by cycling through `texts`.
-
-    Batch k holds texts[(k*batch_size + j) % n]; the sequence repeats after n / gcd(n, batch_size)
-    batches, so precomputing them keeps payload building out of the timed loop.
-    """
+    """All distinct [batch, 1] object arrays obtained by cycling through `texts` (`cycled_batches`), precomputed
+    so that payload building stays out of the timed loop."""
     if not texts:
         raise DataError("no payload texts given")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = len(texts)
-    period = n // np.gcd(n, batch_size)
     encoded = [t.encode("utf-8") for t in texts]
-    return [
-        np.array([[encoded[(k * batch_size + j) % n]] for j in range(batch_size)], dtype=np.object_)
-        for k in range(period)
-    ]
+    return [np.array([[t] for t in batch], dtype=np.object_) for batch in cycled_batches(encoded, batch_size)]
 
 
 def token_batches(batch_size: int, seq_len: int | str, *, n_batches: int | None = None, seed: int = 0,

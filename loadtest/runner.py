@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -171,24 +171,6 @@ async def run_level(
     return level
 
 
-async def run_levels(
-    request_fn: RequestFn,
-    concurrency_levels: Sequence[int],
-    duration_s: float,
-    warmup_s: float = 0.0,
-    **level_kwargs: Any,
-) -> list[LevelResult]:
-    """Run each level in turn; stop early if a level was aborted (the server is likely gone)."""
-    levels = []
-    for concurrency in concurrency_levels:
-        level = await run_level(request_fn, concurrency, duration_s, warmup_s, **level_kwargs)
-        levels.append(level)
-        if level.aborted:
-            level_kwargs.get("log", info)(f"skipping remaining concurrency levels: {level.aborted}")
-            break
-    return levels
-
-
 def run_loadtest(config: LoadTestConfig, request_fn: RequestFn | None = None) -> LoadTestResult:
     """Check the server, then run every level of `config` against it. Blocking; bounded in time.
 
@@ -250,22 +232,21 @@ def _level_measurer(config: LoadTestConfig, probe: Any, generators: Any) -> Meas
     """`await measure(value, warmup_s, quiet)`: one window at rate or concurrency `value`, in this process or
     spread over worker processes; with `--workers auto` a level the generator itself limited is measured again
     with one more process, while cores remain (loadtest/workers.py)."""
-    from .workers import generator_bound
-
     async def measure(value: float, warmup_s: float, quiet: bool) -> LevelResult:
-        log = (lambda _m: None) if quiet else info
         what = level_name(bool(config.rates), value)
-        level = await _measure_once(config, generators, value, warmup_s, probe, log)
+        level = await _measure_once(config, generators, value, warmup_s, probe, quiet)
         while config.workers == 0 and generator_bound(level) and await generators.grow():
             info(f"{what}: the generator was the limit ({level.client_cpu_percent:.0f} % CPU over "
                  f"{level.workers} process(es)); measuring again with {generators.size} processes")
-            level = await _measure_once(config, generators, value, warmup_s, probe, log)
+            level = await _measure_once(config, generators, value, warmup_s, probe, quiet)
         return level
     return measure
 
 
 async def _measure_once(config: LoadTestConfig, generators: Any, value: float, warmup_s: float, probe: Any,
-                        log: Callable[[str], None]) -> LevelResult:
+                        quiet: bool) -> LevelResult:
+    log = (lambda _m: None) if quiet else info
+    progress_every_s = 0 if quiet else config.progress_every_s
     if generators.pool is not None:
         level = await generators.pool.run_level(value, warmup_s, probe=probe, log=log)
         log(f"{level_name(bool(config.rates), value)}: {level_summary(level)}")
@@ -275,11 +256,9 @@ async def _measure_once(config: LoadTestConfig, generators: Any, value: float, w
 
         return await run_rate_level(generators.request_fn, value, config.duration_s, warmup_s, arrival=config.arrival,
                                     max_in_flight=config.max_in_flight, drain_timeout_s=config.drain_timeout_s,
-                                    probe=probe, log=log,
-                                    progress_every_s=0 if log is not info else config.progress_every_s)
+                                    probe=probe, log=log, progress_every_s=progress_every_s)
     return await run_level(generators.request_fn, int(value), config.duration_s, warmup_s,
-                           drain_timeout_s=config.drain_timeout_s,
-                           progress_every_s=0 if log is not info else config.progress_every_s,
+                           drain_timeout_s=config.drain_timeout_s, progress_every_s=progress_every_s,
                            max_consecutive_errors=config.max_consecutive_errors, probe=probe, log=log)
 
 
@@ -339,6 +318,20 @@ def level_name(open_loop: bool, value: float) -> str:
     return f"rate {value:g} req/s" if open_loop else f"concurrency {int(value)}"
 
 
+# A level is generator-bound when each generator process used this much of a core and (open loop) the rate was
+# not kept: `--workers auto` then measures it again with one more process, and the summary says so.
+GENERATOR_BOUND_CPU_PERCENT = 80.0
+
+
+def generator_bound(level: LevelResult) -> bool:
+    """Did the load generator, not the server, limit this level (pure)? Each process near a full core, and in open
+    loop the rate not kept (a closed loop has no rate to keep: a busy generator there is the limit by itself)."""
+    per_process = (level.client_cpu_percent or 0.0) / max(level.workers, 1)
+    if per_process < GENERATOR_BOUND_CPU_PERCENT:
+        return False
+    return level.schedule is None or not level.schedule.get("kept_rate", True)
+
+
 def level_summary(level: LevelResult) -> str:
     m = level.metrics
     text = f"{m.completed} ok, {m.errors} errors, {m.throughput_rps:.1f} req/s"
@@ -348,10 +341,9 @@ def level_summary(level: LevelResult) -> str:
         text += f" — {level.aborted}"
     if level.schedule and not level.schedule.get("kept_rate", True):
         text += f" — {level.schedule.get('shortfall', 'the rate was not kept')}"
-        per_process = (level.client_cpu_percent or 0.0) / max(level.workers, 1)
-        if per_process >= 80:
-            text += (f"; each generator process used {per_process:.0f} % of a core: more processes "
-                     f"(--workers {level.workers + 1}) can keep the rate if cores are free")
+        if generator_bound(level):
+            text += (f"; each generator process used {level.client_cpu_percent / level.workers:.0f} % of a core: "
+                     f"more processes (--workers {level.workers + 1}) can keep the rate if cores are free")
     return text
 
 

@@ -29,10 +29,7 @@ from .records import RequestResult, clock
 from .runner import LevelResult, level_name
 from .server_stats import window_breakdown
 
-# --workers auto: a level is generator-bound when each process used this much of a core and (open loop) the rate
-# was not kept; it is then measured again with one more process, up to the machine's cores.
-GENERATOR_BOUND_CPU_PERCENT = 80.0
-MAX_AUTO_WORKERS = 8
+MAX_AUTO_WORKERS = 8  # --workers auto grows the pool up to the machine's cores, and no further than this
 START_MARGIN_S = 0.25  # between sending a level to the workers and its first request
 READY_TIMEOUT_S = 60.0  # a worker imports grpc and tritonclient before it is ready
 
@@ -68,15 +65,6 @@ def merge_parts(parts: list[LevelResult], *, duration_s: float, rate: float | No
         cancelled_requests=sum(p.cancelled_requests for p in parts),
         client_cpu_percent=sum(cpu) if cpu else None, aborted=next((p.aborted for p in parts if p.aborted), None),
         rate=rate, schedule=schedule, workers=len(parts))
-
-
-def generator_bound(level: LevelResult) -> bool:
-    """Did the load generator, not the server, limit this level (pure)? Each process near a full core, and in open
-    loop the rate not kept (a closed loop has no rate to keep: a busy generator there is the limit by itself)."""
-    per_process = (level.client_cpu_percent or 0.0) / max(level.workers, 1)
-    if per_process < GENERATOR_BOUND_CPU_PERCENT:
-        return False
-    return level.schedule is None or not level.schedule.get("kept_rate", True)
 
 
 class Generators:

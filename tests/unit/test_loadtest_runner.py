@@ -11,7 +11,7 @@ from engineforge.errors import ConfigError
 from engineforge.loadtest.config import LoadTestConfig
 from engineforge.loadtest.metrics import calculate_metrics
 from engineforge.loadtest.records import DRAIN, ERR_CLIENT, MEASURE, WARMUP, RequestResult, clock, failure
-from engineforge.loadtest.runner import LevelResult, run_level, run_levels, run_loadtest
+from engineforge.loadtest.runner import LevelResult, run_level, run_loadtest
 
 QUIET = {"progress_every_s": 0, "log": lambda _msg: None}
 
@@ -104,9 +104,9 @@ def test_aborts_after_consecutive_errors_and_skips_remaining_levels():
         return failure(clock(), "[StatusCode.UNAVAILABLE] connection refused", "unavailable")
 
     t0 = time.perf_counter()
-    levels = asyncio.run(
-        run_levels(refused, [1, 2], duration_s=5.0, max_consecutive_errors=50, progress_every_s=0, log=lambda m: None)
-    )
+    config = LoadTestConfig(model="m", concurrency=(1, 2), duration_s=5.0, warmup_s=0.0, max_consecutive_errors=50,
+                            progress_every_s=0)
+    levels = run_loadtest(config, refused).levels
     assert time.perf_counter() - t0 < 2.0
     assert len(levels) == 1
     assert "50 consecutive failed requests" in levels[0].aborted

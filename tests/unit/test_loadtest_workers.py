@@ -8,8 +8,8 @@ import pytest
 from engineforge.loadtest.metrics import calculate_metrics
 from engineforge.loadtest.open_loop import schedule_offsets
 from engineforge.loadtest.records import MEASURE, RequestResult
-from engineforge.loadtest.runner import LevelResult
-from engineforge.loadtest.workers import generator_bound, merge_parts, split_concurrency
+from engineforge.loadtest.runner import LevelResult, generator_bound
+from engineforge.loadtest.workers import merge_parts, split_concurrency
 
 
 @pytest.mark.parametrize("concurrency, workers, shares", [(5, 2, [3, 2]), (2, 4, [1, 1]), (8, 4, [2, 2, 2, 2]),
