@@ -43,6 +43,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     defaults = LoadTestConfig(model="-")
     parser.add_argument("--url", default=DEFAULT_GRPC_URL, help="Triton gRPC address host:port")
+    from engineforge.serve.cli import add_tls_arguments
+
+    add_tls_arguments(parser)
     parser.add_argument("--model", required=True,
                         help="model name in the Triton repository (the ensemble for text); several, comma-separated, "
                         "are load-tested level by level, interleaved, and compared in one report")
@@ -144,9 +147,12 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
     if args.texts_file:
         loaded, labels = load_labelled_texts(args.texts_file)
         texts, source = tuple(loaded), str(args.texts_file)
+    from engineforge.serve.grpc_security import ClientTls
+
     return LoadTestConfig(
         model=args.model,
         url=args.url,
+        tls=ClientTls.from_args(args.tls_ca, args.tls_cert, args.tls_key),
         mode=args.mode,
         concurrency=concurrency,
         duration_s=args.duration,
@@ -196,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .report import markdown_table, write_reports
     from .runner import run_loadtest
-    from .slo import find_max, parse_slo, violations
+    from .slo import find_max, parse_slo, verdict, verdict_line
 
     with arguments_checked():
         config = config_from_args(args)
@@ -210,13 +216,16 @@ def _run(args: argparse.Namespace) -> int:
         from .compare import comparison_table, run_comparison, write_comparison
 
         results = run_comparison(config, models)
+        for r in results:
+            r.slo = verdict(conditions, [level.to_dict() for level in r.levels], args.slo) if conditions else None
         paths = write_comparison(results, args.out, stem=args.name or "comparison", plot=not args.no_plot)
         print(comparison_table(results))
         info("reports: " + ", ".join(str(p) for p in paths.values()))
-        missed = [f"{r.config.model}: {line}" for r in results
-                  for line in violations(conditions, [level.to_dict() for level in r.levels])]
+        missed = [f"{r.config.model}: {line}" for r in results for line in r.slo["missed"]] if conditions else []
         for line in missed:
             info(line)
+        for r in results if conditions else ():
+            print(f"{r.config.model}: {verdict_line(r.slo)}")
         return 1 if missed or any(r.failed for r in results) else 0
     search = None
     if args.find_max:
@@ -224,9 +233,17 @@ def _run(args: argparse.Namespace) -> int:
         result = run_result_of(config, search["levels"])
     else:
         result = run_loadtest(config)
+    if conditions:  # judged before writing, so every report stores the verdict
+        result.slo = verdict(conditions, [level.to_dict() for level in result.levels], args.slo)
+        if search is not None:
+            result.slo["search"] = {"what": "rate" if search["open_loop"] else "concurrency", "best": search["best"],
+                                    "first_miss": search["first_miss"]}
+            result.slo["met"] = search["best"] is not None
     paths = write_reports(result, args.out, stem=args.name, plot=not args.no_plot, records=args.save_records)
     print(markdown_table(result))
     info("reports: " + ", ".join(str(p) for p in paths.values()))
+    if result.slo is not None and search is None:
+        print(verdict_line(result.slo))
     if search is not None:
         what = "rate" if search["open_loop"] else "concurrency"
         if search["best"] is None:
@@ -239,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
     if result.failed:
         info("some concurrency levels had no successful request or were aborted; see the report")
         return 1
-    missed = violations(conditions, [level.to_dict() for level in result.levels])
+    missed = result.slo["missed"] if result.slo is not None else []
     for line in missed:
         info(line)
     return 1 if missed else 0

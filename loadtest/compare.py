@@ -70,7 +70,6 @@ def comparison_plot(results: Sequence[LoadTestResult]) -> str:
 def write_comparison(results: Sequence[LoadTestResult], out_dir: str | Path, stem: str = "comparison",
                      plot: bool = True) -> dict[str, Path]:
     """Every model's own reports, plus <stem>.{json,md,html} side by side; returns the comparison's paths."""
-    import html
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,14 +80,18 @@ def write_comparison(results: Sequence[LoadTestResult], out_dir: str | Path, ste
     paths["json"].write_text(json.dumps({"models": [r.config.model for r in results],
                                          "reports": [report_dict(r) for r in results]}, indent=2) + "\n")
     models = ", ".join(f"`{r.config.model}`" for r in results)
-    paths["md"].write_text(f"# Load-test comparison: {models}\n\nSame settings for each model; levels interleaved "
-                           f"(each level for every model in turn, the first model rotating).\n\n{table}\n",
-                           encoding="utf-8")
-    if plot:
-        from .html_report import _table
+    from .slo import verdict_line
 
-        body = (f"<h1>Load-test comparison</h1><p>{html.escape(models)}: same settings, levels interleaved.</p>"
-                f"{_table(table)}<figure><img alt='latency vs throughput' "
+    slo = [f"- `{r.config.model}`: {verdict_line(r.slo, markdown=True)}" for r in results if r.slo]
+    paths["md"].write_text(f"# Load-test comparison: {models}\n\nSame settings for each model; levels interleaved "
+                           f"(each level for every model in turn, the first model rotating).\n\n{table}\n"
+                           + ("\n## SLO\n\n" + "\n".join(slo) + "\n" if slo else ""), encoding="utf-8")
+    if plot:
+        from .html_report import _list, _table, inline
+
+        body = (f"<h1>Load-test comparison</h1><p>{inline(models)}: same settings, levels interleaved.</p>"
+                f"{_table(table)}" + (f"<h2>SLO</h2>{_list(slo)}" if slo else "") + "<figure><img alt='latency vs "
+                "throughput' "
                 f"src='data:image/png;base64,{comparison_plot(results)}'></figure>")
         paths["html"] = out_dir / f"{stem}.html"
         paths["html"].write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>comparison</title>"

@@ -7,6 +7,7 @@ from typing import Any
 
 from engineforge.defaults import DEFAULT_GRPC_URL
 from engineforge.errors import ConfigError
+from engineforge.serve.grpc_security import ClientTls, GrpcChannel
 
 from .payloads import DEFAULT_TEXTS
 
@@ -46,6 +47,7 @@ class LoadTestConfig:
     stability_windows: int = 0
     stability_tolerance: float = 0.1
     workers: int = 1  # load-generator processes sharing each level (loadtest/workers.py); 0 = auto
+    tls: ClientTls | None = None  # gRPC over TLS (CA, client certificate); travels to the worker processes
 
     def __post_init__(self) -> None:
         problems = []
@@ -90,6 +92,10 @@ class LoadTestConfig:
         if problems:
             raise ConfigError("invalid load-test settings: " + "; ".join(problems))
 
+    def channel(self) -> GrpcChannel:
+        """How every connection of the run is opened: request functions, server check, statistics reader."""
+        return GrpcChannel(self.url, self.tls)
+
     @property
     def estimated_runtime_s(self) -> float:
         return len(self.rates or self.concurrency) * (self.warmup_s + self.duration_s)
@@ -100,4 +106,5 @@ class LoadTestConfig:
         data["concurrency"] = list(self.concurrency)
         data["rates"] = list(self.rates)
         data["n_texts"] = len(self.texts)
+        data["tls"] = self.tls.to_dict() if self.tls is not None else None
         return data

@@ -1,9 +1,12 @@
 """Aggregate metrics: a pure function of request records (no clocks, no I/O).
 
 Conventions, so numbers from different runs stay comparable:
-- `requests` counts every record given; `completed` the successful ones; `errors` the rest.
-- Throughput counts successful requests only (goodput): a server that fails fast must not look fast.
-  `throughput_items_per_s` weights each request by its batch size.
+- `requests` counts every record of the window (closed loop: completed in it; open loop: scheduled in it);
+  `completed` the successful ones; `errors` the rest.
+- Throughput is perf_analyzer's: successful responses *completed* inside the measurement window, divided by its
+  length (`answered` / duration). Failures do not count (goodput: a server that fails fast must not look fast), and
+  in open loop neither do requests scheduled in the window but answered after it, so an overloaded server shows
+  the rate it kept, not the rate it was offered. `throughput_items_per_s` weights each response by its batch size.
 - Latency statistics use successful requests only, since failed calls (refused connection,
   timeout) have latencies that describe the failure, not the model.
 - Percentiles come from an HDR histogram (loadtest/histogram.py, the `hdrhistogram` package): the smallest
@@ -59,6 +62,8 @@ class LoadMetrics:
     accuracy: float | None = None
     # gRPC status code -> count over the failed calls (failures without a call, e.g. bad outputs, are not here).
     errors_by_status: Mapping[str, int] = field(default_factory=dict)
+    answered: int = 0  # successful responses completed inside the window: the throughput's numerator
+    reload_retried: int = 0  # successful requests that waited through a model reload (retried)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -90,8 +95,11 @@ def calculate_metrics(
     """
     if not duration_s > 0:
         raise ValueError(f"duration_s must be > 0 to compute throughput, got {duration_s!r}")
+    records = list(records)
     rows = [r for r in records if not measured_only or r.phase == MEASURE]
     ok = [r for r in rows if r.ok]
+    # Completed inside the window, whichever window its schedule put it in (open loop: warm-up sends count too).
+    answered = [r for r in records if r.ok and (not measured_only or (r.completed_phase or r.phase) == MEASURE)]
     failed = [r for r in rows if not r.ok]
 
     kinds = Counter(r.error_kind or "unknown" for r in failed)
@@ -115,8 +123,10 @@ def calculate_metrics(
         completed=len(ok),
         errors=len(failed),
         error_rate=(len(failed) / len(rows)) if rows else None,
-        throughput_rps=len(ok) / duration_s,
-        throughput_items_per_s=sum(r.batch_size for r in ok) / duration_s,
+        throughput_rps=len(answered) / duration_s,
+        throughput_items_per_s=sum(r.batch_size for r in answered) / duration_s,
+        answered=len(answered),
+        reload_retried=sum(r.retries > 0 for r in ok),
         errors_by_kind=dict(sorted(kinds.items())),
         errors_by_status=dict(sorted(statuses.items())),
         error_examples=tuple(examples),

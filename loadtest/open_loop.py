@@ -8,8 +8,12 @@ latency. When the generator itself cannot keep up (too few cores, or `max_in_fli
 go out late; that lag is measured per request (actual send minus scheduled send) and reported, and it is
 inside the latency too, so falling behind can never make the server look faster.
 
-A record belongs to the window its *scheduled* time falls in. Requests still unanswered after the drain
-timeout become failed records with the time they had waited (they are the stall, not noise).
+A record belongs to the window its *scheduled* time falls in (its latency and errors count there); throughput
+counts the successful responses *completed* inside the window (perf_analyzer's definition), so a server that
+falls behind shows the rate it kept, with the rate actually sent beside it. Every level ends at the window's end
+plus the drain timeout: requests still unanswered then become failed records with the time they had waited (they
+are the stall, not noise), and requests due but never sent by then (the generator was that far behind) become
+`not_sent` records. When the rate is not kept, `limits.diagnose` names the limit that was hit.
 """
 
 from __future__ import annotations
@@ -26,8 +30,19 @@ import numpy as np
 from engineforge.errors import ConfigError
 from engineforge.progress import info
 
+from .limits import diagnose
 from .metrics import calculate_metrics
-from .records import DRAIN, ERR_TIMEOUT, MEASURE, WARMUP, RequestFn, RequestResult, call_request, clock
+from .records import (
+    DRAIN,
+    ERR_NOT_SENT,
+    ERR_TIMEOUT,
+    MEASURE,
+    WARMUP,
+    RequestFn,
+    RequestResult,
+    call_request,
+    clock,
+)
 from .runner import LevelResult, level_summary
 from .server_stats import window_breakdown
 
@@ -51,28 +66,38 @@ def schedule_offsets(rate: float, span_s: float, arrival: str = "constant", seed
     raise ConfigError(f"arrival {arrival!r}: use one of {', '.join(ARRIVALS)}")
 
 
-def schedule_stats(records: list[RequestResult], rate: float, window_s: float, window_end: float) -> dict[str, Any]:
-    """How well the generator kept the schedule, over the measured records (pure): the rate it actually sent at
-    inside the window, and each request's send lag (actual minus scheduled send)."""
+def schedule_stats(records: list[RequestResult], rate: float, window_s: float, window_end: float, *,
+                   max_in_flight: int | None = None, processes: int = 1) -> dict[str, Any]:
+    """How well the generator kept the schedule (pure): the rate it actually sent at inside the window (every send
+    whose time falls in it, whenever it was due), each measured request's send lag (actual minus scheduled send),
+    and the share of the window the senders spent waiting for a free in-flight slot."""
     measured = [r for r in records if r.phase == MEASURE and r.scheduled_s is not None]
     lags = np.array([max(r.start_s - r.scheduled_s, 0.0) for r in measured]) * 1000.0
-    sent = sum(r.start_s < window_end for r in measured)
-    sent_rps = sent / window_s if window_s > 0 else 0.0
+    window_start = window_end - window_s
+    sends = [r for r in records if r.scheduled_s is not None and r.error_kind != ERR_NOT_SENT
+             and window_start <= r.start_s < window_end]
+    sent_rps = len(sends) / window_s if window_s > 0 else 0.0
     p99 = float(np.percentile(lags, 99)) if len(lags) else 0.0
     # Against what was scheduled in the window (Poisson arrivals scatter around the target by themselves).
-    on_time = sent / len(measured) if measured else 1.0
+    on_time = (sum(r.start_s < window_end and r.error_kind != ERR_NOT_SENT for r in measured) / len(measured)
+               if measured else 1.0)
     kept = on_time >= 0.97 and p99 <= MAX_P99_SEND_LAG_MS
-    stats = {"target_rps": rate, "scheduled": len(measured),
-             "scheduled_rps": round(len(measured) / window_s, 2) if window_s > 0 else 0.0,
-             "sent_rps": round(sent_rps, 2),
-             "send_lag_p50_ms": round(float(np.percentile(lags, 50)), 3) if len(lags) else 0.0,
-             "send_lag_p99_ms": round(p99, 3), "send_lag_max_ms": round(float(lags.max()), 3) if len(lags) else 0.0,
-             "kept_rate": bool(kept)}
-    if not kept:
-        stats["shortfall"] = (f"the generator could not keep {rate:g} req/s: it sent {sent_rps:.1f} req/s inside "
-                              f"the window ({100 * on_time:.0f} % of those scheduled), p99 send lag {p99:.1f} ms "
-                              f"(limit {MAX_P99_SEND_LAG_MS:g} ms); the lag is included in the latencies")
-    return stats
+    cap_wait = sum(r.slot_wait_s for r in sends) / (window_s * max(processes, 1)) if window_s > 0 else 0.0
+    return {"target_rps": rate, "scheduled": len(measured), "window_s": window_s,
+            "scheduled_rps": round(len(measured) / window_s, 2) if window_s > 0 else 0.0,
+            "sent_rps": round(sent_rps, 2), "sent_in_window": len(sends), "on_time": round(on_time, 4),
+            "send_lag_p50_ms": round(float(np.percentile(lags, 50)), 3) if len(lags) else 0.0,
+            "send_lag_p99_ms": round(p99, 3), "send_lag_max_ms": round(float(lags.max()), 3) if len(lags) else 0.0,
+            "not_sent": sum(r.error_kind == ERR_NOT_SENT for r in measured),
+            "max_in_flight": max_in_flight, "cap_wait_share": round(min(cap_wait, 1.0), 4), "kept_rate": bool(kept)}
+
+
+def add_diagnosis(level: LevelResult) -> LevelResult:
+    """Name the limit an open-loop level hit (limits.diagnose) in its schedule: `limit`, `shortfall`, `evidence`."""
+    if level.schedule is not None:
+        level.schedule |= diagnose(level.schedule, level.metrics.throughput_rps, level.client_cpu_percent,
+                                   level.workers, level.server, level.records)
+    return level
 
 
 async def run_rate_level(
@@ -103,39 +128,46 @@ async def run_rate_level(
     offsets = offsets[offsets < span]
     records: list[RequestResult] = []
     slots = asyncio.Semaphore(max_in_flight)
-    in_flight: dict[asyncio.Task, tuple[int, float]] = {}
+    in_flight: dict[asyncio.Task, tuple[int, float, float]] = {}
     t0 = start_at if start_at is not None else clock() + 0.005
     warm_end, window_end = t0 + warmup_s, t0 + warmup_s + duration_s
+    deadline = window_end + drain_timeout_s  # nothing is sent or awaited after it: every level ends
 
-    def phase_of(scheduled: float) -> str:
-        return WARMUP if scheduled < warm_end else MEASURE if scheduled < window_end else DRAIN
+    def phase_of(t: float) -> str:
+        return WARMUP if t < warm_end else MEASURE if t < window_end else DRAIN
 
-    async def send(n: int, scheduled: float) -> None:
+    async def send(n: int, scheduled: float, slot_wait: float) -> None:
         try:
             result = await call_request(request_fn, n)
         finally:
             slots.release()
-        records.append(replace(result, phase=phase_of(scheduled), seq=n, scheduled_s=scheduled))
+        records.append(replace(result, phase=phase_of(scheduled), completed_phase=phase_of(result.end_s), seq=n,
+                               scheduled_s=scheduled, slot_wait_s=slot_wait))
 
     log(f"rate {rate:g} req/s ({arrival}): warm-up {warmup_s:g}s, then measuring {duration_s:g}s")
     cpu_start = time.process_time()
     server_view = asyncio.create_task(window_breakdown(probe, warm_end, window_end))
     sent = [0]
     reporter = asyncio.create_task(_report_progress(rate, sent, records, warm_end, duration_s, progress_every_s, log))
+    unsent: list[tuple[int, float]] = []
     try:
         for n, offset in enumerate(offsets):
             scheduled = t0 + float(offset)
             delay = scheduled - clock()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await slots.acquire()  # at the cap, waiting here is send lag, and it is in the latency
-            task = asyncio.create_task(send(n, scheduled))
+            # at the cap, waiting here is send lag, and in the latency
+            waited = await _free_slot(slots, deadline) if clock() < deadline else None
+            if waited is None:  # the level's time ran out with this and later requests still unsent
+                unsent = [(m, t0 + float(o)) for m, o in enumerate(offsets[n:], start=n)]
+                break
+            task = asyncio.create_task(send(n, scheduled, waited))
             sent[0] += 1
-            in_flight[task] = (n, scheduled)
+            in_flight[task] = (n, scheduled, clock())
             task.add_done_callback(in_flight.pop)
         pending: set[asyncio.Task] = set()
         if in_flight:
-            _, pending = await asyncio.wait(list(in_flight), timeout=drain_timeout_s)
+            _, pending = await asyncio.wait(list(in_flight), timeout=max(deadline - clock(), 0.0))
         stalled = [in_flight[task] for task in pending if task in in_flight]
         server = await server_view
     finally:
@@ -143,19 +175,39 @@ async def run_rate_level(
             task.cancel()
     cpu_used = time.process_time() - cpu_start
     now = clock()
-    for n, scheduled in stalled:  # unanswered after the drain: they waited at least this long
-        records.append(RequestResult(start_s=scheduled, latency_s=now - scheduled, ok=False, seq=n,
+    for n, scheduled, sent_at in stalled:  # unanswered at the deadline: they waited at least this long
+        records.append(RequestResult(start_s=sent_at, latency_s=now - sent_at, ok=False, seq=n,
                                      error=f"no answer {now - scheduled:.1f}s after its scheduled send",
-                                     error_kind=ERR_TIMEOUT, phase=phase_of(scheduled), scheduled_s=scheduled))
+                                     error_kind=ERR_TIMEOUT, phase=phase_of(scheduled), scheduled_s=scheduled,
+                                     completed_phase=DRAIN))
+    for n, scheduled in unsent:
+        records.append(RequestResult(start_s=now, latency_s=0.0, ok=False, seq=n, error_kind=ERR_NOT_SENT,
+                                     error=f"never sent: the generator was {now - scheduled:.1f}s behind its schedule "
+                                     "when the level's time ran out", phase=phase_of(scheduled), scheduled_s=scheduled,
+                                     completed_phase=DRAIN))
     metrics = calculate_metrics(records, duration_s, from_schedule=True)
+    schedule = schedule_stats(records, rate, duration_s, window_end, max_in_flight=max_in_flight)
     level = LevelResult(concurrency=0, window_s=duration_s, metrics=metrics, records=records,
                         warmup_requests=sum(r.phase == WARMUP for r in records),
                         drained_requests=sum(r.phase == DRAIN for r in records), cancelled_requests=len(pending),
                         client_cpu_percent=100.0 * cpu_used / max(now - t0, 1e-9), rate=rate,
-                        schedule=schedule_stats(records, rate, duration_s, window_end) | {"arrival": arrival},
-                        server=server)
+                        schedule=schedule | {"arrival": arrival}, server=server)
+    add_diagnosis(level)
     log(f"rate {rate:g} req/s (latency from the scheduled send): {level_summary(level)}")
     return level
+
+
+async def _free_slot(slots: asyncio.Semaphore, deadline: float) -> float | None:
+    """Take an in-flight slot; the seconds waited for it (0.0 when one was free), None if none freed by `deadline`."""
+    if not slots.locked():
+        await slots.acquire()
+        return 0.0
+    before = clock()
+    try:
+        await asyncio.wait_for(slots.acquire(), timeout=max(deadline - before, 0.0))
+    except TimeoutError:
+        return None
+    return clock() - before
 
 
 async def _report_progress(rate: float, sent: list[int], records: list[RequestResult], warm_end: float,

@@ -25,6 +25,9 @@ ERR_UNAVAILABLE = "unavailable"  # connection refused / server went away
 ERR_SERVER = "server_error"  # the server answered with an error status (bad input, model failure)
 ERR_BAD_OUTPUT = "bad_output"  # the server answered OK but the outputs are missing or mis-shaped
 ERR_CLIENT = "client_error"  # an exception on our side (including a request function that raised)
+ERR_RELOADING = "model_reloading"  # the model was reloading (no version loaded) for the whole request deadline
+ERR_NOT_READY = "not_ready"  # the model was missing or not ready (and not reloading)
+ERR_NOT_SENT = "not_sent"  # open loop: due, but never sent before the level's time ran out (the generator was behind)
 
 # One clock for every timestamp: monotonic, high resolution, comparable across coroutines.
 clock = time.perf_counter
@@ -59,6 +62,13 @@ class RequestResult:
     correct: int | None = None
     # gRPC status code of a failed call ("INVALID_ARGUMENT", "DEADLINE_EXCEEDED", ...); None when no call failed.
     status: str | None = None
+    # Open loop: the phase its *completion* fell in (`phase` follows the scheduled send there); throughput counts
+    # successful responses completed inside the window. None: the same as `phase` (closed loop phases by completion).
+    completed_phase: str | None = None
+    # Open loop: seconds the sender waited for a free in-flight slot before sending it (--max-in-flight reached).
+    slot_wait_s: float = 0.0
+    # Times the request was sent again because its model was reloading (the wait is in its latency).
+    retries: int = 0
 
     @property
     def end_s(self) -> float:

@@ -1,4 +1,5 @@
-"""Reports: a machine-readable JSON file, a Markdown summary, a PNG plot and optionally raw records.
+"""Reports: a machine-readable JSON file, a Markdown summary, a CSV, a PNG plot, a self-contained HTML page and
+optionally raw records. Each carries the max latency beside the percentiles and, with `--slo`, its verdict.
 
 Everything is rendered from the JSON-shaped dict (`report_dict`), so a report written earlier can
 be reloaded with `load_json_report` and re-rendered or compared with another variant's.
@@ -9,19 +10,20 @@ from __future__ import annotations
 import json
 import platform
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from engineforge.errors import DataError
 
+from . import csv_report
 from .records import MEASURE
+from .report_notes import notes as _notes
+from .report_notes import slo_section
 from .runner import LoadTestResult
 
 SCHEMA = "engineforge.loadtest/v1"
-# Above this client CPU use (% of one core) the load generator itself may limit throughput.
-CLIENT_CPU_WARN_PERCENT = 85.0
 
 Report = Mapping[str, Any]
 
@@ -39,6 +41,7 @@ def report_dict(result: LoadTestResult) -> dict[str, Any]:
         "label": cfg.label,
         "settings": cfg.to_dict(),
         "levels": [level.to_dict() for level in result.levels],
+        "slo": result.slo,
         "model_metadata": result.model_metadata,
         "environment": {
             "host": platform.node(),
@@ -75,15 +78,16 @@ def load_json_report(path: str | Path) -> dict[str, Any]:
 
 
 def markdown_table(result: LoadTestResult | Report) -> str:
-    """One row per level (concurrency, or target rate in open loop); latencies in ms over successful requests
-    (open loop: from each request's scheduled send time)."""
+    """One row per level (concurrency, or target rate in open loop: with the rate actually sent, whether it went
+    out on time and the limit hit); latencies in ms over successful requests (open loop: from each request's
+    scheduled send time); throughput: successful responses completed inside the window per second."""
     report = _as_report(result)
     batched = report["settings"].get("batch_size", 1) > 1
     open_loop = any(level.get("rate") for level in report["levels"])
-    header = ["rate (req/s)", "sent on time"] if open_loop else ["concurrency"]
+    header = ["rate (req/s)", "sent (req/s)", "sent on time", "limit"] if open_loop else ["concurrency"]
     header += ["requests", "errors", "throughput (req/s)"]
     header += ["items/s"] if batched else []
-    header += ["p50 ms", "p90 ms", "p95 ms", "p99 ms", "p99.9 ms", "client CPU %"]
+    header += ["p50 ms", "p90 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms", "client CPU %"]
     checked = any(level["metrics"].get("checked_items") for level in report["levels"])
     header += ["correct %"] if checked else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
@@ -91,13 +95,13 @@ def markdown_table(result: LoadTestResult | Report) -> str:
         m = level["metrics"]
         if open_loop:
             schedule = level.get("schedule") or {}
-            kept = "yes" if schedule.get("kept_rate") else f"no ({schedule.get('sent_rps', 0):.1f} req/s)"
-            cells = [f"{level['rate']:g}", kept]
+            cells = [f"{level['rate']:g}", f"{schedule.get('sent_rps', 0):.1f}",
+                     "yes" if schedule.get("kept_rate") else "no", schedule.get("limit") or "—"]
         else:
             cells = [str(level["concurrency"])]
         cells += [str(m["requests"]), str(m["errors"]), f"{m['throughput_rps']:.1f}"]
         cells += [f"{m['throughput_items_per_s']:.1f}"] if batched else []
-        cells += [_ms(m.get(f"latency_p{p}_ms")) for p in (50, 90, 95, 99, 999)]
+        cells += [_ms(m.get(f"latency_p{p}_ms")) for p in (50, 90, 95, 99, 999)] + [_ms(m.get("latency_max_ms"))]
         cpu = level.get("client_cpu_percent")
         cells += ["—" if cpu is None else f"{cpu:.0f}"]
         if checked:
@@ -152,10 +156,12 @@ def markdown_report(result: LoadTestResult | Report, plot_name: str | None = Non
         "",
         markdown_table(report),
         "",
-        "Latency is the client-observed gRPC round trip of successful requests (HDR-histogram percentiles; in "
-        "open loop from each request's scheduled send); throughput counts successful requests inside the "
-        "measurement window.",
+        "Latency is the client-observed gRPC round trip of successful requests (HDR-histogram percentiles, and the "
+        "maximum; in open loop from each request's scheduled send); throughput is successful responses completed "
+        "inside the measurement window, divided by its length (perf_analyzer's definition), beside the rate "
+        "actually sent in open loop.",
     ]
+    out += slo_section(report.get("slo"))
     server = server_table(report)
     if server:
         out += ["", "## Inside Triton (statistics API, differenced over each window)", "", server, "",
@@ -183,55 +189,13 @@ def write_markdown_report(result: LoadTestResult | Report, path: str | Path, plo
     return path
 
 
-# perf_analyzer's CSV columns (latencies in µs), then ours.
-CSV_COLUMNS = ("Concurrency", "Request Rate", "Inferences/Second", "Client Send", "Network+Server Send/Recv",
-               "Server Queue", "Server Compute Input", "Server Compute Infer", "Server Compute Output",
-               "Client Recv", "p50 latency", "p90 latency", "p95 latency", "p99 latency", "Avg latency",
-               "p99.9 latency", "Errors", "Requests/Second", "Client CPU %", "Generator Processes", "Correct %")
-
-
 def csv_rows(result: LoadTestResult | Report) -> list[dict[str, Any]]:
-    """One row per level in perf_analyzer's columns where they exist (µs); server times are Triton's, summed
-    over an ensemble's models as perf_analyzer does (the ensemble's own row when it runs nothing else)."""
-    def us(value: float | None) -> str:
-        return "" if value is None else str(round(value * 1000))
-
-    def stage(parts: list[dict[str, Any]], name: str) -> str:
-        values = [p[f"{name}_ms"] for p in parts if p[f"{name}_ms"] is not None]
-        return us(sum(values)) if values else ""
-
-    rows = []
-    for level in _as_report(result)["levels"]:
-        m = level["metrics"]
-        server = level.get("server") or []
-        parts = server[1:] or server[:1]
-        rows.append({"Concurrency": "" if level.get("rate") else level["concurrency"],
-                     "Request Rate": level.get("rate") or "",
-                     "Inferences/Second": round(m["throughput_items_per_s"], 3),
-                     "Client Send": "", "Network+Server Send/Recv": "", "Server Queue": stage(parts, "queue"),
-                     "Server Compute Input": stage(parts, "compute_input"),
-                     "Server Compute Infer": stage(parts, "compute_infer"),
-                     "Server Compute Output": stage(parts, "compute_output"), "Client Recv": "",
-                     **{f"p{p} latency": us(m.get(f"latency_p{p}_ms")) for p in (50, 90, 95, 99)},
-                     "Avg latency": us(m.get("latency_mean_ms")), "p99.9 latency": us(m.get("latency_p999_ms")),
-                     "Errors": m["errors"], "Requests/Second": round(m["throughput_rps"], 3),
-                     "Client CPU %": "" if level.get("client_cpu_percent") is None
-                     else round(level["client_cpu_percent"], 1),
-                     "Generator Processes": level.get("workers", 1),
-                     "Correct %": "" if m.get("accuracy") is None else round(100 * m["accuracy"], 3)})
-    return rows
+    """One row per level in perf_analyzer's columns, then ours (loadtest/csv_report.py)."""
+    return csv_report.csv_rows(_as_report(result))
 
 
 def write_csv_report(result: LoadTestResult | Report, path: str | Path) -> Path:
-    import csv
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(csv_rows(result))
-    return path
+    return csv_report.write_csv(_as_report(result), path)
 
 
 def write_records_jsonl(result: LoadTestResult, path: str | Path) -> Path:
@@ -266,7 +230,8 @@ def write_reports(
 
         paths["png"] = write_plot(report, out_dir / f"{stem}.png")
         plot_name = paths["png"].name
-        paths["html"] = write_html_report(report, out_dir / f"{stem}.html", measured_latencies_ms(result))
+        paths["html"] = write_html_report(report, out_dir / f"{stem}.html", measured_latencies_ms(result),
+                                          latency_timeline(result))
     paths["md"] = write_markdown_report(report, out_dir / f"{stem}.md", plot_name)
     paths["csv"] = write_csv_report(report, out_dir / f"{stem}.csv")
     if records:
@@ -281,6 +246,23 @@ def measured_latencies_ms(result: LoadTestResult) -> dict[str, list[float]]:
         name = f"{level.rate:g} req/s" if level.rate else f"concurrency {level.concurrency}"
         out[name] = [1000 * ((r.end_s - r.scheduled_s) if level.rate and r.scheduled_s is not None else r.latency_s)
                      for r in level.records if r.ok and r.phase == MEASURE]
+    return out
+
+
+def latency_timeline(result: LoadTestResult) -> dict[str, dict[str, list[float]]]:
+    """Per level, each measured request's send time (s from the level's first; open loop: its scheduled send) and
+    latency in ms, successes and failures apart: the HTML report plots them, so a stall shows where it happened."""
+    out = {}
+    for level in result.levels:
+        rows = [r for r in level.records if r.phase == MEASURE]
+        sent = [r.scheduled_s if level.rate and r.scheduled_s is not None else r.start_s for r in rows]
+        t0 = min(sent, default=0.0)
+        series: dict[str, list[float]] = {"t_s": [], "ms": [], "failed_t_s": [], "failed_ms": []}
+        for r, t in zip(rows, sent, strict=True):
+            ms = 1000 * ((r.end_s - r.scheduled_s) if level.rate and r.scheduled_s is not None else r.latency_s)
+            series["t_s" if r.ok else "failed_t_s"].append(t - t0)
+            series["ms" if r.ok else "failed_ms"].append(ms)
+        out[f"{level.rate:g} req/s" if level.rate else f"concurrency {level.concurrency}"] = series
     return out
 
 
@@ -303,40 +285,3 @@ def _version(dist: str) -> str | None:
 
 def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
-
-
-def _notes(levels: Sequence[Mapping[str, Any]]) -> list[str]:
-    notes = []
-    for level in levels:
-        c, m = level["concurrency"], level["metrics"]
-        from .stability import stability_note
-
-        if stability_note(level):
-            notes.append(f"- {level.get('rate') or level['concurrency']}: {stability_note(level)}")
-        if level.get("rate"):
-            c = f"{level['rate']:g} req/s"
-            if not (level.get("schedule") or {}).get("kept_rate", True):
-                notes.append(f"- rate {c}: {level['schedule']['shortfall']}")
-        if level.get("aborted"):
-            notes.append(f"- concurrency {c}: {level['aborted']}")
-        if m["errors"]:
-            kinds = ", ".join(f"{n} {kind}" for kind, n in m["errors_by_kind"].items())
-            if m.get("errors_by_status"):
-                kinds += "; gRPC status " + ", ".join(f"{code} ×{n}" for code, n in m["errors_by_status"].items())
-            examples = "; ".join(f"`{e}`" for e in m["error_examples"])
-            notes.append(f"- concurrency {c}: {m['errors']} failed requests ({kinds}), e.g. {examples}")
-        if m["requests"] == 0 and not level.get("aborted"):
-            notes.append(f"- concurrency {c}: no request completed inside the measurement window")
-        cpu, processes = level.get("client_cpu_percent"), level.get("workers") or 1
-        if cpu is not None and cpu / processes >= CLIENT_CPU_WARN_PERCENT:
-            notes.append(
-                f"- concurrency {c}: each of the {processes} load-generator process(es) used {cpu / processes:.0f}% "
-                f"of a CPU core; the generator may be the bottleneck (--workers {processes + 1} if cores are free, "
-                "or run it on another machine)"
-            )
-        if level.get("cancelled_requests"):
-            notes.append(
-                f"- concurrency {c}: {level['cancelled_requests']} requests were still in flight after the "
-                "drain timeout and were cancelled"
-            )
-    return notes

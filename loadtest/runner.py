@@ -24,6 +24,7 @@ from engineforge.errors import ConfigError
 from engineforge.progress import info
 
 from .config import LoadTestConfig
+from .limits import GENERATOR_BOUND_CPU_PERCENT, GENERATOR_CPU
 from .metrics import LoadMetrics, calculate_metrics
 from .records import DRAIN, MEASURE, WARMUP, RequestFn, RequestResult, call_request, clock
 from .server_stats import StatsProbe, window_breakdown
@@ -78,6 +79,7 @@ class LoadTestResult:
     started_at: str  # ISO 8601 UTC
     finished_at: str
     model_metadata: dict[str, Any] | None = None
+    slo: dict[str, Any] | None = None  # `--slo`'s verdict (loadtest/slo.verdict), stored in every report
 
     @property
     def failed(self) -> bool:
@@ -187,10 +189,11 @@ async def run_loadtest_async(config: LoadTestConfig, request_fn: RequestFn | Non
     probe = None
     if request_fn is None:
         from . import triton_requests  # heavy (grpc); only when talking to Triton
+        from .server_check import check_server
 
-        metadata = await triton_requests.check_server(config.url, config.model)
+        metadata = await check_server(config.channel(), config.model)
         request_fn = owned = triton_requests.build_request_fn(config, metadata)
-        probe = await StatsProbe.open(config.url, config.model)
+        probe = await StatsProbe.open(config.channel(), config.model)
     elif config.workers != 1:
         raise ConfigError("worker processes build their own Triton request functions; a custom request function "
                           "runs in this process only (workers=1)")
@@ -318,32 +321,30 @@ def level_name(open_loop: bool, value: float) -> str:
     return f"rate {value:g} req/s" if open_loop else f"concurrency {int(value)}"
 
 
-# A level is generator-bound when each generator process used this much of a core and (open loop) the rate was
-# not kept: `--workers auto` then measures it again with one more process, and the summary says so.
-GENERATOR_BOUND_CPU_PERCENT = 80.0
-
-
 def generator_bound(level: LevelResult) -> bool:
     """Did the load generator, not the server, limit this level (pure)? Each process near a full core, and in open
-    loop the rate not kept (a closed loop has no rate to keep: a busy generator there is the limit by itself)."""
+    loop the rate not kept with no other limit named (loadtest/limits.py: a full in-flight cap or the server wins);
+    a closed loop has no rate to keep: a busy generator there is the limit by itself. `--workers auto` then
+    measures the level again with one more process."""
     per_process = (level.client_cpu_percent or 0.0) / max(level.workers, 1)
     if per_process < GENERATOR_BOUND_CPU_PERCENT:
         return False
-    return level.schedule is None or not level.schedule.get("kept_rate", True)
+    if level.schedule is None:
+        return True
+    return not level.schedule.get("kept_rate", True) and level.schedule.get("limit") in (None, GENERATOR_CPU)
 
 
 def level_summary(level: LevelResult) -> str:
     m = level.metrics
     text = f"{m.completed} ok, {m.errors} errors, {m.throughput_rps:.1f} req/s"
+    if level.schedule:
+        text += f" answered (sent {level.schedule.get('sent_rps', 0.0):.1f} req/s)"
     if m.latency_p50_ms is not None:
-        text += f", p50 {m.latency_p50_ms:.2f} ms, p99 {m.latency_p99_ms:.2f} ms"
+        text += f", p50 {m.latency_p50_ms:.2f} ms, p99 {m.latency_p99_ms:.2f} ms, max {m.latency_max_ms:.2f} ms"
     if level.aborted:
         text += f" — {level.aborted}"
-    if level.schedule and not level.schedule.get("kept_rate", True):
-        text += f" — {level.schedule.get('shortfall', 'the rate was not kept')}"
-        if generator_bound(level):
-            text += (f"; each generator process used {level.client_cpu_percent / level.workers:.0f} % of a core: "
-                     f"more processes (--workers {level.workers + 1}) can keep the rate if cores are free")
+    if level.schedule and level.schedule.get("shortfall"):
+        text += f" — limit: {level.schedule.get('limit')}: {level.schedule['shortfall']}"
     return text
 
 

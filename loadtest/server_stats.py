@@ -9,7 +9,10 @@ works and which model is the bottleneck. `breakdown` is a pure function of two s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engineforge.serve.grpc_security import GrpcChannel
 
 STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 Snapshot = dict[str, dict[str, int]]
@@ -67,11 +70,11 @@ class StatsProbe:
         self.client, self.models = client, [model, *members]
 
     @classmethod
-    async def open(cls, url: str, model: str) -> StatsProbe | None:
+    async def open(cls, channel: GrpcChannel | str, model: str) -> StatsProbe | None:
         """A probe, or None when the server will not give statistics (the load test goes on without)."""
-        import tritonclient.grpc.aio as grpcclient
+        from engineforge.serve.grpc_security import GrpcChannel
 
-        client = grpcclient.InferenceServerClient(url)
+        client = (channel if isinstance(channel, GrpcChannel) else GrpcChannel(channel)).aio_client()
         try:
             config = (await client.get_model_config(model, as_json=True)).get("config", {})
             probe = cls(client, model, ensemble_members(config))

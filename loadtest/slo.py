@@ -81,6 +81,42 @@ def violations(conditions: Sequence[Condition], levels: Sequence[Mapping[str, An
     return out
 
 
+def verdict(conditions: Sequence[Condition], levels: Sequence[Mapping[str, Any]], text: str) -> dict[str, Any]:
+    """The SLO's verdict for the reports (pure): met or not, and per level each condition's measured value."""
+    rows = []
+    for level in levels:
+        checks = [{"condition": c.text, "metric": c.metric, "op": c.op, "value": c.value(level["metrics"]),
+                   "met": c.holds(level["metrics"])} for c in conditions]
+        rows.append({"level": level_name(level), "met": all(c["met"] for c in checks), "checks": checks})
+    return {"objective": text, "met": all(row["met"] for row in rows), "levels": rows,
+            "missed": violations(conditions, levels)}
+
+
+def verdict_line(slo: Mapping[str, Any], *, markdown: bool = False) -> str:
+    """One line: "SLO 'p99<50ms' met at every level (2 levels; worst p99 3.10 ms at concurrency 4)"."""
+    rows = slo["levels"]
+    met = sum(row["met"] for row in rows)
+    objective = f"`{slo['objective']}`" if markdown else repr(slo["objective"])
+    head = (f"SLO {objective} met at every level" if slo["met"] else
+            f"SLO {objective} missed at {len(rows) - met} of {len(rows)} levels")
+    search = slo.get("search")
+    if search:  # --find-max: the probes are meant to miss past the best
+        head = f"SLO {objective}: " + (f"highest {search['what']} meeting it {search['best']:g}"
+                                       if search["best"] is not None else f"no {search['what']} probed meets it")
+        head += f", {met} of {len(rows)} probes met it"
+    worst = [f"{len(rows)} level{'s' * (len(rows) != 1)}"]
+    for i, check in enumerate(rows[0]["checks"] if rows else ()):
+        known = [(row["checks"][i]["value"], row["level"]) for row in rows if row["checks"][i]["value"] is not None]
+        if not known:
+            worst.append(f"{check['metric']}: nothing succeeded")
+            continue
+        value, name = min(known) if ">" in check["op"] else max(known)  # for rps>N the worst is the lowest
+        shown = f"{value:.2%}" if check["metric"] == "errors" else (
+            f"{value:.1f} req/s" if check["metric"] == "rps" else f"{value:.2f} ms")
+        worst.append(f"worst {check['metric']} {shown} at {name}")
+    return f"{head} ({'; '.join(worst)})"
+
+
 def find_max(config: Any, conditions: Sequence[Condition], max_probes: int = 8, log: Any = None) -> dict[str, Any]:
     """Highest concurrency (closed loop) or rate (open loop) whose level meets every condition: double from the
     first level until one misses, then bisect (integers for concurrency, 5 % for rates). One load-test level per

@@ -28,14 +28,19 @@ def merge(windows: Sequence[LevelResult], from_schedule: bool) -> LevelResult:
     records = [r for w in windows for r in w.records]
     window_s = sum(w.window_s for w in windows)
     first = windows[0]
-    return dataclasses.replace(
+    level = dataclasses.replace(
         first, window_s=window_s, records=records,
         metrics=calculate_metrics(records, max(window_s, 1e-9), from_schedule=from_schedule),
         warmup_requests=sum(w.warmup_requests for w in windows),
         drained_requests=sum(w.drained_requests for w in windows),
         cancelled_requests=sum(w.cancelled_requests for w in windows),
         aborted=next((w.aborted for w in windows if w.aborted), None),
-        server=windows[-1].server)
+        server=windows[-1].server, schedule=dict(windows[-1].schedule) if windows[-1].schedule else None)
+    if level.schedule is not None:  # the last window's schedule, its limit judged on the pooled figures
+        from .open_loop import add_diagnosis
+
+        add_diagnosis(level)
+    return level
 
 
 async def run_until_stable(run_window: Callable[[bool], Awaitable[LevelResult]], max_windows: int,

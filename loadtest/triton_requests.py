@@ -3,11 +3,17 @@
 Each factory returns a `TritonRequestFn`: `await fn(seq)` sends one (possibly batched) request
 and returns a `RequestResult`; it never raises. Payload tensors are built once up front and
 re-used (the client only reads them), so the timed loop does no numpy work on the client.
+Connections are opened by `grpc_security.GrpcChannel` (TLS, message sizes, keepalive), as everywhere else.
+
+A request that meets its model reloading (Triton: "has no available versions") is retried within its deadline,
+as EngineforgeClient does: users of a served model wait through a reload, so the wait goes into the latency and
+the record counts the retries; a reload that outlasts the deadline is a `model_reloading` error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,14 +23,25 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from engineforge.defaults import DEFAULT_GRPC_URL
-from engineforge.errors import ConfigError, ModelNotReadyError, ServerUnavailableError
+from engineforge.errors import ConfigError
 from engineforge.serve import grpc_errors
+from engineforge.serve.grpc_security import ClientTls, GrpcChannel
 
 from . import payloads
 from .config import DEFAULT_TIMEOUT_S, LoadTestConfig
+from .output_checks import (
+    check_embedding_outputs,
+    check_entity_outputs,
+    check_logits_outputs,
+    check_tag_outputs,
+    check_text_outputs,
+    count_correct,
+)
 from .records import (
     ERR_BAD_OUTPUT,
     ERR_CLIENT,
+    ERR_NOT_READY,
+    ERR_RELOADING,
     ERR_SERVER,
     ERR_TIMEOUT,
     ERR_UNAVAILABLE,
@@ -33,8 +50,7 @@ from .records import (
     failure,
 )
 
-# Turns the decoded outputs (name -> array) into a short summary, or raises ValueError if they
-# do not look like a valid answer for `batch_size` items.
+# Turns the decoded outputs (name -> array) into a short summary, or raises ValueError (loadtest/output_checks.py).
 OutputCheck = Callable[[dict[str, np.ndarray], int], str]
 
 
@@ -47,7 +63,7 @@ class TritonRequestFn:
 
     def __init__(
         self,
-        url: str,
+        url: str | GrpcChannel,
         model: str,
         batches: Sequence[list[grpcclient.InferInput]],
         output_names: Sequence[str],
@@ -61,7 +77,8 @@ class TritonRequestFn:
         if expected is not None and len(expected) != len(batches):
             raise ValueError(f"{len(expected)} expected-label batches for {len(batches)} payload batches")
         self._expected = list(expected) if expected is not None else None
-        self.url, self.model, self.batch_size, self.timeout_s = url, model, batch_size, timeout_s
+        self.channel = url if isinstance(url, GrpcChannel) else GrpcChannel(url)
+        self.url, self.model, self.batch_size, self.timeout_s = self.channel.url, model, batch_size, timeout_s
         self._batches = list(batches)
         self._outputs = [grpcclient.InferRequestedOutput(name) for name in output_names]
         self._output_names = tuple(output_names)
@@ -70,22 +87,21 @@ class TritonRequestFn:
 
     async def __call__(self, seq: int) -> RequestResult:
         start = clock()
+        retries = 0
         try:
             if self._client is None:
-                self._client = grpcclient.InferenceServerClient(self.url)
-            result = await self._client.infer(
-                self.model,
-                self._batches[seq % len(self._batches)],
-                outputs=self._outputs,
-                request_id=str(seq),
-                client_timeout=self.timeout_s,
-            )
+                self._client = self.channel.aio_client()
+            result, retries = await self._infer(seq, start + self.timeout_s)
             latency = clock() - start
         except asyncio.CancelledError:
             raise  # the runner cancels stragglers at the end of a run; let it
-        except InferenceServerException as exc:
-            return failure(start, grpc_errors.describe(exc), classify_error(exc), self.batch_size,
-                           status=status_name(exc))
+        except _Failed as failed:
+            exc, retries = failed.exc, failed.retries
+            error = grpc_errors.describe(exc)
+            if grpc_errors.reloading(exc):
+                error = f"model {self.model!r} still reloading after {clock() - start:.1f}s of retries: {error}"
+            return dataclasses.replace(failure(start, error, classify_error(exc), self.batch_size,
+                                               status=status_name(exc)), retries=retries)
         except Exception as exc:  # anything else is a client-side bug or misuse: record it
             return failure(start, f"{type(exc).__name__}: {exc}", ERR_CLIENT, self.batch_size)
 
@@ -108,7 +124,26 @@ class TritonRequestFn:
         if self._expected is not None:  # counted apart from latency: a wrong answer is still an answer
             correct = count_correct(arrays["LABEL"], self._expected[seq % len(self._expected)])
         return RequestResult(start_s=start, latency_s=latency, ok=True, batch_size=self.batch_size, output=summary,
-                             correct=correct)
+                             correct=correct, retries=retries)
+
+    async def _infer(self, seq: int, deadline: float) -> tuple[Any, int]:
+        """One inference, retried while its model reloads (until `deadline`); _Failed carries the last error."""
+        retries, delay = 0, 0.05
+        while True:
+            try:
+                return await self._client.infer(
+                    self.model,
+                    self._batches[seq % len(self._batches)],
+                    outputs=self._outputs,
+                    request_id=str(seq),
+                    client_timeout=max(deadline - clock(), 0.001),
+                ), retries
+            except InferenceServerException as exc:
+                if not grpc_errors.reloading(exc) or clock() + delay >= deadline:
+                    raise _Failed(exc, retries) from None
+            retries += 1
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.5)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -119,11 +154,18 @@ class TritonRequestFn:
                 pass
 
 
+class _Failed(Exception):
+    def __init__(self, exc: InferenceServerException, retries: int) -> None:
+        super().__init__(str(exc))
+        self.exc, self.retries = exc, retries
+
+
 def text_request_fn(
     model: str,
     texts: Sequence[str] = payloads.DEFAULT_TEXTS,
     *,
     url: str = DEFAULT_GRPC_URL,
+    tls: ClientTls | None = None,
     batch_size: int = 1,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     embedding: bool = False,
@@ -133,24 +175,26 @@ def text_request_fn(
     """Raw text to the ensemble: TEXT (BYTES [batch, 1]) -> LABEL (BYTES), PROBABILITIES (FP32), or EMBEDDING
     (FP32 [batch, dim]) for an embedding model, or ENTITIES (BYTES JSON per text) for a token classifier.
     `labels` (one per text, classifiers only): each answer's LABEL is checked against it."""
+    channel = GrpcChannel(url, tls)
     batches = []
     for arr in payloads.text_batches(list(texts), batch_size):
         inp = grpcclient.InferInput("TEXT", list(arr.shape), "BYTES")
         inp.set_data_from_numpy(arr)
         batches.append([inp])
     if embedding:
-        return TritonRequestFn(url, model, batches, ("EMBEDDING",), check_embedding_outputs, batch_size, timeout_s)
+        return TritonRequestFn(channel, model, batches, ("EMBEDDING",), check_embedding_outputs, batch_size, timeout_s)
     if entities:
-        return TritonRequestFn(url, model, batches, ("ENTITIES",), check_entity_outputs, batch_size, timeout_s)
+        return TritonRequestFn(channel, model, batches, ("ENTITIES",), check_entity_outputs, batch_size, timeout_s)
     expected = payloads.label_batches(list(labels), batch_size) if labels is not None else None
-    return TritonRequestFn(url, model, batches, ("LABEL", "PROBABILITIES"), check_text_outputs, batch_size, timeout_s,
-                           expected=expected)
+    return TritonRequestFn(channel, model, batches, ("LABEL", "PROBABILITIES"), check_text_outputs, batch_size,
+                           timeout_s, expected=expected)
 
 
 def token_request_fn(
     model: str,
     *,
     url: str = DEFAULT_GRPC_URL,
+    tls: ClientTls | None = None,
     seq_len: int | str = 128,
     batch_size: int = 1,
     timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -163,6 +207,7 @@ def token_request_fn(
     """Token ids straight to the engine (no tokenizer): INPUT_IDS, ATTENTION_MASK[, TOKEN_TYPE_IDS]
     (INT64 [batch, length]) -> LOGITS (FP32 [batch, n_labels]). Measures the engine alone. `seq_len`: a length
     or a distribution (loadtest/lengths.py)."""
+    channel = GrpcChannel(url, tls)
     batches = []
     for ids, mask in payloads.token_batches(batch_size, seq_len, seed=seed, vocab_size=vocab_size):
         tensors = {"INPUT_IDS": ids, "ATTENTION_MASK": mask}
@@ -175,59 +220,10 @@ def token_request_fn(
             inputs.append(inp)
         batches.append(inputs)
     if embedding:
-        return TritonRequestFn(url, model, batches, ("EMBEDDING",), check_embedding_outputs, batch_size, timeout_s)
+        return TritonRequestFn(channel, model, batches, ("EMBEDDING",), check_embedding_outputs, batch_size, timeout_s)
     if entities:
-        return TritonRequestFn(url, model, batches, ("TOKEN_LABELS",), check_tag_outputs, batch_size, timeout_s)
-    return TritonRequestFn(url, model, batches, ("LOGITS",), check_logits_outputs, batch_size, timeout_s)
-
-
-def count_correct(labels: np.ndarray, expected: tuple[str, ...]) -> int:
-    """How many of the batch's predicted labels (BYTES) equal the expected ones."""
-    predicted = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in labels.reshape(-1)]
-    return sum(p == e for p, e in zip(predicted, expected, strict=False))
-
-
-def check_text_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
-    labels, probs = arrays["LABEL"], arrays["PROBABILITIES"]
-    _expect_rows("LABEL", labels, batch_size)
-    _expect_rows("PROBABILITIES", probs, batch_size)
-    first = labels.reshape(-1)[0]
-    return first.decode("utf-8", "replace") if isinstance(first, bytes) else str(first)
-
-
-def check_logits_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
-    logits = arrays["LOGITS"]
-    _expect_rows("LOGITS", logits, batch_size)
-    return str(int(np.argmax(logits.reshape(batch_size, -1)[0])))
-
-
-def check_entity_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
-    rows = arrays["ENTITIES"]
-    _expect_rows("ENTITIES", rows, batch_size)
-    first = json.loads(rows.reshape(-1)[0])
-    if not isinstance(first, dict) or "simple" not in first:
-        raise ValueError("ENTITIES is not a JSON object of entity lists per strategy")
-    return f"{len(first['simple'])} entities"
-
-
-def check_tag_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
-    rows = arrays["TOKEN_LABELS"]
-    _expect_rows("TOKEN_LABELS", rows, batch_size)
-    return f"{len(json.loads(rows.reshape(-1)[0]))} tags"
-
-
-def check_embedding_outputs(arrays: dict[str, np.ndarray], batch_size: int) -> str:
-    embeddings = arrays["EMBEDDING"]
-    _expect_rows("EMBEDDING", embeddings, batch_size)
-    if not np.isfinite(embeddings).all():
-        raise ValueError("EMBEDDING holds non-finite values")
-    return f"dim {embeddings.shape[-1]}"
-
-
-def _expect_rows(name: str, arr: np.ndarray, batch_size: int) -> None:
-    # An empty or short output is how a numpy/ABI mismatch in the python backend shows up.
-    if arr.ndim == 0 or arr.shape[0] != batch_size or arr.size == 0:
-        raise ValueError(f"{name} has shape {list(arr.shape)}, expected {batch_size} row(s)")
+        return TritonRequestFn(channel, model, batches, ("TOKEN_LABELS",), check_tag_outputs, batch_size, timeout_s)
+    return TritonRequestFn(channel, model, batches, ("LOGITS",), check_logits_outputs, batch_size, timeout_s)
 
 
 def status_name(exc: InferenceServerException) -> str:
@@ -237,57 +233,11 @@ def status_name(exc: InferenceServerException) -> str:
 
 
 def classify_error(exc: InferenceServerException) -> str:
+    if grpc_errors.reloading(exc):
+        return ERR_RELOADING
     kind = grpc_errors.kind_of(exc)
-    return {grpc_errors.TIMEOUT: ERR_TIMEOUT, grpc_errors.UNAVAILABLE: ERR_UNAVAILABLE}.get(kind, ERR_SERVER)
-
-
-async def check_server(url: str, model: str, *, timeout_s: float = 5.0) -> dict[str, Any] | None:
-    """Fail early and clearly if nobody serves `model` at `url`; return the model's metadata
-    (KServe v2 JSON: name, inputs, outputs), or None if the server would not give it.
-
-    Raises ServerUnavailableError when no server answers, ModelNotReadyError (listing the models
-    that are ready) when the server is up but `model` is missing or not ready.
-    """
-    async with grpcclient.InferenceServerClient(url) as client:
-        try:
-            live = await client.is_server_live(client_timeout=timeout_s)
-        except InferenceServerException as exc:
-            raise grpc_errors.unavailable(url, grpc_errors.describe(exc)) from None
-        if not live:
-            raise ServerUnavailableError(f"the Triton server at {url} reports it is not live")
-        try:
-            ready = await client.is_model_ready(model, client_timeout=timeout_s)
-        except InferenceServerException:
-            ready = False
-        if not ready:
-            raise ModelNotReadyError(await _not_ready_message(client, url, model, timeout_s))
-        try:
-            metadata = await client.get_model_metadata(model, as_json=True, client_timeout=timeout_s)
-            config = await client.get_model_config(model, as_json=True, client_timeout=timeout_s)
-            server = await client.get_server_metadata(as_json=True, client_timeout=timeout_s)
-        except InferenceServerException:  # only used to check inputs and for the report; the load test can go on
-            return None
-        parameters = config.get("config", {}).get("parameters", {})
-        return metadata | {"parameters": {k: v.get("string_value", "") for k, v in parameters.items()},
-                           "server": {"name": server.get("name"), "version": server.get("version")}}
-
-
-async def _not_ready_message(client: grpcclient.InferenceServerClient, url: str, model: str, timeout_s: float) -> str:
-    try:
-        index = await client.get_model_repository_index(as_json=True, client_timeout=timeout_s)
-        entries = index.get("models", [])
-    except InferenceServerException:
-        entries = []
-    ready = sorted({m["name"] for m in entries if m.get("state") == "READY"})
-    own = [m for m in entries if m.get("name") == model]
-    if own:
-        state = own[0].get("state", "UNKNOWN")
-        reason = own[0].get("reason")
-        why = f"is in state {state}" + (f" ({reason})" if reason else "")
-    else:
-        why = "is not in the server's model repository"
-    listing = ", ".join(ready) if ready else "none"
-    return f"model {model!r} {why} on the Triton server at {url}; ready models: {listing}"
+    return {grpc_errors.TIMEOUT: ERR_TIMEOUT, grpc_errors.UNAVAILABLE: ERR_UNAVAILABLE,
+            grpc_errors.TLS: ERR_UNAVAILABLE, grpc_errors.NOT_READY: ERR_NOT_READY}.get(kind, ERR_SERVER)
 
 
 def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = None) -> TritonRequestFn:
@@ -306,8 +256,8 @@ def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = N
         if labels is not None:
             labels = expected_labels(config, metadata, embedding or entities)
         return text_request_fn(
-            config.model, config.texts, url=config.url, batch_size=config.batch_size, timeout_s=config.timeout_s,
-            embedding=embedding, entities=entities, labels=labels,
+            config.model, config.texts, url=config.url, tls=config.tls, batch_size=config.batch_size,
+            timeout_s=config.timeout_s, embedding=embedding, entities=entities, labels=labels,
         )
     needed = {"INPUT_IDS", "ATTENTION_MASK"}
     if metadata is not None and not needed <= inputs:
@@ -328,6 +278,7 @@ def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = N
     return token_request_fn(
         config.model,
         url=config.url,
+        tls=config.tls,
         seq_len=config.seq_len,
         batch_size=config.batch_size,
         timeout_s=config.timeout_s,

@@ -41,9 +41,10 @@ def split_concurrency(concurrency: int, workers: int) -> list[int]:
 
 
 def merge_parts(parts: list[LevelResult], *, duration_s: float, rate: float | None, concurrency: int,
-                window_end: float, arrival: str = "constant") -> LevelResult:
+                window_end: float, arrival: str = "constant", max_in_flight: int | None = None) -> LevelResult:
     """One level from the workers' parts (pure): records pooled (request ids made unique across processes), every
-    metric recomputed from them, client CPU summed (it can exceed one core)."""
+    metric recomputed from them, client CPU summed (it can exceed one core). Open loop: the limit it hit is named
+    once Triton's view of the window is attached (open_loop.add_diagnosis)."""
     from .open_loop import schedule_stats
 
     records: list[RequestResult] = []
@@ -57,7 +58,8 @@ def merge_parts(parts: list[LevelResult], *, duration_s: float, rate: float | No
     cpu = [p.client_cpu_percent for p in parts if p.client_cpu_percent is not None]
     schedule = None
     if open_loop:
-        schedule = schedule_stats(records, rate, duration_s, window_end) | {"arrival": arrival}
+        schedule = schedule_stats(records, rate, duration_s, window_end, max_in_flight=max_in_flight,
+                                  processes=len(parts)) | {"arrival": arrival}
     return LevelResult(
         concurrency=0 if open_loop else concurrency, window_s=duration_s,
         metrics=calculate_metrics(records, duration_s, from_schedule=open_loop), records=records,
@@ -144,9 +146,12 @@ class WorkerPool:
         finally:
             ticker.cancel()
         level = merge_parts(list(parts), duration_s=config.duration_s, rate=value if open_loop else None,
-                            concurrency=int(value), window_end=window_end, arrival=config.arrival)
+                            concurrency=int(value), window_end=window_end, arrival=config.arrival,
+                            max_in_flight=config.max_in_flight)
         level.server = await server_view
-        return level
+        from .open_loop import add_diagnosis
+
+        return add_diagnosis(level)
 
     async def _receive(self, k: int, timeout_s: float) -> Any:
         conn = self._conns[k]

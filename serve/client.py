@@ -4,9 +4,12 @@ Errors come back typed: ServerUnavailableError (nothing listens), ModelNotReadyE
 model and lists the ready ones), InferenceRequestError (the server's own message for a rejected
 request), ServerError (timeouts and other server-side failures).
 
-Inference is idempotent, so failures that a restart or a reload repairs (no server, model not ready, a dead
-python stub) are retried with jittered exponential backoff until the call's deadline (`timeout_s`, for the
-whole call, retries included; retries stop after `retry_s`). A rejected request is never retried.
+Inference is idempotent, so failures that a restart or a reload repairs (no server, model not ready or
+reloading, a dead python stub) are retried with jittered exponential backoff until the call's deadline
+(`timeout_s`, for the whole call, retries included; retries stop after `retry_s`). A rejected request, a restricted
+call without the control key (PermissionDeniedError) and a TLS mismatch are never retried.
+
+Connections go through `grpc_security.GrpcChannel` (TLS with `tls=ClientTls(ca, cert, key)`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from engineforge.errors import InferenceRequestError, ModelNotReadyError, Server
 
 from . import grpc_errors
 from .engine_spec import EMBEDDINGS, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
-from .grpc_security import CONTROL_HEADER, TlsFiles, grpc_client
+from .grpc_security import CONTROL_HEADER, ClientTls, GrpcChannel, TlsFiles
 from .model_layout import ENGINE_SUFFIX, LABELS_PARAMETER
 
 T = TypeVar("T")
@@ -65,15 +68,18 @@ class EngineforgeClient:
     """Classify through `<model>` (text -> ensemble) or `<model>_engine` (token ids)."""
 
     def __init__(self, url: str = DEFAULT_GRPC_URL, *, timeout_s: float = 30.0, retry: bool = True,
-                 retry_s: float = 10.0, tls: TlsFiles | None = None, control_key: str | None = None) -> None:
+                 retry_s: float = 10.0, tls: ClientTls | TlsFiles | None = None, control_key: str | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
         self.url = url
         self.timeout_s = timeout_s
         self.retry = retry
         self.retry_s = retry_s  # how long repairable failures are retried, within the call's deadline
+        self._log = log  # told once per call when it waits for a reloading model
         self._grpc = grpcclient
-        self._client = grpc_client(url, tls)  # connects lazily
+        self.channel = GrpcChannel(url, ClientTls.of(tls))
+        self._client = self.channel.client()  # connects lazily
         self._headers = {CONTROL_HEADER: control_key} if control_key else None  # for the restricted index
         self._labels: dict[str, tuple[str, ...]] = {}
         self._tasks: dict[str, str] = {}
@@ -82,15 +88,25 @@ class EngineforgeClient:
         """fn(seconds left) until it succeeds, fails for good, or the deadline passes; errors typed."""
         started = time.monotonic()
         deadline, retry_until = started + self.timeout_s, started + min(self.retry_s, self.timeout_s)
-        delay = 0.05
+        delay, probed, told = 0.05, False, False
         while True:
             try:
                 return fn(max(deadline - time.monotonic(), 0.001))
             except Exception as exc:
+                retried = time.monotonic() - started
                 if not (self.retry and retryable(exc)) or time.monotonic() + delay >= retry_until:
                     if isinstance(exc, _NotReadyYet) and model is not None:
-                        raise self._not_ready(model) from None
-                    raise self._translate(exc, model) from exc
+                        raise self._not_ready(model, retried) from None
+                    raise self._translate(exc, model, retried) from exc
+                if not probed and grpc_errors.kind_of(exc) == grpc_errors.UNAVAILABLE:
+                    probed = True  # a hang-up may be a TLS port met in plaintext (or the reverse): retrying can't help
+                    mismatch = grpc_errors.tls_mismatch(exc, self.url, self.channel.secure)
+                    if mismatch is not None:
+                        raise mismatch from exc
+                if not told and self._log is not None and grpc_errors.reloading(exc):
+                    told = True
+                    self._log(f"model {model!r} is reloading on Triton at {self.url} "
+                              f"({grpc_errors.message_of(exc)}); retrying for up to {self.retry_s:g}s")
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 1.0)
 
@@ -105,22 +121,24 @@ class EngineforgeClient:
     ) -> None:
         self.close()
 
-    def _translate(self, exc: Exception, model: str | None = None) -> Exception:
+    def _translate(self, exc: Exception, model: str | None = None, retried_s: float | None = None) -> Exception:
         ready = ""
         if model is not None and grpc_errors.kind_of(exc) == grpc_errors.NOT_READY:
             self._labels.pop(model, None)
-            try:
-                ready = ", ".join(self.ready_models())
-            except Exception:  # restricted index (needs the control key), or the server went away meanwhile
-                ready = "unknown"
-        return grpc_errors.to_error(exc, self.url, model, self.timeout_s, ready)
+            ready = self._ready_listing()
+        return grpc_errors.to_error(exc, self.url, model, self.timeout_s, ready, tls=self.channel.secure,
+                                    retried_s=retried_s if self.retry else None)
 
-    def _not_ready(self, model: str) -> ModelNotReadyError:
+    def _ready_listing(self) -> str:
         try:
-            ready = ", ".join(self.ready_models()) or "none"
-        except Exception:  # the index may be restricted (control key) or the server gone
-            ready = "unknown"
-        return ModelNotReadyError(f"model {model!r} is not ready on Triton at {self.url}; ready models: {ready}")
+            return ", ".join(self.ready_models())
+        except Exception:  # restricted index (needs the control key), or the server went away meanwhile
+            return "unknown (listing them needs the control key)" if self._headers is None else "unknown"
+
+    def _not_ready(self, model: str, retried_s: float) -> ModelNotReadyError:
+        waited = f"; retried for {retried_s:.0f}s" if self.retry and retried_s >= 1 else ""
+        return ModelNotReadyError(f"model {model!r} is not ready on Triton at {self.url} (loading, reloading or "
+                                  f"unloaded{waited}); ready models: {self._ready_listing() or 'none'}")
 
     def is_server_ready(self) -> bool:
         try:
@@ -129,10 +147,13 @@ class EngineforgeClient:
             raise self._translate(exc) from exc
 
     def ready_models(self) -> list[str]:
-        """READY models from the repository index (restricted by `engineforge serve`: needs control_key)."""
+        """READY models from the repository index (restricted by `engineforge serve`: needs control_key; without
+        it PermissionDeniedError says so)."""
         try:
             index = self._client.get_model_repository_index(headers=self._headers, client_timeout=self.timeout_s)
         except Exception as exc:
+            if grpc_errors.kind_of(exc) == grpc_errors.FORBIDDEN:
+                raise grpc_errors.control_key_missing(self.url, "the repository index") from exc
             raise self._translate(exc) from exc
         return sorted({m.name for m in index.models if m.state == "READY"})
 

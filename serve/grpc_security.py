@@ -1,5 +1,5 @@
 """Safe defaults for a served repository: the control key that restricts administrative APIs, TLS for gRPC, and
-a server that dies with its supervisor.
+a server that dies with its supervisor; and the one gRPC channel constructor every client uses (`GrpcChannel`).
 
 Model control (load/unload), the repository index, shared memory, tracing and logging settings are restricted
 to callers that send the control key header; health, metadata, model config, statistics and inference stay open
@@ -74,10 +74,124 @@ class TlsFiles:
         return args + (["--grpc-use-ssl-mutual=true"] if self.mutual else ["--grpc-use-ssl=true"])
 
 
-def grpc_client(url: str, tls: TlsFiles | None = None) -> Any:
-    """A tritonclient gRPC client; over TLS it verifies the server with `tls.root_cert` (or the system roots)."""
-    import tritonclient.grpc as grpcclient
+# tritonclient's own defaults: messages up to 2 GiB (large batches of embeddings), and a keepalive ping only after
+# two idle minutes with calls in flight: Triton refuses pings more often than every 5 minutes without data
+# (--grpc-http2-min-recv-ping-interval-without-data) and closes the connection after 2 such strikes.
+MAX_MESSAGE_BYTES = 2**31 - 1
+KEEPALIVE_S = 120.0
+KEEPALIVE_TIMEOUT_S = 20.0
 
-    if tls is None:
-        return grpcclient.InferenceServerClient(url)
-    return grpcclient.InferenceServerClient(url, ssl=True, root_certificates=str(tls.root_cert or "") or None)
+
+@dataclass(frozen=True)
+class ClientTls:
+    """What a client needs for gRPC over TLS: the CA that signed the server's certificate (`ca`; None trusts the
+    system's roots) and, when the server asks for client certificates (mutual TLS), its own `cert` and `key`."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name, flag in (("ca", "--tls-ca"), ("cert", "--tls-cert"), ("key", "--tls-key")):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+                if not Path(value).is_file():
+                    raise ConfigError(f"{flag} {value} does not exist; pass a PEM file")
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("a client certificate needs its key: pass --tls-cert and --tls-key together")
+
+    @classmethod
+    def of(cls, tls: TlsFiles | ClientTls | None) -> ClientTls | None:
+        """Client settings from a server's TlsFiles too: trust `root_cert` (the server's own client passes its
+        certificate there), and under mutual TLS present the server's certificate, which that CA signed."""
+        if tls is None or isinstance(tls, ClientTls):
+            return tls
+        if tls.mutual and tls.server_cert is not None and tls.server_key is not None:
+            return cls(tls.root_cert, tls.server_cert, tls.server_key)
+        return cls(tls.root_cert)
+
+    @classmethod
+    def from_args(cls, ca: str | None, cert: str | None, key: str | None) -> ClientTls | None:
+        """The `--tls-ca/--tls-cert/--tls-key` flags of `infer` and `loadtest`; None when none is given."""
+        if ca is None and cert is None and key is None:
+            return None
+        return cls(ca and Path(ca), cert and Path(cert), key and Path(key))
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"ca": _str(self.ca), "cert": _str(self.cert), "key": _str(self.key)}
+
+
+@dataclass(frozen=True)
+class GrpcChannel:
+    """The one way engineforge opens a gRPC connection to Triton (client, `infer`, the load tester, its worker
+    processes and its statistics reader): TLS or not, client certificate, message sizes and keepalive."""
+
+    url: str
+    tls: ClientTls | None = None
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    keepalive_s: float = KEEPALIVE_S
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
+
+    @property
+    def secure(self) -> bool:
+        return self.tls is not None
+
+    def options(self) -> list[tuple[str, int]]:
+        """gRPC channel arguments (tritonclient ignores its keepalive options once channel arguments are given)."""
+        return [("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.keepalive_time_ms", int(self.keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+                ("grpc.keepalive_permit_without_calls", 0),
+                ("grpc.http2.max_pings_without_data", 2)]
+
+    def _kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"channel_args": self.options()}
+        if self.tls is not None:  # tritonclient reads the PEM files itself
+            kwargs |= {"ssl": True, "root_certificates": _str(self.tls.ca), "private_key": _str(self.tls.key),
+                       "certificate_chain": _str(self.tls.cert)}
+        return kwargs
+
+    def client(self) -> Any:
+        """A blocking tritonclient gRPC client (connects lazily)."""
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(self.url, **self._kwargs())
+
+    def aio_client(self) -> Any:
+        """An asyncio tritonclient gRPC client; create it inside the event loop that will use it."""
+        import tritonclient.grpc.aio as grpcclient
+
+        return grpcclient.InferenceServerClient(self.url, **self._kwargs())
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def grpc_client(url: str, tls: TlsFiles | ClientTls | None = None, *, aio: bool = False, **channel: Any) -> Any:
+    """A tritonclient gRPC client through GrpcChannel; over TLS it verifies the server with the CA given (or the
+    system roots). `channel`: GrpcChannel's message-size and keepalive settings."""
+    settings = GrpcChannel(url, ClientTls.of(tls), **channel)
+    return settings.aio_client() if aio else settings.client()
+
+
+def speaks_tls(url: str, timeout_s: float = 2.0) -> bool:
+    """Does the server at `url` complete a TLS handshake? (Certificates unchecked: this only tells a TLS port from
+    a plaintext one, after a plaintext client saw its connection closed.)"""
+    import socket
+    import ssl
+
+    host, _, port = url.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return True
+    except (OSError, ValueError):  # ssl.SSLError is an OSError: a plaintext server answers garbage or hangs up
+        return False

@@ -1,9 +1,10 @@
 """Load tests against a REAL tritonserver (python backend) over gRPC, plus failure modes.
 
-The server hosts two trivial python-backend models created in a temp dir:
+The server hosts trivial python-backend models created in a temp dir (tests/helpers/echo_models.py):
 - echo_text: TEXT (BYTES [1]) -> LABEL (BYTES [1]), PROBABILITIES (FP32 [-1]), like the ensemble;
 - echo_tokens: INPUT_IDS, ATTENTION_MASK (INT64 [-1]) -> LOGITS (FP32 [2]), like an engine
-  without TOKEN_TYPE_IDS (so it also checks that tokens mode only sends declared inputs).
+  without TOKEN_TYPE_IDS (so it also checks that tokens mode only sends declared inputs);
+- slow_text: 20 ms per request, one at a time (~45 req/s): a server to overload.
 
 The server is started by engineforge.serve.server.TritonServer, like in production.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import textwrap
 import time
 from collections.abc import Iterator
 
@@ -26,88 +26,14 @@ from engineforge.loadtest.report import load_json_report, write_reports
 from engineforge.loadtest.runner import run_loadtest
 from engineforge.serve.server import TritonServer
 from engineforge.serve.triton_env import free_port
-
-TEXT_MODEL_CONFIG = """
-name: "echo_text"
-backend: "python"
-max_batch_size: 8
-input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]
-output [
-  { name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] },
-  { name: "PROBABILITIES" data_type: TYPE_FP32 dims: [ -1 ] }
-]
-dynamic_batching { }
-instance_group [ { count: 1 kind: KIND_CPU } ]
-"""
-
-TEXT_MODEL_PY = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.labels = [b"negative", b"positive"]
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            texts = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
-            picks = [len(row[0]) % 2 for row in texts]
-            labels = np.array([[self.labels[p]] for p in picks], dtype=np.object_)
-            probs = np.array([[1.0 - p, float(p)] for p in picks], dtype=np.float32)
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor("LABEL", labels), pb_utils.Tensor("PROBABILITIES", probs)]
-            ))
-        return responses
-"""
-
-TOKENS_MODEL_CONFIG = """
-name: "echo_tokens"
-backend: "python"
-max_batch_size: 8
-input [
-  { name: "INPUT_IDS" data_type: TYPE_INT64 dims: [ -1 ] },
-  { name: "ATTENTION_MASK" data_type: TYPE_INT64 dims: [ -1 ] }
-]
-output [ { name: "LOGITS" data_type: TYPE_FP32 dims: [ 2 ] } ]
-dynamic_batching { }
-instance_group [ { count: 1 kind: KIND_CPU } ]
-"""
-
-TOKENS_MODEL_PY = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        pass
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            ids = pb_utils.get_input_tensor_by_name(request, "INPUT_IDS").as_numpy()
-            mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK").as_numpy()
-            logits = np.stack([mask.sum(axis=1), ids.mean(axis=1)], axis=1).astype(np.float32)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("LOGITS", logits)]))
-        return responses
-"""
+from tests.helpers.echo_models import write_repo
 
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory) -> Iterator[TritonServer]:
     pytest.importorskip("pytriton")
     root = tmp_path_factory.mktemp("triton")
-    repo = root / "repo"
-    for name, config, code in (
-        ("echo_text", TEXT_MODEL_CONFIG, TEXT_MODEL_PY),
-        ("echo_text_b", TEXT_MODEL_CONFIG.replace('"echo_text"', '"echo_text_b"'), TEXT_MODEL_PY),  # to compare
-        ("echo_tokens", TOKENS_MODEL_CONFIG, TOKENS_MODEL_PY),
-    ):
-        (repo / name / "1").mkdir(parents=True)
-        (repo / name / "config.pbtxt").write_text(textwrap.dedent(config))
-        (repo / name / "1" / "model.py").write_text(textwrap.dedent(code))
+    repo = write_repo(root / "repo", ("echo_text", "echo_text_b", "echo_tokens", "slow_text"))  # _b: to compare
     with TritonServer(repo, log_file=root / "tritonserver.log") as server:
         yield server
 
@@ -156,7 +82,8 @@ def test_open_loop_rates_over_grpc_write_every_report(triton, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     table = captured.out.strip().splitlines()
-    assert table[0].startswith("| rate (req/s) | sent on time | requests |") and "p99.9 ms" in table[0]
+    assert table[0].startswith("| rate (req/s) | sent (req/s) | sent on time | limit | requests |")
+    assert "| p99.9 ms | max ms |" in table[0]
     report = json.loads((out / "rates.json").read_text())
     assert report["settings"]["rates"] == [40.0, 80.0] and report["settings"]["arrival"] == "poisson"
     for level, rate in zip(report["levels"], (40, 80), strict=True):
@@ -164,8 +91,9 @@ def test_open_loop_rates_over_grpc_write_every_report(triton, tmp_path, capsys):
         assert level["metrics"]["errors"] == 0 and level["metrics"]["latency_p999_ms"] is not None
         assert level["metrics"]["throughput_rps"] == pytest.approx(rate, rel=0.35)  # Poisson: ~N(rate, rate/1.5)
     assert "Open loop at 40, 80 req/s (poisson arrivals" in (out / "rates.md").read_text()
-    page = (out / "rates.html").read_text()  # self-contained: table, Triton's breakdown and three plots inline
-    assert page.count("data:image/png;base64,") == 3 and "<h2>Inside Triton</h2>" in page
+    page = (out / "rates.html").read_text()  # self-contained: table, Triton's breakdown and four plots inline
+    assert page.count("data:image/png;base64,") == 4 and "<h2>Inside Triton</h2>" in page
+    assert "latency over time" in page and "`" not in page.split("<body>")[1]
     assert report["server"]["triton_version"] and report["model"]["name"] == "echo_text"
     assert report["settings"]["workers"] == 1 and report["levels"][0]["server"][0]["model"] == "echo_text"
     rows = (out / "rates.csv").read_text().splitlines()
@@ -174,18 +102,46 @@ def test_open_loop_rates_over_grpc_write_every_report(triton, tmp_path, capsys):
 
 
 @pytest.mark.triton
+def test_open_loop_throughput_at_3x_capacity_agrees_with_tritons_count_and_names_the_server(triton, tmp_path,
+                                                                                           capsys):
+    # slow_text answers ~45 req/s (20 ms each, one at a time); offered 150 req/s it must not report 150
+    config = LoadTestConfig(model="slow_text", url=triton.grpc_url, rates=(150.0,), duration_s=4.0, warmup_s=1.0,
+                            max_in_flight=40, drain_timeout_s=1.0, progress_every_s=0)
+    result = run_loadtest(config)
+    level = result.levels[0]
+    served = next(row for row in level.server if row["model"] == "slow_text")["requests"] / config.duration_s
+    m, schedule = level.metrics, level.schedule
+    print(f"target 150 req/s: sent {schedule['sent_rps']} req/s, throughput {m.throughput_rps:.1f} req/s, "
+          f"Triton counted {served:.1f} req/s; limit {schedule['limit']}: {schedule['shortfall']}")
+    assert m.throughput_rps == pytest.approx(served, rel=0.05)  # perf_analyzer's definition: what was answered
+    assert m.throughput_rps < 80 and schedule["sent_rps"] < 80  # the cap held sends back to the server's pace
+    # the limit hit: 40 slots full of requests queued inside Triton, not the generator (a few % of one core)
+    assert schedule["limit"] == "server" and not schedule["kept_rate"]
+    assert schedule["shortfall"].startswith("the server was the limit, not the generator")
+    assert schedule["evidence"]["server_queue"]["queue_ms"] > 5 * schedule["evidence"]["server_queue"]["compute_ms"]
+    write_reports(result, tmp_path, stem="overload", plot=False)
+    assert "| 150 | " in (tmp_path / "overload.md").read_text() and "limit server:" in (
+        tmp_path / "overload.md").read_text()
+
+
+@pytest.mark.triton
 def test_slo_gates_set_the_exit_code_and_find_max_searches(triton, tmp_path, capsys):
     base = ["--url", triton.grpc_url, "--model", "echo_text", "--concurrency", "1", "--duration", "0.5",
             "--warmup", "0", "--no-plot"]
-    assert cli.main([*base, "--slo", "p99<10s,errors<1%", "--out", str(tmp_path / "a")]) == 0
-    capsys.readouterr()
-    assert cli.main([*base, "--slo", "p50<0.001ms", "--out", str(tmp_path / "b")]) == 1
+    assert cli.main([*base, "--slo", "p99<10s,errors<1%", "--out", str(tmp_path / "a"), "--name", "a"]) == 0
+    # a passing SLO prints its verdict, and every report stores it
+    assert "SLO 'p99<10s,errors<1%' met at every level (1 level; worst p99 " in capsys.readouterr().out
+    assert json.loads((tmp_path / "a" / "a.json").read_text())["slo"]["met"] is True
+    assert "- SLO `p99<10s,errors<1%` met at every level" in (tmp_path / "a" / "a.md").read_text()
+    assert cli.main([*base, "--slo", "p50<0.001ms", "--out", str(tmp_path / "b"), "--name", "b"]) == 1
     assert "SLO p50<0.001ms missed at concurrency 1: p50" in capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "b.json").read_text())["slo"]["met"] is False
     assert cli.main([*base, "--slo", "p99<10s", "--find-max", "--out", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "highest concurrency meeting the SLO 'p99<10s': 128 (no miss within the probe budget)" in out
     report = json.loads(next((tmp_path / "c").glob("*.json")).read_text())
     assert [lv["concurrency"] for lv in report["levels"]] == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert report["slo"]["search"]["best"] == 128
     assert cli.main([*base, "--slo", "p99<0.001ms", "--find-max", "--out", str(tmp_path / "d")]) == 1
     assert "find-max: even concurrency 1 misses the SLO" in capsys.readouterr().err
 
@@ -282,7 +238,7 @@ def test_missing_model_lists_ready_models(triton):
         run_loadtest(LoadTestConfig(model="no_such_model", url=triton.grpc_url, duration_s=1.0))
     message = str(info.value)
     assert "'no_such_model'" in message and triton.grpc_url in message
-    assert "ready models: echo_text, echo_text_b, echo_tokens" in message
+    assert "ready models: echo_text, echo_text_b, echo_tokens, slow_text" in message
 
 
 @pytest.mark.triton

@@ -132,3 +132,22 @@ def test_errors_are_counted_by_grpc_status_code():
     assert m.errors_by_status == {"DEADLINE_EXCEEDED": 1, "INVALID_ARGUMENT": 2}  # a bad output had no failed call
     assert m.errors_by_kind == {"bad_output": 1, "server_error": 2, "timeout": 1}
     assert m.to_dict()["errors_by_status"] == {"DEADLINE_EXCEEDED": 1, "INVALID_ARGUMENT": 2}
+
+
+def test_throughput_counts_responses_completed_inside_the_window_whatever_their_schedule():
+    # open loop: phase follows the scheduled send, completed_phase the answer. 300 due in the window, but the server
+    # answered only 100 of them inside it (the rest after it closed); 20 warm-up sends were answered inside it.
+    due = [RequestResult(0.0, 0.01, ok=True, phase=MEASURE, completed_phase=MEASURE)] * 100
+    due += [RequestResult(0.0, 0.01, ok=True, phase=MEASURE, completed_phase=DRAIN)] * 200
+    warm = [RequestResult(0.0, 0.01, ok=True, phase=WARMUP, completed_phase=MEASURE)] * 20
+    m = calculate_metrics(due + warm, duration_s=1.0, from_schedule=True)
+    assert m.requests == 300 and m.completed == 300  # latency and errors: what was due in the window
+    assert m.answered == 120 and m.throughput_rps == pytest.approx(120.0)  # perf_analyzer's throughput
+    assert m.throughput_items_per_s == pytest.approx(120.0)
+    # a closed loop phases records by completion: unchanged
+    assert calculate_metrics([ok(1)] * 5 + [ok(1, phase=DRAIN)], 1.0).throughput_rps == pytest.approx(5.0)
+
+
+def test_requests_that_waited_through_a_reload_are_counted():
+    records = [RequestResult(0.0, 0.5, ok=True, retries=3), RequestResult(0.0, 0.01, ok=True)]
+    assert calculate_metrics(records, 1.0).reload_retried == 1

@@ -54,12 +54,15 @@ def test_open_loop_keeps_its_rate_against_a_slow_endpoint():
     assert level.to_dict()["rate"] == 100
 
 
-def test_a_generator_that_falls_behind_says_so_and_the_lag_is_in_the_latency():
-    # one request in flight at a time, 20 ms each: at most 50 req/s can go out of the 200 asked for
+def test_a_generator_held_back_by_its_in_flight_cap_says_so_and_the_lag_is_in_the_latency():
+    # one request in flight at a time, 20 ms each: at most 50 req/s can go out of the 200 asked for; the endpoint
+    # answers every request in 20 ms (no queue), so the cap, not the server, is the limit
     level = asyncio.run(run_rate_level(endpoint(0.02), rate=200, duration_s=1.0, max_in_flight=1, log=quiet))
     schedule = level.schedule
     assert not schedule["kept_rate"] and schedule["send_lag_p99_ms"] > 100
-    assert "could not keep 200 req/s" in schedule["shortfall"]
+    assert schedule["limit"] == "--max-in-flight" and schedule["cap_wait_share"] > 0.5
+    assert schedule["shortfall"].startswith("the in-flight cap was the limit (--max-in-flight 1)")
+    assert "raise --max-in-flight" in schedule["shortfall"]
     assert level.metrics.latency_p99_ms > 300  # measured from the schedule, not from the late send
 
 
@@ -115,3 +118,16 @@ def test_shifted_worker_schedules_start_on_a_shared_deadline():
     a, b = asyncio.run(two_workers())
     sends = sorted(r.scheduled_s for r in a.records + b.records if r.phase == MEASURE)
     assert len(sends) == 50 and np.allclose(np.diff(sends), 0.01)  # one even 100 req/s schedule
+
+
+def test_a_level_ends_on_time_and_requests_never_sent_are_counted_as_such():
+    # 100 due in 0.5 s, one in flight at a time at 20 ms each: ~40 can go out before the window + drain ends
+    t0 = clock()
+    level = asyncio.run(run_rate_level(endpoint(0.02), rate=200, duration_s=0.5, max_in_flight=1,
+                                       drain_timeout_s=0.3, log=quiet))
+    assert clock() - t0 < 1.5  # the old generator kept sending late for 2 s after the window
+    m = level.metrics
+    assert m.errors_by_kind.get("not_sent", 0) > 40 and m.requests == 100
+    assert m.completed + m.errors == 100 and m.answered <= 26  # answered inside the 0.5 s window only
+    assert any(e.startswith("never sent: the generator was") for e in m.error_examples)
+    assert level.schedule["not_sent"] == m.errors_by_kind["not_sent"]

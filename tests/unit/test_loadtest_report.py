@@ -52,13 +52,13 @@ def result() -> LoadTestResult:
 def test_markdown_table_has_one_row_per_level(result):
     lines = markdown_table(result).splitlines()
     assert lines[0] == ("| concurrency | requests | errors | throughput (req/s) | p50 ms | p90 ms | p95 ms | p99 ms "
-                        "| p99.9 ms | client CPU % |")
+                        "| p99.9 ms | max ms | client CPU % |")
     assert set(lines[1]) <= set("|-:")
     rows = lines[2:]
     assert len(rows) == 3
-    assert rows[0] == "| 1 | 4 | 0 | 2.0 | 2.00 | 4.00 | 4.00 | 4.00 | 4.00 | 20 |"  # HDR percentiles
+    assert rows[0] == "| 1 | 4 | 0 | 2.0 | 2.00 | 4.00 | 4.00 | 4.00 | 4.00 | 4.00 | 20 |"  # HDR percentiles, exact max
     assert rows[1].startswith("| 4 | 12 | 2 | 5.0 | 2.00 |")
-    assert rows[2] == "| 8 | 3 | 3 | 0.0 | — | — | — | — | — | 20 |"
+    assert rows[2] == "| 8 | 3 | 3 | 0.0 | — | — | — | — | — | — | 20 |"
 
 
 def test_markdown_table_adds_items_per_second_for_batches():
@@ -119,8 +119,9 @@ def test_write_reports_writes_json_markdown_plot_and_records(result, tmp_path):
     paths = write_reports(result, tmp_path, records=True)
     assert set(paths) == {"json", "md", "csv", "png", "html", "records"}
     page = paths["html"].read_text()
-    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 2  # no server stats here
-    assert "<th>concurrency</th>" in page and "latency distribution" in page
+    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 3  # no server stats here
+    assert "<th>concurrency</th>" in page and "latency distribution" in page and "latency over time" in page
+    assert "<th>max ms</th>" in page
     assert paths["json"].name == "loadtest_bert-ensemble_fp16_text.json"
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"]({paths['png'].name})" in paths["md"].read_text()
@@ -132,6 +133,7 @@ def test_write_reports_writes_json_markdown_plot_and_records(result, tmp_path):
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [r["Concurrency"] for r in rows] == ["1", "4", "8"]  # perf_analyzer's columns, latencies in µs
     assert rows[0]["p50 latency"] == "2000" and rows[2]["p99 latency"] == "" and rows[1]["Errors"] == "2"
+    assert rows[0]["Max latency"] == "4000" and rows[2]["Max latency"] == ""
 
 
 def test_default_stem_is_file_safe(result):
@@ -145,3 +147,66 @@ def test_load_json_report_rejects_other_files(tmp_path):
         load_json_report(other)
     with pytest.raises(DataError, match="cannot read"):
         load_json_report(tmp_path / "missing.json")
+
+
+def test_html_renders_code_spans_and_carries_the_warnings(result, tmp_path):
+    from engineforge.loadtest.html_report import html_report
+
+    page = html_report(report_dict(result))
+    body = page.split("<body>", 1)[1]
+    assert "`" not in body  # Markdown code spans become <code>, never literal backticks
+    assert "<code>127.0.0.1:8001</code>" in body and "<h2>Warnings</h2>" in body
+    assert "<code>[DEADLINE_EXCEEDED] slow</code>" in body
+
+
+def test_a_closed_loop_stall_shows_in_the_max_column_and_the_latency_over_time_plot(tmp_path):
+    from engineforge.loadtest.report import latency_timeline
+
+    # 500 answers of 2 ms, one of 400 ms in the middle: p99 hides it, the max and the time line show it
+    records = [RequestResult(i * 0.002, 0.4 if i == 250 else 0.002, ok=True) for i in range(500)]
+    level = LevelResult(concurrency=1, window_s=1.0, metrics=calculate_metrics(records, 1.0), records=records)
+    res = LoadTestResult(LoadTestConfig(model="m", concurrency=(1,)), [level], "a", "b")
+    row = markdown_table(res).splitlines()[2].split(" | ")
+    assert row[7] == "2.00" and row[9] == "400.00"  # p99 | p99.9 | max
+    assert csv_rows(res)[0]["Max latency"] == "400000"
+    series = latency_timeline(res)["concurrency 1"]
+    assert max(series["ms"]) == pytest.approx(400.0) and series["t_s"][series["ms"].index(max(series["ms"]))] == \
+        pytest.approx(0.5)
+    assert "latency over time" in write_reports(res, tmp_path)["html"].read_text()
+
+
+def test_open_loop_tables_give_the_sent_rate_and_the_limit_beside_the_throughput(tmp_path):
+    config = LoadTestConfig(model="m", rates=(300.0,))
+    records = [RequestResult(0.0, 0.01, ok=True)] * 100
+    schedule = {"target_rps": 300.0, "sent_rps": 290.0, "kept_rate": True, "limit": "server",
+                "shortfall": "sent on time, but the server answered 100.0 req/s of the 290.0 req/s sent"}
+    level = LevelResult(concurrency=0, window_s=1.0, metrics=calculate_metrics(records, 1.0), records=records,
+                        rate=300.0, schedule=schedule)
+    res = LoadTestResult(config, [level], "a", "b")
+    lines = markdown_table(res).splitlines()
+    assert lines[0].startswith("| rate (req/s) | sent (req/s) | sent on time | limit | requests | errors | "
+                               "throughput (req/s) |")
+    assert lines[2].startswith("| 300 | 290.0 | yes | server | 100 | 0 | 100.0 |")
+    row = csv_rows(res)[0]
+    assert row["Request Rate"] == 300.0 and row["Sent Requests/Second"] == 290.0 and row["Requests/Second"] == 100.0
+    assert row["Limit"] == "server"
+    assert "- rate 300 req/s: limit server: sent on time, but the server answered 100.0" in markdown_report(res)
+
+
+def test_a_passing_slo_is_stored_in_every_report(result, tmp_path):
+    from engineforge.loadtest.slo import parse_slo, verdict, verdict_line
+
+    levels = [level.to_dict() for level in result.levels[:2]]
+    result.levels = result.levels[:2]
+    result.slo = verdict(parse_slo("p99<50ms,errors<20%"), levels, "p99<50ms,errors<20%")
+    assert result.slo["met"] and result.slo["missed"] == []
+    line = verdict_line(result.slo)
+    assert line.startswith("SLO 'p99<50ms,errors<20%' met at every level (2 levels; worst p99 4.00 ms at "
+                           "concurrency 1; worst errors 16.67% at concurrency 4)")
+    paths = write_reports(result, tmp_path)
+    assert load_json_report(paths["json"])["slo"]["met"] is True
+    text = paths["md"].read_text()
+    assert "## SLO" in text and "- SLO `p99<50ms,errors<20%` met at every level" in text
+    assert "- concurrency 4: met — p99 2.00 ms, errors 16.67%" in text
+    page = paths["html"].read_text()
+    assert "<h2>SLO</h2>" in page and "<code>p99&lt;50ms,errors&lt;20%</code> met at every level" in page

@@ -36,3 +36,16 @@ def test_violations_name_the_level_the_condition_and_the_value():
         "SLO errors<1% missed at concurrency 8: errors 100.00%",
         "SLO errors<1% missed at rate 200 req/s: errors 2.00%",
     ]
+
+
+def test_the_verdict_names_the_worst_level_and_a_find_max_search():
+    from engineforge.loadtest.slo import verdict, verdict_line
+
+    levels = [{"concurrency": c, "metrics": {"latency_p99_ms": p99, "error_rate": 0.0, "throughput_rps": rps}}
+              for c, p99, rps in ((1, 5.0, 100.0), (4, 60.0, 300.0))]
+    slo = verdict(parse_slo("p99<50ms,rps>150"), levels, "p99<50ms,rps>150")
+    assert not slo["met"] and len(slo["missed"]) == 2
+    assert verdict_line(slo) == ("SLO 'p99<50ms,rps>150' missed at 2 of 2 levels (2 levels; worst p99 60.00 ms at "
+                                 "concurrency 4; worst rps 100.0 req/s at concurrency 1)")
+    slo["search"] = {"what": "concurrency", "best": None, "first_miss": 1}
+    assert verdict_line(slo).startswith("SLO 'p99<50ms,rps>150': no concurrency probed meets it, 0 of 2 probes")

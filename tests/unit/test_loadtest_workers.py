@@ -112,3 +112,11 @@ def test_auto_workers_measure_again_with_one_more_process_until_the_rate_is_kept
     level = asyncio.run(scenario())
     assert level.workers == 3 and level.schedule["kept_rate"]
     assert started == [2, -2, 3, -3]  # the 2-process pool was closed before the 3-process one started
+
+
+def test_a_level_limited_by_the_server_or_the_cap_is_not_handed_more_generator_processes():
+    level = _level(95.0, 1, kept=False)
+    level.schedule["limit"] = "server"  # a busy process, but a full in-flight cap in front of a saturated server
+    assert not generator_bound(level)
+    level.schedule["limit"] = "generator CPU"
+    assert generator_bound(level)
