@@ -223,6 +223,7 @@ def served(server: TritonServer, model: str, mode: str, args: argparse.Namespace
 
 
 def _stage(row: dict[str, Any], suffix: str, queue: bool = True) -> str:
+    """A version model's Triton timing (`<name>.v1.engine` / `.tokenizer`) from a row's breakdown."""
     stats = next((v for k, v in row["server_ms"].items() if k.endswith(suffix)), None)
     if stats is None:
         return "-"
@@ -237,8 +238,8 @@ def table(inproc: dict[str, float], rows: list[dict[str, Any]]) -> str:
         base = inproc[row["baseline"]]
         ratio = row["p50_c1_ms"] / base if row["p50_c1_ms"] else float("nan")
         lines.append(f"| {row['path']} | {row['config']} | {row['p50_c1_ms']:.2f} | {base:.2f} | {ratio:.2f}x | "
-                     f"<= {row['target']}x | {row['rps_c4']:.1f} | {row['errors']} | {_stage(row, '_engine')} | "
-                     f"{_stage(row, '_tokenizer', queue=False)} |")
+                     f"<= {row['target']}x | {row['rps_c4']:.1f} | {row['errors']} | {_stage(row, '.engine')} | "
+                     f"{_stage(row, '.tokenizer', queue=False)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -259,23 +260,23 @@ def main(argv: list[str] | None = None) -> int:
         repo = Path(tmp) / "model_repo"
         publish_engine(args.bundle, repo, "before", max_queue_delay_us=2000, instances=1, warmup=False)
         after = publish_engine(args.bundle, repo, "after")
-        derived = (repo / "after_engine" / "config.pbtxt").read_text()
+        derived = (repo / after.version_models[1] / "config.pbtxt").read_text()
         write_transport_floor(repo, len(spec.labels))
         with TritonServer(repo, log_file=args.out / "tritonserver.log") as server:
             floor = served(server, NOOP_MODEL, "tokens", args, breakdown=(NOOP_MODEL,))
             inproc["engine_beside_ms"] = engine_beside_neighbour(args.bundle, spec, args.iterations,
                                                                  floor["p50_c1_ms"] / 1000)
             for name in ("before", "after"):
-                engine, tokenizer = f"{name}_engine", f"{name}_tokenizer"
+                entry, engine, tokenizer = f"{name}_engine", f"{name}.v1.engine", f"{name}.v1.tokenizer"
                 rows.append({"path": "token ids 1x128 -> engine", "config": name, "baseline": "engine_1x128_ms",
-                             "target": 1.3, **served(server, engine, "tokens", args, breakdown=(engine,))})
+                             "target": 1.3, **served(server, entry, "tokens", args, breakdown=(engine,))})
                 rows.append({"path": "text -> ensemble", "config": name, "baseline": "text_ms", "target": 1.5,
                              **served(server, name, "text", args, breakdown=(engine, tokenizer))})
             fastest = ClientTokenized(server.grpc_url, after.engine_model, args.bundle, spec)
             rows.append({"path": "text, client-side tokenization -> engine", "config": "after",
                          "baseline": "text_ms", "target": 1.5,
                          **served(server, after.engine_model, "tokens", args, request_fn=fastest,
-                                  breakdown=(after.engine_model,))})
+                                  breakdown=(after.version_models[1],))})
     floor_ms = floor["p50_c1_ms"]
     markdown = (f"# Serving benchmark: {args.bundle} ({spec.runtime}, {spec.precision})\n\n"
                 f"In-process: engine 1x{SEQ_LEN} {inproc['engine_1x128_ms']:.2f} ms; tokenizer + engine "

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/serve_builds.py intent_fp32=artifacts/builds/intent-fp32 \\
         intent_int8=artifacts/builds/intent-int8 intent_fastcpu=artifacts/builds/intent-fast-cpu [--seconds 1800]
 
-Each NAME=BUILD_DIR is published (BUILD_DIR/engine) as the ensemble NAME with NAME_engine and NAME_tokenizer into a
-temporary repository; the server's gRPC address is printed and written to reports/serve_builds.url, and the server
+Each NAME=BUILD_DIR is published (BUILD_DIR/engine) as NAME (text) and NAME_engine (token ids), running NAME.v1.*, into
+a temporary repository; the server's gRPC address is printed and written to reports/serve_builds.url, and the server
 stays up until --seconds pass or Ctrl-C. Then, for example:
 
     .venv/bin/engineforge loadtest --url $(cat reports/serve_builds.url) \\
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             if not build:
                 parser.error(f"expected NAME=BUILD_DIR, got {item!r}")
             publish_engine(Path(build) / "engine", repo, name)
-        with TritonServer(repo, log_file=Path(tmp) / "tritonserver.log") as server:
+        with TritonServer.serving(repo, log_file=Path(tmp) / "tritonserver.log") as server:
             url_file = ROOT / "reports" / "serve_builds.url"
             url_file.parent.mkdir(parents=True, exist_ok=True)
             url_file.write_text(server.grpc_url)

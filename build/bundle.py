@@ -49,13 +49,20 @@ def ensure_bundle(ctx: BuildContext) -> Path | None:
         source_checkpoint=str(ctx.config.checkpoint),
         build_id=ctx.build_id,
         vocab_size=ctx.checkpoint.vocab_size,
-        # Only an engine that takes token_type_ids bounds them (DeBERTa-v3's type_vocab_size is 0).
-        type_vocab_size=(getattr(ctx.reference_model.config, "type_vocab_size", None) or None)
-        if "token_type_ids" in model_input_names(ctx.tokenizer) else None,
+        type_vocab_size=bundle_type_vocab_size(ctx.reference_model.config, model_input_names(ctx.tokenizer)),
         tensorrt=ctx.tensorrt_metadata,
     ).save(bundle)
     ctx.bundle_dir = bundle
     return bundle
+
+
+def bundle_type_vocab_size(model_config: object, input_names: list[str]) -> int | None:
+    """The token types the engine tells apart, for engine.json: the serving side refuses token_type_ids outside
+    [0, it). An engine without a token_type_ids input tells apart one (0; any other value would be ignored
+    silently); None only when a model that takes them does not say how many."""
+    if "token_type_ids" not in input_names:
+        return 1
+    return getattr(model_config, "type_vocab_size", None) or None  # 0 never gets here: checkpoint drops the input
 
 
 def bundle_engine_mb(bundle_dir: Path) -> float:

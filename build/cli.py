@@ -35,6 +35,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo", help="Triton model repository to publish to (default model_repo)")
     parser.add_argument("--model-name", help="name of the served model (default: checkpoint directory name)")
     parser.add_argument("--no-publish", action="store_true", help="build and validate only")
+    parser.add_argument("--long-texts", choices=("truncate", "refuse"),
+                        help="served texts longer than the model reads: answer on their first tokens (truncate, "
+                        "default) or refuse them with INVALID_ARGUMENT")
     parser.add_argument("--max-accuracy-drop", type=float, help="budget: max accuracy drop in points (default 1.0)")
     parser.add_argument("--min-agreement", type=float, help="budget: min argmax agreement with fp32 (default 0.98)")
     parser.add_argument("--max-seq-len", type=int, help="max tokens per text when served (default 128)")
@@ -91,7 +94,8 @@ def config_from_args(args: argparse.Namespace, kwargs: dict[str, Any]) -> Any:  
             if args.no_publish:
                 continue
             step = dataclasses.replace(step, **{k: v for k, v in (
-                ("repo_dir", args.repo), ("model_name", args.model_name)) if v is not None})
+                ("repo_dir", args.repo), ("model_name", args.model_name), ("long_texts", args.long_texts))
+                if v is not None})
         steps.append(step)
     kwargs["steps"] = tuple(steps)
     return BuildConfig(overwrite=args.overwrite, **kwargs)

@@ -12,7 +12,8 @@ DEFAULT_MODEL_NAME = "classifier"
 # Directory of a bundle (and of the tokenizer model's version directory) holding the Hugging Face tokenizer.
 TOKENIZER_DIRNAME = "tokenizer"
 
-# Triton model names are directory names in the repository; engineforge adds `_engine` / `_tokenizer`.
+# Triton model names are directory names in the repository; engineforge adds `_engine` and `.vN.tokenizer`,
+# `.vN.engine` (serve/model_layout.py).
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 

@@ -10,9 +10,11 @@ import argparse
 import json
 from typing import Any
 
-from engineforge.cli_support import run_command
+from engineforge.cli_support import arguments_checked, run_command
 from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_MODEL_NAME, DEFAULT_REPO
 from engineforge.errors import UsageError
+
+from .grpc_security import ClientTls
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -33,6 +35,9 @@ def add_parsers(subparsers: Any) -> None:
     serve.add_argument("--tls-cert", default=None, help="PEM server certificate: serve gRPC over TLS")
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", default=None, help="PEM CA: require client certificates it signed (mTLS)")
+    serve.add_argument("--drain-timeout", type=float, default=30.0,
+                       help="on SIGTERM / Ctrl-C: seconds accepted requests may take to finish while new ones get "
+                            "UNAVAILABLE (like Kubernetes' terminationGracePeriodSeconds; default: %(default)s)")
     serve.set_defaults(func=run_serve)
 
     infer = subparsers.add_parser("infer", help="classify texts or token ids with a running server")
@@ -45,12 +50,22 @@ def add_parsers(subparsers: Any) -> None:
     )  # fmt: skip
     infer.add_argument("--json", action="store_true", help="print JSON instead of a table")
     infer.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)")
+    add_tls_arguments(infer)
     infer.set_defaults(func=run_infer)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """Client TLS flags, shared by `infer` and `loadtest` (grpc_security.ClientTls.from_args reads them)."""
+    parser.add_argument("--tls-ca", default=None, metavar="PEM",
+                        help="connect over TLS, verifying the server's certificate with this CA")
+    parser.add_argument("--tls-cert", default=None, metavar="PEM",
+                        help="client certificate, for a server that asks for one (mutual TLS); with --tls-key")
+    parser.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from .grpc_security import TlsFiles
-    from .supervisor import serve_forever
+    from .serve_command import serve_forever
 
     def serve() -> int:
         if bool(args.tls_cert) != bool(args.tls_key):
@@ -69,6 +84,7 @@ def run_serve(args: argparse.Namespace) -> int:
             startup_timeout_s=args.startup_timeout,
             bind=args.bind,
             tls=tls,
+            drain_timeout_s=args.drain_timeout,
         )
 
     return run_command("engineforge serve", serve)
@@ -147,9 +163,13 @@ def _infer(args: argparse.Namespace) -> int:
     if bool(args.texts) == bool(args.token_ids):
         raise UsageError("give either texts or --token-ids (not both, not neither)")
     token_rows = parse_token_ids(args.token_ids) if args.token_ids else None
+    from engineforge import progress
+
     from .client import EngineforgeClient
 
-    with EngineforgeClient(args.url, timeout_s=args.timeout) as client:
+    with arguments_checked():
+        tls = ClientTls.from_args(args.tls_ca, args.tls_cert, args.tls_key)
+    with EngineforgeClient(args.url, timeout_s=args.timeout, tls=tls, log=progress.info) as client:
         task = client.task(args.model)
         if task == "embeddings":
             return _print_embeddings(client, args, token_rows)

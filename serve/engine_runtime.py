@@ -19,12 +19,28 @@ from engineforge.engines import Engine, load_engine
 from engineforge.errors import EngineLoadError
 
 from .engine_spec import EngineSpec
+from .request_limits import RequestLimitError, check_token_request
 
 PAD_ID = 0
 
 
 class InvalidRequestError(ValueError):
     """One request's tensors are unusable; the message is sent back to that request's client."""
+
+
+class VersionMixError(InvalidRequestError):
+    """Token ids made by another published version's tokenizer: answering would mix versions, so the request fails
+    (INTERNAL: the server's fault, not the client's)."""
+
+
+def check_same_version(tokenizer_versions: object, engine_version: str) -> None:
+    """Raise VersionMixError unless every row's TOKENIZER_VERSION is this engine's version."""
+    found = {v.decode("utf-8", "replace") if isinstance(v, bytes | np.bytes_) else str(v)
+             for v in np.asarray(tokenizer_versions, dtype=object).reshape(-1)}
+    if found != {engine_version}:
+        raise VersionMixError(f"token ids from tokenizer version(s) {sorted(found)} reached engine version "
+                              f"{engine_version}; refusing to answer with a mix of versions (retry: a version switch "
+                              "was under way)")
 
 
 @dataclass(frozen=True)
@@ -61,8 +77,21 @@ def _as_int_matrix(name: str, value: object) -> np.ndarray:
     if array.dtype.kind not in "iu":
         raise InvalidRequestError(f"{name} must hold integers (INT64), got dtype {array.dtype}")
     if array.ndim != 2:
-        raise InvalidRequestError(f"{name} must have rank 2 [batch, sequence], got shape {list(array.shape)}")
+        # Triton keeps 32 bits of the batch dimension and reads 0 as "no batch": [2^32, n] arrives as [n].
+        hint = " (a batch dimension of 0 or a multiple of 2^32 arrives as none)" if array.ndim == 1 else ""
+        raise InvalidRequestError(f"{name} must have rank 2 [batch, sequence], got shape {list(array.shape)}"
+                                  + hint)
     return array.astype(np.int64, copy=False)
+
+
+def _check_range(name: str, array: np.ndarray, upper: int | None, bound: str) -> None:
+    """Refuse values < 0 or >= `upper` (None: unbounded), naming the first one and where it is."""
+    outside = array < 0 if upper is None else (array < 0) | (array >= upper)
+    if outside.any():
+        row, col = (int(i) for i in np.argwhere(outside)[0])
+        value = int(array[row, col])
+        rule = "be >= 0" if upper is None else bound
+        raise InvalidRequestError(f"{name} must {rule}; got {value} at row {row}, position {col}")
 
 
 def validate_request_arrays(
@@ -73,8 +102,13 @@ def validate_request_arrays(
     max_positions: int,
     vocab_size: int | None = None,
     type_vocab_size: int | None = None,
+    takes_token_types: bool = True,
+    max_tokens_per_request: int | None = None,
 ) -> RequestArrays:
-    """Check one request before it joins a batch; raises InvalidRequestError saying what to fix."""
+    """Check one request before it joins a batch; raises InvalidRequestError saying what to fix.
+
+    token_type_ids must be in [0, type_vocab_size); an engine that takes none (`takes_token_types` False) would
+    silently ignore them, so there only 0 is accepted. `max_tokens_per_request` bounds rows x tokens."""
     ids = _as_int_matrix("input_ids", input_ids)
     mask = _as_int_matrix("attention_mask", attention_mask)
     batch, seq = ids.shape
@@ -87,6 +121,11 @@ def validate_request_arrays(
             f"sequence length {seq} exceeds the engine's limit of {max_positions} tokens; "
             f"truncate inputs to at most {max_positions} tokens"
         )
+    if max_tokens_per_request is not None:
+        try:
+            check_token_request(max_tokens_per_request, batch, seq)
+        except RequestLimitError as exc:
+            raise InvalidRequestError(str(exc)) from exc
     if mask.shape != ids.shape:
         raise InvalidRequestError(
             f"attention_mask shape {list(mask.shape)} differs from input_ids shape {list(ids.shape)}"
@@ -98,9 +137,7 @@ def validate_request_arrays(
         raise InvalidRequestError(
             f"empty sequence: row(s) {empty_rows.tolist()} have no attended tokens (attention_mask all 0)"
         )
-    if ids.min() < 0 or (vocab_size is not None and ids.max() >= vocab_size):
-        bound = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
-        raise InvalidRequestError(f"input_ids must be in {bound}; got values from {ids.min()} to {ids.max()}")
+    _check_range("input_ids", ids, vocab_size, f"be in [0, {vocab_size}) (the vocabulary's size)")
     types = None
     if token_type_ids is not None:
         types = _as_int_matrix("token_type_ids", token_type_ids)
@@ -108,10 +145,13 @@ def validate_request_arrays(
             raise InvalidRequestError(
                 f"token_type_ids shape {list(types.shape)} differs from input_ids shape {list(ids.shape)}"
             )
-        if types.min() < 0 or (type_vocab_size is not None and types.max() >= type_vocab_size):
-            bound = f"[0, {type_vocab_size})" if type_vocab_size is not None else ">= 0"
-            raise InvalidRequestError(f"token_type_ids must be in {bound}; got values from {types.min()} to "
-                                      f"{types.max()}")
+        kinds = type_vocab_size if takes_token_types else 1
+        if kinds == 1:
+            why = "type_vocab_size 1" if takes_token_types else "its engine takes no token_type_ids"
+            bound = f"be 0: this model has no token types ({why})"
+        else:
+            bound = f"be in [0, {kinds}) (type_vocab_size {kinds})"
+        _check_range("token_type_ids", types, kinds, bound)
     return RequestArrays(ids, mask, types)
 
 

@@ -136,7 +136,7 @@ def hpa(s: KubernetesSettings) -> dict[str, Any]:
 
 def adapter_rules(s: KubernetesSettings) -> dict[str, Any]:
     """Prometheus Adapter Helm values: queue time of the composing models per ensemble request, per pod."""
-    steps = "|".join(name.replace(".", "\\\\.") for name in s.composing_models)  # PromQL string: \\. is a dot
+    steps = s.version_models_regex
     queue = f'sum(rate(nv_inference_queue_duration_us{{<<.LabelMatchers>>,model=~"{steps}"}}[1m])) by (<<.GroupBy>>)'
     done = f'sum(rate(nv_inference_request_success{{<<.LabelMatchers>>,model="{s.model}"}}[1m])) by (<<.GroupBy>>)'
     return {"rules": {"custom": [{

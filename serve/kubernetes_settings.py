@@ -96,16 +96,23 @@ class KubernetesSettings:
             object.__setattr__(self, "node_selector", tuple((str(k), str(v)) for k, v in self.node_selector))
 
     @property
-    def composing_models(self) -> tuple[str, str]:
-        return f"{self.model}_tokenizer", f"{self.model}_engine"
+    def version_models_regex(self) -> str:
+        """PromQL regex (in a PromQL string, so `\\.` is a dot) for the models of any version of the model,
+        `<model>.v<N>.tokenizer|engine`: the queue time that matters is theirs, whichever version serves."""
+        model = self.model.replace(".", "\\\\.")
+        return f"{model}\\\\.v[0-9]+\\\\.(tokenizer|engine)"
 
 
 def settings_from_repo(repo: str | os.PathLike[str], model: str | None = None, **options: Any) -> KubernetesSettings:
-    """Settings for a real published ensemble: the probes must name a model the repository serves."""
-    from .repository_listing import list_published
+    """Settings for a real published model: the probes must name a model the repository serves."""
+    from pathlib import Path
 
-    models = {m.name: m.kind for m in list_published(repo)}
-    ensembles = sorted(name for name, kind in models.items() if kind == "ensemble")
+    from .model_layout import ROLES, version_model_name
+    from .version_switch import pinned, published_models
+
+    if not Path(repo).is_dir():
+        raise RepositoryError(f"model repository {repo} does not exist or is not a directory")
+    ensembles = published_models(Path(repo))
     if not ensembles:
         raise RepositoryError(f"model repository {repo} holds no ensemble to serve: publish a model first "
                               "(build-engine ... --repo REPO)")
@@ -116,6 +123,8 @@ def settings_from_repo(repo: str | os.PathLike[str], model: str | None = None, *
     if model not in ensembles:
         raise ConfigError(f"repository {repo} has no ensemble {model!r}: use one of {ensembles}")
     settings = KubernetesSettings(model=model, **options)
-    if missing := [name for name in settings.composing_models if name not in models]:
+    version = pinned(Path(repo), model)[0]
+    missing = [name for role in ROLES if not (Path(repo) / (name := version_model_name(model, version, role))).is_dir()]
+    if missing:
         raise RepositoryError(f"ensemble {model!r} in {repo} lacks {missing}: publish the model again")
     return settings

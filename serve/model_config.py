@@ -127,10 +127,11 @@ class ModelConfig:
     ensemble_steps: tuple[EnsembleStep, ...] = ()
     default_model_filename: str = ""  # e.g. "model.plan"; empty = the backend's default
     model_warmup: tuple[WarmupSample, ...] = ()
+    versions: tuple[int, ...] = ()  # version_policy specific: the versions Triton loads; empty = the latest
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
-        for attr in ("inputs", "outputs", "ensemble_steps", "model_warmup"):
+        for attr in ("inputs", "outputs", "ensemble_steps", "model_warmup", "versions"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
         object.__setattr__(self, "parameters", dict(self.parameters))
         where = f"model {self.name!r}"
@@ -164,6 +165,8 @@ class ModelConfig:
                     f"{where}: preferred batch sizes {too_big} exceed max_batch_size {self.max_batch_size}; "
                     "lower them or raise max_batch_size"
                 )
+        if any(not isinstance(v, int) or v < 1 for v in self.versions):
+            raise ConfigError(f"{where}: versions {list(self.versions)} must be version numbers >= 1")
         for key, value in self.parameters.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ConfigError(f"{where}: parameters must map strings to strings, got {key!r}: {value!r}")
@@ -238,6 +241,8 @@ class ModelConfig:
             config.platform = self.platform
         if self.default_model_filename:
             config.default_model_filename = self.default_model_filename
+        if self.versions:
+            config.version_policy.specific.versions.extend(self.versions)
         config.input.extend(t.to_input() for t in self.inputs)
         config.output.extend(t.to_output() for t in self.outputs)
         if self.dynamic_batching is not None:

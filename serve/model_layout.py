@@ -1,6 +1,14 @@
-"""The Triton models engineforge publishes for one classifier, and their tensor contracts: tokenizer, engine and
-ensemble (every runtime), plus a native `tensorrt_plan` model for standard Triton GPU servers (TensorRT builds).
+"""The Triton models engineforge publishes for one build, and their tensor contracts.
 
+For published name `clf`, version N (one more than any before) adds two models that belong to that version alone,
+`clf.vN.tokenizer` (text -> token ids) and `clf.vN.engine` (token ids -> outputs), and points the two entry points
+clients call at them: the ensembles `clf` (TEXT in) and `clf_engine` (token ids in), each pinned to exactly
+`clf.vN.*`. Every request is therefore answered by one version end to end (tokenizer and engine of the same
+publish), never a mix; switching versions is switching the entry points, done by the supervisor once the new
+models are loaded (see supervisor.py). Every answer carries `VERSION` (the publish version that produced it), and
+the engine refuses token ids whose tokenizer was another version's.
+
+TensorRT builds also get a native `tensorrt_plan` model for standard Triton GPU servers.
 Kept apart from `repository.py` (which moves files) so the contract can be read and tested alone;
 the client relies on the tensor names and the `labels` parameter defined here.
 """
@@ -8,6 +16,7 @@ the client relies on the tensor names and the `labels` parameter defined here.
 from __future__ import annotations
 
 import json
+import re
 
 from engineforge.engines.tensorrt_engine import TensorRTMetadata
 from engineforge.errors import ConfigError, EngineLoadError
@@ -22,11 +31,13 @@ from .model_config import (
     TensorSpec,
     validate_ensemble,
 )
-from .serving_defaults import ServingSettings, derive_serving_settings, engine_warmup, tokenizer_warmup
+from .request_limits import DEFAULT_LONG_TEXTS, derive_request_limits
+from .serving_defaults import WHY, ServingSettings, derive_serving_settings, engine_warmup, tokenizer_warmup
 
-ENGINE_SUFFIX = "_engine"
-TOKENIZER_SUFFIX = "_tokenizer"
+ENGINE_SUFFIX = "_engine"  # the token-id entry point (an ensemble over the serving version's engine)
 PLAN_SUFFIX = "_plan"
+ROLES = ("tokenizer", "engine")  # the models of one version
+_MEMBER = re.compile(r"^(?P<model>.+)\.v(?P<version>[0-9]+)\.(?P<role>tokenizer|engine)$")
 PLAN_FILENAME = "model.plan"
 # TensorRT tensor types (engine metadata) -> Triton data types.
 TRT_TO_TRITON = {"INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16",
@@ -49,14 +60,39 @@ TOKEN_TENSOR_NAMES = {"input_ids": "INPUT_IDS", "attention_mask": "ATTENTION_MAS
 TOKEN_TENSORS = tuple(TOKEN_TENSOR_NAMES.values())
 # What a token classifier's tokenizer adds, so the engine can turn tags into character spans.
 TOKEN_EXTRA_NAMES = {"offsets": "OFFSETS", "word_ids": "WORD_IDS"}
+# Which publish produced an answer ("3"); the tokenizer's, fed to the engine, must equal the engine's own.
+VERSION = TensorSpec("VERSION", "TYPE_STRING", (1,))
+TOKENIZER_VERSION = TensorSpec("TOKENIZER_VERSION", "TYPE_STRING", (1,), optional=True)
+# Config parameters naming the publish a version model belongs to.
+PUBLISHED_MODEL, PUBLISHED_VERSION = "published_model", "published_version"
 
 
 def engine_model_name(model_name: str) -> str:
+    """The token-id entry point of a published model."""
     return model_name + ENGINE_SUFFIX
 
 
-def tokenizer_model_name(model_name: str) -> str:
-    return model_name + TOKENIZER_SUFFIX
+def version_model_name(model_name: str, version: int, role: str) -> str:
+    """`clf.v3.tokenizer` / `clf.v3.engine`: the models of one published version."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: use one of {ROLES}")
+    return f"{model_name}.v{version}.{role}"
+
+
+def parse_version_model(name: str) -> tuple[str, int, str] | None:
+    """(published name, version, role) of a version model's name; None for any other name."""
+    match = _MEMBER.match(name)
+    return (match["model"], int(match["version"]), match["role"]) if match else None
+
+
+def published_version_of(model_config: dict, fallback: str) -> str:
+    """The publish version a python model belongs to, from the model config JSON Triton hands `initialize`."""
+    return str(model_config.get("parameters", {}).get(PUBLISHED_VERSION, {}).get("string_value", fallback))
+
+
+def entry_model_names(model_name: str) -> tuple[str, str]:
+    """The two models clients call: text in, and token ids in."""
+    return model_name, engine_model_name(model_name)
 
 
 def plan_model_name(model_name: str) -> str:
@@ -83,37 +119,55 @@ def _token_extras() -> tuple[TensorSpec, ...]:
     )
 
 
+def _with_batch_dim(tensor: TensorSpec) -> TensorSpec:
+    """An entry point's tensor with the batch as its first, checked dim. With max_batch_size > 0 Triton keeps only 32
+    bits of a request's batch dim and treats 0 as "no batch": a TEXT of shape [2^62, 1] holding one string reached
+    the tokenizer as an ordinary [1, 1] request and was answered. With the batch an explicit dim (entry points
+    max_batch_size 0), Triton checks the whole shape against the data and refuses it; the models behind them still
+    batch dynamically."""
+    return TensorSpec(tensor.name, tensor.dtype, (-1, *tensor.dims), optional=tensor.optional)
+
+
 def build_model_configs(
     model_name: str,
     spec: EngineSpec,
     *,
+    version: int,
     max_batch_size: int = 32,
     max_queue_delay_us: int | None = None,
     instances: int | None = None,
     settings: ServingSettings | None = None,
     measured_latency_ms: float | None = None,
     warmup: bool = True,
+    change_id: str = "",
+    long_texts: str = DEFAULT_LONG_TEXTS,
 ) -> dict[str, ModelConfig]:
-    """Configs keyed "tokenizer", "engine", "ensemble"; raises ConfigError with the fix if inconsistent.
+    """Configs of version `version`'s models ("tokenizer", "engine") and of the entry points pinned to them
+    ("ensemble": TEXT in, "ids": token ids in); raises ConfigError with the fix if inconsistent.
 
     Queue delay and instance count left as None are derived (serving_defaults.derive_serving_settings); a full
-    `settings` (e.g. the winner of `engineforge tune`) replaces the derivation.
+    `settings` (e.g. the winner of `engineforge tune`) replaces the derivation. `change_id` marks the publish or
+    rollback that wrote the entry points, so the supervisor can report on exactly that change.
     """
     if settings is None:
         settings = derive_serving_settings(spec, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                                            instances=instances, measured_latency_ms=measured_latency_ms, warmup=warmup)
     max_batch_size, instances = settings.max_batch_size, settings.instances
+    # Per-request limits (request_limits.py), recorded with their reasons on every model; `long_texts`: "truncate"
+    # or "refuse" texts over the limits.
+    limits = derive_request_limits(spec, max_batch_size=max_batch_size, long_texts=long_texts).parameters()
     labels = json.dumps(list(spec.labels))
     outputs = ((EMBEDDING,) if spec.is_embedding else (TOKEN_LOGITS, ENTITIES, TOKEN_LABELS) if spec.is_token_task
                else (LOGITS, PROBABILITIES, LABEL))
     extra_in = _token_extras() if spec.is_token_task else ()
     task = {"task": spec.task} | ({"embedding_dim": str(spec.embedding_dim)} if spec.is_embedding else {})
+    published = {PUBLISHED_MODEL: model_name, PUBLISHED_VERSION: str(version)}
     engine = ModelConfig(
-        name=engine_model_name(model_name),
+        name=version_model_name(model_name, version, "engine"),
         backend="python",
         max_batch_size=max_batch_size,
-        inputs=_token_inputs() + extra_in,
-        outputs=outputs,
+        inputs=_token_inputs() + extra_in + (TOKENIZER_VERSION,),
+        outputs=(*outputs, VERSION),
         dynamic_batching=DynamicBatching(preferred_batch_sizes=settings.preferred_batch_sizes,
                                          max_queue_delay_us=settings.max_queue_delay_us),
         # A TensorRT engine runs on a GPU: Triton places one instance group per GPU and tells the stub which.
@@ -125,43 +179,66 @@ def build_model_configs(
             "runtime": spec.runtime,
             "max_sequence_length": str(spec.max_sequence_length),
             "max_position_embeddings": str(spec.max_position_embeddings),
-        } | task | ({"vocab_size": str(spec.vocab_size)} if spec.vocab_size else {}) | settings.parameters(),
+        } | task | ({"vocab_size": str(spec.vocab_size)} if spec.vocab_size else {}) | published
+        | settings.parameters() | limits,
         model_warmup=engine_warmup(spec, max_batch_size) if settings.warmup else (),
+        versions=(version,),
     )
     tokenizer = ModelConfig(
-        name=tokenizer_model_name(model_name),
+        name=version_model_name(model_name, version, "tokenizer"),
         backend="python",
         max_batch_size=max_batch_size,
         inputs=(TEXT,),
         outputs=tuple(TensorSpec(name, "TYPE_INT64", (-1,)) for name in TOKEN_TENSORS)
-        + tuple(TensorSpec(t.name, t.dtype, t.dims) for t in extra_in if t.name != "TEXT"),
+        + tuple(TensorSpec(t.name, t.dtype, t.dims) for t in extra_in if t.name != "TEXT") + (VERSION,),
         # No queue delay: tokenizing is cheap, batching only saves stub round trips here.
         dynamic_batching=DynamicBatching(max_queue_delay_us=0),
         instance_group=InstanceGroup(count=instances, kind="CPU"),
-        parameters={"max_sequence_length": str(spec.max_sequence_length)},
+        parameters={"max_sequence_length": str(spec.max_sequence_length)} | published | limits,
         model_warmup=tokenizer_warmup() if settings.warmup else (),
+        versions=(version,),
     )
     token_map = {name: name.lower() for name in TOKEN_TENSORS}
     if spec.is_token_task:
         token_map |= {name: name.lower() for name in TOKEN_EXTRA_NAMES.values()}
+    answer = {t.name: t.name for t in (*outputs, VERSION)}
+    entry = {LABELS_PARAMETER: labels, "build_id": spec.build_id, "change_id": change_id} | task | published | limits
     ensemble = ModelConfig(
         name=model_name,
         platform="ensemble",
-        max_batch_size=max_batch_size,
-        inputs=(TEXT,),
-        outputs=outputs[::-1],
-        parameters={LABELS_PARAMETER: labels, "build_id": spec.build_id} | task,
+        max_batch_size=0,  # the batch is an explicit dim of each tensor: see _with_batch_dim
+        inputs=(_with_batch_dim(TEXT),),
+        outputs=tuple(_with_batch_dim(t) for t in (*outputs[::-1], VERSION)),
+        parameters=entry,
         ensemble_steps=(
-            EnsembleStep(tokenizer.name, input_map={"TEXT": "TEXT"}, output_map=token_map),
+            EnsembleStep(tokenizer.name, input_map={"TEXT": "TEXT"},
+                         output_map=token_map | {"VERSION": "tokenizer_version"}, model_version=version),
             EnsembleStep(
                 engine.name,
-                input_map=token_map | ({"TEXT": "TEXT"} if spec.is_token_task else {}),
-                output_map={t.name: t.name for t in outputs},
+                input_map=token_map | {"TOKENIZER_VERSION": "tokenizer_version"}
+                | ({"TEXT": "TEXT"} if spec.is_token_task else {}),
+                output_map=answer,
+                model_version=version,
             ),
         ),
+        versions=(version,),
+    )
+    id_inputs = tuple(_with_batch_dim(t) for t in _token_inputs() + extra_in)
+    ids = ModelConfig(
+        name=engine_model_name(model_name),
+        platform="ensemble",
+        max_batch_size=0,
+        inputs=id_inputs,
+        outputs=tuple(_with_batch_dim(t) for t in (*outputs, VERSION)),
+        # Clients of the token-id path read the engine's own facts (labels, vocabulary, sequence limit) here.
+        parameters={k: v for k, v in engine.parameters.items() if not k.startswith(WHY)} | entry,
+        ensemble_steps=(EnsembleStep(engine.name, input_map={t.name: t.name for t in id_inputs}, output_map=answer,
+                                     model_version=version),),
+        versions=(version,),
     )
     validate_ensemble(ensemble, [tokenizer, engine])
-    return {"tokenizer": tokenizer, "engine": engine, "ensemble": ensemble}
+    validate_ensemble(ids, [engine])
+    return {"tokenizer": tokenizer, "engine": engine, "ensemble": ensemble, "ids": ids}
 
 
 def build_plan_config(model_name: str, spec: EngineSpec, *, max_batch_size: int, max_queue_delay_us: int,

@@ -10,7 +10,7 @@ from pathlib import Path
 from engineforge.defaults import DEFAULT_REPO
 from engineforge.errors import RepositoryError
 
-from .repository import CONFIG, read_manifest, versions_in
+from .published import CONFIG, read_manifest, versions_in
 
 
 @dataclass(frozen=True)

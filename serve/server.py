@@ -21,6 +21,8 @@ from types import TracebackType
 from engineforge import progress
 from engineforge.errors import ServerError
 
+from . import leftovers
+from .gate import KEY_PLACEHOLDER, Gate, prepare_gate
 from .grpc_security import (
     CONTROL_HEADER,
     CONTROL_KEY_NAME,
@@ -42,6 +44,7 @@ from .triton_env import (
 __all__ = ["TritonServer", "find_triton", "free_port"]
 
 CONTROL_MODES = ("none", "explicit")
+EXIT_TIMEOUT_S = 3
 
 
 class TritonServer:
@@ -50,6 +53,11 @@ class TritonServer:
     Ports given as 0 are picked free. `start()` returns once the server and every expected model are
     ready (all repository models in mode "none"; `load_models` in mode "explicit"), else raises
     ServerError with the reason and the tail of the server log.
+
+    The server runs with engineforge's gate preloaded (see gate.py): the control key never appears on its
+    command line, `stop()` drains (new requests get UNAVAILABLE, accepted ones finish, up to `drain_timeout_s`),
+    and `supervised` servers report readiness as the supervisor decides (Triton's own strict readiness turns
+    NOT READY whenever any version loads); unsupervised ones keep Triton's strict readiness.
     """
 
     def __init__(
@@ -69,6 +77,8 @@ class TritonServer:
         die_with_parent: bool = False,
         startup_timeout_s: float = 120.0,
         stop_grace_s: float = 10.0,
+        supervised: bool = False,
+        drain_timeout_s: float = 30.0,
     ) -> None:
         self.repo = Path(repo).resolve()
         if not self.repo.is_dir():
@@ -88,10 +98,21 @@ class TritonServer:
         self.log_verbose = log_verbose
         self.startup_timeout_s = startup_timeout_s
         self.stop_grace_s = stop_grace_s
+        self.supervised, self.drain_timeout_s = supervised, drain_timeout_s
+        self.gate: Gate | None = None
         self._log_file = Path(log_file).resolve() if log_file else None
         self._log_path: Path | None = self._log_file
         self._runtime_dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def serving(cls, repo: str | os.PathLike[str], **options: object) -> TritonServer:
+        """A server for what a repository serves: each published model's entry points (which bring the version they
+        serve) and any other model; never every old version's models, which Triton's control mode "none" loads."""
+        from .version_switch import served_models
+
+        models = served_models(Path(repo))
+        return cls(repo, model_control_mode="explicit", load_models=models, **options)  # type: ignore[arg-type]
 
     @property
     def host(self) -> str:
@@ -148,23 +169,35 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
-            f"--exit-timeout-secs={max(1, int(self.stop_grace_s))}",
+            # The gate's drain already waited for accepted requests (drain_timeout_s): Triton's own wait on exit is
+            # only for what a drain that timed out left, so a stop ends near its drain timeout, not 10 s past it.
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             f"--log-verbose={self.log_verbose}",
-            # Python-backend shared memory names collide between servers on one host unless prefixed.
-            f"--backend-config=python,shm-region-prefix-name=engineforge_{os.getpid()}_{self.grpc_port}_",
+            # Supervised: readiness is the supervisor's verdict through the gate, not "no version is loading".
+            f"--strict-readiness={'false' if self.supervised else 'true'}",
+            # Python-backend shared memory names collide between servers on one host unless prefixed; the owner's
+            # pid in the name lets a later start remove what a killed one left.
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
-        if self.control_key:
-            args += [f"--grpc-restricted-protocol={RESTRICTED_PROTOCOLS}:{CONTROL_KEY_NAME}={self.control_key}",
-                     f"--http-restricted-api={RESTRICTED_PROTOCOLS}:{CONTROL_KEY_NAME}={self.control_key}"]
+        if self.control_key:  # the gate puts the key in place of the placeholder before main() reads it
+            args += [f"--grpc-restricted-protocol={RESTRICTED_PROTOCOLS}:{CONTROL_KEY_NAME}={KEY_PLACEHOLDER}",
+                     f"--http-restricted-api={RESTRICTED_PROTOCOLS}:{CONTROL_KEY_NAME}={KEY_PLACEHOLDER}"]
         if self.tls is not None:
             args += self.tls.server_args()
         return args + [f"--load-model={name}" for name in self.load_models]
+
+    @property
+    def shm_prefix(self) -> str:
+        return leftovers.shm_prefix(os.getpid(), self.grpc_port)
 
     def start(self) -> TritonServer:
         if self._process is not None:
             raise ServerError("this TritonServer was already started; create a new one")
         installation = find_triton()
-        self._runtime_dir = Path(tempfile.mkdtemp(prefix="engineforge-triton-"))
+        for what in leftovers.sweep():
+            progress.info(f"removed what a killed server left: {what}")
+        self._runtime_dir = Path(tempfile.mkdtemp(prefix=leftovers.runtime_dir_prefix()))
+        self.gate, gate_env = prepare_gate(self._runtime_dir, self.control_key)
         if self._log_path is None:
             self._log_path = self._runtime_dir / "tritonserver.log"
         backend_dir = self._runtime_dir / "backends"
@@ -183,7 +216,7 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=server_environment(installation),
+                env=server_environment(installation) | gate_env,
                 start_new_session=True,
                 # A supervisor killed with SIGKILL must not leave an orphan server behind.
                 preexec_fn=die_with_parent if self.die_with_parent else None,
@@ -233,6 +266,8 @@ class TritonServer:
                         if failed:
                             raise self._fail(f"models failed to load: {failed}")
                         if all(states.get(n, ("",))[0] == "READY" for n in expected):
+                            if self.gate is not None:
+                                self.gate.set_ready(True)  # a supervisor refines it from here on
                             if client.is_server_ready(client_timeout=2):
                                 return
                 if time.monotonic() > deadline:
@@ -247,16 +282,30 @@ class TritonServer:
             raise ServerError("the server has not been started")
         return self._process.wait(timeout=timeout)
 
-    def stop(self, *, keep_runtime_dir: bool = False) -> None:
-        """SIGTERM (Triton unloads models and ends its stubs), then SIGKILL the group after the grace period; a
-        server that already died has its leftover stubs killed."""
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Refuse new requests (UNAVAILABLE, readiness NOT READY) and wait for the accepted ones to be answered;
+        False if some were still unanswered after `timeout_s` (default `drain_timeout_s`)."""
+        if self.gate is None or not self.is_running():
+            return True
+        self.gate.set_draining(True)
+        return self.gate.wait_drained(self.drain_timeout_s if timeout_s is None else timeout_s)
+
+    def stop(self, *, keep_runtime_dir: bool = False, drain: bool = True) -> None:
+        """Drain (see `drain`), then SIGTERM (Triton unloads models and ends its stubs), then SIGKILL the group after
+        the grace period; a server that already died has its leftover stubs killed and its regions removed."""
         process = self._process
+        grace_s = self.stop_grace_s + 5
+        if drain and not self.drain():
+            progress.info(f"{self.gate.inflight() if self.gate else '?'} request(s) still unanswered after the "
+                          f"{self.drain_timeout_s:g}s drain; stopping anyway")
+            grace_s = EXIT_TIMEOUT_S + 2  # Triton would wait for the busy stubs; the drain was the grace period
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=self.stop_grace_s + 5)
+                process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                progress.info(f"tritonserver (pid {process.pid}) ignored SIGTERM; killing it and its stubs")
+                progress.info(f"tritonserver (pid {process.pid}) did not stop within {grace_s:g}s of SIGTERM; "
+                              "killing it and its stubs")
                 # Still unreaped, so the group id is certainly ours: the server and its stubs.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
@@ -266,6 +315,11 @@ class TritonServer:
             # what is left of its process group. The group id is not reused while any member is alive.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
+            leftovers.wait_group_gone(process.pid)  # their mappings go with them; then their regions can be removed
+            leftovers.sweep(self.shm_prefix)
+        if self.gate is not None:
+            self.gate.close()
+            self.gate = None
         if self._runtime_dir is not None and not keep_runtime_dir:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
 

@@ -10,6 +10,8 @@ import numpy as np
 
 from engineforge.errors import RepositoryError
 
+from .request_limits import RequestLimitError, RequestLimits, check_text_request, check_text_tokens, fit_text
+
 OUTPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -33,9 +35,17 @@ def load_tokenizer(path: str | os.PathLike[str]):  # -> transformers.PreTrainedT
     return tokenizer
 
 
-def decode_texts(raw: np.ndarray | Sequence[bytes | str], *, batched: bool = False) -> list[str]:
+def _byte_size(item: object) -> int:
+    if isinstance(item, bytes | bytearray | np.bytes_):
+        return len(item)
+    return len(item.encode("utf-8", "replace")) if isinstance(item, str) else 0
+
+
+def decode_texts(raw: np.ndarray | Sequence[bytes | str], *, batched: bool = False,
+                 limits: RequestLimits | None = None) -> list[str]:
     """Turn a Triton TYPE_STRING tensor ([batch, 1] of bytes) into validated Python strings. `batched` (the
-    served model): only [batch, 1]; Triton 2.51 hands a request with batch dimension 0 (or 2^32) on unbatched."""
+    served model): only [batch, 1]; Triton 2.51 hands a request with batch dimension 0 (or 2^32) on unbatched.
+    `limits`: the number of texts and their total bytes are checked before anything is decoded."""
     array = np.asarray(raw, dtype=object)
     if batched and (array.ndim != 2 or array.shape[1] != 1):
         raise TokenizationError(f"TEXT must have shape [batch, 1] with batch >= 1, got {list(np.shape(raw))}")
@@ -45,6 +55,11 @@ def decode_texts(raw: np.ndarray | Sequence[bytes | str], *, batched: bool = Fal
         raise TokenizationError(f"TEXT must have shape [batch, 1], got {list(np.shape(raw))}")
     if array.size == 0:
         raise TokenizationError("the request holds no texts (batch size 0)")
+    if limits is not None:
+        try:
+            check_text_request(limits, [_byte_size(item) for item in array])
+        except RequestLimitError as exc:
+            raise TokenizationError(str(exc)) from exc
     texts = []
     for index, item in enumerate(array):
         if isinstance(item, bytes | bytearray | np.bytes_):
@@ -67,11 +82,33 @@ def tokenize_batch(tokenizer, texts: Sequence[str], max_length: int, with_offset
     """Tokenize with truncation to `max_length`, padded to the longest text; int64 [batch, seq] arrays.
     `with_offsets` (token classifiers) adds "offsets" [batch, seq, 2] (character spans, (0, 0) for special
     and padding tokens) and "word_ids" [batch, seq] (-1 for those)."""
+    return _arrays(_encode(tokenizer, texts, max_length, with_offsets), len(texts), with_offsets)
+
+
+def tokenize_within_limits(tokenizer, texts: Sequence[str], max_length: int, limits: RequestLimits,
+                           with_offsets: bool = False) -> dict[str, np.ndarray]:
+    """`tokenize_batch` for a served request: texts over max_text_bytes are cut where that leaves the tokens the
+    model reads unchanged, and refused otherwise (or always, with long_texts "refuse"); TokenizationError names
+    the limit. No text costs more than max_text_bytes of tokenizing."""
+    max_length = min(max_length, limits.max_tokens_per_text)  # a config may lower it, never raise it
+    try:
+        fitted = [fit_text(limits, index, text) for index, text in enumerate(texts)]
+        encoded = _encode(tokenizer, [text for text, _ in fitted], max_length, with_offsets)
+        for index, ((_, cut), encoding) in enumerate(zip(fitted, encoded.encodings, strict=True)):
+            # tokenizers keeps what truncation dropped in `overflowing`: non-empty = the text had more tokens.
+            check_text_tokens(limits, index, cut=cut, overflowed=bool(encoding.overflowing),
+                              tokens=sum(encoding.attention_mask), max_length=max_length)
+    except RequestLimitError as exc:
+        raise TokenizationError(str(exc)) from exc
+    return _arrays(encoded, len(texts), with_offsets)
+
+
+def _encode(tokenizer, texts: Sequence[str], max_length: int, with_offsets: bool):  # -> transformers.BatchEncoding
     if not texts:
         raise TokenizationError("no texts to tokenize")
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 to hold the special tokens, got {max_length}")
-    encoded = tokenizer(
+    return tokenizer(
         list(texts),
         truncation=True,
         max_length=max_length,
@@ -81,6 +118,9 @@ def tokenize_batch(tokenizer, texts: Sequence[str], max_length: int, with_offset
         return_offsets_mapping=with_offsets,
         return_tensors="np",
     )
+
+
+def _arrays(encoded, count: int, with_offsets: bool) -> dict[str, np.ndarray]:
     ids = np.asarray(encoded["input_ids"], dtype=np.int64)
     arrays = {
         "input_ids": ids,
@@ -91,5 +131,5 @@ def tokenize_batch(tokenizer, texts: Sequence[str], max_length: int, with_offset
     if with_offsets:
         arrays["offsets"] = np.asarray(encoded["offset_mapping"], dtype=np.int64).reshape(*ids.shape, 2)
         arrays["word_ids"] = np.array([[-1 if w is None else w for w in encoded.word_ids(i)]
-                                       for i in range(len(texts))], dtype=np.int64).reshape(ids.shape)
+                                       for i in range(count)], dtype=np.int64).reshape(ids.shape)
     return arrays

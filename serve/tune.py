@@ -22,8 +22,8 @@ from engineforge.errors import ConfigError, EngineforgeError, RepositoryError
 
 from .engine_spec import EngineSpec
 from .model_config import WARMUP_DIR, ModelConfig
-from .model_layout import build_model_configs, engine_model_name, tokenizer_model_name
-from .repository import CONFIG, MANIFEST, replace_config, versions_in
+from .model_layout import build_model_configs, engine_model_name, version_model_name
+from .published import CONFIG, MANIFEST, entry_config_path, replace_config
 from .serving_defaults import ServingSettings
 from .tune_report import (
     LevelStats,
@@ -40,13 +40,6 @@ __all__ = ["SLONotMetError", "TuneResult", "add_parser", "tune"]
 DEFAULT_OUT = "reports/tune"
 
 
-def _latest_version(model_dir: Path) -> Path:
-    versions = versions_in(model_dir)
-    if not versions:
-        raise RepositoryError(f"{model_dir} has no published version; publish the engine first (build-engine)")
-    return model_dir / str(versions[-1])
-
-
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)  # same filesystem: instant, no extra disk for the engine files
@@ -54,47 +47,69 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _scratch_copy(repo: Path, names: Sequence[str], scratch: Path) -> None:
-    """The models the load needs, latest version only, plus their manifests."""
+def _scratch_copy(repo: Path, names: Sequence[str], version: int, scratch: Path) -> None:
+    """The models the load needs, the serving version only, plus their manifests."""
     for name in names:
         source = repo / name
-        latest = _latest_version(source)
-        shutil.copytree(latest, scratch / name / latest.name, copy_function=_link_or_copy)
+        if not (source / str(version)).is_dir():
+            raise RepositoryError(f"{source} has no version {version}; republish the engine (build-engine)")
+        shutil.copytree(source / str(version), scratch / name / str(version), copy_function=_link_or_copy)
         if (source / MANIFEST).is_file():  # the engine model checks its file against the published hash
             shutil.copy2(source / MANIFEST, scratch / name / MANIFEST)
 
 
-def write_configs(repo: Path, configs: dict[str, ModelConfig]) -> None:
-    """Write each model's config.pbtxt (atomically) and warmup files into an existing repository."""
-    for config in configs.values():
+def write_configs(repo: Path, configs: dict[str, ModelConfig], version: int | None = None) -> None:
+    """Write each model's config.pbtxt (atomically) and warmup files into an existing repository; the models of
+    a version first, its entry points last (they must not take larger batches than the models they run). With
+    `version`, the entry-point configs kept for it (what a rollback to it restores) are rewritten too."""
+    for kind in ("tokenizer", "engine", "ids", "ensemble"):
+        config = configs[kind]
         model_dir = repo / config.name
+        if not model_dir.is_dir():
+            continue
         for filename, data in config.warmup_files.items():
             (model_dir / WARMUP_DIR).mkdir(exist_ok=True)
             (model_dir / WARMUP_DIR / filename).write_bytes(data)
+        if version is not None and kind in ("ids", "ensemble"):
+            kept = entry_config_path(repo, configs["ensemble"].name, version, config.name)
+            kept.write_text(config.to_pbtxt(), encoding="utf-8")
         replace_config(model_dir, config.to_pbtxt())
 
 
-def _configs(model: str, spec: EngineSpec, trial: TrialSettings, why: str) -> dict[str, ModelConfig]:
+def _long_texts(model_dir: Path) -> str:
+    """The long-text policy the serving version was published with (tuning must not reset it)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from .request_limits import DEFAULT_LONG_TEXTS, PREFIX
+
+    config = text_format.Parse((model_dir / CONFIG).read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    key = PREFIX + "long_texts"
+    return config.parameters[key].string_value if key in config.parameters else DEFAULT_LONG_TEXTS
+
+
+def _configs(model: str, spec: EngineSpec, trial: TrialSettings, why: str, version: int,
+             long_texts: str) -> dict[str, ModelConfig]:
     reasons = {"max_batch_size": f"{trial.max_batch_size}: {why}", "instances": f"{trial.instances}: {why}",
                "max_queue_delay_us": f"{trial.max_queue_delay_us}: {why}",
                "intra_op_threads": f"{spec.intra_op_threads}: from engine.json"}
     settings = ServingSettings(max_batch_size=trial.max_batch_size, max_queue_delay_us=trial.max_queue_delay_us,
                                instances=trial.instances, intra_op_threads=spec.intra_op_threads, reasons=reasons)
     try:
-        return build_model_configs(model, spec, settings=settings)
+        return build_model_configs(model, spec, version=version, settings=settings, long_texts=long_texts)
     except ConfigError as exc:
         raise ConfigError(f"tune: {trial.label()}: {exc}") from exc
 
 
-def _run_trial(scratch: Path, model: str, spec: EngineSpec, trial: TrialSettings, load: dict[str, Any]) -> Trial:
+def _run_trial(scratch: Path, model: str, spec: EngineSpec, trial: TrialSettings, load: dict[str, Any],
+               version: int, long_texts: str) -> Trial:
     from engineforge.loadtest.config import LoadTestConfig
     from engineforge.loadtest.runner import run_loadtest
 
     from .server import TritonServer
 
     # Tokens mode needs only the engine model: a third of the server start-up per trial.
-    write_configs(scratch, {k: c for k, c in _configs(model, spec, trial, "tune trial").items()
-                            if (scratch / c.name).is_dir()})
+    write_configs(scratch, _configs(model, spec, trial, "tune trial", version, long_texts))
     target = engine_model_name(model) if load["mode"] == "tokens" else model
     try:
         with TritonServer(scratch, log_file=scratch / "tritonserver.log",
@@ -144,21 +159,26 @@ def tune(
                               f"got {list(values)}")
     if mode not in ("tokens", "text"):
         raise ConfigError(f"tune: mode must be 'tokens' or 'text', got {mode!r}")
-    spec = EngineSpec.load(_latest_version(repo_dir / engine_model_name(model)))
+    from .versions import serving_version
+
+    version = serving_version(repo_dir, model)[0]
+    engine_dir = repo_dir / version_model_name(model, version, "engine")
+    spec, long_texts = EngineSpec.load(engine_dir / str(version)), _long_texts(engine_dir)
     load = {"mode": mode, "concurrency": tuple(concurrency), "duration_s": duration_s, "warmup_s": warmup_s,
             "seq_len": seq_len or spec.max_sequence_length, "startup_timeout_s": startup_timeout_s}
     grid = [TrialSettings(*point) for point in itertools.product(instances, max_batch_sizes, queue_delays_us)]
     for point in grid:  # refuse an impossible combination before any server starts
-        _configs(model, spec, point, "check")
+        _configs(model, spec, point, "check", version, long_texts)
     trials: list[Trial] = []
     scratch = Path(tempfile.mkdtemp(prefix="engineforge-tune-"))
     try:
         with progress.stage(f"tune {model}: {len(grid)} trials, p99 SLO {slo_p99_ms:g} ms"):
-            needed = [engine_model_name(model)] if mode == "tokens" else [
-                tokenizer_model_name(model), engine_model_name(model), model]
-            _scratch_copy(repo_dir, needed, scratch)
+            needed = [version_model_name(model, version, "engine"), engine_model_name(model)]
+            if mode == "text":
+                needed += [version_model_name(model, version, "tokenizer"), model]
+            _scratch_copy(repo_dir, needed, version, scratch)
             for number, point in enumerate(grid, 1):
-                trial = _run_trial(scratch, model, spec, point, load)
+                trial = _run_trial(scratch, model, spec, point, load, version, long_texts)
                 summary = trial.error or ", ".join(
                     f"c{lv.concurrency}: p99 {lv.p99_ms or float('nan'):.2f} ms {lv.throughput_rps:.1f} req/s"
                     for lv in trial.levels)
@@ -179,8 +199,8 @@ def tune(
     if apply:
         why = (f"engineforge tune: best of {len(trials)} trials, {best.throughput_rps:.1f} req/s with p99 "
                f"{best.worst_p99_ms:.2f} ms <= {slo_p99_ms:g} ms ({md_path})")
-        write_configs(repo_dir, _configs(model, spec, best.settings, why))
-        applied = repo_dir / engine_model_name(model) / CONFIG
+        write_configs(repo_dir, _configs(model, spec, best.settings, why, version, long_texts), version)
+        applied = repo_dir / version_model_name(model, version, "engine") / CONFIG
         progress.info(f"applied {best.settings.label()} to {repo_dir}")
     return TuneResult(model, slo_p99_ms, tuple(trials), best, json_path, md_path, applied)
 

@@ -1,9 +1,11 @@
 """Which published version serves: roll back to an earlier build in one command, and forward again.
 
-A rollback pins every model of the published name (tokenizer, engine, ensemble) to one version through
-Triton's `version_policy { specific }` in config.pbtxt; the running `engineforge serve` sees the configs
-change and reloads them, composing models first, so requests keep flowing. `latest` removes the pin; a new
-publish writes fresh configs and so serves its new version.
+A rollback checks every file of the target version against the hashes recorded when it was published (a damaged
+or tampered version is refused before anything changes), then restores the entry-point configs kept for that
+version (`clf` and `clf_engine`, pinned to `clf.vN.tokenizer` / `clf.vN.engine`). A running `engineforge serve`
+loads the target's models beside the serving ones and switches both entry points only once they are ready, so
+every request is answered by one version or the other, never a mix; the command waits for its verdict and fails
+with the server's reason if it could not load the version (the server then keeps serving what it served).
 """
 
 from __future__ import annotations
@@ -17,41 +19,49 @@ from engineforge.cli_support import run_command
 from engineforge.defaults import DEFAULT_REPO, check_model_name
 from engineforge.errors import ConfigError, RepositoryError, UsageError
 
-from .model_layout import engine_model_name, tokenizer_model_name
-from .repository import CONFIG, replace_config, versions_in
+from .model_layout import entry_model_names
+from .published import CONFIG, entry_config_path, published_versions, replace_config, verify_version
+from .serving_status import await_change, new_change_id
 
 
-def _members(repo: Path, model: str) -> list[Path]:
-    dirs = [repo / tokenizer_model_name(model), repo / engine_model_name(model), repo / model]
-    missing = [d.name for d in dirs if not (d / CONFIG).is_file()]
-    if missing:
-        raise RepositoryError(f"{repo} has no published model {model!r} (missing {missing}); "
-                              "see `ls` of the repository or publish with build-engine")
-    return dirs
-
-
-def serving_version(repo: Path, model: str) -> tuple[int | None, list[int]]:
-    """(pinned version or None for latest, versions on disk) of the published model."""
+def serving_version(repo: str | os.PathLike[str], model: str) -> tuple[int, list[int]]:
+    """(version the entry points are pinned to, versions on disk) of the published model."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    engine = _members(repo, model)[1]
-    config = text_format.Parse((engine / CONFIG).read_text(), model_config_pb2.ModelConfig())
-    pinned = list(config.version_policy.specific.versions) if config.version_policy.HasField("specific") else []
-    return (pinned[0] if pinned else None), versions_in(engine)
+    repo = Path(repo)
+    versions = published_versions(repo, model)
+    path = repo / model / CONFIG
+    if not versions or not path.is_file():
+        raise RepositoryError(f"{repo} has no published model {model!r}; see the repository's directories or "
+                              "publish with build-engine")
+    config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    pinned = list(config.version_policy.specific.versions)
+    if len(pinned) != 1:
+        raise RepositoryError(f"{path}: expected the entry point pinned to one version, found {pinned}; republish")
+    return pinned[0], versions
 
 
-def rollback(repo: str | os.PathLike[str], model: str, to_version: int | str | None = None) -> dict[str, Any]:
-    """Pin `model` to `to_version` (default: the version before the one serving now); "latest" unpins."""
+def restore_entries(repo: Path, model: str, version: int, change_id: str) -> None:
+    """Write the entry-point configs kept for `version`, marked with `change_id` (ids entry first: the supervisor
+    acts when the text entry changes)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
+    for entry in reversed(entry_model_names(model)):
+        config = text_format.Parse(entry_config_path(repo, model, version, entry).read_text(encoding="utf-8"),
+                                   model_config_pb2.ModelConfig())
+        config.parameters["change_id"].string_value = change_id
+        replace_config(repo / entry, text_format.MessageToString(config))
+
+
+def rollback(repo: str | os.PathLike[str], model: str, to_version: int | str | None = None,
+             wait_s: float | None = 600.0) -> dict[str, Any]:
+    """Serve `to_version` of `model` (default: the version before the one serving now; "latest": the newest)."""
     repo, model = Path(repo), check_model_name(model)
-    dirs = _members(repo, model)
-    pinned, versions = serving_version(repo, model)
-    current = pinned or max(versions, default=0)
+    current, versions = serving_version(repo, model)
     if to_version == "latest":
-        target: int | None = None
+        target = max(versions)
     elif to_version is None:
         older = [v for v in versions if v < current]
         if not older:
@@ -62,16 +72,11 @@ def rollback(repo: str | os.PathLike[str], model: str, to_version: int | str | N
         target = int(to_version)
         if target not in versions:
             raise ConfigError(f"{model!r} has no version {target}; versions on disk: {versions}")
-    for model_dir in dirs:
-        if target is not None and target not in versions_in(model_dir):
-            raise RepositoryError(f"{model_dir} lacks version {target}; it cannot serve it")
-    for model_dir in dirs:
-        config = text_format.Parse((model_dir / CONFIG).read_text(), model_config_pb2.ModelConfig())
-        config.ClearField("version_policy")
-        if target is not None:
-            config.version_policy.specific.versions.append(target)
-        replace_config(model_dir, text_format.MessageToString(config))
-    return {"model": model, "from": current, "to": target or max(versions), "pinned": target is not None}
+    verify_version(repo, model, target)  # refuse a damaged version before anything changes
+    change_id = new_change_id()
+    restore_entries(repo, model, target, change_id)
+    served = await_change(repo, model, change_id, wait_s) if wait_s else None
+    return {"model": model, "from": current, "to": target, "latest": target == max(versions), "served": served}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -79,6 +84,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--repo", default=DEFAULT_REPO, help="model repository (default: %(default)s)")
     parser.add_argument("--model", required=True, help="published model name")
     parser.add_argument("--to", default=None, help="version number, or 'latest' (default: the previous version)")
+    parser.add_argument("--wait", type=float, default=600.0,
+                        help="seconds to wait for a running `engineforge serve` to load it (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -86,10 +93,11 @@ def run(args: argparse.Namespace) -> int:
     def command() -> int:
         if args.to not in (None, "latest") and not str(args.to).isdigit():
             raise UsageError(f"--to {args.to!r}: give a version number or 'latest'")
-        result = rollback(args.repo, args.model, args.to)
+        result = rollback(args.repo, args.model, args.to, wait_s=args.wait)
+        where = ("a running `engineforge serve` now serves it" if result["served"] is not None
+                 else "no `engineforge serve` runs on this repository; it serves this version when started")
         print(f"{result['model']}: version {result['from']} -> {result['to']}"
-              + (" (pinned; `--to latest` unpins)" if result["pinned"] else " (latest)")
-              + "; a running `engineforge serve` reloads it within a second")
+              + (" (latest)" if result["latest"] else " (`--to latest` goes back to the newest)") + f"; {where}")
         return 0
 
     return run_command("engineforge rollback", command)

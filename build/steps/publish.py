@@ -32,6 +32,8 @@ class PublishConfig(StepConfig):
     instances: int | None = None
     # TensorRT engines only: where the native `tensorrt_plan` model goes (None = `<repo_dir>-tensorrt`).
     native_repo_dir: str | None = None
+    # Served texts longer than the model reads: "truncate" (answer on their first tokens) or "refuse" them.
+    long_texts: str = "truncate"
 
     def __post_init__(self) -> None:
         if self.model_name is not None:
@@ -41,6 +43,8 @@ class PublishConfig(StepConfig):
                 "publish.max_queue_delay_us must be >= 0 (or left out to derive it)")
         require(self.instances is None or self.instances >= 1,
                 f"publish.instances must be >= 1 (or left out to derive it), got {self.instances}")
+        require(self.long_texts in ("truncate", "refuse"),
+                f"publish.long_texts must be 'truncate' or 'refuse', got {self.long_texts!r}")
 
 
 def _measured_latency_ms(ctx: BuildContext) -> float | None:
@@ -62,8 +66,11 @@ def publish(ctx: BuildContext, config: PublishConfig) -> dict[str, Any]:
     name = config.model_name or default_model_name(ctx.config.checkpoint)
     published = publish_engine(bundle, config.repo_dir, name, max_batch_size=config.max_batch_size,
                                max_queue_delay_us=config.max_queue_delay_us, instances=config.instances,
-                               native_repo_dir=config.native_repo_dir, measured_latency_ms=_measured_latency_ms(ctx))
+                               native_repo_dir=config.native_repo_dir, measured_latency_ms=_measured_latency_ms(ctx),
+                               long_texts=config.long_texts)
     ctx.published = {"repo_dir": str(config.repo_dir), "model_name": name, "version": published.version}
+    if published.served is not None:  # a running `engineforge serve` loaded it (publish_engine waited for that)
+        ctx.published["served"] = published.served
     if published.native_plan is not None:
         repo, plan_model, version = published.native_plan
         ctx.published["native_plan"] = {"repo_dir": str(repo), "model_name": plan_model, "version": version}

@@ -38,7 +38,7 @@ def serve_check_and_load(settings: Any, build: Any, texts_file: Path, check: Cal
 
     texts = [json.loads(line)["text"] for line in texts_file.read_text().splitlines() if line.strip()]
     settings.report_dir.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(settings.repo_dir, log_file=settings.report_dir / "tritonserver.log")
+    server = TritonServer.serving(settings.repo_dir, log_file=settings.report_dir / "tritonserver.log")
     with progress.stage(f"{stage} start Triton"):
         server.start()
     try:

@@ -1,5 +1,6 @@
-"""Triton python-backend model for `<name>_engine`: token id tensors -> LOGITS, PROBABILITIES, LABEL (classifiers),
-EMBEDDING (embedding engines) or LOGITS, ENTITIES, TOKEN_LABELS (token classifiers).
+"""Triton python-backend model for `<name>.v<N>.engine`: token id tensors -> LOGITS, PROBABILITIES, LABEL
+(classifiers), EMBEDDING (embedding engines) or LOGITS, ENTITIES, TOKEN_LABELS (token classifiers), and VERSION (the
+publish version that answered). Token ids that another version's tokenizer made (TOKENIZER_VERSION) are refused.
 
 Copied verbatim as `model.py` into each published version directory, next to the engine files.
 All requests of a dynamic batch are classified with ONE engine call (ONNX Runtime, OpenVINO or
@@ -19,8 +20,9 @@ try:
     from engineforge.serve import engine_runtime as rt
     from engineforge.serve import ner_runtime
     from engineforge.serve.engine_spec import EngineSpec
-    from engineforge.serve.model_layout import TOKEN_TENSOR_NAMES
-    from engineforge.serve.repository import verify_published_engine
+    from engineforge.serve.model_layout import TOKEN_TENSOR_NAMES, published_version_of
+    from engineforge.serve.published import verify_published_engine
+    from engineforge.serve.request_limits import limits_for_model
     from engineforge.serve.tokenize_runtime import TokenizationError, decode_texts
 except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
     raise ImportError(
@@ -40,6 +42,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.spec = EngineSpec.load(version_dir)
+        self.limits = limits_for_model(config, self.spec)  # config.pbtxt's limit.* parameters
         # The config is shared by all versions: refuse to serve labels that differ from this build's.
         configured = config.get("parameters", {}).get("labels", {}).get("string_value")
         if configured is not None and json.loads(configured) != list(self.spec.labels):
@@ -50,6 +53,7 @@ class TritonPythonModel:
         self.dtypes = {
             output["name"]: pb_utils.triton_string_to_numpy(output["data_type"]) for output in config["output"]
         }
+        self.version = published_version_of(config, args["model_version"])
         verify_published_engine(version_dir, self.spec)  # a tampered engine file never loads
         if args.get("model_instance_kind") == "GPU":  # Triton assigns each GPU instance its device
             rt.use_gpu(int(args["model_instance_device_id"]))
@@ -62,6 +66,9 @@ class TritonPythonModel:
             arrays[key] = None if tensor is None else tensor.as_numpy()
         if arrays["input_ids"] is None or arrays["attention_mask"] is None:
             raise rt.InvalidRequestError("INPUT_IDS and ATTENTION_MASK are both required")
+        tokenized_by = pb_utils.get_input_tensor_by_name(request, "TOKENIZER_VERSION")
+        if tokenized_by is not None:
+            rt.check_same_version(tokenized_by.as_numpy(), self.version)
         return rt.validate_request_arrays(
             arrays["input_ids"],
             arrays["attention_mask"],
@@ -69,6 +76,8 @@ class TritonPythonModel:
             max_positions=self.spec.max_request_tokens,
             vocab_size=self.spec.vocab_size,
             type_vocab_size=self.spec.type_vocab_size,
+            takes_token_types=self.spec.uses_token_type_ids,
+            max_tokens_per_request=self.limits.max_tokens_per_request,
         )
 
     def _extras(self, request, arrays: rt.RequestArrays) -> tuple:
@@ -76,31 +85,33 @@ class TritonPythonModel:
         found = [pb_utils.get_input_tensor_by_name(request, name) for name in ("OFFSETS", "WORD_IDS", "TEXT")]
         offsets, word_ids = (None if t is None else t.as_numpy() for t in found[:2])
         try:
-            texts = None if found[2] is None else decode_texts(found[2].as_numpy(), batched=True)
+            texts = None if found[2] is None else decode_texts(found[2].as_numpy(), batched=True, limits=self.limits)
         except TokenizationError as exc:
             raise rt.InvalidRequestError(str(exc)) from exc
         ner_runtime.check_extras(arrays.input_ids.shape, offsets, word_ids, texts)
         return arrays.attention_mask, offsets, word_ids, texts
 
     def _respond(self, rows: rt.Rows, extras: tuple = ()) -> pb_utils.InferenceResponse:
+        count = len(rows.embeddings) if isinstance(rows, rt.EmbeddedRows) else len(rows.logits)
+        version = pb_utils.Tensor("VERSION", np.array([[self.version.encode()]] * count, dtype=object))
+        return pb_utils.InferenceResponse(output_tensors=[*self._tensors(rows, extras), version])
+
+    def _tensors(self, rows: rt.Rows, extras: tuple = ()) -> list:
         if isinstance(rows, rt.TaggedRows):
             entities, tags = ner_runtime.tagged_outputs(rows, self.spec.labels, *extras)
-            return pb_utils.InferenceResponse(output_tensors=[
+            return [
                 pb_utils.Tensor("LOGITS", rows.logits.astype(self.dtypes["LOGITS"])),
                 pb_utils.Tensor("ENTITIES", np.array([[e.encode("utf-8")] for e in entities], dtype=object)),
                 pb_utils.Tensor("TOKEN_LABELS", np.array([[t.encode("utf-8")] for t in tags], dtype=object)),
-            ])
-        if isinstance(rows, rt.EmbeddedRows):
-            return pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor("EMBEDDING", rows.embeddings.astype(self.dtypes["EMBEDDING"]))])
-        labels = np.array([[label.encode("utf-8")] for label in rows.labels], dtype=self.dtypes["LABEL"])
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("LOGITS", rows.logits.astype(self.dtypes["LOGITS"])),
-                pb_utils.Tensor("PROBABILITIES", rows.probabilities.astype(self.dtypes["PROBABILITIES"])),
-                pb_utils.Tensor("LABEL", labels),
             ]
-        )
+        if isinstance(rows, rt.EmbeddedRows):
+            return [pb_utils.Tensor("EMBEDDING", rows.embeddings.astype(self.dtypes["EMBEDDING"]))]
+        labels = np.array([[label.encode("utf-8")] for label in rows.labels], dtype=self.dtypes["LABEL"])
+        return [
+            pb_utils.Tensor("LOGITS", rows.logits.astype(self.dtypes["LOGITS"])),
+            pb_utils.Tensor("PROBABILITIES", rows.probabilities.astype(self.dtypes["PROBABILITIES"])),
+            pb_utils.Tensor("LABEL", labels),
+        ]
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
@@ -113,6 +124,8 @@ class TritonPythonModel:
                     if self.spec.is_token_task:
                         extras[index] = self._extras(request, arrays)
                     valid.append((index, arrays))
+                except rt.VersionMixError as exc:  # the server's fault, never the client's: fail, never answer
+                    responses[index] = _error(str(exc), pb_utils.TritonError.INTERNAL)
                 except rt.InvalidRequestError as exc:
                     responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
             outcomes = rt.run_batch(self.engine, self.spec, [arrays for _, arrays in valid])

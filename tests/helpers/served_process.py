@@ -23,6 +23,7 @@ class ServeProcess:
     http_port: int
     process: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -36,7 +37,7 @@ class ServeProcess:
         command = [sys.executable, "-c", "import sys; from engineforge.cli import main; sys.exit(main())", "serve",
                    "--repo", str(self.repo), "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
                    "--metrics-port", "0", "--log-file", str(self.workdir / "triton.log"),
-                   "--control-key-file", str(self.workdir / "control.key")]
+                   "--control-key-file", str(self.workdir / "control.key"), *self.extra_args]
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout_s
         for line in self.process.stderr:  # type: ignore[union-attr]
@@ -81,13 +82,19 @@ class Outcome:
     end: float
     ok: bool
     error: str = ""
+    text: str = ""
+    answer: dict[str, np.ndarray] | None = None  # the outputs asked for, when it succeeded
 
 
 class TextLoad:
-    """`threads` closed loops of one-text requests to `model` until stopped; every request has a deadline."""
+    """`threads` loops of one-text requests to `model` until stopped; every request has a deadline. Closed loops,
+    or paced to `rate` requests/s over all threads; `texts` are sent in turn and each answer is kept."""
 
-    def __init__(self, url: str, model: str, *, threads: int = 2, timeout_s: float = 10.0, retry: bool = False):
+    def __init__(self, url: str, model: str, *, threads: int = 2, timeout_s: float = 10.0, retry: bool = False,
+                 rate: float | None = None, texts: tuple[str, ...] = ("where is my parcel?",),
+                 outputs: tuple[str, ...] = ("LABEL",)):
         self.url, self.model, self.timeout_s, self.retry = url, model, timeout_s, retry
+        self.rate, self.texts, self.outputs = rate, texts, outputs
         self.outcomes: list[Outcome] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
@@ -108,15 +115,22 @@ class TextLoad:
         # Retry for the whole deadline: a restart on a loaded 2-core machine can outlast the default 10 s.
         client = EngineforgeClient(self.url, timeout_s=self.timeout_s, retry=self.retry,
                                    retry_s=self.timeout_s if self.retry else 10.0)
-        text = np.array([[b"where is my parcel?"]], dtype=object)
+        gap = len(self._threads) / self.rate if self.rate else 0.0
+        sent = 0
+        next_send = time.monotonic()
         while not self._stop.is_set():
+            text = self.texts[sent % len(self.texts)]
+            sent += 1
             start = time.monotonic()
             try:
-                client.infer(self.model, {"TEXT": text}, ("LABEL",))
-                self.outcomes.append(Outcome(start, time.monotonic(), True))
+                answer = client.infer(self.model, {"TEXT": np.array([[text.encode()]], dtype=object)}, self.outputs)
+                self.outcomes.append(Outcome(start, time.monotonic(), True, text=text, answer=answer))
             except Exception as exc:  # recorded, never raised: the test judges the records
-                self.outcomes.append(Outcome(start, time.monotonic(), False, f"{type(exc).__name__}: {exc}"))
+                self.outcomes.append(Outcome(start, time.monotonic(), False, f"{type(exc).__name__}: {exc}", text))
                 time.sleep(0.01)
+            if gap:
+                next_send += gap
+                time.sleep(max(0.0, next_send - time.monotonic()))
         client.close()
 
     def failures(self) -> list[Outcome]:
@@ -124,7 +138,9 @@ class TextLoad:
 
 
 class ReadinessSampler:
-    """Samples gRPC model readiness every `every_s`: (time, True/False); no answer counts as not ready."""
+    """Samples gRPC readiness every `every_s`: (time, True/False), True only when both the model and the server
+    (ServerReady, what a load balancer asks) say READY; no answer counts as not ready. `server_samples` keeps
+    ServerReady alone."""
 
     def __init__(self, url: str, model: str, every_s: float = 0.02):
         import tritonclient.grpc as grpcclient
@@ -132,6 +148,7 @@ class ReadinessSampler:
         self.client = grpcclient.InferenceServerClient(url)
         self.model, self.every_s = model, every_s
         self.samples: list[tuple[float, bool]] = []
+        self.server_samples: list[tuple[float, bool]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -148,8 +165,10 @@ class ReadinessSampler:
         while not self._stop.is_set():
             at = time.monotonic()
             try:
-                ready = bool(self.client.is_model_ready(self.model, client_timeout=1))
+                server = bool(self.client.is_server_ready(client_timeout=1))
+                ready = server and bool(self.client.is_model_ready(self.model, client_timeout=1))
             except Exception:
-                ready = False
+                server = ready = False
             self.samples.append((at, ready))
+            self.server_samples.append((at, server))
             time.sleep(self.every_s)

@@ -152,8 +152,9 @@ def test_infer_and_loadtest_drive_an_embedding_ensemble(served, capsys, tmp_path
         assert level["metrics"]["errors"] == 0 and level["metrics"]["completed"] > 0
         # Triton's own breakdown of the window, for the ensemble and each model it runs
         models = [row["model"] for row in level["server"]]
-        assert models == (["emb_bert", "emb_bert_tokenizer", "emb_bert_engine"] if mode == "text" else [model])
-        engine = next(row for row in level["server"] if row["model"].endswith("_engine"))
+        assert models == (["emb_bert", "emb_bert.v1.tokenizer", "emb_bert.v1.engine"] if mode == "text"
+                          else [model, "emb_bert.v1.engine"])
+        engine = next(row for row in level["server"] if row["model"] == "emb_bert.v1.engine")
         assert engine["requests"] > 0 and engine["compute_infer_ms"] > 0 and engine["avg_batch"] >= 1
         assert "## Inside Triton" in next((tmp_path / mode).glob("*.md")).read_text()
 
@@ -168,7 +169,9 @@ def test_two_builds_compared_in_one_report(served, tmp_path, capsys):
     assert code == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| model | concurrency | requests |")
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["emb_bert", "emb_bert", "emb_mpnet", "emb_mpnet"]
+    rows = [line for line in table[2:] if line.startswith("|")]
+    assert [row.split("|")[1].strip() for row in rows] == ["emb_bert", "emb_bert", "emb_mpnet", "emb_mpnet"]
+    assert any("SLO" in line and "p99<10s" in line for line in table[2 + len(rows):]), table  # the verdict
     names = {p.name for p in tmp_path.iterdir()}
     assert {"comparison.md", "comparison.json", "comparison.html", "comparison_emb_bert.json",
             "comparison_emb_mpnet.html"} <= names

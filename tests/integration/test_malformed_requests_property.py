@@ -41,10 +41,12 @@ pytestmark = pytest.mark.triton
 
 MODEL = "clf"
 ENGINE = "clf_engine"
-TOKENIZER = "clf_tokenizer"
+TOKENIZER = "clf.v1.tokenizer"  # the version's own tokenizer model, called directly
 KNOWN_MODELS = (MODEL, ENGINE, TOKENIZER)
 MAX_BATCH = 8
 MAX_TEXT_TOKENS = 32  # the tiny bundle's max_sequence_length: the tokenizer truncates to it
+MAX_TEXT_BYTES = MAX_TEXT_TOKENS * 64  # request_limits: a longer text is cut at a space, or refused
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
 TYPE_VOCAB = 2  # BERT's default type_vocab_size, the tiny engine's
 NUM_LABELS = len(TINY_LABELS)
 CLIENT_TIMEOUT_S = 10.0
@@ -158,7 +160,10 @@ def usable_text(item: bytes) -> bool:
 
 def text_expectation(items: list[bytes] | None, rows: int) -> tuple[frozenset[str], int | None]:
     if items is not None and len(items) == rows and all(usable_text(item) for item in items):
-        return frozenset({OK}), rows
+        if sum(map(len, items)) > MAX_REQUEST_BYTES:
+            return frozenset({INVALID}), None
+        # Over max_text_bytes: answered when a cut at a space keeps every token the model reads, else refused.
+        return frozenset({OK, INVALID} if any(len(i) > MAX_TEXT_BYTES for i in items) else {OK}), rows
     return frozenset({INVALID}), None
 
 
@@ -622,10 +627,10 @@ def test_requests_above_the_default_grpc_message_size_get_a_clean_answer(client)
                                            array_tensor("ATTENTION_MASK", np.ones_like(ids))), frozenset({INVALID}))
     outcome = send(client, oversized, timeout_s=60)
     assert outcome.status == INVALID and "byte size mismatch" in outcome.message, outcome
-    text = Case("oversized_text", MODEL, (array_tensor("TEXT", text_array([b"x" * size])),), frozenset({OK}), rows=1)
-    outcome = send(client, text, timeout_s=60)
-    assert outcome.status == OK, f"[{outcome.status}] {outcome.message}"  # truncated to max_sequence_length
-    check_success(text, outcome.result)
+    text = Case("oversized_text", MODEL, (array_tensor("TEXT", text_array([b"x " * (size // 2)])),),
+                frozenset({INVALID}))
+    outcome = send(client, text, timeout_s=60)  # refused before any tokenizing (request_limits)
+    assert outcome.status == INVALID and f"over max_request_bytes {MAX_REQUEST_BYTES}" in outcome.message, outcome
     assert client.is_server_live(client_timeout=CLIENT_TIMEOUT_S)
 
 
@@ -652,19 +657,14 @@ def zero_batch_tensors(model: str, batch: int) -> tuple[Tensor, ...]:
             Tensor("ATTENTION_MASK", "INT64", (batch, ids.size), np.ones_like(ids).tobytes()))
 
 
-@pytest.mark.xfail(strict=True, reason="Triton 2.51 core: the batch dimension is kept as 32 bits and 0 means "
-                   "unbatched, so the models receive an ordinary request (the ensemble answers without the batch "
-                   "dimension; the engine's batcher answers INTERNAL) before any engineforge code can tell")
 @pytest.mark.parametrize("model", [MODEL, ENGINE])
 @pytest.mark.parametrize("batch", [0, 2**32], ids=["batch-0", "batch-2^32"])
 def test_a_batch_dimension_of_zero_carrying_data_is_rejected(client, tiny_bundle, model, batch) -> None:  # noqa: F811
-    """Triton core: a request whose batch dimension is 0 (or 2^32: Triton keeps its low 32 bits) is handled
-    as an UNBATCHED request of the remaining shape, so contents for that shape pass Triton's checks.
-    - `clf`, TEXT [0, 1] carrying one text: accepted; the tokenizer takes the rank-1 TEXT it is handed and `clf`
-      answers LOGITS/PROBABILITIES [3] and LABEL [1], without the batch dimension its contract promises.
-    - `clf_engine`, INPUT_IDS/ATTENTION_MASK [0, 20] carrying 20 ids each: the python backend reads 20 as the batch
-      size and answers INTERNAL "batch size 20 for 'clf_engine_0_N', max allowed is 8" for a client's error
-      (with <= 8 ids, engine_model.py gets a rank-1 tensor and rightly answers INVALID_ARGUMENT)."""
+    """Triton core handles a batching model's request whose batch dimension is 0 (or 2^32: it keeps the low 32
+    bits) as an UNBATCHED request of the remaining shape, so contents for that shape passed its checks: `clf`
+    answered TEXT [0, 1] carrying one text without the batch dimension, and `clf_engine` answered INPUT_IDS
+    [0, 20] with INTERNAL. The entry points now take the batch as an explicit dim (max_batch_size 0), so Triton
+    checks the whole shape against the payload: INVALID_ARGUMENT."""
     outcome = send(client, Case("zero_batch", model, zero_batch_tensors(model, batch), frozenset({INVALID})))
     shapes = {o.name: list(o.shape) for o in outcome.result.get_response().outputs} if outcome.result else {}
     assert outcome.status == INVALID, f"{model} batch dim {batch}: [{outcome.status}] {outcome.message} {shapes}"

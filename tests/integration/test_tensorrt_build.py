@@ -87,9 +87,9 @@ def test_fp16_build_publishes_the_ensemble_and_a_native_plan_model(fp16_build: P
     def parse(path: Path) -> model_config_pb2.ModelConfig:
         return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
-    engine = parse(repo / "trt-fp16_engine" / "config.pbtxt")
+    engine = parse(repo / "trt-fp16.v1.engine" / "config.pbtxt")
     assert engine.backend == "python" and engine.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-    assert (repo / "trt-fp16_engine" / "1" / "model.plan").is_file()
+    assert (repo / "trt-fp16.v1.engine" / "1" / "model.plan").is_file()
     assert parse(repo / "trt-fp16" / "config.pbtxt").platform == "ensemble"
     plan = parse(native / "trt-fp16_plan" / "config.pbtxt")
     assert plan.platform == "tensorrt_plan" and plan.default_model_filename == "model.plan"

@@ -38,7 +38,7 @@ def repo(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  
 
 @pytest.fixture(scope="module")
 def swept(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TuneResult, str]:
-    before = (repo / "clf_engine" / "config.pbtxt").read_text()
+    before = (repo / "clf.v1.engine" / "config.pbtxt").read_text()
     # A generous SLO: every trial of the tiny engine meets it, so the pick is by throughput.
     result = tune(repo, MODEL, slo_p99_ms=2000, **GRID, **LOAD, out_dir=tmp_path_factory.mktemp("report"),
                   apply=True)
@@ -61,7 +61,7 @@ def test_report_has_every_trial_and_the_winner_meets_the_slo(swept: tuple[TuneRe
 
 def test_apply_writes_the_winner_into_the_repository(repo: Path, swept: tuple[TuneResult, str]):
     result, before = swept
-    assert result.applied_to == repo / "clf_engine" / "config.pbtxt"
+    assert result.applied_to == repo / "clf.v1.engine" / "config.pbtxt"
     after = result.applied_to.read_text()
     assert after != before
     engine = text_format.Parse(after, pb.ModelConfig())
@@ -70,17 +70,21 @@ def test_apply_writes_the_winner_into_the_repository(repo: Path, swept: tuple[Tu
     assert engine.instance_group[0].count == best.instances
     assert engine.dynamic_batching.max_queue_delay_microseconds == best.max_queue_delay_us
     assert "engineforge tune" in engine.parameters["why.instances"].string_value
-    assert engine.model_warmup and (repo / "clf_engine" / "warmup").is_dir()
-    # The ensemble and tokenizer follow (an ensemble's max batch may not exceed its members').
-    ensemble = text_format.Parse((repo / MODEL / "config.pbtxt").read_text(), pb.ModelConfig())
-    assert ensemble.max_batch_size == best.max_batch_size
+    assert engine.model_warmup and (repo / "clf.v1.engine" / "warmup").is_dir()
+    # The tokenizer follows; the entry points take the batch as an explicit dim, and a rollback to this version
+    # restores the tuned entry points too.
+    tokenizer = text_format.Parse((repo / "clf.v1.tokenizer" / "config.pbtxt").read_text(), pb.ModelConfig())
+    assert tokenizer.max_batch_size == best.max_batch_size
+    ensemble = (repo / MODEL / "config.pbtxt").read_text()
+    assert text_format.Parse(ensemble, pb.ModelConfig()).max_batch_size == 0
+    assert (repo / MODEL / "entries" / "1" / f"{MODEL}.pbtxt").read_text() == ensemble
 
 
 def test_impossible_slo_is_a_typed_error_naming_the_closest(repo: Path, tmp_path: Path):
-    config = (repo / "clf_engine" / "config.pbtxt").read_text()
+    config = (repo / "clf.v1.engine" / "config.pbtxt").read_text()
     with pytest.raises(SLONotMetError, match=r"no configuration met the p99 SLO of 0.0005 ms .*closest was") as err:
         tune(repo, MODEL, slo_p99_ms=0.0005, instances=(1,), max_batch_sizes=(4,), queue_delays_us=(0,),
              concurrency=(1,), duration_s=0.5, warmup_s=0.2, out_dir=tmp_path, apply=True)
     assert isinstance(err.value, EngineforgeError) and err.value.best is not None
     assert (tmp_path / "tune_report.md").is_file()
-    assert (repo / "clf_engine" / "config.pbtxt").read_text() == config  # nothing applied
+    assert (repo / "clf.v1.engine" / "config.pbtxt").read_text() == config  # nothing applied

@@ -141,7 +141,9 @@ def test_hpa_scales_the_deployment_on_queue_time(repo):
     assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
     query = rule["metricsQuery"]
     numerator, denominator = query.split(" / ")
-    assert "nv_inference_queue_duration_us" in numerator and 'model=~"clf_tokenizer|clf_engine"' in numerator
+    # any version's own models (clf.vN.tokenizer / clf.vN.engine), whichever version serves; PromQL escapes the dot
+    assert "nv_inference_queue_duration_us" in numerator
+    assert 'model=~"clf\\\\.v[0-9]+\\\\.(tokenizer|engine)"' in numerator
     assert "nv_inference_request_success" in denominator and 'model="clf"' in denominator
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "8002",

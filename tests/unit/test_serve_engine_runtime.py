@@ -50,6 +50,36 @@ def test_validate_rejects_with_clear_message(ids, mask, types, message):
     assert issubclass(rt.InvalidRequestError, ValueError)
 
 
+@pytest.mark.parametrize(
+    ("types", "type_vocab_size", "takes", "message"),
+    [
+        ([[0, 0, -1]], 2, True, r"token_type_ids must be in \[0, 2\) \(type_vocab_size 2\); got -1 at row 0, position"),
+        ([[0, 2, 0]], 2, True, r"must be in \[0, 2\) \(type_vocab_size 2\); got 2 at row 0, position 1"),
+        ([[0, 1, 0]], 1, True, r"must be 0: this model has no token types \(type_vocab_size 1\); got 1 at row 0"),
+        ([[0, 0, 10**6]], 1, False, r"must be 0: this model has no token types \(its engine takes no token_type_ids\)"),
+        ([[0, 1, 0]], None, False, "must be 0: this model has no token types"),  # an engine.json without the size
+        ([[0, 0, -5]], None, True, r"token_type_ids must be >= 0; got -5 at row 0, position 2"),
+    ],
+)
+def test_token_types_outside_the_model_s_types_are_refused_readably(types, type_vocab_size, takes, message):
+    ids, mask = ids_and_mask(3)
+    with pytest.raises(rt.InvalidRequestError, match=message):
+        rt.validate_request_arrays(ids, mask, np.array(types), max_positions=8, type_vocab_size=type_vocab_size,
+                                   takes_token_types=takes)
+    zeros = rt.validate_request_arrays(ids, mask, np.zeros_like(ids), max_positions=8, type_vocab_size=1,
+                                       takes_token_types=False)
+    assert zeros.token_type_ids is not None
+
+
+def test_rows_times_tokens_are_bounded_and_a_lost_batch_dimension_is_explained():
+    ids, mask = ids_and_mask(4, 4)
+    rt.validate_request_arrays(ids, mask, max_positions=8, max_tokens_per_request=8)
+    with pytest.raises(rt.InvalidRequestError, match="2 x 4 = 8 tokens, over max_tokens_per_request 7"):
+        rt.validate_request_arrays(ids, mask, max_positions=8, max_tokens_per_request=7)
+    with pytest.raises(rt.InvalidRequestError, match=r"got shape \[3\] \(a batch dimension of 0 or"):
+        rt.validate_request_arrays(np.ones(3, np.int64), np.ones(3, np.int64), max_positions=8)
+
+
 def test_merge_pads_to_longest_and_split_restores():
     a = rt.RequestArrays(np.array([[5, 6, 7]]), np.array([[1, 1, 1]]), np.array([[0, 1, 1]]))
     b = rt.RequestArrays(np.array([[8], [9]]), np.array([[1], [1]]))

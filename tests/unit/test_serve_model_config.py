@@ -53,29 +53,51 @@ def test_python_model_pbtxt_roundtrip():
 
 def test_published_layout_configs():
     spec = EngineSpec(labels=["a", "b", "c"], max_sequence_length=64, build_id="b7")
-    configs = build_model_configs("clf", spec, max_batch_size=16, max_queue_delay_us=500, instances=2)
+    configs = build_model_configs("clf", spec, version=3, max_batch_size=16, max_queue_delay_us=500, instances=2,
+                                  change_id="c1")
     engine = parse(configs["engine"].to_pbtxt())
-    assert engine.name == "clf_engine" and engine.backend == "python" and engine.max_batch_size == 16
-    assert [i.name for i in engine.input] == ["INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"]
-    assert [i.optional for i in engine.input] == [False, False, True]
+    assert engine.name == "clf.v3.engine" and engine.backend == "python" and engine.max_batch_size == 16
+    assert [i.name for i in engine.input] == ["INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS", "TOKENIZER_VERSION"]
+    assert [i.optional for i in engine.input] == [False, False, True, True]
     assert [(o.name, o.data_type, list(o.dims)) for o in engine.output] == [
         ("LOGITS", pb.TYPE_FP32, [-1]),
         ("PROBABILITIES", pb.TYPE_FP32, [-1]),
         ("LABEL", pb.TYPE_STRING, [1]),
+        ("VERSION", pb.TYPE_STRING, [1]),
     ]
     assert engine.dynamic_batching.max_queue_delay_microseconds == 500
     assert engine.instance_group[0].count == 2
     assert engine.parameters["labels"].string_value == '["a", "b", "c"]'
+    assert engine.parameters["published_version"].string_value == "3"
+    assert list(engine.version_policy.specific.versions) == [3]
     tokenizer = parse(configs["tokenizer"].to_pbtxt())
+    assert tokenizer.name == "clf.v3.tokenizer"
     assert [(i.name, i.data_type, list(i.dims)) for i in tokenizer.input] == [("TEXT", pb.TYPE_STRING, [1])]
-    assert [o.name for o in tokenizer.output] == ["INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"]
+    assert [o.name for o in tokenizer.output] == ["INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS", "VERSION"]
     ensemble = parse(configs["ensemble"].to_pbtxt())
-    assert ensemble.platform == "ensemble" and ensemble.max_batch_size == 16
+    # entry points: the batch is an explicit dim Triton checks in full (a 32-bit-truncated batch dim no longer slips by)
+    assert ensemble.name == "clf" and ensemble.platform == "ensemble" and ensemble.max_batch_size == 0
+    assert [(i.name, list(i.dims)) for i in ensemble.input] == [("TEXT", [-1, 1])]
+    assert [(o.name, list(o.dims)) for o in ensemble.output] == [("LABEL", [-1, 1]), ("PROBABILITIES", [-1, -1]),
+                                                                   ("LOGITS", [-1, -1]), ("VERSION", [-1, 1])]
+    assert list(ensemble.version_policy.specific.versions) == [3]
+    assert ensemble.parameters["change_id"].string_value == "c1"
     steps = ensemble.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == ["clf_tokenizer", "clf_engine"]
-    assert all(s.model_version == -1 for s in steps)
-    assert dict(steps[1].output_map) == {"LABEL": "LABEL", "PROBABILITIES": "PROBABILITIES", "LOGITS": "LOGITS"}
-    assert dict(steps[0].output_map) == dict(steps[1].input_map)
+    # Both steps pinned to the same version's models: a request never mixes versions.
+    assert [(s.model_name, s.model_version) for s in steps] == [("clf.v3.tokenizer", 3), ("clf.v3.engine", 3)]
+    assert dict(steps[1].output_map) == {"LABEL": "LABEL", "PROBABILITIES": "PROBABILITIES", "LOGITS": "LOGITS",
+                                         "VERSION": "VERSION"}
+    assert steps[0].output_map["VERSION"] == steps[1].input_map["TOKENIZER_VERSION"]
+    assert {k: v for k, v in steps[0].output_map.items() if k != "VERSION"} == {
+        k: v for k, v in steps[1].input_map.items() if k != "TOKENIZER_VERSION"}
+    ids = parse(configs["ids"].to_pbtxt())
+    assert ids.name == "clf_engine" and ids.platform == "ensemble" and list(ids.version_policy.specific.versions) == [3]
+    assert [(s.model_name, s.model_version) for s in ids.ensemble_scheduling.step] == [("clf.v3.engine", 3)]
+    assert [(i.name, list(i.dims), i.optional) for i in ids.input] == [
+        ("INPUT_IDS", [-1, -1], False), ("ATTENTION_MASK", [-1, -1], False), ("TOKEN_TYPE_IDS", [-1, -1], True)]
+    assert ids.max_batch_size == 0
+    assert ids.parameters["labels"].string_value == '["a", "b", "c"]'
+    assert ids.parameters["max_sequence_length"].string_value == "64"
 
 
 @pytest.mark.parametrize(

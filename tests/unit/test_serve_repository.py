@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from engineforge.errors import RepositoryError
-from engineforge.serve import repository
+from engineforge.serve import repository, staging
 from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.repository_listing import list_published
@@ -32,44 +32,66 @@ def test_publish_layout(tiny_bundle, tmp_path):  # noqa: F811
     repo = tmp_path / "repo"
     published = publish_engine(tiny_bundle, repo, "clf", max_batch_size=8, instances=2)
     assert (published.name, published.version, published.engine_model) == ("clf", 1, "clf_engine")
-    engine_dir = repo / "clf_engine" / "1"
-    assert {p.name for p in engine_dir.iterdir()} == {"model.py", "model.onnx", "engine.json"}
+    assert published.version_models == ("clf.v1.tokenizer", "clf.v1.engine")
+    engine_dir = repo / "clf.v1.engine" / "1"
+    assert {p.name for p in engine_dir.iterdir()} == {"model.py", "model.onnx", "engine.json", "__pycache__"}
     source = Path(repository.__file__).parent / "triton" / "engine_model.py"
     assert (engine_dir / "model.py").read_text() == source.read_text()
-    tokenizer_dir = repo / "clf_tokenizer" / "1"
-    assert {p.name for p in tokenizer_dir.iterdir()} == {"model.py", "engine.json", "tokenizer"}
+    tokenizer_dir = repo / "clf.v1.tokenizer" / "1"
+    assert {p.name for p in tokenizer_dir.iterdir()} == {"model.py", "engine.json", "tokenizer", "__pycache__"}
     assert (tokenizer_dir / "tokenizer" / "tokenizer.json").is_file()
-    assert (repo / "clf" / "1").is_dir() and not list((repo / "clf" / "1").iterdir())
+    for entry in ("clf", "clf_engine"):  # ensembles: an empty version directory, and nothing else to load
+        assert (repo / entry / "1").is_dir() and not list((repo / entry / "1").iterdir())
     for name in published.model_names:
         config = text_format.Parse((repo / name / "config.pbtxt").read_text(), pb.ModelConfig())
-        assert config.name == name and config.max_batch_size == 8
-    engine_config = text_format.Parse((repo / "clf_engine" / "config.pbtxt").read_text(), pb.ModelConfig())
+        # entry points take the batch as an explicit dim (max_batch_size 0); the models behind them batch up to 8
+        assert config.name == name and config.max_batch_size == (0 if name in ("clf", "clf_engine") else 8)
+        assert list(config.version_policy.specific.versions) == [1]
+    engine_config = text_format.Parse((repo / "clf.v1.engine" / "config.pbtxt").read_text(), pb.ModelConfig())
     assert engine_config.instance_group[0].count == 2
-    manifest = json.loads((repo / "clf_engine" / "versions.json").read_text())
-    assert manifest["versions"]["1"]["build_id"] == "tiny-build-1"
+    manifest = json.loads((repo / "clf" / "versions.json").read_text())
+    record = manifest["versions"]["1"]
+    assert record["build_id"] == "tiny-build-1" and len(record["model_sha256"]) == len(record["tokenizer_sha256"]) == 64
+    assert json.loads((repo / "clf.v1.engine" / "versions.json").read_text())["versions"]["1"] == record
+    # what a rollback to version 1 restores
+    assert (repo / "clf" / "entries" / "1" / "clf.pbtxt").read_text() == (repo / "clf" / "config.pbtxt").read_text()
     assert no_staging_left(repo)
 
 
 def test_second_publish_adds_version_and_keeps_first(tiny_bundle, tmp_path):  # noqa: F811
     repo = tmp_path / "repo"
     publish_engine(tiny_bundle, repo, "clf")
-    before = snapshot(repo / "clf_engine" / "1")
+    before = snapshot(repo / "clf.v1.engine")
     second = tmp_path / "bundle2"
     shutil.copytree(tiny_bundle, second)
     spec = EngineSpec.load(second)
     EngineSpec.from_dict(spec.to_dict() | {"build_id": "tiny-build-2"}).save(second)
     published = publish_engine(second, repo, "clf")
     assert published.version == 2 and published.build_id == "tiny-build-2"
-    assert snapshot(repo / "clf_engine" / "1") == before
-    assert EngineSpec.load(repo / "clf_engine" / "2").build_id == "tiny-build-2"
+    assert snapshot(repo / "clf.v1.engine") == before
+    assert EngineSpec.load(repo / "clf.v2.engine" / "2").build_id == "tiny-build-2"
     models = {m.name: m for m in list_published(repo)}
-    assert set(models) == {"clf", "clf_engine", "clf_tokenizer"}
-    assert models["clf"].kind == "ensemble" and models["clf_engine"].kind == "python"
-    assert models["clf_tokenizer"].versions == (1, 2) and models["clf_tokenizer"].latest_version == 2
-    assert models["clf_engine"].builds == {1: "tiny-build-1", 2: "tiny-build-2"}
-    # default version policy (latest 1) means the newest version serves
+    assert set(models) == {"clf", "clf_engine", "clf.v1.tokenizer", "clf.v1.engine", "clf.v2.tokenizer",
+                           "clf.v2.engine"}
+    assert models["clf"].kind == "ensemble" and models["clf_engine"].kind == "ensemble"
+    assert models["clf.v2.engine"].kind == "python" and models["clf"].versions == (1, 2)
+    assert models["clf"].builds == {1: "tiny-build-1", 2: "tiny-build-2"}
+    # the entry points now run version 2 alone
     config = text_format.Parse((repo / "clf" / "config.pbtxt").read_text(), pb.ModelConfig())
-    assert not config.HasField("version_policy")
+    assert list(config.version_policy.specific.versions) == [2]
+    assert {s.model_name for s in config.ensemble_scheduling.step} == {"clf.v2.tokenizer", "clf.v2.engine"}
+    assert (repo / "clf" / "entries" / "1" / "clf_engine.pbtxt").is_file()
+
+
+def test_older_layout_and_version_names_are_refused(tiny_bundle, tmp_path):  # noqa: F811
+    repo = tmp_path / "repo"
+    (repo / "clf_engine").mkdir(parents=True)  # an engine model published by an older engineforge
+    (repo / "clf_engine" / "versions.json").write_text(json.dumps({"model": "clf_engine", "kind": "engine",
+                                                                   "versions": {}}))
+    with pytest.raises(RepositoryError, match="layout of an older engineforge"):
+        publish_engine(tiny_bundle, repo, "clf")
+    with pytest.raises(RepositoryError, match=r"looks like one version's model"):
+        publish_engine(tiny_bundle, repo, "other.v2.engine")
 
 
 @pytest.mark.parametrize("breakage", ["no_model", "no_tokenizer", "bad_spec", "no_bundle"])
@@ -96,31 +118,32 @@ def test_failure_while_staging_or_committing_rolls_back(tiny_bundle, tmp_path, m
     repo = tmp_path / "repo"
     publish_engine(tiny_bundle, repo, "clf")
     before = snapshot(repo)
-    real_copy, real_rename = repository._copy, os.rename
+    real_copy, real_rename = staging.copy_file, os.rename
 
     def failing_copy(src, dst):
         if Path(src).name == "tokenizer":
             raise OSError("disk full")
         real_copy(src, dst)
 
-    monkeypatch.setattr(repository, "_copy", failing_copy)
+    monkeypatch.setattr(staging, "copy_file", failing_copy)
     with pytest.raises(RepositoryError, match="left unchanged: disk full"):
         publish_engine(tiny_bundle, repo, "clf")
     assert snapshot(repo) == before and no_staging_left(repo)
-    monkeypatch.setattr(repository, "_copy", real_copy)
+    monkeypatch.setattr(staging, "copy_file", real_copy)
 
     calls = []
 
-    def failing_rename(src, dst):  # the ensemble is committed last: fail there, after the others moved in
+    def failing_rename(src, dst):  # the text entry point is committed last: fail there, after the others moved in
         calls.append(dst)
         if Path(dst).parent.name == "clf":
             raise OSError("rename failed")
         real_rename(src, dst)
 
-    monkeypatch.setattr(repository.os, "rename", failing_rename)
+    monkeypatch.setattr(staging.os, "rename", failing_rename)
     with pytest.raises(RepositoryError, match="rename failed"):
         publish_engine(tiny_bundle, repo, "clf")
-    assert len(calls) == 3 and snapshot(repo) == before and no_staging_left(repo)
+    # the version's two models (new directories), the ids entry point's version, then the text entry's: refused
+    assert len(calls) == 4 and snapshot(repo) == before and no_staging_left(repo)
 
 
 def test_repository_errors(tiny_bundle, tmp_path):  # noqa: F811

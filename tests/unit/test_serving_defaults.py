@@ -76,7 +76,8 @@ def test_settings_validation():
 
 
 def test_generated_configs_have_derived_values_and_warmup():
-    configs = build_model_configs("clf", SPEC, settings=derive_serving_settings(SPEC, cores=4, max_batch_size=16))
+    settings = derive_serving_settings(SPEC, cores=4, max_batch_size=16)
+    configs = build_model_configs("clf", SPEC, version=1, settings=settings)
     engine = parse(configs["engine"].to_pbtxt())
     assert engine.dynamic_batching.max_queue_delay_microseconds == 0
     assert engine.instance_group[0].count == 2
@@ -101,9 +102,9 @@ def test_generated_configs_have_derived_values_and_warmup():
 
 
 def test_warmup_can_be_turned_off_and_batch_1_has_one_sample():
-    configs = build_model_configs("clf", SPEC, max_batch_size=1, warmup=False)
+    configs = build_model_configs("clf", SPEC, version=1, max_batch_size=1, warmup=False)
     assert not configs["engine"].model_warmup and not configs["tokenizer"].model_warmup
-    configs = build_model_configs("clf", SPEC, max_batch_size=1)
+    configs = build_model_configs("clf", SPEC, version=1, max_batch_size=1)
     assert [w.name for w in configs["engine"].model_warmup] == ["batch_1"]
 
 
@@ -170,11 +171,11 @@ def test_publish_writes_warmup_files_where_triton_reads_them(tiny_bundle, tmp_pa
     repo = tmp_path / "repo"
     for _ in range(2):  # the second publish moves the files into existing model directories
         publish_engine(tiny_bundle, repo, "clf", max_batch_size=4)
-    for model in ("clf_engine", "clf_tokenizer"):
+    for model in ("clf.v2.engine", "clf.v2.tokenizer"):
         config = parse((repo / model / "config.pbtxt").read_text())
         files = {i.input_data_file for w in config.model_warmup for i in w.inputs.values() if i.input_data_file}
         assert files and all((repo / model / "warmup" / name).is_file() for name in files)
-    assert not (repo / "clf" / "warmup").exists()
+    assert not (repo / "clf" / "warmup").exists() and not (repo / "clf_engine" / "warmup").exists()
 
 
 def test_publish_step_quotes_the_measured_latency():
@@ -213,5 +214,5 @@ def test_tune_refuses_bad_settings_before_starting_anything(tmp_path):
         tune(tmp_path, "clf", slo_p99_ms=0)
     with pytest.raises(ConfigError, match="queue delays"):
         tune(tmp_path, "clf", slo_p99_ms=5, queue_delays_us=(-1,))
-    with pytest.raises(RepositoryError, match="no published version"):
+    with pytest.raises(RepositoryError, match="no published model 'clf'"):
         tune(tmp_path, "clf", slo_p99_ms=5)

@@ -1,0 +1,97 @@
+"""The version switch's order of operations against a recording stand-in for Triton's model control (pure logic:
+the real server is exercised in tests/integration/test_serve_versions.py): the new version's models load before
+any entry point moves, a refusal leaves the serving version untouched (on disk too), the old version's models go
+only after the switch, and the models a server loads at start are the entry points."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engineforge.errors import ServerError
+from engineforge.serve.engine_spec import EngineSpec
+from engineforge.serve.gate import Gate
+from engineforge.serve.repository import publish_engine
+from engineforge.serve.version_switch import pinned, published_models, served_models, switch_version
+from engineforge.serve.versions import serving_version
+from tests.helpers.tiny_engine import tiny_bundle  # noqa: F401
+
+
+class Control:
+    """Records load/unload calls; names in `refuse` fail to load like Triton would."""
+
+    def __init__(self, refuse: tuple[str, ...] = ()) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.refuse = refuse
+
+    def load(self, name: str) -> None:
+        self.calls.append(("load", name))
+        if name in self.refuse:
+            raise ServerError(f"{name} failed to load: refused")
+
+    def unload(self, name: str) -> None:
+        self.calls.append(("unload", name))
+
+
+@pytest.fixture
+def repo(tiny_bundle: Path, tmp_path: Path) -> Path:  # noqa: F811
+    repo = tmp_path / "repo"
+    publish_engine(tiny_bundle, repo, "clf")
+    second = tmp_path / "second"
+    shutil.copytree(tiny_bundle, second)
+    EngineSpec.from_dict(EngineSpec.load(second).to_dict() | {"build_id": "tiny-build-2"}).save(second)
+    publish_engine(second, repo, "clf")  # the entry points on disk now ask for version 2
+    return repo
+
+
+def test_the_new_version_loads_first_and_the_old_goes_last(repo: Path, tmp_path: Path) -> None:
+    control, gate = Control(), Gate(tmp_path / "gate")
+    try:
+        result = switch_version(control, repo, "clf", 1, 2, gate, 1.0, lambda _: None)
+        assert gate.state.epoch == 1  # the old version waited for what was accepted before the switch
+    finally:
+        gate.close()
+    assert result.ok and result.serving == 2
+    assert control.calls == [("load", "clf.v2.tokenizer"), ("load", "clf.v2.engine"), ("load", "clf_engine"),
+                             ("load", "clf"), ("unload", "clf.v1.tokenizer"), ("unload", "clf.v1.engine")]
+
+
+@pytest.mark.parametrize("refused", ["clf.v2.engine", "clf.v2.tokenizer"])
+def test_a_version_model_that_fails_leaves_the_serving_version_alone(repo: Path, refused: str) -> None:
+    logged: list[str] = []
+    control = Control(refuse=(refused,))
+    result = switch_version(control, repo, "clf", 1, 2, None, 1.0, logged.append)
+    assert not result.ok and result.serving == 1 and refused in result.message
+    assert not [c for c in control.calls if c[1] in ("clf", "clf_engine")], "an entry point moved"
+    assert ("unload", "clf.v2.engine") in control.calls and ("unload", "clf.v2.tokenizer") in control.calls
+    assert not [c for c in control.calls if c == ("unload", "clf.v1.engine")]
+    assert serving_version(repo, "clf")[0] == 1  # the configs on disk went back to the version still serving
+    assert pinned(repo, "clf") == (1, "")  # no change id: the supervisor must not report it as the new change
+    assert logged and "keeps serving" in logged[0]
+
+
+def test_an_entry_point_that_fails_goes_back_to_the_serving_version(repo: Path) -> None:
+    control = Control(refuse=("clf",))
+    result = switch_version(control, repo, "clf", 1, 2, None, 1.0, lambda _: None)
+    assert not result.ok and result.serving == 1
+    assert serving_version(repo, "clf")[0] == 1
+    loads_after_refusal = [c for c in control.calls[control.calls.index(("load", "clf")) + 1:] if c[0] == "load"]
+    assert ("load", "clf_engine") in loads_after_refusal  # back on version 1
+    assert ("unload", "clf.v2.engine") in control.calls and ("unload", "clf.v1.engine") not in control.calls
+
+
+def test_the_same_version_only_reloads_its_entry_points(repo: Path) -> None:
+    control = Control()
+    assert switch_version(control, repo, "clf", 2, 2, None, 1.0, lambda _: None).ok
+    assert control.calls == [("load", "clf_engine"), ("load", "clf")]
+
+
+def test_a_server_loads_the_entry_points_and_other_models(repo: Path) -> None:
+    (repo / "foreign" / "1").mkdir(parents=True)
+    (repo / "foreign" / "config.pbtxt").write_text('name: "foreign"\nbackend: "python"\n')
+    assert published_models(repo) == ["clf"]
+    assert served_models(repo) == ["clf", "clf_engine", "foreign"]  # never every version's own models
+    assert served_models(repo, only=("clf",)) == ["clf", "clf_engine"]
+    assert served_models(repo, only=("foreign",)) == ["foreign"]
