@@ -108,7 +108,8 @@ def settings_from_repo(repo: str | os.PathLike[str], model: str | None = None, *
     from pathlib import Path
 
     from .model_layout import ROLES, version_model_name
-    from .version_switch import pinned, published_models
+    from .published import pinned
+    from .version_switch import published_models
 
     if not Path(repo).is_dir():
         raise RepositoryError(f"model repository {repo} does not exist or is not a directory")

@@ -104,6 +104,21 @@ def published_versions(repo: Path, model: str) -> list[int]:
         and entry_config_path(repo, model, int(v), model).is_file())
 
 
+def pinned(repo: Path, model: str) -> tuple[int, str]:
+    """(version, change_id) the text entry point's config on disk asks for."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    path = repo / model / CONFIG
+    config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    versions = list(config.version_policy.specific.versions)
+    if len(versions) != 1:
+        raise RepositoryError(f"{path}: not pinned to one version (found {versions}): published by an older "
+                              "engineforge; publish the build again into a new repository")
+    change = config.parameters["change_id"].string_value if "change_id" in config.parameters else ""
+    return versions[0], change
+
+
 def entry_config_path(repo: Path, model: str, version: int, entry: str) -> Path:
     """Where the config of entry point `entry` (the model or its `_engine`) serving `version` is kept."""
     if entry not in (model, engine_model_name(model)):

@@ -27,11 +27,12 @@ from engineforge import progress
 from engineforge.errors import EngineforgeError, ServerError
 
 from . import leftovers
-from .model_layout import parse_version_model
+from .model_layout import ENGINE_SUFFIX, parse_version_model
+from .published import pinned
 from .server import TritonServer
 from .serving_status import write_status
 from .stubs import ExpectedExits, StubWatch, children, end_lingering, find_stub_versions
-from .version_switch import ModelControl, entry_points_of, must_be_ready, pinned, published_models, switch_version
+from .version_switch import ModelControl, entry_points_of, must_be_ready, published_models, switch_version
 
 
 @dataclass
@@ -125,6 +126,8 @@ class Supervisor:
                     self.log(f"tritonserver exited (code {server._process.poll() if server._process else '?'}); "
                              f"restarting it ({restarts}/{self.max_restarts})")
                     self._stubs.close()
+                    while not self._actions.empty():  # repairs meant for the dead server: the new one starts clean
+                        self._actions.get_nowait()
                     server.stop(drain=False)
                     self.start()
                     self.log("tritonserver restarted and ready")
@@ -188,7 +191,8 @@ class Supervisor:
         published = set(published_models(self.server.repo)) if changed and self.server else set()
         queued: list[tuple[str, str]] = []
         for name in changed:
-            owner = name.removesuffix("_engine") if name.removesuffix("_engine") in published else name
+            stem = name.removesuffix(ENGINE_SUFFIX)
+            owner = stem if stem in published else name
             version_model = parse_version_model(name)
             if owner in published:
                 action = ("switch", owner)
@@ -215,7 +219,8 @@ class Supervisor:
             if server is None or not server.is_running():
                 continue
             try:
-                getattr(self, f"_{action[0]}")(_TrackedControl(self, server), *action[1:])
+                with _TrackedControl(self, server) as control:
+                    getattr(self, f"_{action[0]}")(control, *action[1:])
             except (EngineforgeError, OSError) as exc:
                 self.log(f"{action[0]} {action[1]!r} failed: {exc}")
             except Exception as exc:  # the triton client raises its own types; the loop must go on
@@ -283,7 +288,8 @@ class Supervisor:
         if server is None or server.gate is None or not server.is_running():
             return
         try:
-            states = ModelControl(server.client(), server.control_headers).states()
+            with ModelControl(server.client(), server.control_headers) as control:
+                states = control.states()
         except Exception:
             server.gate.set_ready(False)
             return

@@ -151,7 +151,8 @@ TRITONSERVER_Error* TRITONSERVER_InferenceRequestSetResponseCallback(
     free(w);
     return err;
   }
-  if (last_wrapped != NULL && last_wrapped->slot < 0) free(last_wrapped); /* set twice, never sent */
+  /* Not freed when replaced: a wrapper whose request went to InferAsync on another thread is still in use (its
+   * callback frees it); one whose request was never sent leaks a few bytes, which is rare and harmless. */
   last_wrapped = w;
   return NULL;
 }

@@ -18,10 +18,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engineforge.errors import RepositoryError, ServerError
+from engineforge.errors import ServerError
 
 from .gate import Gate
-from .model_layout import ROLES, engine_model_name, entry_model_names, parse_version_model, version_model_name
+from .model_layout import (
+    ENGINE_SUFFIX,
+    ROLES,
+    engine_model_name,
+    entry_model_names,
+    parse_version_model,
+    version_model_name,
+)
 from .published import CONFIG, read_manifest
 from .versions import restore_entries
 
@@ -33,6 +40,12 @@ class ModelControl:
 
     def __init__(self, client: object, headers: dict[str, str]) -> None:
         self.client, self.headers = client, headers
+
+    def __enter__(self) -> ModelControl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()  # type: ignore[attr-defined]
 
     def load(self, name: str) -> None:
         from tritonclient.utils import InferenceServerException
@@ -83,31 +96,21 @@ def served_models(repo: Path, only: Sequence[str] = ()) -> list[str]:
     for path in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if not (path / CONFIG).is_file() or parse_version_model(path.name) is not None:
             continue  # versions' own models come with their entry points
-        owner = path.name.removesuffix("_engine") if path.name.removesuffix("_engine") in published else path.name
+        stem = path.name.removesuffix(ENGINE_SUFFIX)
+        owner = stem if stem in published else path.name
         if not only or owner in only:
             names.append(path.name)
     return names
 
 
 def must_be_ready(repo: Path, only: Sequence[str], serving: dict[str, int]) -> list[str]:
-    """What must be READY for the server to answer every model it serves: the served models and, for each
-    published model, the two models of the version it serves."""
-    return served_models(repo, only) + [version_model_name(model, version, role)
-                                        for model, version in serving.items() for role in ROLES]
-
-
-def pinned(repo: Path, model: str) -> tuple[int, str]:
-    """(version, change_id) the text entry point's config on disk asks for."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    path = repo / model / CONFIG
-    config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
-    versions = list(config.version_policy.specific.versions)
-    if len(versions) != 1:
-        raise RepositoryError(f"{path}: expected the entry point pinned to one version, found {versions}")
-    change = config.parameters["change_id"].string_value if "change_id" in config.parameters else ""
-    return versions[0], change
+    """What must be READY for the server to answer every model it serves: for each published model it serves, the
+    entry points and the two models of the version they run; and every other model it serves. (A model published
+    while the server runs counts once it serves it: a first version that fails to load takes nothing down.)"""
+    published = set(published_models(repo))
+    others = [m for m in served_models(repo, only) if m.removesuffix(ENGINE_SUFFIX) not in published]
+    return others + [name for model, version in serving.items() for name in (
+        *entry_model_names(model), *(version_model_name(model, version, role) for role in ROLES))]
 
 
 def switch_version(control: ModelControl, repo: Path, model: str, current: int | None, target: int,
@@ -129,8 +132,8 @@ def switch_version(control: ModelControl, repo: Path, model: str, current: int |
         for entry in reversed(entry_model_names(model)):  # ids first; the text entry point last
             control.load(entry)
     except ServerError as exc:  # the models loaded, yet an entry point did not: back to what served
-        if current is None or current == target:
-            return SwitchResult(False, str(exc), None)
+        if current is None or current == target:  # nothing else to go back to (a reload keeps what served)
+            return SwitchResult(False, str(exc), current)
         restore_entries(repo, model, current, change_id="")
         for entry in reversed(entry_model_names(model)):
             with contextlib.suppress(ServerError):

@@ -20,26 +20,18 @@ from engineforge.defaults import DEFAULT_REPO, check_model_name
 from engineforge.errors import ConfigError, RepositoryError, UsageError
 
 from .model_layout import entry_model_names
-from .published import CONFIG, entry_config_path, published_versions, replace_config, verify_version
+from .published import CONFIG, entry_config_path, pinned, published_versions, replace_config, verify_version
 from .serving_status import await_change, new_change_id
 
 
 def serving_version(repo: str | os.PathLike[str], model: str) -> tuple[int, list[int]]:
     """(version the entry points are pinned to, versions on disk) of the published model."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
     repo = Path(repo)
     versions = published_versions(repo, model)
-    path = repo / model / CONFIG
-    if not versions or not path.is_file():
+    if not versions or not (repo / model / CONFIG).is_file():
         raise RepositoryError(f"{repo} has no published model {model!r}; see the repository's directories or "
                               "publish with build-engine")
-    config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
-    pinned = list(config.version_policy.specific.versions)
-    if len(pinned) != 1:
-        raise RepositoryError(f"{path}: expected the entry point pinned to one version, found {pinned}; republish")
-    return pinned[0], versions
+    return pinned(repo, model)[0], versions
 
 
 def restore_entries(repo: Path, model: str, version: int, change_id: str) -> None:

@@ -43,7 +43,7 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.spec = EngineSpec.load(version_dir)
         self.limits = limits_for_model(config, self.spec)  # config.pbtxt's limit.* parameters
-        # The config is shared by all versions: refuse to serve labels that differ from this build's.
+        # The config and engine.json must come from the same publish: refuse labels that differ from this build's.
         configured = config.get("parameters", {}).get("labels", {}).get("string_value")
         if configured is not None and json.loads(configured) != list(self.spec.labels):
             raise ValueError(

@@ -19,7 +19,7 @@ try:
     from engineforge.serve import tokenize_runtime as rt
     from engineforge.serve.engine_spec import EngineSpec
     from engineforge.serve.model_layout import TOKEN_EXTRA_NAMES, TOKEN_TENSOR_NAMES, published_version_of
-    from engineforge.serve.published import verify_published_files
+    from engineforge.serve.published import HASH_KEYS, verify_published_files
     from engineforge.serve.request_limits import limits_for_model
 except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
     raise ImportError(
@@ -45,7 +45,7 @@ class TritonPythonModel:
         self.outputs = {key: name for key, name in (OUTPUTS | TOKEN_EXTRA_NAMES).items() if name in self.dtypes}
         self.with_offsets = len(self.outputs) > len(OUTPUTS)
         self.version = published_version_of(config, args["model_version"])
-        verify_published_files(version_dir, {"tokenizer_sha256": TOKENIZER_DIRNAME})  # never a changed tokenizer
+        verify_published_files(version_dir, {HASH_KEYS["tokenizer"]: TOKENIZER_DIRNAME})  # never a changed tokenizer
         self.tokenizer = rt.load_tokenizer(version_dir / TOKENIZER_DIRNAME)
 
     def _tokenize(self, request) -> pb_utils.InferenceResponse:

@@ -140,13 +140,13 @@ class TextLoad:
 class ReadinessSampler:
     """Samples gRPC readiness every `every_s`: (time, True/False), True only when both the model and the server
     (ServerReady, what a load balancer asks) say READY; no answer counts as not ready. `server_samples` keeps
-    ServerReady alone."""
+    ServerReady alone, ANDed with HTTP /v2/health/ready when `http_url` is given."""
 
-    def __init__(self, url: str, model: str, every_s: float = 0.02):
+    def __init__(self, url: str, model: str, every_s: float = 0.02, http_url: str | None = None):
         import tritonclient.grpc as grpcclient
 
         self.client = grpcclient.InferenceServerClient(url)
-        self.model, self.every_s = model, every_s
+        self.model, self.every_s, self.http_url = model, every_s, http_url
         self.samples: list[tuple[float, bool]] = []
         self.server_samples: list[tuple[float, bool]] = []
         self._stop = threading.Event()
@@ -161,11 +161,23 @@ class ReadinessSampler:
         self._thread.join(timeout=10)
         self.client.close()
 
+    def _http_ready(self) -> bool:
+        if self.http_url is None:
+            return True
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as answer:
+                return answer.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             at = time.monotonic()
             try:
-                server = bool(self.client.is_server_ready(client_timeout=1))
+                server = bool(self.client.is_server_ready(client_timeout=1)) and self._http_ready()
                 ready = server and bool(self.client.is_model_ready(self.model, client_timeout=1))
             except Exception:
                 server = ready = False

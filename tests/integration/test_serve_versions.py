@@ -67,7 +67,7 @@ def test_publish_and_rollbacks_of_a_permuted_vocabulary_never_mix_versions(bundl
     serve = _serve(repo, tmp_path)
     marks = {}
     try:
-        with ReadinessSampler(serve.url, MODEL) as ready, \
+        with ReadinessSampler(serve.url, MODEL, http_url=f"127.0.0.1:{serve.http_port}") as ready, \
                 TextLoad(serve.url, MODEL, rate=50, texts=TEXTS, outputs=OUTPUTS) as load:
             time.sleep(1.0)
             marks["publish"] = time.monotonic()
@@ -97,8 +97,9 @@ def test_publish_and_rollbacks_of_a_permuted_vocabulary_never_mix_versions(bundl
     assert _versions(outcomes, marks["published"], marks["rollback"]) == {"2"}
     assert _versions(outcomes, marks["rolled_back"], marks["forward"]) == {"1"}
     assert _versions(outcomes, marks["forwarded"]) == {"2"}
-    # a load balancer never saw this server NOT READY while a new version loaded beside the serving one
-    assert ready.server_samples and all(up for _, up in ready.server_samples), "ServerReady dropped during a swap"
+    # a load balancer never saw this server NOT READY (gRPC ServerReady, HTTP /v2/health/ready) while a new version
+    # loaded beside the serving one
+    assert ready.server_samples and all(up for _, up in ready.server_samples), "server readiness dropped in a swap"
     assert all(up for _, up in ready.samples), "the model said NOT READY during a swap"
 
 
@@ -118,7 +119,7 @@ def test_a_refused_version_fails_the_command_and_the_serving_one_keeps_serving(b
     engine.write_bytes(original[:-100] + bytes([original[-100] ^ 0xFF]) + original[-99:])  # one flipped byte
     serve = _serve(repo, tmp_path)
     try:
-        with ReadinessSampler(serve.url, MODEL) as ready, \
+        with ReadinessSampler(serve.url, MODEL, http_url=f"127.0.0.1:{serve.http_port}") as ready, \
                 TextLoad(serve.url, MODEL, rate=50, texts=TEXTS, outputs=OUTPUTS) as load:
             time.sleep(1.0)
             tampered = _rollback_cli(repo, 1)

@@ -13,8 +13,14 @@ import pytest
 from engineforge.errors import ServerError
 from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.gate import Gate
+from engineforge.serve.published import pinned
 from engineforge.serve.repository import publish_engine
-from engineforge.serve.version_switch import pinned, published_models, served_models, switch_version
+from engineforge.serve.version_switch import (
+    must_be_ready,
+    published_models,
+    served_models,
+    switch_version,
+)
 from engineforge.serve.versions import serving_version
 from tests.helpers.tiny_engine import tiny_bundle  # noqa: F401
 
@@ -95,3 +101,7 @@ def test_a_server_loads_the_entry_points_and_other_models(repo: Path) -> None:
     assert served_models(repo) == ["clf", "clf_engine", "foreign"]  # never every version's own models
     assert served_models(repo, only=("clf",)) == ["clf", "clf_engine"]
     assert served_models(repo, only=("foreign",)) == ["foreign"]
+    # readiness needs what is served: a published model's entry points and its serving version's models
+    assert must_be_ready(repo, (), {"clf": 2}) == ["foreign", "clf", "clf_engine", "clf.v2.tokenizer",
+                                                   "clf.v2.engine"]
+    assert must_be_ready(repo, (), {}) == ["foreign"]  # published, but its first version never loaded
