@@ -160,7 +160,7 @@ class Budget:
                 + f". Worst output difference: {result.max_abs_logit_diff:.4g} (max |output|) on eval example "
                 f"{result.worst_example} ({result.worst_text[:80]!r}). Loosen the budget (--max-accuracy-drop, "
                 "--min-agreement; validate.min_cosine_mean, min_cosine_worst, max_recall_drop for embeddings) or "
-                "choose a less aggressive preset (e.g. fp32)."
+                "choose a less aggressive preset (e.g. fp32).", figures=[result.figures()]
             )
 
     def to_dict(self) -> dict[str, float]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engineforge import progress
 from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 
 from .families import SUPPORTED_MODEL_TYPES, config_value, family_for, usable_positions
@@ -114,7 +115,8 @@ def inspect_checkpoint(path: Path, task: str | None = None) -> CheckpointInfo:
 
 def load_checkpoint(path: Path, task: str | None = None) -> tuple[CheckpointInfo, Any, Any]:
     """Return (info, fp32 model in eval mode with eager attention, fast tokenizer). For embeddings the model is
-    the encoder with its pooling (`tasks.embedding_model`)."""
+    the encoder with its pooling (`tasks.embedding_model`). The tokenizer is loaded and checked against the
+    embedding table before the weights, so a mismatched pair is refused before any work."""
     info = inspect_checkpoint(path, task)
     from transformers import (
         AutoModel,
@@ -127,24 +129,60 @@ def load_checkpoint(path: Path, task: str | None = None) -> tuple[CheckpointInfo
     hf_logging.disable_progress_bar()  # build steps print their own progress
 
     try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"could not load the tokenizer in {path}: {type(exc).__name__}: {exc}") from exc
+    if info.vocab_size is not None:
+        check_vocabulary(tokenizer, info.vocab_size, f"config.json vocab_size {info.vocab_size}", path)
+    try:
         # Eager attention exports the plain MatMul/Softmax pattern ORT's attention fusion recognises.
         auto = {EMBEDDINGS: AutoModel, TOKEN_CLASSIFICATION: AutoModelForTokenClassification}.get(
             info.task, AutoModelForSequenceClassification)
-        model = auto.from_pretrained(str(path), attn_implementation="eager", local_files_only=True)
+        model, loading = auto.from_pretrained(str(path), attn_implementation="eager", local_files_only=True,
+                                              output_loading_info=True)
     except Exception as exc:  # safetensors/torch raise many types for truncated or garbled files
         raise CheckpointError(
             f"could not load weights from {info.weights_file}: {type(exc).__name__}: {exc}. "
             "The file is corrupt or does not match config.json; re-save the checkpoint"
         ) from exc
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, local_files_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"could not load the tokenizer in {path}: {type(exc).__name__}: {exc}") from exc
+    rows = model.get_input_embeddings().num_embeddings  # the table itself: config.json may lack vocab_size
+    check_vocabulary(tokenizer, rows, f"{type(model).__name__}'s input embeddings", path)
+    untrained = untrained_weights(loading.get("missing_keys", ()), info.task)
+    if untrained:  # transformers' LOAD REPORT table is in build.log; this is what it means for the engine
+        progress.info(f"  {', '.join(untrained)} not in {info.weights_file.name}: initialised at random, so the "
+                      "engine computes with untrained weights there (transformers' load report is in build.log); "
+                      "save the fine-tuned model with save_pretrained")
     model.eval()
     tokenizer.model_input_names = accepted_inputs(model, tokenizer)
     if info.task == EMBEDDINGS and info.pooling is not None:
         model = embedding_model(model, info.pooling)
     return info, model, tokenizer
+
+
+def check_vocabulary(tokenizer: Any, rows: int, table: str, path: Path) -> None:
+    """Refuse a tokenizer that can emit ids the embedding table has no row for (export would fail with
+    `IndexError: index out of range in self`, serving would crash). Added tokens count: they get ids after the
+    base vocabulary, and adding them without `resize_token_embeddings` is the usual cause."""
+    vocabulary = tokenizer.get_vocab()  # the full vocabulary, added and special tokens included
+    beyond = sorted((i, token) for token, i in vocabulary.items() if i >= rows)
+    if not beyond:
+        return
+    highest = beyond[-1][0]
+    shown = ", ".join(f"{i} ({token!r})" for i, token in beyond[:5])
+    more = f" and {len(beyond) - 5} more" if len(beyond) > 5 else ""
+    raise CheckpointError(
+        f"the tokenizer in {path} has token ids up to {highest} but the model's embedding table has {rows} rows "
+        f"({table}, ids 0-{rows - 1}): out of range are {shown}{more}. Either the "
+        "tokens were added without growing the model (call model.resize_token_embeddings(len(tokenizer)), "
+        "fine-tune so the new rows learn something, and save model and tokenizer together), or this is another "
+        "model's tokenizer (save the checkpoint with the tokenizer it was trained with)")
+
+
+def untrained_weights(missing: Any, task: str) -> list[str]:
+    """Modules (`classifier.*`) whose weights the checkpoint lacks, so transformers initialised them at random.
+    An embedder's pooler is not among them: the engine pools the last hidden state and never runs it."""
+    keys = [k for k in missing if not (task == EMBEDDINGS and "pooler" in k.split("."))]
+    return sorted({f"{k.rsplit('.', 1)[0]}.*" if "." in k else k for k in keys})
 
 
 def accepted_inputs(model: Any, tokenizer: Any) -> list[str]:

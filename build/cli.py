@@ -30,7 +30,7 @@ def make_parser() -> argparse.ArgumentParser:
                         help="unlabelled in-domain text (e.g. logs) that distillation labels with the fp32 model")
     parser.add_argument("--preset",
                         help="fp32, max-accuracy, int8 (default), int8-static, int4-weight-only, nf4, fast-cpu, "
-                        "trt-fp16, trt-int8")
+                        "trt-fp16, trt-int8, trt-int8-static")
     parser.add_argument("--recipe", type=Path, help="TOML recipe describing the whole build")
     parser.add_argument("--repo", help="Triton model repository to publish to (default model_repo)")
     parser.add_argument("--model-name", help="name of the served model (default: checkpoint directory name)")
@@ -42,6 +42,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-agreement", type=float, help="budget: min argmax agreement with fp32 (default 0.98)")
     parser.add_argument("--max-seq-len", type=int, help="max tokens per text when served (default 128)")
     parser.add_argument("--threads", type=int, help="engine runtime intra-op threads (default 2)")
+    parser.add_argument("--max-build-minutes", type=float,
+                        help="wall-clock limit of the whole build (a preset's whole ladder): candidates estimated past "
+                        "the time left are skipped, a running distillation stops at its next step, and a build that "
+                        "chose nothing in time fails naming the candidate closest to the budget")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     parser.add_argument("--task", choices=("text-classification", "token-classification", "embeddings"),
                         help="what the checkpoint is for (default: read from its architecture and files)")
@@ -82,7 +86,8 @@ def config_from_args(args: argparse.Namespace, kwargs: dict[str, Any]) -> Any:  
     for flag, key in ((args.eval_data, "eval_data"), (args.train_data, "train_data"),
                       (args.calibration_data, "calibration_data"), (args.unlabelled_data, "unlabelled_data"),
                       (args.max_seq_len, "max_sequence_length"),
-                      (args.threads, "intra_op_threads"), (args.task, "task")):
+                      (args.threads, "intra_op_threads"), (args.task, "task"),
+                      (args.max_build_minutes, "max_build_minutes")):
         if flag is not None:
             kwargs[key] = flag
     steps = []

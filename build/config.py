@@ -12,7 +12,7 @@ Every step config is a frozen dataclass validated on creation (the message names
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -67,6 +67,23 @@ DISTILLATION_TEXT = Artifact("distillation_text", "text to distil on",
                              "model labels), or train_data / unlabelled_data in the recipe")
 
 
+MODEL, ORDER, PREREQUISITE, SETTING = "model", "order", "prerequisite", "setting"  # kinds of Blocker
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """One reason a recipe cannot run, found before any work. `reason` follows "step 'X' " and holds no fix: a
+    refusal lists every blocker once and ends with one fix for all of them. Order, prerequisite and setting
+    blockers carry their own `fix` (move a step, pass a data file); a model blocker (what the checkpoint's family
+    or task cannot do) is removed by `changes` to its step's options, or by dropping the step (`changes` None)."""
+
+    step: str
+    reason: str
+    kind: str = SETTING
+    fix: str = ""
+    changes: tuple[tuple[str, Any], ...] | None = None
+
+
 @dataclass(frozen=True)
 class StepConfig:
     """Base class: subclasses set `step_type`, `stage` and their artefacts."""
@@ -78,6 +95,8 @@ class StepConfig:
     # Artefacts later steps can no longer use, with the reason (bitsandbytes layers have no ONNX export).
     removes: ClassVar[frozenset[Artifact]] = frozenset()
     removes_reason: ClassVar[str] = ""
+    # A step that only recovers what another changed (distill after prune): a fix dropping that one drops it too.
+    pointless_without: ClassVar[str] = ""
 
     def prerequisites(self) -> frozenset[Artifact]:
         """What this configured step needs; a step whose needs depend on its options overrides this."""
@@ -95,6 +114,16 @@ class StepConfig:
     def task_problem(self, task: str) -> str:
         """Why this configured step cannot serve a task ("token-classification", ...), or "" if it can."""
         return ""
+
+    def model_blockers(self, family: Any, task: str | None) -> list[Blocker]:
+        """Everything stopping this configured step on the checkpoint's family (None: unknown) and task; each
+        drops the step. A step where an option change is enough (prune: heads only) overrides this."""
+        found = []
+        if family is not None and (reason := self.family_problem(family)):
+            found.append(Blocker(self.step_type, f"cannot run on {family.name} checkpoints: {reason}", MODEL))
+        if task and (reason := self.task_problem(task)):
+            found.append(Blocker(self.step_type, f"cannot build a {task} model: {reason}", MODEL))
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/TOML-shaped: tuples become lists, so a dict survives a round trip through the report."""
@@ -133,6 +162,11 @@ class BuildConfig:
     preset: str | None = None
     # None = read from the checkpoint (build/tasks.py); "text-classification" or "embeddings" forces it.
     task: str | None = None
+    # Wall-clock budget of the whole build (a preset's whole ladder): build/search.py enforces it.
+    max_build_minutes: float | None = None
+    # The running ladder's deadline (a `time_limit.TimeLimit`), set by the search for its candidates; the
+    # distill step stops at a step boundary once it has passed. Not a setting: never written to a recipe.
+    time_limit: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
@@ -148,6 +182,8 @@ class BuildConfig:
         require(self.task in (None, "text-classification", "token-classification", "embeddings"),
                 f"task={self.task!r}: use 'text-classification', 'token-classification' or 'embeddings' (or "
                 "leave it to the checkpoint)")
+        require(self.max_build_minutes is None or self.max_build_minutes > 0,
+                f"max_build_minutes={self.max_build_minutes}: give minutes > 0, or leave it out for no limit")
 
     def step(self, config_type: type[StepConfig]) -> StepConfig | None:
         return next((s for s in self.steps if isinstance(s, config_type)), None)

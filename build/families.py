@@ -2,7 +2,7 @@
 
 A family is a set of Hugging Face `model_type`s sharing one module layout. Steps that depend on the layout
 (structured pruning, ONNX Runtime's attention fusion) read it from here, and a step that cannot work on a
-family says so in `check_family` before anything is loaded, with the reason and the presets that do work.
+family says so in `check_build` before anything is loaded (`model_blockers`), with the reason and a fix.
 """
 
 from __future__ import annotations
@@ -143,13 +143,6 @@ def read_task(checkpoint: Path, forced: str | None = None) -> str | None:
     return detect_task(Path(checkpoint), config, forced) if isinstance(config, dict) else None
 
 
-def family_problems(steps: Sequence[Any], family: EncoderFamily, task: str | None = None) -> list[str]:
-    """Why each step of a recipe cannot run on `family` (and `task`); empty = all can."""
-    problems = []
-    for step in steps:
-        reason = step.family_problem(family)
-        if reason:
-            problems.append(f"step '{step.step_type}' cannot run on {family.name} checkpoints: {reason}")
-        elif task and (reason := step.task_problem(task)):
-            problems.append(f"step '{step.step_type}' cannot build a {task} model: {reason}")
-    return problems
+def model_blockers(steps: Sequence[Any], family: EncoderFamily | None, task: str | None = None) -> list[Any]:
+    """Every `config.Blocker` that the family (and task) puts on the recipe's steps; empty = all can run."""
+    return [blocker for step in steps for blocker in step.model_blockers(family, task)]

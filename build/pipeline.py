@@ -2,8 +2,9 @@
 
 Steps are plain functions `fn(ctx, config) -> dict` registered per config type (like torchao's
 `quantize_` handlers); registering also lets recipes name the config by its `step_type`. Before a build
-loads anything, `check_build` checks the declared order (stages) and follows each step's artefacts
-through the recipe, so a step whose input nothing provides is refused with the fix in the message.
+loads anything, `check_build` checks the declared order (stages), follows each step's artefacts through the
+recipe and asks each step what the checkpoint's family and task allow; every blocker found is refused in one
+error that names each once and ends with the fix.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from engineforge.errors import (
     MissingPrerequisiteError,
     StepFailedError,
     StepOrderError,
-    UnsupportedStepError,
 )
 
-from .config import Artifact, BuildConfig, StepConfig
+from .config import ORDER, PREREQUISITE, SETTING, Artifact, Blocker, BuildConfig, StepConfig
 from .context import BuildContext
-from .families import EncoderFamily, family_problems, read_family, read_task
+from .families import model_blockers, read_family, read_task
 from .report import StepRecord
 
 StepFunction = Callable[[BuildContext, Any], dict[str, Any]]
@@ -65,72 +65,131 @@ def stage_order() -> list[str]:
     return [c.step_type for c in sorted(STEP_CONFIG_TYPES.values(), key=lambda c: c.stage)]
 
 
-def check_step_order(steps: Sequence[StepConfig]) -> None:
-    """Each stage at most once, stages strictly increasing."""
+def order_blockers(steps: Sequence[StepConfig]) -> list[Blocker]:
+    """Each stage at most once, stages strictly increasing: every step out of place."""
+    found: list[Blocker] = []
     seen: dict[int, str] = {}
     previous: StepConfig | None = None
     for step in steps:
         if step.stage in seen:
-            raise StepOrderError(f"step '{step.step_type}' repeats stage of '{seen[step.stage]}': "
-                                 "a build applies each kind of transform once")
-        if previous is not None and step.stage < previous.stage:
-            raise StepOrderError(f"step '{step.step_type}' cannot run after '{previous.step_type}': "
-                                 f"move it earlier (order: {' < '.join(stage_order())})")
-        seen[step.stage] = step.step_type
+            found.append(Blocker(step.step_type, f"repeats stage of '{seen[step.stage]}'", ORDER,
+                                 f"a build applies each kind of transform once: drop '{step.step_type}' or "
+                                 f"'{seen[step.stage]}'"))
+        elif previous is not None and step.stage < previous.stage:
+            found.append(Blocker(step.step_type, f"cannot run after '{previous.step_type}'", ORDER,
+                                 f"move '{step.step_type}' earlier (order: {' < '.join(stage_order())})"))
+        seen.setdefault(step.stage, step.step_type)
         previous = step
+    return found
 
 
-def check_prerequisites(steps: Sequence[StepConfig], inputs: Iterable[Artifact]) -> None:
-    """Follow the artefacts through the steps; refuse the first step whose input nothing provides."""
+def prerequisite_blockers(steps: Sequence[StepConfig], inputs: Iterable[Artifact]) -> list[Blocker]:
+    """Follow the artefacts through the steps: every step input nothing provides. Past a missing step's
+    artefact, it counts as there (with what the step its fix adds makes): a later step is not refused for that."""
     available = set(inputs)
     removed_by: dict[Artifact, StepConfig] = {}
+    found: list[Blocker] = []
     for step in steps:
-        missing = sorted((a for a in step.prerequisites() if a not in available), key=lambda a: a.name)
-        if missing:
-            raise MissingPrerequisiteError(_explain(step, missing[0], removed_by.get(missing[0])))
+        for artifact in sorted((a for a in step.prerequisites() if a not in available), key=lambda a: a.name):
+            found.append(_explain(step, artifact, removed_by.get(artifact)))
+            if not artifact.supplied_by:  # data is not: each step needing it is named (on one line)
+                makers = _makers(artifact, step)
+                available |= {artifact, *(makers[0].provides if makers else ())}
         for artifact in step.removes:
             available.discard(artifact)
             removed_by[artifact] = step
         available |= step.provides
+    return found
 
 
-def _explain(step: StepConfig, artifact: Artifact, remover: StepConfig | None) -> str:
-    needs = f"step '{step.step_type}' needs {artifact.description}"
+def _explain(step: StepConfig, artifact: Artifact, remover: StepConfig | None) -> Blocker:
+    needs = f"needs {artifact.description}"
     if remover is not None:
-        return (f"{needs}, but '{remover.step_type}' before it {remover.removes_reason}: drop '{step.step_type}', "
-                f"or drop '{remover.step_type}'")
+        return Blocker(step.step_type, f"{needs}, but '{remover.step_type}' before it {remover.removes_reason}",
+                       PREREQUISITE, f"drop '{step.step_type}', or drop '{remover.step_type}'")
     if artifact.supplied_by:
-        return f"{needs}: {artifact.supplied_by}"
-    makers = [c.step_type for c in sorted(STEP_CONFIG_TYPES.values(), key=lambda c: c.stage)
-              if artifact in c.provides and c.stage < step.stage]
-    fix = " or ".join(f"'{m}'" for m in makers) or "a step that makes it"
-    return f"{needs}, which no earlier step makes: add {fix} before it"
+        return Blocker(step.step_type, needs, PREREQUISITE, artifact.supplied_by)
+    fix = " or ".join(f"'{m.step_type}'" for m in _makers(artifact, step)) or "a step that makes it"
+    return Blocker(step.step_type, f"{needs}, which no earlier step makes", PREREQUISITE,
+                   f"add {fix} before '{step.step_type}'")
+
+
+def _makers(artifact: Artifact, step: StepConfig) -> list[type[StepConfig]]:
+    """Step types that make `artifact` and may run before `step`, in stage order."""
+    return [c for c in sorted(STEP_CONFIG_TYPES.values(), key=lambda c: c.stage)
+            if artifact in c.provides and c.stage < step.stage]
+
+
+def setting_blockers(config: BuildConfig) -> list[Blocker]:
+    """Settings that contradict the rest of the build (each step's `check_in`)."""
+    found = []
+    for step in config.steps:
+        try:
+            step.check_in(config)
+        except ConfigError as exc:
+            found.append(Blocker(step.step_type, str(exc), SETTING))
+    return found
+
+
+def recipe_blockers(config: BuildConfig) -> list[Blocker]:
+    """Everything but the model's limits. Artefacts are only followed along a valid order: out of order, a step
+    "missing" its input only needs moving, which the order blocker already says."""
+    return order_blockers(config.steps) or [*prerequisite_blockers(config.steps, config.inputs()),
+                                            *setting_blockers(config)]
+
+
+def refusal(blockers: Sequence[Blocker], what: str = "this recipe") -> ConfigError:
+    """One typed error for every blocker: a single one reads as before ("step 'X' needs Y: fix"); several are
+    listed each once, then one line with every fix."""
+    kinds = {b.kind for b in blockers}
+    error = StepOrderError if ORDER in kinds else MissingPrerequisiteError if PREREQUISITE in kinds else ConfigError
+    if len(blockers) == 1:
+        (only,) = blockers
+        return error(only.reason if only.kind == SETTING else f"step '{only.step}' {only.reason}: {only.fix}")
+    fixes = list(dict.fromkeys(b.fix for b in blockers if b.fix))
+    return error(f"{what} cannot run:\n" + "\n".join(f"- {line}" for line in blocker_lines(blockers))
+                 + (f"\nFix: {'; and '.join(fixes)}" if fixes else ""))
+
+
+def blocker_lines(blockers: Sequence[Blocker]) -> list[str]:
+    """One line per blocker; steps missing the same data share one ("steps 'a' and 'b' need ...")."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for b in blockers:
+        groups.setdefault((b.kind, b.reason, b.fix), []).append(b.step)
+    lines = []
+    for (kind, reason, _), steps in groups.items():
+        names = list(dict.fromkeys(steps))
+        if kind == SETTING:
+            lines += [f"step '{name}': {reason}" for name in names]
+        elif len(names) > 1 and reason.startswith("needs "):
+            lines.append(f"steps {', '.join(repr(n) for n in names[:-1])} and '{names[-1]}' need {reason[6:]}")
+        else:
+            lines += [f"step '{name}' {reason}" for name in names]
+    return lines
+
+
+def check_step_order(steps: Sequence[StepConfig]) -> None:
+    if found := order_blockers(steps):
+        raise refusal(found)
+
+
+def check_prerequisites(steps: Sequence[StepConfig], inputs: Iterable[Artifact]) -> None:
+    if found := prerequisite_blockers(steps, inputs):
+        raise refusal(found)
 
 
 def check_build(config: BuildConfig) -> None:
-    """Everything that can be refused without loading the checkpoint (its config.json is read)."""
-    check_step_order(config.steps)
-    check_prerequisites(config.steps, config.inputs())
-    for step in config.steps:
-        step.check_in(config)
+    """Everything that can be refused without loading the checkpoint (its config.json is read), in one error:
+    what the checkpoint's family or task cannot do (with the fix, checked to pass: `refusal.py`), else every
+    order, prerequisite and setting blocker."""
     family = read_family(config.checkpoint)
-    if family is not None:
-        check_family(config.steps, family, config.preset, read_task(config.checkpoint, config.task))
+    task = read_task(config.checkpoint, config.task) if family is not None else None
+    if blocked := model_blockers(config.steps, family, task):
+        from .refusal import model_refusal
 
-
-def check_family(steps: Sequence[StepConfig], family: EncoderFamily, preset: str | None = None,
-                 task: str | None = None) -> None:
-    """Refuse steps that cannot work on the checkpoint's family (or task), naming the presets that do."""
-    problems = family_problems(steps, family, task)
-    if not problems:
-        return
-    from .presets import PRESET_NAMES, preset_steps
-
-    working = [name for name in PRESET_NAMES if not family_problems(preset_steps(name), family, task)]
-    what = f"preset '{preset}'" if preset else "this recipe"
-    kind = family.name if task in (None, "text-classification") else f"{family.name} {task}"
-    raise UnsupportedStepError(f"{what} cannot build this {family.name} checkpoint: " + "; ".join(problems)
-                               + f". Presets that work for {kind}: {', '.join(working)}")
+        raise model_refusal(config, family, task, blocked)
+    if found := recipe_blockers(config):
+        raise refusal(found, f"preset '{config.preset}'" if config.preset else "this recipe")
 
 
 def run_steps(ctx: BuildContext) -> None:

@@ -55,6 +55,8 @@ def _preset_table() -> dict[str, Callable[[], tuple[StepConfig, ...]]]:
         "trt-fp16": lambda: _serve(ExportConfig(), CompileConfig(precision="fp16")),
         # NVIDIA GPUs: fast-cpu's pruning, distillation and symmetric Q/DQ int8, compiled by TensorRT.
         "trt-int8": lambda: _fast_cpu(0.5, 0.5, gpu=True),
+        # NVIDIA GPUs: trt-int8's last rung (no pruning): calibrated symmetric Q/DQ int8 compiled by TensorRT.
+        "trt-int8-static": lambda: _fast_cpu(0, 0, gpu=True),
     }
 
 
@@ -89,7 +91,7 @@ def preset_candidates(name: str) -> list[tuple[str, tuple[StepConfig, ...]]]:
 
 
 PRESET_NAMES = ("fp32", "max-accuracy", "int8", "int8-static", "int4-weight-only", "nf4", "fast-cpu", "trt-fp16",
-                "trt-int8")
+                "trt-int8", "trt-int8-static")
 DEFAULT_PRESET = "int8"
 
 
@@ -111,7 +113,8 @@ def load_recipe(path: Path) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from exc
-    allowed = {"preset", "steps", "checkpoint", "output_dir", *DATA_FIELDS, "max_sequence_length", "intra_op_threads"}
+    allowed = {"preset", "steps", "checkpoint", "output_dir", *DATA_FIELDS, "max_sequence_length", "intra_op_threads",
+               "max_build_minutes"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"recipe {path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")

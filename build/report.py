@@ -107,9 +107,13 @@ class BuildReport:
             lines += (_embedding_rows(val, budget) if "cosine_mean" in val else _token_rows(val, budget)
                       if "f1_vs_reference" in val else _classifier_rows(val, budget))
         if self.candidates:
-            lines += ["", "## Candidates tried (most aggressive first)", "", "| candidate | result |", "|---|---|"]
-            lines += [f"| {c['candidate']} | {c['result']}{': ' + c['reason'][:200] if c.get('reason') else ''} |"
-                      for c in self.candidates]
+            limit = self.settings.get("max_build_minutes")
+            lines += ["", "## Candidates tried (most aggressive first)", ""]
+            lines += [f"Time limit: {limit:g} min (--max-build-minutes).", ""] if limit else []
+            lines += ["| candidate | estimated | took | result |", "|---|---|---|---|"]
+            lines += [f"| {c['candidate']} | {_seconds(c.get('estimated_s'))} | {_seconds(c.get('seconds'))} | "
+                      f"{c['result']}{': ' + c['reason'][:200] if c.get('reason') else ''}"
+                      f"{' (closest: ' + c['closest'] + ')' if c.get('closest') else ''} |" for c in self.candidates]
         if self.sizes_mb:
             lines += ["", "## Sizes", "", "| artifact | MB |", "|---|---|"]
             lines += [f"| {k} | {v} |" for k, v in self.sizes_mb.items()]
@@ -153,6 +157,12 @@ def _embedding_rows(val: dict[str, Any], budget: dict[str, Any]) -> list[str]:
             f"| recall@10 fp32 → engine | {_fmt(val['reference_recall'])} % → {_fmt(val['engine_recall'])} % "
             f"(drop budget {budget['max_recall_drop']} points) |",
             f"| max abs embedding diff | {val['max_abs_diff']:.4g} |"]
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0f} s" if value < 60 else f"{value / 60:.1f} min"
 
 
 def _fmt(value: Any) -> str:

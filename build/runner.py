@@ -52,7 +52,8 @@ def run_build(config: BuildConfig) -> BuildReport:
         (out_dir / "recipe.toml").write_text(dump_recipe(config.steps, {
             "checkpoint": config.checkpoint.resolve(),
             **{k: getattr(config, k) and getattr(config, k).resolve() for k in DATA_FIELDS},
-            "max_sequence_length": config.max_sequence_length, "intra_op_threads": config.intra_op_threads}))
+            "max_sequence_length": config.max_sequence_length, "intra_op_threads": config.intra_op_threads,
+            "max_build_minutes": config.max_build_minutes}))
         report.write(out_dir)
         write_manifest(build_manifest(report, config.checkpoint, {
             name.removesuffix("_data"): getattr(config, name) for name in DATA_FIELDS},

@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engineforge.engines.pooling import POOLING_MODES, Pooling, sentence_embedder
 from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 
 TEXT_CLASSIFICATION = "text-classification"
@@ -22,18 +22,9 @@ EMBEDDINGS = "embeddings"
 TOKEN_CLASSIFICATION = "token-classification"
 TASKS = (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, EMBEDDINGS)
 HEADS = {TEXT_CLASSIFICATION: "ForSequenceClassification", TOKEN_CLASSIFICATION: "ForTokenClassification"}
-POOLING_MODES = ("mean", "cls")
 _NORMALIZE = "sentence_transformers.models.Normalize"
-
-
-@dataclass(frozen=True)
-class Pooling:
-    mode: str = "mean"
-    normalize: bool = False
-    source: str = "default (no sentence-transformers files)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "normalize": self.normalize, "source": self.source}
+__all__ = ["EMBEDDINGS", "POOLING_MODES", "TASKS", "TEXT_CLASSIFICATION", "TOKEN_CLASSIFICATION", "Pooling",
+           "detect_task", "embedding_model", "read_pooling"]
 
 
 def detect_task(path: Path, config: dict[str, Any], forced: str | None = None) -> str:
@@ -84,39 +75,6 @@ def read_pooling(path: Path) -> Pooling:
 
 
 def embedding_model(encoder: Any, pooling: Pooling) -> Any:
-    """`encoder` (an AutoModel) with pooling on top; `.logits` of its output is the embedding, so every step
-    that runs a torch model (export, validation references, distillation) treats it like a classifier."""
-    import inspect
-    from types import SimpleNamespace
-
-    import torch
-
-    takes_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
-
-    class SentenceEmbedder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.wrapped = encoder
-            self.config = encoder.config
-            self.pooling = pooling
-
-        @property
-        def base_model(self) -> Any:
-            return self.wrapped.base_model
-
-        def forward(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None,
-                    output_hidden_states: bool = False) -> Any:
-            kwargs = {"token_type_ids": token_type_ids} if takes_types and token_type_ids is not None else {}
-            out = self.wrapped(input_ids=input_ids, attention_mask=attention_mask,
-                               output_hidden_states=output_hidden_states, **kwargs)
-            hidden = out.last_hidden_state
-            if self.pooling.mode == "cls":
-                pooled = hidden[:, 0]
-            else:  # mean over real tokens: padding must not change an embedding
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            if self.pooling.normalize:
-                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
-            return SimpleNamespace(logits=pooled, hidden_states=out.hidden_states if output_hidden_states else None)
-
-    return SentenceEmbedder().eval()
+    """`encoder` (an AutoModel) with pooling on top; `.logits` of its output is the embedding. The module lives in
+    the engine layer because the torch-bnb engine wraps its 4-bit encoder in the very same one."""
+    return sentence_embedder(encoder, pooling)

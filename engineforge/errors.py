@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EngineforgeError(Exception):
     """Base class for every error engineforge raises on purpose."""
@@ -52,7 +54,16 @@ class OutputMismatchError(ValidationError):
 
 
 class AccuracyBudgetExceeded(ValidationError):
-    """Task accuracy or agreement fell outside the allowed budget."""
+    """Task accuracy or agreement fell outside the allowed budget. `figures` holds what each judged engine
+    measured (`Comparison.figures()`), so a budget search can say which candidate came closest."""
+
+    def __init__(self, message: str, figures: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.figures = list(figures or [])
+
+
+class BuildTimeLimitReached(EngineforgeError):
+    """A build (a preset's whole ladder) ran out of the wall-clock time it was given (--max-build-minutes)."""
 
 
 class RepositoryError(EngineforgeError):

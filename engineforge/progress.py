@@ -4,6 +4,7 @@ so stdout stays machine-readable. Other programs embedding engineforge can re-ro
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOGGER = logging.getLogger("engineforge")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -36,27 +38,57 @@ if not LOGGER.handlers:
 @contextmanager
 def third_party_logs_to(path: Path) -> Iterator[None]:
     """While inside: Python warnings and other libraries' log records (ONNX Runtime's quantizer, transformers,
-    torch) go to `path` instead of the console, which keeps to engineforge's own lines; `path` gets those too."""
+    torch) go to `path` instead of the console, which keeps to engineforge's own lines; `path` gets those too.
+    Handlers a library installs while inside (transformers and torch add their stderr handlers when first
+    imported, which a build does inside) are held back until the end, so they print nothing meanwhile."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.setFormatter(_PlainFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    swapped: dict[logging.Logger, list[logging.Handler]] = {}
+
+    def redirect(logger: logging.Logger) -> None:
+        if logger not in swapped:
+            swapped[logger] = list(logger.handlers)
+            logger.handlers = [handler]  # the root gets one too, so a library's basicConfig() prints nothing
+
     # Loggers that print to the console themselves (transformers installs its own stderr handler).
-    swapped = {logging.getLogger(): list(logging.getLogger().handlers)}
-    for name, candidate in logging.Logger.manager.loggerDict.items():
-        if isinstance(candidate, logging.Logger) and name != LOGGER.name and candidate.handlers:
-            swapped[candidate] = list(candidate.handlers)
-    for logger in swapped:
-        logger.handlers = [handler]  # the root gets one too, so a library's basicConfig() prints nothing
+    redirect(logging.getLogger())
+    for candidate in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(candidate, logging.Logger) and candidate.handlers and not _ours(candidate):
+            redirect(candidate)
+    original_add = logging.Logger.addHandler
+
+    def add_handler(logger: logging.Logger, new: logging.Handler) -> None:
+        if _ours(logger) or new is handler:
+            original_add(logger, new)
+            return
+        redirect(logger)
+        if new not in swapped[logger]:
+            swapped[logger].append(new)  # attached when the block ends
+
+    logging.Logger.addHandler = add_handler  # type: ignore[method-assign]
     LOGGER.addHandler(handler)
     logging.captureWarnings(True)
     try:
         yield
     finally:
         logging.captureWarnings(False)
+        logging.Logger.addHandler = original_add  # type: ignore[method-assign]
         LOGGER.removeHandler(handler)
         for logger, handlers in swapped.items():
             logger.handlers = handlers
         handler.close()
+
+
+class _PlainFormatter(logging.Formatter):
+    """Drops terminal colour codes (transformers bolds its LOAD REPORT title): a log file is read as text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _ANSI.sub("", super().format(record))
+
+
+def _ours(logger: logging.Logger) -> bool:
+    return logger.name == LOGGER.name or logger.name.startswith(LOGGER.name + ".")
 
 
 def info(message: str) -> None:

@@ -1,7 +1,9 @@
 """`bnb_4bit`: bitsandbytes NF4/FP4 Linear4bit layers in the torch model.
 
 There is no ONNX path for bitsandbytes layers, so the engine is served by PyTorch itself (runtime
-"torch-bnb") from a `save_pretrained` directory.
+"torch-bnb") from a `save_pretrained` directory. The model is reloaded with its task's own class (a token
+classifier as a token classifier, an embedder as its bare encoder, whose pooling goes into `pooling.json`
+beside the weights), the class the torch-bnb loader picks from the saved `architectures`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from engineforge.engines.torch_engine import TORCH_BNB
+from engineforge.engines.pooling import save_pooling, sentence_embedder
+from engineforge.engines.torch_engine import TORCH_BNB, auto_class
 from engineforge.errors import ConfigError
 
 from ..config import ENGINE, STAGE_TORCH_QUANTIZE, STANDARD_LAYOUT, TORCH_MODEL, StepConfig, require
@@ -80,31 +83,40 @@ def plan_bnb_modules(model: Any, keep: tuple[str, ...] = ()) -> tuple[list[str],
 @register_step(Bnb4BitConfig)
 def quantize_bnb_4bit(ctx: BuildContext, config: Bnb4BitConfig) -> dict[str, Any]:
     import torch
-    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
     if getattr(ctx.model.config, "pruned_layout", None):
         raise ConfigError("bnb_4bit cannot follow prune: the served model is rebuilt with from_pretrained, which "
                           "cannot reproduce a per-layer pruned layout; drop one of the two steps")
-    quantize, skipped = plan_bnb_modules(ctx.model, config.keep_full_precision)
+    # An embedder is its encoder wrapped in pooling (tasks.embedding_model): quantize and save the encoder, whose
+    # module names are the ones from_pretrained matches the skip list against.
+    hf_model = ctx.model.wrapped if ctx.is_embedding else ctx.model
+    quantize, skipped = plan_bnb_modules(hf_model, config.keep_full_precision)
     if not quantize:
         raise ConfigError(f"bnb_4bit found no Linear layer it can quantize (skipped: {skipped}); "
                           f"bitsandbytes on CPU needs out_features % {BNB_OUT_MULTIPLE} == 0")
     fp32_dir, out_dir = ctx.work_dir / "model.fp32-hf", ctx.work_dir / f"model.bnb-{config.quant_type}"
     # Quantize through from_pretrained so config.json records the quantization and serving can reload it.
-    ctx.model.save_pretrained(str(fp32_dir))
+    hf_model.save_pretrained(str(fp32_dir))
     quant_config = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type=config.quant_type, bnb_4bit_use_double_quant=config.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, config.compute_dtype),
         # transformers matches these as regexes anchored at module boundaries: escape the dots.
         llm_int8_skip_modules=[re.escape(name) for name in skipped],
     )
-    model = AutoModelForSequenceClassification.from_pretrained(
+    # The task's own class: AutoModelForSequenceClassification would turn a token classifier into a sequence
+    # classifier with a freshly initialised pooler (and an embedder's encoder into a classifier).
+    model = auto_class(type(hf_model).__name__).from_pretrained(
         str(fp32_dir), quantization_config=quant_config, device_map="cpu", local_files_only=True)
     # Save before any forward pass (the first one repacks weights for the CPU kernel). Validation then opens
     # the saved directory through the engine layer, so the build checks exactly the files it ships.
     model.save_pretrained(str(out_dir))
     shutil.rmtree(fp32_dir)
     converted = [n for n, m in model.named_modules() if type(m).__name__ == "Linear4bit"]
+    if ctx.is_embedding:
+        # The ONNX path bakes pooling into the graph; here the directory carries it for the loader.
+        save_pooling(out_dir, ctx.checkpoint.pooling)
+        model = sentence_embedder(model, ctx.checkpoint.pooling)
     ctx.model, ctx.engine_dir, ctx.runtime, ctx.precision = model, out_dir, TORCH_BNB, config.quant_type
     return {
         "file": out_dir.name, "size_mb": file_mb(out_dir), "quant_type": config.quant_type,

@@ -44,6 +44,7 @@ class DistillConfig(StepConfig):
     step_type: ClassVar[str] = "distill"
     stage: ClassVar[int] = STAGE_DISTILL
     requires = frozenset({TORCH_MODEL, DISTILLATION_TEXT})
+    pointless_without = "prune"  # it recovers what pruning removed: an unpruned student equals its teacher
 
     epochs: int = 10
     learning_rate: float = 1e-4
@@ -85,8 +86,7 @@ class DistillConfig(StepConfig):
 
     def task_problem(self, task: str) -> str:
         if task == "token-classification":
-            return ("distillation of token classifiers (per-token importance and KL) is not built yet; use int8, "
-                    "int8-static or max-accuracy")
+            return "distillation of token classifiers (per-token KL) is not built yet"
         return ""
 
 
@@ -146,12 +146,17 @@ def distill(ctx: BuildContext, config: DistillConfig) -> dict[str, Any]:
     rng = random.Random(config.seed)
     best = {"kl": before["kl"], "epoch": 0, "state": copy.deepcopy(student.state_dict())}
     history, stale, start = [], 0, time.perf_counter()
+    limit = ctx.config.time_limit  # the ladder's deadline: stop at a step boundary once it has passed
     for epoch in range(1, config.epochs + 1):
         order = list(train_idx)
         rng.shuffle(order)
         student.train()
         loss_sum = 0.0
-        for batch in make_batches(ctx, examples, config.batch_size, config.max_length, order):
+        for step, batch in enumerate(make_batches(ctx, examples, config.batch_size, config.max_length, order), 1):
+            if limit is not None and limit.expired():
+                where = f"epoch {epoch}/{config.epochs}, step {step}/{steps_per_epoch}"
+                progress.info(f"  distill: time limit reached; stopping before {where}")
+                raise limit.reached(f"during distill, before {where} ({time.perf_counter() - start:.0f} s in)")
             out = student(**batch.inputs, output_hidden_states=config.hidden_weight > 0)
             loss = kd_loss(out.logits, per_example[list(batch.indices)], batch.labels, config.temperature,
                            config.alpha, embedding=ctx.is_embedding)

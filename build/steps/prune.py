@@ -10,6 +10,7 @@ constraint: they are ranked globally (layer-normalised scores) with a per-layer 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ from typing import Any, ClassVar
 from engineforge import progress
 from engineforge.errors import ConfigError
 
-from ..config import STAGE_PRUNE, STANDARD_LAYOUT, TORCH_MODEL, TRAINING_TEXT, StepConfig
+from ..config import MODEL, STAGE_PRUNE, STANDARD_LAYOUT, TORCH_MODEL, TRAINING_TEXT, Blocker, StepConfig
 from ..context import AttentionShape, BuildContext
 from ..pipeline import register_step
 from ..prune_importance import Importance, measure_importance, normalize_per_layer, summarize
@@ -76,17 +77,29 @@ class PruneConfig(StepConfig):
 
     def task_problem(self, task: str) -> str:
         if task == "token-classification":
-            return ("pruning of token classifiers (per-token importance and KL) is not built yet; use int8, "
-                    "int8-static or max-accuracy")
+            return "pruning of token classifiers (per-token importance) is not built yet"
         return ""
 
-    def family_problem(self, family: Any) -> str:
-        if self.head_sparsity > 0 and not family.supports_head_pruning():
-            return (f"head pruning: {family.no_head_pruning or 'no layout'}; set prune.head_sparsity = 0"
-                    + (" to prune FFN neurons only" if family.supports_ffn_pruning() else ""))
-        if self.ffn_sparsity > 0 and not family.supports_ffn_pruning():
-            return f"FFN pruning: {family.no_ffn_pruning or 'no layout'}; drop the prune step"
-        return ""
+    def model_blockers(self, family: Any, task: str | None) -> list[Blocker]:
+        """Heads and FFN neurons are blocked apart (one line when the reason is shared). Where what is left still
+        prunes something, the fix sets the blocked sparsity to 0; otherwise it drops the step."""
+        blocked: dict[str, list[str]] = {}  # reason -> the kinds it blocks ("head", "FFN")
+        changes: dict[str, float] = {}
+        if family is not None:
+            for kind, option, supported, why in (
+                    ("head", "head_sparsity", family.supports_head_pruning(), family.no_head_pruning),
+                    ("FFN", "ffn_sparsity", family.supports_ffn_pruning(), family.no_ffn_pruning)):
+                if getattr(self, option) > 0 and not supported:
+                    blocked.setdefault(why or "no layout for it", []).append(kind)
+                    changes[option] = 0.0
+        task_reason = self.task_problem(task) if task else ""
+        left = dataclasses.replace(self, **changes)
+        fix = None if task_reason or left.head_sparsity == left.ffn_sparsity == 0 else tuple(changes.items())
+        found = [Blocker(self.step_type, f"cannot run on {family.name} checkpoints: {' and '.join(kinds)} pruning: "
+                         f"{why}", MODEL, changes=fix) for why, kinds in blocked.items()]
+        if task_reason:
+            found.append(Blocker(self.step_type, f"cannot build a {task} model: {task_reason}", MODEL))
+        return found
 
 
 @dataclass(frozen=True)

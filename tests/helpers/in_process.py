@@ -30,3 +30,22 @@ def probabilities_one_by_one(bundle: Path, texts: list[str]) -> np.ndarray:
     from engineforge.serve.engine_runtime import softmax
 
     return softmax(outputs_one_by_one(bundle, texts))
+
+
+def entities_in_process(bundle: Path, texts: list[str]) -> tuple[list[dict], list[list[str]]]:
+    """A token classifier bundle's ENTITIES (by strategy) and TOKEN_LABELS for `texts` as one request, computed
+    in this process the way the served tokenizer and engine models compute them."""
+    import json
+
+    from engineforge.serve import engine_runtime as rt
+    from engineforge.serve.engine_spec import EngineSpec
+    from engineforge.serve.ner_runtime import tagged_outputs
+    from engineforge.serve.tokenize_runtime import load_tokenizer, tokenize_batch
+
+    spec = EngineSpec.load(bundle)
+    arrays = tokenize_batch(load_tokenizer(bundle / "tokenizer"), texts, spec.max_sequence_length, with_offsets=True)
+    request = rt.RequestArrays(arrays["input_ids"], arrays["attention_mask"], arrays.get("token_type_ids"))
+    (rows,) = rt.run_batch(rt.open_bundle_engine(bundle, spec), spec, [request])
+    entities, tags = tagged_outputs(rows, spec.labels, arrays["attention_mask"], arrays["offsets"],
+                                    arrays["word_ids"], texts)
+    return [json.loads(e) for e in entities], [json.loads(t) for t in tags]

@@ -63,6 +63,11 @@ def make_tokenizer(input_names: list[str], vocab: list[str] | None = None) -> An
                                    model_input_names=input_names)
 
 
+def _shape(model_type: str, wide: bool) -> dict[str, Any]:
+    """The family's tiny shape; `wide` widens it to what bitsandbytes' CPU kernel takes (nf4 builds)."""
+    return {k: WIDE.get(k, v) if wide else v for k, v in FAMILY_CONFIGS[model_type].items()}
+
+
 def make_family_checkpoint(path: Path, model_type: str, *, seed: int = 0, steps: int = 40, wide: bool = False
                            ) -> Path:
     """A trained tiny `*ForSequenceClassification` of `model_type` with a ~100-token tokenizer, saved at path."""
@@ -75,7 +80,7 @@ def make_family_checkpoint(path: Path, model_type: str, *, seed: int = 0, steps:
     config = AutoConfig.for_model(
         model_type, vocab_size=len(vocab), max_position_embeddings=130, num_labels=len(TINY_LABELS),
         id2label=dict(enumerate(TINY_LABELS)), label2id={label: i for i, label in enumerate(TINY_LABELS)},
-        **extra, **{k: WIDE.get(k, v) if wide else v for k, v in FAMILY_CONFIGS[model_type].items()})
+        **extra, **_shape(model_type, wide))
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     # The tokenizer says what a real checkpoint's tokenizer would: BERT-style ids, mask and token types.
@@ -114,7 +119,7 @@ PAIRS = (
 
 
 def make_embedding_checkpoint(path: Path, model_type: str = "bert", *, normalize: bool = True,
-                              pooling: str = "mean") -> Path:
+                              pooling: str = "mean", wide: bool = False) -> Path:
     """A tiny bare encoder saved the sentence-transformers way (modules.json, 1_Pooling/config.json)."""
     import json
 
@@ -122,7 +127,7 @@ def make_embedding_checkpoint(path: Path, model_type: str = "bert", *, normalize
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.for_model(model_type, vocab_size=len(word_vocabulary()), max_position_embeddings=130,
-                                  pad_token_id=0, **FAMILY_CONFIGS[model_type])
+                                  pad_token_id=0, **_shape(model_type, wide))
     torch.manual_seed(1)
     AutoModel.from_config(config).eval().save_pretrained(str(path))
     make_tokenizer(["input_ids", "token_type_ids", "attention_mask"]).save_pretrained(str(path))
@@ -146,7 +151,8 @@ def write_pairs(path: Path) -> Path:
     return path
 
 
-def make_ner_checkpoint(path: Path, model_type: str = "bert", *, rows: int = 200, epochs: int = 12) -> Path:
+def make_ner_checkpoint(path: Path, model_type: str = "bert", *, rows: int = 200, epochs: int = 12,
+                        wide: bool = False) -> Path:
     """A tiny `*ForTokenClassification` trained on the NER demo's annotated messages, with a word vocabulary
     of those messages (a few hundred tokens); the demo's eval file is left unseen."""
     import torch
@@ -161,7 +167,7 @@ def make_ner_checkpoint(path: Path, model_type: str = "bert", *, rows: int = 200
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), max_position_embeddings=130, pad_token_id=0,
                                   num_labels=len(NER_LABELS), id2label=dict(enumerate(NER_LABELS)),
                                   label2id={label: i for i, label in enumerate(NER_LABELS)},
-                                  **FAMILY_CONFIGS[model_type])
+                                  **_shape(model_type, wide))
     torch.manual_seed(0)
     model = AutoModelForTokenClassification.from_config(config)
     train_token_classifier(model, tokenizer, train, NerFinetuneSettings(epochs=epochs, learning_rate=3e-3))

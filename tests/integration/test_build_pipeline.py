@@ -20,13 +20,14 @@ from engineforge.serve.engine_spec import EngineSpec
 from tests.helpers.tiny_checkpoint import TINY_LABELS, make_tiny_checkpoint, write_eval_data
 
 
-def _build(checkpoint: Path, eval_data: Path, out: Path, preset: str = "int8") -> BuildReport:
+def _build(checkpoint: Path, eval_data: Path, out: Path, preset: str = "int8", **settings: object) -> BuildReport:
     steps = tuple(s for s in preset_steps(preset) if s.step_type != "publish")
-    return run_build(BuildConfig(checkpoint=checkpoint, output_dir=out, steps=steps, eval_data=eval_data))
+    return run_build(BuildConfig(checkpoint=checkpoint, output_dir=out, steps=steps, eval_data=eval_data,
+                                 **settings))  # type: ignore[arg-type]
 
 
 def test_int8_build_writes_a_servable_bundle_and_reports(tiny_checkpoint, tiny_eval_data, tmp_path):
-    report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out")
+    report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out", max_build_minutes=60.0)
     assert report.status == "ok"
     assert [s.name for s in report.steps] == ["export", "graph_optimize", "dynamic_int8", "validate"]
     optimize = report.steps[1].details
@@ -57,6 +58,7 @@ def test_int8_build_writes_a_servable_bundle_and_reports(tiny_checkpoint, tiny_e
     assert manifest["data"]["eval"]["sha256"] and manifest["versions"]["onnxruntime"]
     recipe = load_recipe(tmp_path / "out" / "recipe.toml")
     assert [s.step_type for s in recipe["steps"]] == ["export", "graph_optimize", "dynamic_int8", "validate"]
+    assert recipe["max_build_minutes"] == 60.0  # the recipe repeats the build with its time limit
 
 
 def test_fp32_preset_matches_pytorch_closely(tiny_checkpoint, tiny_eval_data, tmp_path):

@@ -77,3 +77,24 @@ def test_the_missing_step_or_data_satisfies_it(tmp_path):
 def test_prerequisite_errors_are_order_errors_for_callers_that_catch_those(tmp_path):
     with pytest.raises(StepOrderError):
         check_build(_config(tmp_path, (ValidateConfig(),), ALL_DATA))
+
+
+def test_every_missing_prerequisite_is_in_one_refusal_and_giving_them_passes(tmp_path):
+    steps = (ExportConfig(), StaticInt8Config(), ValidateConfig())
+    with pytest.raises(MissingPrerequisiteError) as refused:
+        check_build(_config(tmp_path, steps, ("train_data",)))
+    message = str(refused.value)
+    assert message.startswith("this recipe cannot run:\n")
+    assert [line for line in message.splitlines() if line.startswith("- ")] == [
+        "- step 'static_int8' needs representative calibration data to fix int8 activation ranges",
+        "- steps 'static_int8' and 'validate' need labelled eval data"]  # static_int8's fp32 fallback measures it
+    fix = message.split("\nFix: ")[1]
+    assert fix.count("pass --eval-data") == 1 and fix.count("pass --calibration-data") == 1  # each fix once
+    check_build(_config(tmp_path, steps, ("train_data", "calibration_data", "eval_data")))
+
+
+def test_a_consequence_of_a_missing_step_is_not_a_second_blocker(tmp_path):
+    with pytest.raises(MissingPrerequisiteError) as refused:  # validate lacks an engine only because export does
+        check_build(_config(tmp_path, (DynamicInt8Config(), ValidateConfig()), ALL_DATA))
+    assert "\n" not in str(refused.value) and "'validate'" not in str(refused.value)
+    check_build(_config(tmp_path, (ExportConfig(), DynamicInt8Config(), ValidateConfig()), ALL_DATA))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -51,12 +53,123 @@ def test_presets_needing_head_pruning_are_refused_with_the_reason_and_the_workin
             with pytest.raises(UnsupportedStepError) as refused:
                 check_build(config)
             message = str(refused.value)
-            assert f"step 'prune' cannot run on {family} checkpoints: head pruning: " in message
+            assert f"step 'prune' cannot run on {family} checkpoints: " in message
             assert f"Presets that work for {family}: fp32, max-accuracy, int8, int8-static" in message
-            assert "fast-cpu" not in message.split("Presets that work")[1]
+            assert "fast-cpu" not in message.split("Presets that work")[1].split("\n")[0]
         else:
             check_build(config)
         assert not (tmp_path / preset / "out").exists()
+
+
+def _follow(fix: str, steps: tuple) -> tuple:
+    """Apply a refusal's recipe fix as a user would: "drop the a and b steps", "set step.option = value"."""
+    for part in fix.split(" and set "):
+        if part.startswith("drop the "):
+            names = re.findall(r"(\w+)(?:,| and | steps?\b)", part.removeprefix("drop the "))
+            steps = tuple(s for s in steps if s.step_type not in names)
+        else:
+            step_type, option, value = re.fullmatch(r"(?:set )?(\w+)\.(\w+) = (\S+)", part).groups()
+            steps = tuple(dataclasses.replace(s, **{option: float(value)}) if s.step_type == step_type else s
+                          for s in steps)
+    return steps
+
+
+def _refusal(config: BuildConfig) -> tuple[str, str]:
+    """(the whole message, its fix); there is exactly one fix and it ends the message."""
+    with pytest.raises(UnsupportedStepError) as refused:
+        check_build(config)
+    message = str(refused.value)
+    assert message.count("Fix: ") == 1
+    return message, message.rsplit("\nFix: ", 1)[1]
+
+
+# (family, the pruning it cannot do, the one reason): ALBERT and ModernBERT block heads and FFN for one reason.
+BLOCKED = [("albert", "head and FFN pruning", "ALBERT shares one layer's weights"),
+           ("modernbert", "head and FFN pruning", "ModernBERT fuses Q/K/V"),
+           ("mpnet", "head pruning", "MPNet's relative position bias"),
+           ("deberta-v2", "head pruning", "DeBERTa's disentangled attention")]
+
+
+@pytest.mark.parametrize("preset", ["trt-int8", "fast-cpu"])
+@pytest.mark.parametrize(("model_type", "blocked", "reason"), BLOCKED)
+def test_a_preset_refusal_names_every_blocker_once_and_its_preset_fix_passes(tmp_path, model_type, blocked,
+                                                                             reason, preset):
+    config = dataclasses.replace(_config(tmp_path, model_type, preset_steps(preset)), preset=preset)
+    message, fix = _refusal(config)
+    assert message.startswith(f"preset '{preset}' cannot build this {model_type} checkpoint:\n")
+    assert f"- step 'prune' cannot run on {model_type} checkpoints: {blocked}: {reason}" in message
+    assert message.count(reason) == 1 and message.count("step 'prune'") == 1
+    assert "set prune.head_sparsity" not in message and "drop the prune step" not in message
+    target = re.fullmatch(r"use preset '([\w-]+)' \(" + preset + r" without its prune and distill steps\)", fix)
+    assert target and target.group(1) == {"trt-int8": "trt-int8-static", "fast-cpu": "int8-static"}[preset]
+    check_build(dataclasses.replace(config, steps=preset_steps(target.group(1)), preset=target.group(1)))
+
+
+@pytest.mark.parametrize(("model_type", "blocked", "reason"), BLOCKED)
+def test_a_recipe_refusal_names_every_blocker_once_and_following_its_fix_passes(tmp_path, model_type, blocked,
+                                                                                reason):
+    steps = preset_steps("trt-int8")  # as a recipe: no preset to point at, so the fix edits the steps
+    message, fix = _refusal(_config(tmp_path, model_type, steps))
+    assert message.startswith(f"this recipe cannot build this {model_type} checkpoint:\n")
+    assert message.count(reason) == 1 and f"{blocked}: {reason}" in message
+    assert fix == ("set prune.head_sparsity = 0" if blocked == "head pruning" else "drop the prune and distill steps")
+    check_build(_config(tmp_path / "fixed", model_type, _follow(fix, steps)))
+
+
+def _token_classifier(tmp_path: Path, model_type: str, **data) -> BuildConfig:
+    checkpoint = _checkpoint(tmp_path, model_type)
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps(config | {"architectures": ["AnyForTokenClassification"]}))
+    return BuildConfig(checkpoint=checkpoint, output_dir=tmp_path / "out", steps=preset_steps("fast-cpu"),
+                       preset="fast-cpu", **data)
+
+
+def test_a_token_classifier_refusal_names_prune_and_distill_once_each_and_one_fix(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "x"}\n')
+    config = _token_classifier(tmp_path, "bert", eval_data=data, train_data=data, calibration_data=data)
+    message, fix = _refusal(config)
+    assert "- step 'prune' cannot build a token-classification model: pruning of token classifiers" in message
+    assert "- step 'distill' cannot build a token-classification model: distillation of token classifiers" in message
+    blockers = [line for line in message.splitlines() if line.startswith("- ")]
+    # The fix is said once, at the end: no blocker line carries one.
+    assert len(blockers) == 2 and not any("use " in line or "preset" in line for line in blockers)
+    assert fix == "use preset 'int8-static' (fast-cpu without its prune and distill steps)"
+    check_build(dataclasses.replace(config, steps=preset_steps("int8-static"), preset="int8-static"))
+
+
+def test_every_blocker_of_family_task_and_data_is_in_one_refusal_whose_fix_passes(tmp_path):
+    """ALBERT token classifier, trt-int8, no calibration data: four blockers, one error, one fix that works."""
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "x"}\n')
+    config = dataclasses.replace(_token_classifier(tmp_path, "albert", eval_data=data, train_data=data),
+                                 steps=preset_steps("trt-int8"), preset="trt-int8")
+    message, fix = _refusal(config)
+    lines = [line for line in message.splitlines() if line.startswith("- ")]
+    assert lines == [
+        "- step 'prune' cannot run on albert checkpoints: head and FFN pruning: ALBERT shares one layer's weights "
+        "across every layer, so per-layer structured pruning has no meaning",
+        "- step 'prune' cannot build a token-classification model: pruning of token classifiers (per-token "
+        "importance) is not built yet",
+        "- step 'distill' cannot build a token-classification model: distillation of token classifiers (per-token "
+        "KL) is not built yet",
+        "- step 'static_int8' needs representative calibration data to fix int8 activation ranges"]
+    assert fix.startswith("use preset 'trt-int8-static' (trt-int8 without its prune and distill steps); and pass "
+                          "--calibration-data FILE")
+    check_build(dataclasses.replace(config, steps=preset_steps("trt-int8-static"), calibration_data=data))
+
+
+def test_the_cli_refusal_of_trt_int8_on_albert_is_one_usage_error_with_the_fix(tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path, "albert")
+    data = tmp_path / "eval.jsonl"
+    data.write_text('{"text": "x", "label": "a"}\n')
+    args = [str(checkpoint), "--output", str(tmp_path / "out"), "--eval-data", str(data), "--train-data", str(data),
+            "--calibration-data", str(data), "--no-publish"]
+    assert build_engine([*args, "--preset", "trt-int8"]) == 2
+    err = capsys.readouterr().err
+    assert "head and FFN pruning" in err and err.rstrip().endswith(
+        "Fix: use preset 'trt-int8-static' (trt-int8 without its prune and distill steps)")
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("model_type,allowed", [("mpnet", True), ("deberta-v2", True), ("distilbert", True),
