@@ -2,7 +2,7 @@
 refused (and with what message), which fail. Run on demand (about an hour for the full matrix on 2 cores).
 
     .venv/bin/python benchmarks/build_matrix.py [--families bert,albert] [--tasks text-classification]
-        [--presets int8,nf4] [--timeout 900] [--out reports/build_matrix]
+        [--presets int8,nf4] [--timeout 900] [--out reports/build_matrix] [--resume]
 
 Checkpoints are tiny models made from each family's config, each with its own small WordPiece tokenizer
 (tests/helpers/tiny_families.py: no hub downloads), trained briefly so their predictions differ per text. Each build
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "albert", "deberta-v2", "mpnet", "modernbert")
 TASKS = ("text-classification", "token-classification", "embeddings")
 PRESETS = ("fp32", "int8", "int8-static", "max-accuracy", "int4-weight-only", "nf4", "fast-cpu", "trt-fp16",
-           "trt-int8")
+           "trt-int8", "trt-int8-static")
 
 
 def make_inputs(root: Path, family: str, task: str) -> dict[str, Path]:
@@ -103,18 +103,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per build")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "build_matrix")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in OUT/matrix.json")
     args = parser.parse_args(argv)
-    rows: list[dict] = []
+    saved = args.out / "matrix.json"
+    rows: list[dict] = json.loads(saved.read_text()) if args.resume and saved.is_file() else []
+    done = {(r["family"], r["task"], r["preset"]) for r in rows}
     for task in args.tasks.split(","):
         for family in args.families.split(","):
+            presets = [p for p in args.presets.split(",") if (family, task, p) not in done]
+            if not presets:
+                continue
             inputs = make_inputs(args.out / "inputs" / f"{family}-{task}", family, task)
-            for preset in args.presets.split(","):
+            for preset in presets:
                 row = {"family": family, "task": task, "preset": preset}
                 row |= run_build(inputs, task, preset, args.out / "builds" / f"{family}-{task}-{preset}", args.timeout)
                 rows.append(row)
                 print(f"{family} {task} {preset}: {row['outcome']} ({row['seconds']}s) {row.get('message', '')[:160]}",
                       flush=True)
-                (args.out / "matrix.json").write_text(json.dumps(rows, indent=2) + "\n")
+                saved.write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "matrix.md").write_text(table(rows))
     print(table(rows))
     return 0

@@ -19,6 +19,7 @@ import numpy as np
 from engineforge import progress
 from engineforge.engines import encode
 from engineforge.errors import DataError
+from engineforge.file_modes import follow_umask
 
 from .data import Example
 
@@ -148,5 +149,6 @@ def calibrate(model_path: Path, reader: TextCalibrationReader, method: Any, op_t
         reader.set_range(start, start + CHUNK_BATCHES)
         calibrator.collect_data(reader)
     save_tensors_data(calibrator.compute_data(), cache_path)
+    follow_umask(cache_path)  # onnxruntime writes it through mkstemp (0600)
     del calibrator  # frees the augmented session before quantization loads the model again
     return cache_path

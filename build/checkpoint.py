@@ -23,7 +23,8 @@ from .tasks import (
     read_pooling,
 )
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "CheckpointInfo", "inspect_checkpoint", "load_checkpoint"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "CheckpointInfo", "inspect_checkpoint", "load_checkpoint", "load_tokenizer",
+           "read_checkpoint_config"]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model")
 
@@ -60,8 +61,9 @@ class CheckpointInfo:
         }
 
 
-def inspect_checkpoint(path: Path, task: str | None = None) -> CheckpointInfo:
-    """Check the directory without loading weights; every problem names the file and the fix."""
+def read_checkpoint_config(path: Path) -> dict[str, Any]:
+    """The checkpoint's config.json, or CheckpointError saying why this is not a checkpoint directory. The first
+    thing every build checks: nothing else is worth saying about a path that holds no checkpoint."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
@@ -69,18 +71,25 @@ def inspect_checkpoint(path: Path, task: str | None = None) -> CheckpointInfo:
         raise CheckpointError(f"checkpoint {path} is a file; pass the directory that holds config.json")
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise CheckpointError(f"{path} has no config.json: is it a Hugging Face checkpoint directory?")
+        raise CheckpointError(f"{path} is not a Hugging Face checkpoint: it has no config.json (pass the directory "
+                              "that save_pretrained wrote)")
     try:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{config_file} is not valid JSON ({exc}): the checkpoint is corrupt") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_file} does not hold a JSON object: the checkpoint is corrupt")
+    family_for(config.get("model_type"), str(config_file))
+    return config
 
+
+def inspect_checkpoint(path: Path, task: str | None = None) -> CheckpointInfo:
+    """Check the directory without loading weights; every problem names the file and the fix."""
+    path = Path(path)
+    config = read_checkpoint_config(path)
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
     architecture = architectures[0] if architectures else ""
-    family_for(model_type, str(config_file))
     task = detect_task(path, config, task)
 
     weights = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
@@ -118,22 +127,12 @@ def load_checkpoint(path: Path, task: str | None = None) -> tuple[CheckpointInfo
     the encoder with its pooling (`tasks.embedding_model`). The tokenizer is loaded and checked against the
     embedding table before the weights, so a mismatched pair is refused before any work."""
     info = inspect_checkpoint(path, task)
-    from transformers import (
-        AutoModel,
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # build steps print their own progress
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True, local_files_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"could not load the tokenizer in {path}: {type(exc).__name__}: {exc}") from exc
-    if info.vocab_size is not None:
-        check_vocabulary(tokenizer, info.vocab_size, f"config.json vocab_size {info.vocab_size}", path)
+    tokenizer = load_tokenizer(info)
     try:
         # Eager attention exports the plain MatMul/Softmax pattern ORT's attention fusion recognises.
         auto = {EMBEDDINGS: AutoModel, TOKEN_CLASSIFICATION: AutoModelForTokenClassification}.get(
@@ -157,6 +156,19 @@ def load_checkpoint(path: Path, task: str | None = None) -> tuple[CheckpointInfo
     if info.task == EMBEDDINGS and info.pooling is not None:
         model = embedding_model(model, info.pooling)
     return info, model, tokenizer
+
+
+def load_tokenizer(info: CheckpointInfo) -> Any:
+    """The checkpoint's fast tokenizer, checked against config.json's vocabulary size (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(info.path), use_fast=True, local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"could not load the tokenizer in {info.path}: {type(exc).__name__}: {exc}") from exc
+    if info.vocab_size is not None:
+        check_vocabulary(tokenizer, info.vocab_size, f"config.json vocab_size {info.vocab_size}", info.path)
+    return tokenizer
 
 
 def check_vocabulary(tokenizer: Any, rows: int, table: str, path: Path) -> None:

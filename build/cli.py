@@ -56,6 +56,7 @@ def make_parser() -> argparse.ArgumentParser:
 def candidates_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
     """One (name, BuildConfig) per candidate: a recipe or most presets give one, `fast-cpu` several. Every
     candidate is checked (order, prerequisites) here, so an impossible build is a usage error."""
+    from .checkpoint import read_checkpoint_config
     from .pipeline import check_build
     from .presets import DEFAULT_PRESET, load_recipe, preset_candidates
 
@@ -68,6 +69,8 @@ def candidates_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
             preset = args.preset or DEFAULT_PRESET
             candidates = [(name, config_from_args(args, {"preset": preset, "steps": steps}))
                           for name, steps in preset_candidates(preset)]
+        # The checkpoint first: nothing else is worth saying about a path that holds none.
+        read_checkpoint_config(candidates[0][1].checkpoint)
         for _, config in candidates:
             check_build(config)
     return candidates

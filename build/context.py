@@ -98,9 +98,9 @@ class BuildContext:
     @property
     def entity_types(self) -> list[str]:
         """A token classifier's entity types (its IOB2 tags without B-/I-)."""
-        from engineforge.ner import split_tag
+        from engineforge.ner import entity_types
 
-        return sorted({split_tag(tag)[1] for tag in self.labels} - {""})
+        return entity_types(self.labels)
 
     def eval_texts(self, examples: Sequence[Example]) -> list[str]:
         """The texts whose outputs judge an engine. Embeddings: examples with a `positive` first, then the

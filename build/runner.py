@@ -1,18 +1,24 @@
 """Run a whole build: refuse what cannot work, load and check the checkpoint, run the ordered steps,
-bundle the engine, and write the report, manifest and recipe (also when the build fails)."""
+bundle the engine, and write the report, manifest and recipe.
+
+Everything that can be refused without work is checked before anything is written (the checkpoint first, then
+the recipe, the tokenizer against the embedding table, the data files, the output directory): a refused build
+leaves nothing behind. A build that fails while working keeps only its log, `build.log`, with the failed report
+at its end, and the error names it: no half-built engine, recipe or manifest that looks like a build."""
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from pathlib import Path
 
-from engineforge import progress
+from engineforge import ner, progress
 from engineforge.errors import ConfigError, EngineforgeError
 
 from . import steps
 from .bundle import bundle_engine_mb, ensure_bundle
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointInfo, inspect_checkpoint, load_checkpoint, load_tokenizer
 from .config import DATA_FIELDS, BuildConfig
 from .context import BuildContext
 from .data import Example, load_examples
@@ -21,13 +27,14 @@ from .manifest import build_manifest, write_manifest
 from .pipeline import BUILD_LOG, check_build, prepare_output_dir, run_steps
 from .presets import dump_recipe
 from .report import BuildReport, package_versions
+from .tasks import TOKEN_CLASSIFICATION
 
 
 def run_build(config: BuildConfig) -> BuildReport:
-    """Build, validate and (if the steps say so) publish. Returns the report; raises on failure after writing
-    the report, so a failed build still explains itself on disk. A recipe that cannot work is refused before
-    anything is loaded or written."""
-    check_build(config)
+    """Build, validate and (if the steps say so) publish. Returns the report; raises on failure, with the failed
+    report at the end of the build log (and on the exception, as `report`). A recipe, checkpoint or data that
+    cannot work is refused before anything is loaded or written."""
+    _, examples = check_before_work(config)
     out_dir = prepare_output_dir(config)
     work_dir = out_dir / "work"
     work_dir.mkdir(exist_ok=True)
@@ -39,36 +46,70 @@ def run_build(config: BuildConfig) -> BuildReport:
     ctx: BuildContext | None = None
     try:
         with progress.third_party_logs_to(out_dir / BUILD_LOG):
-            ctx = _start(config, work_dir, report)
+            ctx = _start(config, examples, work_dir, report)
             run_steps(ctx)
             ensure_bundle(ctx)
         report.status = "ok"
-    except EngineforgeError as exc:
-        report.status, report.error = "failed", f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
+    except BaseException as exc:
+        report.status = "failed"
+        report.error = f"{type(exc).__name__}: {exc}" if isinstance(exc, EngineforgeError) else repr(exc)
         _finish(report, ctx, config, started)
-        # Absolute paths: `build-engine --recipe out/recipe.toml` repeats this build from anywhere.
-        (out_dir / "recipe.toml").write_text(dump_recipe(config.steps, {
-            "checkpoint": config.checkpoint.resolve(),
-            **{k: getattr(config, k) and getattr(config, k).resolve() for k in DATA_FIELDS},
-            "max_sequence_length": config.max_sequence_length, "intra_op_threads": config.intra_op_threads,
-            "max_build_minutes": config.max_build_minutes}))
-        report.write(out_dir)
-        write_manifest(build_manifest(report, config.checkpoint, {
-            name.removesuffix("_data"): getattr(config, name) for name in DATA_FIELDS},
-            ctx.bundle_dir if ctx else None), out_dir)
+        keep_only_the_log(out_dir, report)
+        if isinstance(exc, EngineforgeError):
+            exc.report = report  # type: ignore[attr-defined]  # callers (the candidate search) read it here
+            exc.args = (f"{exc} (log: {out_dir / BUILD_LOG})",)
+        raise
+    _finish(report, ctx, config, started)
+    # Absolute paths: `build-engine --recipe out/recipe.toml` repeats this build from anywhere.
+    (out_dir / "recipe.toml").write_text(dump_recipe(config.steps, {
+        "checkpoint": config.checkpoint.resolve(),
+        **{k: getattr(config, k) and getattr(config, k).resolve() for k in DATA_FIELDS},
+        "max_sequence_length": config.max_sequence_length, "intra_op_threads": config.intra_op_threads,
+        "max_build_minutes": config.max_build_minutes}))
+    report.write(out_dir)
+    write_manifest(build_manifest(report, config.checkpoint, {
+        name.removesuffix("_data"): getattr(config, name) for name in DATA_FIELDS},
+        ctx.bundle_dir if ctx else None), out_dir)
     return report
 
 
-def _start(config: BuildConfig, work_dir: Path, report: BuildReport) -> BuildContext:
-    with progress.stage("load checkpoint"):
-        info, model, tokenizer = load_checkpoint(config.checkpoint, config.task)
+def check_before_work(config: BuildConfig) -> tuple[CheckpointInfo, dict[str, list[Example]]]:
+    """Every refusal that needs no work, in the order a user fixes them: is it a checkpoint, can the recipe run on
+    it, does its tokenizer fit its embedding table, are the settings and data files usable. Nothing is written."""
+    info = inspect_checkpoint(config.checkpoint, config.task)
+    check_build(config)
     if config.max_sequence_length > info.max_position_embeddings:
         raise ConfigError(
             f"max_sequence_length={config.max_sequence_length} exceeds the {info.max_position_embeddings} tokens "
             f"this {info.model_type} model's position embeddings hold (RoBERTa-style models start positions after "
             f"the padding index): pass --max-seq-len {info.max_position_embeddings} or less")
+    load_tokenizer(info)
+    entity_types = ner.entity_types(info.labels) if info.task == TOKEN_CLASSIFICATION else None
+    examples = {}
+    for kind in ("eval", "train", "calibration", "unlabelled"):
+        path = getattr(config, f"{kind}_data")
+        if path is not None:
+            rows = (load_examples(path, entity_types=entity_types) if entity_types is not None
+                    else load_examples(path, info.labels))
+            # the teacher labels unlabelled text: any labels in the file are not used
+            examples[kind] = [Example(text=e.text) for e in rows] if kind == "unlabelled" else rows
+    return info, examples
+
+
+def keep_only_the_log(out_dir: Path, report: BuildReport) -> None:
+    """A failed build leaves its log, with the failed report at its end, and nothing else."""
+    log = out_dir / BUILD_LOG
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write("\n\n" + report.to_markdown())
+    for entry in out_dir.iterdir():
+        if entry != log:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def _start(config: BuildConfig, examples: dict[str, list[Example]], work_dir: Path, report: BuildReport
+           ) -> BuildContext:
+    with progress.stage("load checkpoint"):
+        info, model, tokenizer = load_checkpoint(config.checkpoint, config.task)
     ctx = BuildContext.start(config, work_dir, info, model, tokenizer, report.build_id)
     validate = config.step(steps.ValidateConfig)
     if isinstance(validate, steps.ValidateConfig):  # earlier steps judge candidates by the same budget
@@ -78,15 +119,9 @@ def _start(config: BuildConfig, work_dir: Path, report: BuildReport) -> BuildCon
             if info.pooling else f"{len(info.labels)} labels")
     progress.info(f"  {info.architecture} ({info.model_type}, {info.task}), {what}, "
                   f"weights {file_mb(info.weights_file)} MB")
-    for kind in ("eval", "train", "calibration", "unlabelled"):
-        path = getattr(config, f"{kind}_data")
-        if path is not None:
-            examples = (load_examples(path, entity_types=ctx.entity_types) if ctx.is_token_task
-                        else load_examples(path, ctx.labels))
-            if kind == "unlabelled":  # the teacher labels this text; any labels in the file are not used
-                examples = [Example(text=e.text) for e in examples]
-            setattr(ctx, f"{kind}_examples", examples)
-            progress.info(f"  {kind} data: {len(examples)} examples from {path}")
+    for kind, rows in examples.items():
+        setattr(ctx, f"{kind}_examples", rows)
+        progress.info(f"  {kind} data: {len(rows)} examples from {getattr(config, f'{kind}_data')}")
     return ctx
 
 

@@ -28,8 +28,8 @@ from engineforge.errors import AccuracyBudgetExceeded, BuildTimeLimitReached, En
 from .accuracy import Budget
 from .config import BuildConfig
 from .estimate import announce
-from .pipeline import check_build
-from .report import BuildReport, package_versions
+from .pipeline import BUILD_LOG, check_build
+from .report import BuildReport
 from .runner import run_build
 from .steps import DistillConfig, PruneConfig, ValidateConfig
 from .time_limit import TimeLimit, closest, describe, minutes, shortfall
@@ -126,7 +126,7 @@ def _failure(candidates: Sequence[tuple[str, BuildConfig]], tried: list[dict[str
     error: EngineforgeError
     if limit is None or not any(t["result"] in _TIMED_OUT for t in tried):
         error = AccuracyBudgetExceeded(f"no candidate configuration fits the accuracy budget. Tried:\n{summary}"
-                                       + (f"\n{near}." if best else ""))
+                                       + (f"\n{near}." if best else "") + f"\nLog: {out_dir / BUILD_LOG}")
     else:
         whole = sum(e for e in estimates if e is not None)
         more = f" (the whole ladder was estimated at ~{minutes(whole)})" if whole else ""
@@ -135,7 +135,8 @@ def _failure(candidates: Sequence[tuple[str, BuildConfig]], tried: list[dict[str
         error = BuildTimeLimitReached(
             f"the build time limit of {minutes(limit.minutes * 60)} ended the search before a candidate met the "
             f"accuracy budget; nothing was published. {near}. Candidates:\n{summary}\nGive the build more time "
-            f"with --max-build-minutes{more}{alone}. Report: {out_dir / 'build_report.md'}")
+            f"with --max-build-minutes{more}{alone}."
+            + (f" Log: {out_dir / BUILD_LOG}" if any("seconds" in t for t in tried) else ""))
     _record_failure(candidates[0][1], tried, error, limit)
     return error
 
@@ -150,15 +151,12 @@ def _record(report: BuildReport, out_dir: Path, tried: list[dict[str, Any]], lim
 
 def _record_failure(config: BuildConfig, tried: list[dict[str, Any]], error: EngineforgeError,
                     limit: TimeLimit | None) -> None:
-    """Put the whole search in the last candidate's report; write one if none ran (into an empty directory
-    only: an earlier build's files are never mixed with this one's report)."""
-    out_dir = config.output_dir
-    if any("seconds" in t for t in tried):  # a candidate ran: its report is there
-        report = BuildReport.load(out_dir)
-    elif out_dir.exists() and any(out_dir.iterdir()):
+    """Add the whole search to the last candidate's log (a failed build keeps only its log); when no candidate ran,
+    nothing was written and nothing is."""
+    log = config.output_dir / BUILD_LOG
+    if not any("seconds" in t for t in tried) or not log.is_file():
         return
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        report = BuildReport(build_id="", preset=config.preset, settings={}, recipe=[], versions=package_versions())
-    report.status, report.error = "failed", f"{type(error).__name__}: {error}"
-    _record(report, out_dir, tried, limit)
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(f"\n\n## Candidate search\n\n{type(error).__name__}: {error}\n\n"
+                     + json.dumps({"candidates": tried, "max_build_minutes": limit.minutes if limit else None},
+                                  indent=2) + "\n")

@@ -45,6 +45,11 @@ def split_tag(tag: str) -> tuple[str, str]:
     return "I", tag
 
 
+def entity_types(labels: Sequence[str]) -> list[str]:
+    """A token classifier's entity types: its IOB2 tags without B-/I- (O left out)."""
+    return sorted({split_tag(tag)[1] for tag in labels} - {""})
+
+
 def _units(probabilities: np.ndarray, offsets: np.ndarray, word_ids: Sequence[int] | None,
            strategy: str) -> list[tuple[int, int, int, float]]:
     """(label id, start, end, score) per unit: a token (simple) or a word (first, max); special tokens

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from engineforge.cli_support import arguments_checked, run_command
-from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_MODEL_NAME, DEFAULT_REPO
+from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_REPO
 from engineforge.errors import UsageError
 
 from .grpc_security import ClientTls
+
+INFER_TIMEOUT_S = 10.0  # a call's deadline, retries included: how long `infer` waits for a server to come up
+REQUEST_TIMEOUT_S = 30.0  # one request's deadline under --timeout 0 (no retries)
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -43,13 +47,20 @@ def add_parsers(subparsers: Any) -> None:
     infer = subparsers.add_parser("infer", help="classify texts or token ids with a running server")
     infer.add_argument("texts", nargs="*", help="texts to classify through the ensemble")
     infer.add_argument("--url", default=DEFAULT_GRPC_URL, help="Triton gRPC address (default: %(default)s)")
-    infer.add_argument("--model", default=DEFAULT_MODEL_NAME, help="published model name (default: %(default)s)")
+    infer.add_argument("--model", default=None,
+                       help="published model name (default: the only model the server serves; see --repo)")
+    infer.add_argument("--repo", default=DEFAULT_REPO,
+                       help="without --model: the repository the server serves, read for its models (the server's "
+                            "own list needs the control key; default: %(default)s)")
     infer.add_argument(
         "--token-ids", action="append", default=[], metavar="1,2,3",
         help="one sequence of token ids (repeat for a batch); sent to <model>_engine",
     )  # fmt: skip
     infer.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    infer.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)")
+    infer.add_argument("--timeout", type=float, default=INFER_TIMEOUT_S,
+                       help="seconds each call may take, retries included: a server still starting or a model "
+                            "reloading is waited for that long; 0 = no retries, fail at once when nothing answers "
+                            "(default: %(default)s)")
     add_tls_arguments(infer)
     infer.set_defaults(func=run_infer)
 
@@ -169,7 +180,14 @@ def _infer(args: argparse.Namespace) -> int:
 
     with arguments_checked():
         tls = ClientTls.from_args(args.tls_ca, args.tls_cert, args.tls_key)
-    with EngineforgeClient(args.url, timeout_s=args.timeout, tls=tls, log=progress.info) as client:
+    if args.timeout < 0:
+        raise UsageError(f"--timeout must be >= 0 seconds, got {args.timeout:g}")
+    with EngineforgeClient(args.url, timeout_s=args.timeout or REQUEST_TIMEOUT_S, retry=args.timeout > 0,
+                           retry_s=args.timeout, tls=tls, log=progress.info, timeout_option="--timeout") as client:
+        if args.model is None:
+            from .infer_model import pick_model
+
+            args.model = pick_model(client, Path(args.repo))
         task = client.task(args.model)
         if task == "embeddings":
             return _print_embeddings(client, args, token_rows)

@@ -69,14 +69,15 @@ class EngineforgeClient:
 
     def __init__(self, url: str = DEFAULT_GRPC_URL, *, timeout_s: float = 30.0, retry: bool = True,
                  retry_s: float = 10.0, tls: ClientTls | TlsFiles | None = None, control_key: str | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, timeout_option: str = "timeout_s") -> None:
         import tritonclient.grpc as grpcclient
 
         self.url = url
         self.timeout_s = timeout_s
         self.retry = retry
         self.retry_s = retry_s  # how long repairable failures are retried, within the call's deadline
-        self._log = log  # told once per call when it waits for a reloading model
+        self._log = log  # told once per call when it waits for a server to answer or a reloading model
+        self._timeout_option = timeout_option  # how the caller sets timeout_s, named when it waits ("--timeout")
         self._grpc = grpcclient
         self.channel = GrpcChannel(url, ClientTls.of(tls))
         self._client = self.channel.client()  # connects lazily
@@ -88,7 +89,7 @@ class EngineforgeClient:
         """fn(seconds left) until it succeeds, fails for good, or the deadline passes; errors typed."""
         started = time.monotonic()
         deadline, retry_until = started + self.timeout_s, started + min(self.retry_s, self.timeout_s)
-        delay, probed, told = 0.05, False, False
+        delay, probed, told, told_down = 0.05, False, False, False
         while True:
             try:
                 return fn(max(deadline - time.monotonic(), 0.001))
@@ -103,6 +104,9 @@ class EngineforgeClient:
                     mismatch = grpc_errors.tls_mismatch(exc, self.url, self.channel.secure)
                     if mismatch is not None:
                         raise mismatch from exc
+                if not told_down and self._log is not None and grpc_errors.refused(exc):
+                    told_down = True  # said at once: the retries that follow may last the whole deadline
+                    self._log(grpc_errors.no_server_retrying(self.url, retry_until - started, self._timeout_option))
                 if not told and self._log is not None and grpc_errors.reloading(exc):
                     told = True
                     self._log(f"model {model!r} is reloading on Triton at {self.url} "
@@ -145,6 +149,10 @@ class EngineforgeClient:
             return bool(self._client.is_server_ready(client_timeout=self.timeout_s))
         except Exception as exc:
             raise self._translate(exc) from exc
+
+    def model_ready(self, model: str) -> bool:
+        """Whether `model` is loaded and ready (public: no control key); waits for the server like every call."""
+        return bool(self._call(lambda timeout: self._client.is_model_ready(model, client_timeout=timeout)))
 
     def ready_models(self) -> list[str]:
         """READY models from the repository index (restricted by `engineforge serve`: needs control_key; without

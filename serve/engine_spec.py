@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from engineforge.engines import runtime_info, runtime_names
 from engineforge.engines.registry import MODEL_DIRECTORY
 from engineforge.errors import ConfigError
+from engineforge.file_modes import atomic_write
 
 ENGINE_SPEC_FILENAME = "engine.json"
 FORMAT_VERSION = 1
@@ -225,12 +225,4 @@ class EngineSpec:
         path = Path(path)
         if path.is_dir():
             path = path / ENGINE_SPEC_FILENAME
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".engine-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, self.to_json())

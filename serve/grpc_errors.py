@@ -76,6 +76,17 @@ def reloading(exc: BaseException) -> bool:
     return kind_of(exc) == NOT_READY and any(sign in message_of(exc) for sign in _RELOADING)
 
 
+def refused(exc: BaseException) -> bool:
+    """The connection was refused: nothing listens at the address (no server, or one not started yet)."""
+    return kind_of(exc) == UNAVAILABLE and "connection refused" in message_of(exc).lower()
+
+
+def no_server_retrying(url: str, retry_s: float, timeout_option: str) -> str:
+    """Said at once when a call that retries finds nothing listening, so a user is not left waiting in silence."""
+    return (f"no server answers at {url} (connection refused); retrying for up to {retry_s:g}s ({timeout_option}); "
+            "start one with `engineforge serve`")
+
+
 def unavailable(url: str, detail: str = "") -> ServerUnavailableError:
     return ServerUnavailableError(f"no Triton server answers at {url} — start it with `engineforge serve`"
                                   + (f" ({detail})" if detail else ""))
@@ -126,7 +137,8 @@ def to_error(exc: BaseException, url: str, model: str | None = None, timeout_s: 
         mismatch = tls_mismatch(exc, url, tls)
         if mismatch is not None:
             return mismatch
-        return unavailable(url, message)
+        waited = f"; retried for {retried_s:.1f}s" if retried_s and retried_s >= 0.1 else ""
+        return unavailable(url, ("connection refused" if refused(exc) else message) + waited)
     if kind == TIMEOUT:
         within = f" within {timeout_s:g}s" if timeout_s is not None else ""
         return ServerError(f"Triton at {url} gave no answer{within} ({message})")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from engineforge.errors import RepositoryError
+from engineforge.file_modes import atomic_write
 
 from .engine_spec import EngineSpec
 from .model_layout import ROLES, engine_model_name, version_model_name
@@ -58,12 +58,9 @@ def file_sha256(path: Path) -> str:
 
 
 def replace_config(model_dir: Path, text: str) -> Path:
-    """Write a model's config.pbtxt atomically: a polling supervisor or Triton never reads half a config."""
-    path = model_dir / CONFIG
-    temporary = model_dir / f".{CONFIG}.tmp"
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    """Write a model's config.pbtxt atomically (a polling supervisor or Triton never reads half a config),
+    readable by the server's user."""
+    return atomic_write(model_dir / CONFIG, text, published=True)
 
 
 def verify_published_files(version_dir: Path, files: dict[str, str]) -> None:

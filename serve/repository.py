@@ -30,6 +30,7 @@ from pathlib import Path
 
 from engineforge.defaults import DEFAULT_MODEL_NAME, DEFAULT_REPO, TOKENIZER_DIRNAME, check_model_name
 from engineforge.errors import ConfigError, RepositoryError
+from engineforge.file_modes import make_readable
 
 from .engine_spec import ENGINE_SPEC_FILENAME, EngineSpec
 from .model_config import ModelConfig
@@ -156,10 +157,13 @@ def publish_engine(
 def _make_repo(repo: Path) -> None:
     if repo.exists() and not repo.is_dir():
         raise RepositoryError(f"model repository {repo} is a file; pass a directory (default {DEFAULT_REPO}/)")
+    created = not repo.exists()
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RepositoryError(f"cannot create model repository {repo}: {exc}") from exc
+    if created:  # one engineforge made is for the server, which may run as another user
+        make_readable(repo)
 
 
 def _refuse_foreign(repo: Path, model: str) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from engineforge.defaults import TOKENIZER_DIRNAME
+from engineforge.file_modes import make_readable
 
 from .engine_spec import ENGINE_SPEC_FILENAME, EngineSpec
 from .model_config import WARMUP_DIR, ModelConfig
@@ -82,6 +83,7 @@ def stage_model(staged: Path, config: ModelConfig, kind: str, bundle: Path, spec
 def commit(staging: Path, repo: Path, order: list[str], version: int) -> None:
     """Move staged models in with renames (a new model whole; a new version into an existing model, then its config,
     manifest, warmup files and kept entry configs); on any failure undo the renames already done."""
+    make_readable(staging)  # tritonserver may run as another user: what it serves must be readable by it
     undo: list[Callable[[], None]] = []
     try:
         for name in order:

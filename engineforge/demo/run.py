@@ -3,7 +3,9 @@
 fine-tune the packaged MiniLM on the shipped intents (cached) → build-engine (fast-cpu preset: prune,
 distil on the shipped train + unlabelled text, calibrated int8, fastest CPU runtime) → publish to
 model_repo/ → start Triton → check served answers against the same engine run in-process → closed-loop
-gRPC load test → print and write a summary report → stop Triton. `--preset int8` is the 3-minute run.
+gRPC load test → print and write a summary report → stop Triton → print the commands that serve and query
+what it built. `--keep-serving` then runs `engineforge serve --repo model_repo` in the foreground (supervised, on
+the default ports, until Ctrl-C) instead. `--preset int8` is the 3-minute run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from typing import Any
 from engineforge import progress
 from engineforge.cli_support import run_command
 from engineforge.errors import EngineforgeError, UsageError
+
+# What the demo's last lines suggest sending to the model it built, per --task.
+QUERY_EXAMPLES = {"text-classification": "where is my parcel? it was due on monday",
+                  "ner": "the blue hoodie from order 44019 still hasn't arrived",
+                  "embeddings": "where is my parcel?"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--concurrency", default=",".join(map(str, defaults.concurrency)), help="e.g. 1,4")
     parser.add_argument("--repo", type=Path, default=defaults.repo_dir, help="Triton model repository")
     parser.add_argument("--out", type=Path, default=defaults.report_dir, help="report directory")
+    parser.add_argument("--keep-serving", action="store_true",
+                        help="after the report, serve the repository as `engineforge serve` does (gRPC "
+                             "127.0.0.1:8001) until Ctrl-C, to query it with `engineforge infer`")
     parser.set_defaults(func=run)
 
 
@@ -70,25 +80,30 @@ def _run(args: argparse.Namespace) -> int:
         concurrency = parse_concurrency(args.concurrency)
     except argparse.ArgumentTypeError as exc:
         raise UsageError(f"--concurrency: {exc}") from exc
+    from .flow import keep_serving, next_steps
+
     if args.task == "ner":
         from .ner_demo import NerDemoSettings, run_ner_demo
 
         out = args.out if args.out != DemoSettings().report_dir else NerDemoSettings().report_dir
-        print(run_ner_demo(NerDemoSettings(preset=args.preset, duration_s=args.duration, repo_dir=args.repo,
-                                           report_dir=out, concurrency=concurrency))["markdown"])
-        return 0
-    if args.task == "embeddings":
+        settings: Any = NerDemoSettings(preset=args.preset, duration_s=args.duration, repo_dir=args.repo,
+                                        report_dir=out, concurrency=concurrency)
+        summary = run_ner_demo(settings)
+    elif args.task == "embeddings":
         from .embeddings import EmbeddingDemoSettings, run_embedding_demo
 
         out = args.out if args.out != DemoSettings().report_dir else EmbeddingDemoSettings().report_dir
-        print(run_embedding_demo(EmbeddingDemoSettings(preset=args.preset, duration_s=args.duration,
-                                                       repo_dir=args.repo, report_dir=out,
-                                                       concurrency=concurrency))["markdown"])
-        return 0
-    settings = dataclasses.replace(DemoSettings(), preset=args.preset, duration_s=args.duration, repo_dir=args.repo,
-                                   report_dir=args.out, concurrency=concurrency)
-    print(run_demo(settings)["markdown"])
-    return 0
+        settings = EmbeddingDemoSettings(preset=args.preset, duration_s=args.duration, repo_dir=args.repo,
+                                         report_dir=out, concurrency=concurrency)
+        summary = run_embedding_demo(settings)
+    else:
+        settings = dataclasses.replace(DemoSettings(), preset=args.preset, duration_s=args.duration,
+                                       repo_dir=args.repo, report_dir=args.out, concurrency=concurrency)
+        summary = run_demo(settings)
+    print(summary["markdown"])
+    print(next_steps(settings.repo_dir, settings.model_name, QUERY_EXAMPLES[args.task], args.keep_serving),
+          flush=True)
+    return keep_serving(settings.repo_dir) if args.keep_serving else 0
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
@@ -169,4 +184,7 @@ def render_summary(summary: dict[str, Any], load_table: str) -> str:
     lines += ["", f"Served probabilities equal the same engine run in-process in {build['runtime']} (max |Δp| "
               f"{max(r['max_prob_diff_vs_in_process'] for r in summary['samples']):.1e}).", "",
               "## Load test (closed loop, raw text over gRPC)", "", load_table, ""]
+    if "correct %" in load_table:
+        lines += ["`correct %`: served answers whose label equals the eval set's (every answer checked, apart from "
+                  "latency); compare the engine's eval accuracy above.", ""]
     return "\n".join(lines)

@@ -103,3 +103,18 @@ def make_trained_tiny_checkpoint(path: Path) -> Path:
         optimizer.zero_grad()
     model.eval().save_pretrained(str(path))
     return path
+
+
+def shell_checkpoint(path: Path) -> Path:
+    """A directory that passes the checkpoint check (a BERT classifier's config.json, a weights file, a tokenizer
+    file) but holds no usable weights: for tests of refusals that must come before anything is loaded."""
+    import json
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({
+        "model_type": "bert", "architectures": ["BertForSequenceClassification"], "hidden_size": 32,
+        "num_attention_heads": 2, "num_hidden_layers": 2, "intermediate_size": 64, "max_position_embeddings": 128,
+        "vocab_size": 100, "id2label": {"0": "a", "1": "b"}}))
+    (path / "model.safetensors").write_bytes(b"not loaded before the refusal")
+    (path / "tokenizer.json").write_text("{}")
+    return path

@@ -67,21 +67,35 @@ def test_fp32_preset_matches_pytorch_closely(tiny_checkpoint, tiny_eval_data, tm
     assert report.validation["max_abs_logit_diff"] < 1e-4
 
 
-def test_budget_failure_is_clear_and_still_reported(tmp_path):
+def test_budget_failure_is_clear_and_keeps_only_its_log(tmp_path):
     checkpoint = make_tiny_checkpoint(tmp_path / "near-tie", near_tie=True)
     eval_data = write_eval_data(tmp_path / "eval.jsonl", checkpoint)
-    with pytest.raises(AccuracyBudgetExceeded, match=r"outside the accuracy budget.*Worst output difference"):
+    log = tmp_path / "out" / "build.log"
+    with pytest.raises(AccuracyBudgetExceeded, match=r"outside the accuracy budget.*Worst output difference.*\(log: "
+                       + str(log)) as failed:
         _build(checkpoint, eval_data, tmp_path / "out")
-    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
-    assert report["status"] == "failed" and "AccuracyBudgetExceeded" in report["error"]
-    assert report["validation"]["agreement"] < 0.98
+    report = failed.value.report  # type: ignore[attr-defined]
+    assert report.status == "failed" and "AccuracyBudgetExceeded" in report.error
+    assert report.validation["agreement"] < 0.98
+    # no half-built engine, recipe, manifest or report that looks like a build: the log, with the report at its end
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["build.log"]
+    assert "AccuracyBudgetExceeded" in log.read_text() and "agreement" in log.read_text()
 
 
-def test_missing_checkpoint_exits_with_a_clear_message(tmp_path, tiny_eval_data, capsys):
+def test_missing_checkpoint_exits_with_a_clear_message(tmp_path, tiny_eval_data, capsys, monkeypatch):
     code = build_engine([str(tmp_path / "nope"), "--eval-data", str(tiny_eval_data), "-o", str(tmp_path / "out")])
     assert code == 1  # the build ran and failed; 2 is for a wrong command line
     err = capsys.readouterr().err
     assert "build-engine: error: checkpoint directory" in err and "does not exist" in err
+    # The checkpoint is what a user fixes first: said before any complaint about the command line's data...
+    assert build_engine([str(tmp_path / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    # ...and a directory that is no checkpoint is named as such, not as an output directory problem.
+    monkeypatch.chdir(tmp_path)
+    assert build_engine([str(tmp_path), "--eval-data", str(tiny_eval_data)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is not a Hugging Face checkpoint: it has no config.json" in err and "overwrite" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "artifacts").exists()  # refused: nothing written
 
 
 def test_impossible_command_lines_are_usage_errors(tiny_checkpoint, tmp_path, capsys):
@@ -99,8 +113,9 @@ def test_corrupt_weights_are_reported(tiny_checkpoint, tiny_eval_data, tmp_path)
     shutil.copytree(tiny_checkpoint, broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match=r"could not load weights from .*model\.safetensors"):
+    with pytest.raises(CheckpointError, match=r"could not load weights from .*model\.safetensors.*\(log: "):
         _build(broken, tiny_eval_data, tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["build.log"]  # loading weights is work: its log
 
 
 def test_corrupt_config_is_reported(tiny_checkpoint, tiny_eval_data, tmp_path):
@@ -109,6 +124,7 @@ def test_corrupt_config_is_reported(tiny_checkpoint, tiny_eval_data, tmp_path):
     (broken / "config.json").write_text("{ not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         _build(broken, tiny_eval_data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before any work: nothing written
 
 
 @pytest.mark.parametrize(("model_type", "architecture", "fragment"), [
@@ -126,6 +142,7 @@ def test_unsupported_architectures_are_refused(tiny_checkpoint, tiny_eval_data, 
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedArchitectureError, match=fragment):
         _build(other, tiny_eval_data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_eval_labels_unknown_to_the_model_are_refused(tiny_checkpoint, tmp_path, capsys):
@@ -134,6 +151,7 @@ def test_eval_labels_unknown_to_the_model_are_refused(tiny_checkpoint, tmp_path,
     code = build_engine([str(tiny_checkpoint), "--eval-data", str(data), "-o", str(tmp_path / "out"), "--no-publish"])
     assert code == 1
     assert "labels ['weather'] that the model does not know" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # data is checked before any work
 
 
 def test_a_library_failure_inside_a_step_is_a_typed_error_naming_the_step(tiny_checkpoint, tiny_eval_data,
@@ -149,8 +167,7 @@ def test_a_library_failure_inside_a_step_is_a_typed_error_naming_the_step(tiny_c
     with pytest.raises(StepFailedError, match=r"step 2/4 graph_optimize failed: IndexError: indices element out of "
                                               r"data bounds\. The step's options are .* Try another preset"):
         _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out")
-    report = BuildReport.load(tmp_path / "out")
-    assert report.status == "failed" and report.error.startswith("StepFailedError: step 2/4 graph_optimize failed")
+    assert "StepFailedError: step 2/4 graph_optimize failed" in (tmp_path / "out" / "build.log").read_text()
 
 
 def test_third_party_warnings_go_to_the_build_log_not_the_console(tiny_checkpoint, tiny_eval_data, tmp_path,

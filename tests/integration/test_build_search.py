@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,12 @@ def near_tie(tmp_path_factory):
     root = tmp_path_factory.mktemp("near-tie")
     checkpoint = make_tiny_checkpoint(root / "ckpt", near_tie=True)  # int8 flips every prediction
     return checkpoint, write_eval_data(root / "eval.jsonl", checkpoint)
+
+
+def _search_record(out_dir: Path) -> dict:
+    """The candidate search's JSON record at the end of a failed ladder's build.log."""
+    log = (out_dir / "build.log").read_text()
+    return json.loads(log[log.index("{", log.index("## Candidate search")):])
 
 
 def test_first_candidate_within_budget_is_kept_and_the_misses_recorded(near_tie, tmp_path):
@@ -116,11 +123,13 @@ def test_the_estimate_is_printed_first_and_the_limit_stops_distillation_at_a_ste
     assert message.count(": not started: the time limit was reached") == 3
     assert "or use preset 'int8-static' (this ladder's last candidate alone)" in message
 
-    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
-    assert report["status"] == "failed" and report["error"].startswith("BuildTimeLimitReached: the build time limit")
-    assert [c["result"] for c in report["candidates"]] == ["stopped by the time limit"] + ["not started"] * 3
-    assert all(c["estimated_s"] > 0 for c in report["candidates"])
-    assert "Time limit: 30 min" in (tmp_path / "out" / "build_report.md").read_text()
+    # A failed build keeps only its log: the search's record (each candidate's estimate and outcome) is at its end.
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["build.log"]
+    log = (tmp_path / "out" / "build.log").read_text()
+    assert "BuildTimeLimitReached: the build time limit" in log.split("## Candidate search")[1]
+    search = _search_record(tmp_path / "out")
+    assert [c["result"] for c in search["candidates"]] == ["stopped by the time limit"] + ["not started"] * 3
+    assert all(c["estimated_s"] > 0 for c in search["candidates"]) and search["max_build_minutes"] == 30
 
     err = capsys.readouterr().err
     estimate = err.index("time estimate: measured here")
@@ -152,7 +161,7 @@ def test_a_limit_reached_between_candidates_stops_the_ladder_naming_the_closest(
                      message)
     assert "- int8: outside budget: engine is outside the accuracy budget" in message
     assert "- fp32: not started: the time limit was reached" in message
-    candidates = json.loads((tmp_path / "out" / "candidates.json").read_text())
+    candidates = _search_record(tmp_path / "out")["candidates"]
     assert [c["result"] for c in candidates] == ["outside budget", "not started"]
     assert candidates[0]["shortfall"] > 0
 
@@ -177,6 +186,6 @@ def test_max_build_minutes_on_the_command_line_fails_cleanly_when_nothing_fits(l
     assert code == 1 and "Traceback" not in err
     assert err.index("time estimate: measured here") < err.index("build-engine: error: the build time limit of 0 s")
     assert "No candidate finished" in err and "nothing was published" in err
-    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
-    assert report["status"] == "failed" and len(report["candidates"]) == 4
-    assert {c["result"] for c in report["candidates"]} <= {"skipped", "not started"}
+    # no candidate ran: nothing was written, and the message says what happened to each of the 4
+    assert not (tmp_path / "out").exists()
+    assert sum(f": {result}: " in err for result in ("skipped", "not started")) >= 1 and err.count("\n- ") >= 4

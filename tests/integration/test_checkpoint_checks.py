@@ -4,7 +4,6 @@ to build.log while the console gets one line where it matters."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +57,7 @@ def test_build_refuses_tokenizer_ids_beyond_the_embedding_table_before_any_work(
     err = capsys.readouterr().err
     assert f"{rows} ('example'), {rows + 1} ('[ORDER_ID]')" in err and f"has {rows} rows" in err
     assert "resize_token_embeddings(len(tokenizer))" in err and "IndexError" not in err
-    assert not list((out / "work").iterdir())  # refused before export wrote anything
-    report = json.loads((out / "build_report.json").read_text())
-    assert report["status"] == "failed" and report["error"].startswith("CheckpointError")
+    assert not out.exists()  # refused before any work: nothing written
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
+import venv
 import zipfile
 from pathlib import Path
 
@@ -30,16 +32,55 @@ def test_no_top_level_build_module_is_installed(tmp_path):
     assert str(ROOT / "build") not in out.stdout
 
 
+# What setuptools' warnings look like in pip's output (pip's own notices are "WARNING:").
+SETUPTOOLS_NOISE = re.compile(r"Warning|!!|experimental|absent from the `packages`|site-packages/setuptools/")
+
+
+def _setuptools_build_dirs() -> set[str]:
+    """What setuptools leaves in build/ when its build_base is not redirected (build/lib, build/bdist.*)."""
+    return {p.name for p in (ROOT / "build").iterdir() if p.name == "lib" or p.name.startswith("bdist.")}
+
+
+def test_fresh_editable_install_prints_no_setuptools_warning(tmp_path):
+    # The project's own pip (the newest, as `make venv` installs) shows the build backend's warnings even
+    # with --quiet; a fresh venv's bundled pip would hide them. Build isolation as a user gets it.
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-cache-dir", "-e",
+         str(ROOT)], capture_output=True, text=True, timeout=300,
+    )
+    output = out.stdout + out.stderr
+    assert out.returncode == 0, output
+    assert not SETUPTOOLS_NOISE.search(output), output
+    # The editable install maps the three folders and ships the demo data; no top-level `build` appears.
+    code = ("import importlib.resources as r, importlib.util as u, engineforge.build.files, engineforge.serve,"
+            " engineforge.loadtest, engineforge.demo;"
+            "print(engineforge.build.files.__file__, engineforge.serve.__file__, engineforge.loadtest.__file__);"
+            "print(r.files('engineforge.demo.data').joinpath('train.jsonl').is_file(), u.find_spec('build'))")
+    run = subprocess.run([str(python), "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    paths, checks = run.stdout.splitlines()
+    assert paths.split() == [str(ROOT / "build" / "files.py"), str(ROOT / "serve" / "__init__.py"),
+                             str(ROOT / "loadtest" / "__init__.py")]
+    assert checks == "True None"
+
+
 @pytest.mark.slow
 def test_wheel_contains_and_imports_the_namespace(tmp_path):
+    before = _setuptools_build_dirs()
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
          str(ROOT)], check=True, capture_output=True,
     )
+    # setup.cfg's build_base keeps setuptools' own build tree out of our build/ package.
+    assert _setuptools_build_dirs() <= before
     wheel = next(tmp_path.glob("engineforge-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("engineforge/build/cli.py", "engineforge/serve/triton/engine_model.py",
-                     "engineforge/loadtest/runner.py", "engineforge/demo/data/train.jsonl"):
+                     "engineforge/loadtest/runner.py", "engineforge/serve/triton_gate.c",
+                     *(f"engineforge/demo/data/{p.name}" for p in (ROOT / "engineforge/demo/data").glob("*.jsonl"))):
         assert expected in names
     assert not any(n.startswith(("build/", "serve/", "loadtest/", "tests/")) for n in names)
     target = tmp_path / "site"

@@ -256,3 +256,27 @@ def test_cli_infer_against_server(served, capsys) -> None:
     args = parser.parse_args(["infer", "--url", served.grpc_url, "--model", MODEL, "--token-ids", "101,2054,102"])
     assert args.func(args) == 0
     assert "order_status" in capsys.readouterr().out
+
+
+def test_cli_infer_without_model_asks_the_only_served_one(served, tmp_path, capsys) -> None:
+    import argparse
+    import json
+
+    from engineforge.serve import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_parsers(parser.add_subparsers())
+    # The fixture's repository publishes two models: infer lists them instead of guessing.
+    args = parser.parse_args(["infer", "--url", served.grpc_url, "--repo", str(served.repo), TEXTS[0]])
+    assert args.func(args) == 2
+    assert (f"2 models are served at {served.grpc_url}: {MODEL}, {UNCHECKED}; pick one with --model NAME"
+            in capsys.readouterr().err)
+    only = tmp_path / "repo" / MODEL  # a repository that publishes one of them
+    only.mkdir(parents=True)
+    for name in ("config.pbtxt", "versions.json"):
+        shutil.copyfile(served.repo / MODEL / name, only / name)
+    args = parser.parse_args(["infer", "--url", served.grpc_url, "--repo", str(only.parent), "--json", TEXTS[0]])
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    assert f"model '{MODEL}': the only one served at {served.grpc_url}" in captured.err
+    assert set(json.loads(captured.out)[0]["probabilities"]) == set(TINY_LABELS)

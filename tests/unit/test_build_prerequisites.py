@@ -24,6 +24,7 @@ from engineforge.build.steps import (
     ValidateConfig,
 )
 from engineforge.errors import MissingPrerequisiteError, StepOrderError
+from tests.helpers.tiny_checkpoint import shell_checkpoint
 
 ALL_DATA = ("eval_data", "train_data", "calibration_data", "unlabelled_data")
 
@@ -51,7 +52,7 @@ UNSATISFIABLE = [
 
 
 def _config(tmp_path: Path, steps: tuple, data: tuple[str, ...]) -> BuildConfig:
-    return BuildConfig(checkpoint=tmp_path / "no-checkpoint", output_dir=tmp_path / "out", steps=steps,
+    return BuildConfig(checkpoint=shell_checkpoint(tmp_path / "shell"), output_dir=tmp_path / "out", steps=steps,
                        **{name: tmp_path / f"{name}.jsonl" for name in data})
 
 
@@ -60,7 +61,7 @@ def _config(tmp_path: Path, steps: tuple, data: tuple[str, ...]) -> BuildConfig:
                          not isinstance(v[0], str) else None)
 def test_unsatisfiable_recipe_is_refused_before_any_work(tmp_path, steps, data, message):
     with pytest.raises(MissingPrerequisiteError, match=message):
-        run_build(_config(tmp_path, steps, data))  # the checkpoint does not exist: nothing was loaded
+        run_build(_config(tmp_path, steps, data))  # the checkpoint's weights are never loaded
     assert not (tmp_path / "out").exists()
 
 

@@ -22,10 +22,11 @@ from engineforge.build.steps import (
     plan_bnb_modules,
 )
 from engineforge.errors import ConfigError, MissingPrerequisiteError, StepOrderError
+from tests.helpers.tiny_checkpoint import shell_checkpoint
 
 
 def _config(tmp_path: Path, *steps) -> BuildConfig:
-    return BuildConfig(checkpoint=tmp_path / "missing", output_dir=tmp_path / "out", steps=steps,
+    return BuildConfig(checkpoint=shell_checkpoint(tmp_path / "shell"), output_dir=tmp_path / "out", steps=steps,
                        eval_data=tmp_path / "eval.jsonl", train_data=tmp_path / "train.jsonl")
 
 
@@ -72,7 +73,7 @@ def test_bnb_after_prune_is_refused_before_any_work(tmp_path: Path):
 
     with pytest.raises(MissingPrerequisiteError, match=r"'bnb_4bit' needs the model in its checkpoint's standard "
                                                        r"layout, but 'prune' before it left a per-layer pruned layout"):
-        run_build(_config(tmp_path, PruneConfig(), Bnb4BitConfig(), ValidateConfig()))  # not a CheckpointError
+        run_build(_config(tmp_path, PruneConfig(), Bnb4BitConfig(), ValidateConfig()))  # weights never loaded
     assert not (tmp_path / "out").exists()
 
 
