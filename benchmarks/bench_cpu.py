@@ -223,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     from peers import build_peers  # benchmarks/peers.py
 
     from engineforge.build.checkpoint import load_checkpoint
-    from engineforge.build.data import eval_label_ids, load_examples
     from engineforge.build.report import BuildReport
+    from engineforge.data import eval_label_ids, load_examples
     from engineforge.demo.finetune import EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE, prepare_demo_checkpoint
-    from engineforge.serve.engine_spec import EngineSpec
+    from engineforge.engines.engine_spec import EngineSpec
 
     checkpoint = ROOT / "artifacts" / "demo-checkpoint"
     prepare_demo_checkpoint(checkpoint)

@@ -27,9 +27,9 @@ def run_variant(name: str, epochs: int) -> dict:
     from engineforge.build.checkpoint import load_checkpoint
     from engineforge.build.config import BuildConfig
     from engineforge.build.context import BuildContext
-    from engineforge.build.data import Example, load_examples
     from engineforge.build.steps import DistillConfig, PruneConfig, distill, prune
     from engineforge.build.teacher_student import agreement_and_kl, make_batches, with_teacher_logits
+    from engineforge.data import Example, load_examples
     from engineforge.demo.finetune import EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE, prepare_demo_checkpoint
 
     unlabelled, hidden_weight = VARIANTS[name]

@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from engineforge.engines import load_engine  # noqa: E402
+from engineforge.engines.engine_spec import EngineSpec  # noqa: E402
 from engineforge.engines.timing import measure_latency  # noqa: E402
 from engineforge.loadtest.config import LoadTestConfig  # noqa: E402
 from engineforge.loadtest.payloads import DEFAULT_TEXTS  # noqa: E402
 from engineforge.loadtest.runner import run_loadtest  # noqa: E402
-from engineforge.serve.engine_spec import EngineSpec  # noqa: E402
 from engineforge.serve.repository import publish_engine  # noqa: E402
 from engineforge.serve.server import TritonServer  # noqa: E402
 

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engineforge.engines import load_engine  # noqa: E402
+from engineforge.engines.engine_spec import EngineSpec  # noqa: E402
 from engineforge.engines.timing import synthetic_feeds  # noqa: E402
-from engineforge.serve.engine_spec import EngineSpec  # noqa: E402
 
 CALLS = 200
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engineforge.engines import load_engine, measure_latencies  # noqa: E402
-from engineforge.serve.engine_spec import EngineSpec  # noqa: E402
+from engineforge.engines.engine_spec import EngineSpec  # noqa: E402
 
 
 def quality(validation: dict) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engineforge.defaults import TOKENIZER_DIRNAME
 from engineforge.engines import model_input_names
-from engineforge.serve.engine_spec import EngineSpec
+from engineforge.engines.engine_spec import EngineSpec
 
 from .context import BuildContext
 from .files import file_mb

@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 
 from engineforge import progress
+from engineforge.data import Example
 from engineforge.engines import encode
 from engineforge.errors import DataError
 from engineforge.file_modes import follow_umask
-
-from .data import Example
 
 # Batches are collected this many at a time: histogram calibrators (percentile, entropy) keep every
 # intermediate activation of a collect call in memory, which for MiniLM at 128 tokens is ~25 MB per example.

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from engineforge.data import Example, eval_label_ids
 from engineforge.errors import ConfigError
 
 from .accuracy import Budget, Comparison, compare_logits
 from .checkpoint import CheckpointInfo
 from .config import STAGE_EXPORT, BuildConfig
-from .data import Example, eval_label_ids
 from .embedding_quality import EmbeddingComparison, compare_embeddings
 from .report import StepRecord
 from .tasks import EMBEDDINGS, TOKEN_CLASSIFICATION

@@ -84,10 +84,10 @@ def measure(config: BuildConfig) -> Timing:
 
     import torch
 
+    from engineforge.data import load_examples
     from engineforge.engines import encode, model_input_names
 
     from .checkpoint import load_checkpoint
-    from .data import load_examples
 
     distill = config.step(DistillConfig)
     batch = distill.batch_size if isinstance(distill, DistillConfig) else 16

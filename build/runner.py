@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from engineforge import ner, progress
+from engineforge.data import Example, load_examples
 from engineforge.errors import ConfigError, EngineforgeError
 
 from . import steps
@@ -21,7 +22,6 @@ from .bundle import bundle_engine_mb, ensure_bundle
 from .checkpoint import CheckpointInfo, inspect_checkpoint, load_checkpoint, load_tokenizer
 from .config import DATA_FIELDS, BuildConfig
 from .context import BuildContext
-from .data import Example, load_examples
 from .files import file_mb
 from .manifest import build_manifest, write_manifest
 from .pipeline import BUILD_LOG, check_build, prepare_output_dir, run_steps

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engineforge.data import Example, label_index
 from engineforge.engines import encode, model_input_names
 from engineforge.errors import DataError
 
 from .context import BuildContext
-from .data import Example, label_index
 
 
 def training_examples(ctx: BuildContext, step: str) -> tuple[list[Example], str]:

@@ -8,10 +8,11 @@ import sys
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from engineforge.commands import tune
     from engineforge.demo import run as demo
     from engineforge.loadtest import cli as loadtest_cli
     from engineforge.serve import cli as serve_cli
-    from engineforge.serve import kubernetes, tune, versions
+    from engineforge.serve import kubernetes, versions
 
     parser = argparse.ArgumentParser(prog="engineforge", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="print the traceback after an error")

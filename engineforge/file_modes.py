@@ -6,7 +6,7 @@ does so (safetensors' `save_file` behind `save_pretrained`, onnxruntime's calibr
 published into a Triton model repository is read by tritonserver, which may run as another user (a
 container's), so publishing also makes it readable by everyone: files +r, directories +rx, whatever the umask.
 
-The exceptions are deliberate and stay 0600: the control key (serve/grpc_security.py) and the gate's state
+The exceptions are deliberate and stay 0600: the control key (engineforge/grpc_channel.py) and the gate's state
 file (serve/gate.py).
 """
 

@@ -147,7 +147,7 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
     if args.texts_file:
         loaded, labels = load_labelled_texts(args.texts_file)
         texts, source = tuple(loaded), str(args.texts_file)
-    from engineforge.serve.grpc_security import ClientTls
+    from engineforge.grpc_channel import ClientTls
 
     return LoadTestConfig(
         model=args.model,

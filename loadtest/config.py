@@ -7,7 +7,7 @@ from typing import Any
 
 from engineforge.defaults import DEFAULT_GRPC_URL
 from engineforge.errors import ConfigError
-from engineforge.serve.grpc_security import ClientTls, GrpcChannel
+from engineforge.grpc_channel import ClientTls, GrpcChannel
 
 from .payloads import DEFAULT_TEXTS
 

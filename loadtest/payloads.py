@@ -37,7 +37,7 @@ def load_labelled_texts(path: str | Path, *, labels_required: bool = True) -> tu
     - Anything else: one plain text per line, no labels.
     Blank lines are skipped. Labels must be given for every text or for none.
     """
-    from engineforge.build.data import read_csv_rows, read_jsonl_rows
+    from engineforge.data import read_csv_rows, read_jsonl_rows
 
     path = Path(path)
     try:

@@ -8,9 +8,9 @@ from typing import Any
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from engineforge import grpc_errors
 from engineforge.errors import ModelNotReadyError, ServerUnavailableError
-from engineforge.serve import grpc_errors
-from engineforge.serve.grpc_security import GrpcChannel
+from engineforge.grpc_channel import GrpcChannel
 
 
 async def check_server(url: str | GrpcChannel, model: str, *, timeout_s: float = 5.0) -> dict[str, Any] | None:

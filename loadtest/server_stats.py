@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engineforge.serve.grpc_security import GrpcChannel
+    from engineforge.grpc_channel import GrpcChannel
 
 STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 Snapshot = dict[str, dict[str, int]]
@@ -72,7 +72,7 @@ class StatsProbe:
     @classmethod
     async def open(cls, channel: GrpcChannel | str, model: str) -> StatsProbe | None:
         """A probe, or None when the server will not give statistics (the load test goes on without)."""
-        from engineforge.serve.grpc_security import GrpcChannel
+        from engineforge.grpc_channel import GrpcChannel
 
         client = (channel if isinstance(channel, GrpcChannel) else GrpcChannel(channel)).aio_client()
         try:

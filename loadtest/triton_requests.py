@@ -22,10 +22,10 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from engineforge import grpc_errors
 from engineforge.defaults import DEFAULT_GRPC_URL
 from engineforge.errors import ConfigError
-from engineforge.serve import grpc_errors
-from engineforge.serve.grpc_security import ClientTls, GrpcChannel
+from engineforge.grpc_channel import ClientTls, GrpcChannel
 
 from . import payloads
 from .config import DEFAULT_TIMEOUT_S, LoadTestConfig

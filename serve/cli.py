@@ -14,8 +14,7 @@ from typing import Any
 from engineforge.cli_support import arguments_checked, run_command
 from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_REPO
 from engineforge.errors import UsageError
-
-from .grpc_security import ClientTls
+from engineforge.grpc_channel import ClientTls
 
 INFER_TIMEOUT_S = 10.0  # a call's deadline, retries included: how long `infer` waits for a server to come up
 REQUEST_TIMEOUT_S = 30.0  # one request's deadline under --timeout 0 (no retries)
@@ -75,7 +74,8 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .grpc_security import TlsFiles
+    from engineforge.grpc_channel import TlsFiles
+
     from .serve_command import serve_forever
 
     def serve() -> int:

@@ -24,12 +24,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from engineforge import grpc_errors
 from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_MODEL_NAME
+from engineforge.engines.engine_spec import EMBEDDINGS, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 from engineforge.errors import InferenceRequestError, ModelNotReadyError, ServerError
+from engineforge.grpc_channel import CONTROL_HEADER, ClientTls, GrpcChannel, TlsFiles
 
-from . import grpc_errors
-from .engine_spec import EMBEDDINGS, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
-from .grpc_security import CONTROL_HEADER, ClientTls, GrpcChannel, TlsFiles
 from .model_layout import ENGINE_SUFFIX, LABELS_PARAMETER
 
 T = TypeVar("T")

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from engineforge.engines import Engine, load_engine
+from engineforge.engines.engine_spec import EngineSpec
+from engineforge.engines.request_limits import RequestLimitError, check_token_request
 from engineforge.errors import EngineLoadError
-
-from .engine_spec import EngineSpec
-from .request_limits import RequestLimitError, check_token_request
 
 PAD_ID = 0
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from engineforge import progress
 from engineforge.errors import UsageError
+from engineforge.grpc_errors import PermissionDeniedError
 
-from .grpc_errors import PermissionDeniedError
 from .model_layout import ENGINE_SUFFIX, parse_version_model
 from .serving_status import read_status
 from .version_switch import published_models

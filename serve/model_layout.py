@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import re
 
+from engineforge.engines.engine_spec import EngineSpec
+from engineforge.engines.request_limits import DEFAULT_LONG_TEXTS, derive_request_limits
 from engineforge.engines.tensorrt_engine import TensorRTMetadata
 from engineforge.errors import ConfigError, EngineLoadError
 
-from .engine_spec import EngineSpec
 from .model_config import (
     TENSORRT_PLAN,
     DynamicBatching,
@@ -31,7 +32,6 @@ from .model_config import (
     TensorSpec,
     validate_ensemble,
 )
-from .request_limits import DEFAULT_LONG_TEXTS, derive_request_limits
 from .serving_defaults import WHY, ServingSettings, derive_serving_settings, engine_warmup, tokenizer_warmup
 
 ENGINE_SUFFIX = "_engine"  # the token-id entry point (an ensemble over the serving version's engine)

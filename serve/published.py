@@ -12,10 +12,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import RepositoryError
 from engineforge.file_modes import atomic_write
 
-from .engine_spec import EngineSpec
 from .model_layout import ROLES, engine_model_name, version_model_name
 
 MANIFEST = "versions.json"

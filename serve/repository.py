@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engineforge.defaults import DEFAULT_MODEL_NAME, DEFAULT_REPO, TOKENIZER_DIRNAME, check_model_name
+from engineforge.engines.engine_spec import ENGINE_SPEC_FILENAME, EngineSpec
+from engineforge.engines.request_limits import DEFAULT_LONG_TEXTS
 from engineforge.errors import ConfigError, RepositoryError
 from engineforge.file_modes import make_readable
 
-from .engine_spec import ENGINE_SPEC_FILENAME, EngineSpec
 from .model_config import ModelConfig
 from .model_layout import (
     ROLES,
@@ -50,7 +51,6 @@ from .published import (
     read_manifest,
     versions_in,
 )
-from .request_limits import DEFAULT_LONG_TEXTS
 from .serving_status import await_change, new_change_id
 from .staging import commit, locked, stage_model
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from engineforge import progress
 from engineforge.errors import ServerError
+from engineforge.grpc_channel import CONTROL_HEADER, new_control_key, write_key_file
 
-from .grpc_security import CONTROL_HEADER, new_control_key, write_key_file
 from .server import TritonServer
 from .supervisor import Supervisor
 from .version_switch import served_models

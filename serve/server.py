@@ -20,10 +20,7 @@ from types import TracebackType
 
 from engineforge import progress
 from engineforge.errors import ServerError
-
-from . import leftovers
-from .gate import KEY_PLACEHOLDER, Gate, prepare_gate
-from .grpc_security import (
+from engineforge.grpc_channel import (
     CONTROL_HEADER,
     CONTROL_KEY_NAME,
     RESTRICTED_PROTOCOLS,
@@ -31,6 +28,9 @@ from .grpc_security import (
     die_with_parent,
     grpc_client,
 )
+
+from . import leftovers
+from .gate import KEY_PLACEHOLDER, Gate, prepare_gate
 from .triton_env import (
     TritonInstallation,
     find_triton,

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError
 
-from .engine_spec import EngineSpec
 from .model_config import WarmupInput, WarmupSample
 
 # Each python-backend instance is its own stub process with its own copy of the engine: past a few, memory

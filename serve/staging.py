@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from engineforge.defaults import TOKENIZER_DIRNAME
+from engineforge.engines.engine_spec import ENGINE_SPEC_FILENAME, EngineSpec
 from engineforge.file_modes import make_readable
 
-from .engine_spec import ENGINE_SPEC_FILENAME, EngineSpec
 from .model_config import WARMUP_DIR, ModelConfig
 from .model_layout import PLAN_FILENAME
 from .published import CONFIG, ENTRIES_DIR, MANIFEST

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from engineforge import progress
+from engineforge.data import Example
 from engineforge.errors import ConfigError
 
 from ..config import DISTILLATION_TEXT, STAGE_DISTILL, TORCH_MODEL, StepConfig
 from ..context import BuildContext
-from ..data import Example
 from ..pipeline import register_step
 from ..teacher_student import (
     accuracy,

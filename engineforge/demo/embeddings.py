@@ -49,10 +49,10 @@ def check_served_embeddings(url: str, model: str, bundle: Path, texts: list[str]
 
     from engineforge.defaults import TOKENIZER_DIRNAME
     from engineforge.engines import encode
+    from engineforge.engines.engine_spec import EngineSpec
+    from engineforge.engines.tokenize_runtime import load_tokenizer
     from engineforge.serve.client import EngineforgeClient
     from engineforge.serve.engine_runtime import open_bundle_engine
-    from engineforge.serve.engine_spec import EngineSpec
-    from engineforge.serve.tokenize_runtime import load_tokenizer
 
     spec = EngineSpec.load(bundle)
     feeds = encode(load_tokenizer(bundle / TOKENIZER_DIRNAME), texts, spec.max_sequence_length, spec.input_names)

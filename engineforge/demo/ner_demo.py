@@ -46,11 +46,11 @@ def run_ner_demo(settings: NerDemoSettings) -> dict[str, Any]:
 def check_served_entities(url: str, model: str, bundle: Path, texts: list[str]) -> list[dict[str, Any]]:
     """Entities over gRPC and in-process (same bundle, runtime, settings and batch); they must be equal."""
     from engineforge.defaults import TOKENIZER_DIRNAME
+    from engineforge.engines.engine_spec import EngineSpec
+    from engineforge.engines.tokenize_runtime import load_tokenizer, tokenize_batch
     from engineforge.serve import engine_runtime as rt
     from engineforge.serve.client import EngineforgeClient
-    from engineforge.serve.engine_spec import EngineSpec
     from engineforge.serve.ner_runtime import tagged_outputs
-    from engineforge.serve.tokenize_runtime import load_tokenizer, tokenize_batch
 
     spec = EngineSpec.load(bundle)
     arrays = tokenize_batch(load_tokenizer(bundle / TOKENIZER_DIRNAME), texts, spec.max_sequence_length, True)

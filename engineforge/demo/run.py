@@ -127,10 +127,10 @@ def check_served_answers(url: str, model: str, bundle: Path, texts: list[str]) -
 
     from engineforge.defaults import TOKENIZER_DIRNAME
     from engineforge.engines import engine_logits
+    from engineforge.engines.engine_spec import EngineSpec
+    from engineforge.engines.tokenize_runtime import load_tokenizer
     from engineforge.serve.client import EngineforgeClient
     from engineforge.serve.engine_runtime import open_bundle_engine, softmax
-    from engineforge.serve.engine_spec import EngineSpec
-    from engineforge.serve.tokenize_runtime import load_tokenizer
 
     spec = EngineSpec.load(bundle)
     tokenizer = load_tokenizer(bundle / TOKENIZER_DIRNAME)

@@ -25,7 +25,7 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int, input_names: Sequence[str]) -> dict[str, np.ndarray]:
     """The served tokenizer's arrays (truncated, padded to the longest, int64) for `input_names`."""
-    from engineforge.serve.tokenize_runtime import tokenize_batch
+    from engineforge.engines.tokenize_runtime import tokenize_batch
 
     arrays = tokenize_batch(tokenizer, texts, max_length)
     return {name: arrays[name] for name in input_names}

@@ -17,13 +17,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 try:
+    from engineforge.engines.engine_spec import EngineSpec
+    from engineforge.engines.request_limits import limits_for_model
+    from engineforge.engines.tokenize_runtime import TokenizationError, decode_texts
     from engineforge.serve import engine_runtime as rt
     from engineforge.serve import ner_runtime
-    from engineforge.serve.engine_spec import EngineSpec
     from engineforge.serve.model_layout import TOKEN_TENSOR_NAMES, published_version_of
     from engineforge.serve.published import verify_published_engine
-    from engineforge.serve.request_limits import limits_for_model
-    from engineforge.serve.tokenize_runtime import TokenizationError, decode_texts
 except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
     raise ImportError(
         "engineforge is not importable by the Triton python backend stub; start the server with "

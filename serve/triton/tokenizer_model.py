@@ -16,11 +16,11 @@ import triton_python_backend_utils as pb_utils
 
 try:
     from engineforge.defaults import TOKENIZER_DIRNAME
-    from engineforge.serve import tokenize_runtime as rt
-    from engineforge.serve.engine_spec import EngineSpec
+    from engineforge.engines import tokenize_runtime as rt
+    from engineforge.engines.engine_spec import EngineSpec
+    from engineforge.engines.request_limits import limits_for_model
     from engineforge.serve.model_layout import TOKEN_EXTRA_NAMES, TOKEN_TENSOR_NAMES, published_version_of
     from engineforge.serve.published import HASH_KEYS, verify_published_files
-    from engineforge.serve.request_limits import limits_for_model
 except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
     raise ImportError(
         "engineforge is not importable by the Triton python backend stub; start the server with "

@@ -12,8 +12,8 @@ def outputs_one_by_one(bundle: Path, texts: list[str]) -> np.ndarray:
     """The engine's raw output row for each text alone (logits, or an embedding)."""
     from transformers import AutoTokenizer
 
+    from engineforge.engines.engine_spec import EngineSpec
     from engineforge.serve import engine_runtime as rt
-    from engineforge.serve.engine_spec import EngineSpec
 
     spec = EngineSpec.load(bundle)
     engine = rt.open_bundle_engine(bundle, spec)
@@ -37,10 +37,10 @@ def entities_in_process(bundle: Path, texts: list[str]) -> tuple[list[dict], lis
     in this process the way the served tokenizer and engine models compute them."""
     import json
 
+    from engineforge.engines.engine_spec import EngineSpec
+    from engineforge.engines.tokenize_runtime import load_tokenizer, tokenize_batch
     from engineforge.serve import engine_runtime as rt
-    from engineforge.serve.engine_spec import EngineSpec
     from engineforge.serve.ner_runtime import tagged_outputs
-    from engineforge.serve.tokenize_runtime import load_tokenizer, tokenize_batch
 
     spec = EngineSpec.load(bundle)
     arrays = tokenize_batch(load_tokenizer(bundle / "tokenizer"), texts, spec.max_sequence_length, with_offsets=True)

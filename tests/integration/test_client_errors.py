@@ -12,12 +12,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from engineforge.errors import ModelNotReadyError
+from engineforge.grpc_channel import CONTROL_HEADER
+from engineforge.grpc_errors import PermissionDeniedError
 from engineforge.loadtest.config import LoadTestConfig
 from engineforge.loadtest.report import markdown_report
 from engineforge.loadtest.runner import run_loadtest
 from engineforge.serve.client import EngineforgeClient
-from engineforge.serve.grpc_errors import PermissionDeniedError
-from engineforge.serve.grpc_security import CONTROL_HEADER
 from engineforge.serve.server import TritonServer, find_triton
 from tests.helpers.echo_models import write_repo
 

@@ -15,10 +15,10 @@ from engineforge.build.config import BuildConfig
 from engineforge.build.presets import preset_steps
 from engineforge.build.report import BuildReport
 from engineforge.build.runner import run_build
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import AccuracyBudgetExceeded, InferenceRequestError, ServerError
 from engineforge.serve import engine_runtime as rt
 from engineforge.serve.client import EngineforgeClient
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.server import TritonServer, find_triton
 from tests.helpers.in_process import outputs_one_by_one

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from engineforge.build.cli import main as build_engine
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.serve.client import EngineforgeClient
 from engineforge.serve.engine_runtime import softmax
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.server import TritonServer
 from tests.helpers.logits import file_logits
 

@@ -14,9 +14,9 @@ from engineforge.build.config import BuildConfig
 from engineforge.build.context import BuildContext
 from engineforge.build.steps import ExportConfig
 from engineforge.engines import load_engine, synthetic_feeds
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import EngineLoadError
 from engineforge.serve.engine_runtime import open_bundle_engine
-from engineforge.serve.engine_spec import EngineSpec
 from tests.helpers.tiny_engine import tiny_bundle  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))

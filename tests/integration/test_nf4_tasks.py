@@ -22,11 +22,11 @@ from engineforge.build.report import BuildReport
 from engineforge.build.runner import run_build
 from engineforge.demo.ner_data import NER_EVAL_FILE
 from engineforge.engines import TorchEngine, encode, model_input_names
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ServerError
 from engineforge.ner import STRATEGIES
 from engineforge.serve import engine_runtime as rt
 from engineforge.serve.client import EngineforgeClient
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.server import TritonServer, find_triton
 from tests.helpers.in_process import entities_in_process, outputs_one_by_one

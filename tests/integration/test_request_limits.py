@@ -25,10 +25,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ServerError
 from engineforge.serve import repository
 from engineforge.serve.engine_runtime import softmax
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.server import TritonServer, find_triton
 from tests.helpers.tiny_engine import reference_logits, tiny_bundle  # noqa: F401
 

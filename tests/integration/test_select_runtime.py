@@ -13,8 +13,8 @@ from engineforge.build.steps import (
     SelectRuntimeConfig,
     ValidateConfig,
 )
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError
-from engineforge.serve.engine_spec import EngineSpec
 
 
 def _build(checkpoint, eval_data, out, *steps):

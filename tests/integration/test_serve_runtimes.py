@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import InferenceRequestError, ServerError
 from engineforge.serve.client import EngineforgeClient
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.server import TritonServer, find_triton
 from tests.helpers.in_process import probabilities_one_by_one

@@ -15,10 +15,10 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from engineforge.errors import ServerError, ServerUnavailableError
+from engineforge.grpc_channel import CONTROL_HEADER, TlsFiles
 from engineforge.loadtest import cli as loadtest_cli
 from engineforge.serve import cli as serve_cli
 from engineforge.serve.client import EngineforgeClient
-from engineforge.serve.grpc_security import CONTROL_HEADER, TlsFiles
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.server import TritonServer, find_triton
 from tests.helpers.echo_models import write_repo

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import InferenceRequestError, ModelNotReadyError, ServerError, ServerUnavailableError
 from engineforge.serve.client import EngineforgeClient
 from engineforge.serve.engine_runtime import softmax
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.server import TritonServer, find_triton, free_port
 from tests.helpers.tiny_engine import TINY_LABELS, reference_logits, tiny_bundle  # noqa: F401

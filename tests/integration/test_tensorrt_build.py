@@ -21,10 +21,10 @@ from engineforge.build.cli import main as build_engine
 from engineforge.build.report import BuildReport
 from engineforge.build.tensorrt_compile import parse_onnx
 from engineforge.engines import engine_logits, load_engine
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.engines.tensorrt_api import current_gpu, find_tensorrt
 from engineforge.engines.tensorrt_engine import NoGpuError, sha256_file
 from engineforge.errors import CompileError, EngineLoadError
-from engineforge.serve.engine_spec import EngineSpec
 from tests.helpers.tiny_checkpoint import EVAL_TEXTS, make_trained_tiny_checkpoint, write_eval_data
 
 pytestmark = pytest.mark.tensorrt

@@ -18,15 +18,15 @@ from engineforge.build.presets import preset_steps
 from engineforge.build.report import BuildReport
 from engineforge.build.runner import run_build
 from engineforge.demo.ner_data import NER_EVAL_FILE, NER_TRAIN_FILE
+from engineforge.engines.engine_spec import EngineSpec
+from engineforge.engines.tokenize_runtime import load_tokenizer, tokenize_batch
 from engineforge.errors import InferenceRequestError, ServerError, UnsupportedStepError
 from engineforge.ner import STRATEGIES
 from engineforge.serve import engine_runtime as rt
 from engineforge.serve.client import EngineforgeClient
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.ner_runtime import tagged_outputs
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.server import TritonServer, find_triton
-from engineforge.serve.tokenize_runtime import load_tokenizer, tokenize_batch
 from tests.helpers.tiny_families import make_ner_checkpoint
 
 TEXTS = ["where is my order #A1234?", "the coffee grinder from order 44019 arrived broken",

@@ -12,10 +12,10 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from engineforge.commands.tune import SLONotMetError, TuneResult, tune
 from engineforge.errors import EngineforgeError, ServerError
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.server import find_triton
-from engineforge.serve.tune import SLONotMetError, TuneResult, tune
 from tests.helpers.tiny_engine import tiny_bundle  # noqa: F401
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]

@@ -11,8 +11,8 @@ import pytest
 from engineforge.build.config import BuildConfig
 from engineforge.build.runner import run_build
 from engineforge.build.steps import ExportConfig, GraphOptimizeConfig, Int4WeightOnlyConfig, ValidateConfig
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.serve import engine_runtime as rt
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
 from tests.helpers.logits import file_logits, torch_logits
 from tests.helpers.tiny_bnb import cached_bnb_build, cached_checkpoint_64

@@ -20,9 +20,9 @@ from engineforge.build.steps import (
     StaticInt8Config,
     ValidateConfig,
 )
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.engines.tensorrt_engine import TensorRTMetadata
 from engineforge.errors import ConfigError, EngineLoadError, MissingPrerequisiteError
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.model_layout import build_plan_config
 
 LABELS = ("a", "b", "c")

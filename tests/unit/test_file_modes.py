@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.file_modes import atomic_write, created_mode, current_umask, follow_umask, make_readable
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.published import CONFIG, replace_config
 
 

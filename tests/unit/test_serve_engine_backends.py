@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError, EngineLoadError, RepositoryError
 from engineforge.serve import engine_runtime as rt
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import check_bundle
 from tests.helpers.tiny_engine import reference_logits, tiny_bundle  # noqa: F401
 

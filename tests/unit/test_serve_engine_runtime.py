@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.serve import engine_runtime as rt
-from engineforge.serve.engine_spec import EngineSpec
 from tests.helpers.tiny_engine import TINY_LABELS, reference_logits, tiny_bundle  # noqa: F401
 
 

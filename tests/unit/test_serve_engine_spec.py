@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError
-from engineforge.serve.engine_spec import EngineSpec
 
 LABELS = ["order_status", "refund", "shipping"]
 

@@ -6,8 +6,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.model_config import (
     DynamicBatching,
     EnsembleStep,

@@ -11,9 +11,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import RepositoryError
 from engineforge.serve import repository, staging
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.repository_listing import list_published
 from tests.helpers.tiny_engine import tiny_bundle  # noqa: F401

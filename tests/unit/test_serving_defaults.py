@@ -14,8 +14,9 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from engineforge.build.report import StepRecord
 from engineforge.build.steps.publish import PublishConfig, _measured_latency_ms
+from engineforge.commands.tune import add_parser, run, tune
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError, RepositoryError
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.model_config import EnsembleStep, ModelConfig, TensorSpec, WarmupInput, WarmupSample
 from engineforge.serve.model_layout import build_model_configs
 from engineforge.serve.repository import publish_engine
@@ -26,7 +27,6 @@ from engineforge.serve.serving_defaults import (
     available_cores,
     derive_serving_settings,
 )
-from engineforge.serve.tune import add_parser, run, tune
 from engineforge.serve.tune_report import LevelStats, Trial, TrialSettings, pick_best
 from tests.helpers.tiny_engine import tiny_bundle  # noqa: F401
 

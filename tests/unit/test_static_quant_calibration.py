@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engineforge.build.calibration import TextCalibrationReader, fixed_length, pad_to, require_calibration_examples
-from engineforge.build.data import Example
+from engineforge.data import Example
 from engineforge.engines import encode
 from engineforge.errors import DataError
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from engineforge.build.data import load_examples
 from engineforge.build.embedding_quality import compare_embeddings, recall_at_k
+from engineforge.data import load_examples
 from engineforge.errors import DataError
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ServerError
-from engineforge.serve.engine_spec import EngineSpec
 from engineforge.serve.gate import Gate
 from engineforge.serve.published import pinned
 from engineforge.serve.repository import publish_engine

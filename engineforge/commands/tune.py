@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from engineforge import progress
+from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError, EngineforgeError, RepositoryError
 from engineforge.file_modes import atomic_write
-
-from .engine_spec import EngineSpec
-from .model_config import WARMUP_DIR, ModelConfig
-from .model_layout import build_model_configs, engine_model_name, version_model_name
-from .published import CONFIG, MANIFEST, entry_config_path, replace_config
-from .serving_defaults import ServingSettings
-from .tune_report import (
+from engineforge.serve.model_config import WARMUP_DIR, ModelConfig
+from engineforge.serve.model_layout import build_model_configs, engine_model_name, version_model_name
+from engineforge.serve.published import CONFIG, MANIFEST, entry_config_path, replace_config
+from engineforge.serve.serving_defaults import ServingSettings
+from engineforge.serve.tune_report import (
     LevelStats,
     SLONotMetError,
     Trial,
@@ -82,7 +81,7 @@ def _long_texts(model_dir: Path) -> str:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from .request_limits import DEFAULT_LONG_TEXTS, PREFIX
+    from engineforge.engines.request_limits import DEFAULT_LONG_TEXTS, PREFIX
 
     config = text_format.Parse((model_dir / CONFIG).read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
     key = PREFIX + "long_texts"
@@ -106,8 +105,7 @@ def _run_trial(scratch: Path, model: str, spec: EngineSpec, trial: TrialSettings
                version: int, long_texts: str) -> Trial:
     from engineforge.loadtest.config import LoadTestConfig
     from engineforge.loadtest.runner import run_loadtest
-
-    from .server import TritonServer
+    from engineforge.serve.server import TritonServer
 
     # Tokens mode needs only the engine model: a third of the server start-up per trial.
     write_configs(scratch, _configs(model, spec, trial, "tune trial", version, long_texts))
@@ -160,7 +158,7 @@ def tune(
                               f"got {list(values)}")
     if mode not in ("tokens", "text"):
         raise ConfigError(f"tune: mode must be 'tokens' or 'text', got {mode!r}")
-    from .versions import serving_version
+    from engineforge.serve.versions import serving_version
 
     version = serving_version(repo_dir, model)[0]
     engine_dir = repo_dir / version_model_name(model, version, "engine")

@@ -15,7 +15,7 @@ from engineforge.errors import (
     ServerUnavailableError,
 )
 
-from .grpc_security import CONTROL_HEADER, speaks_tls
+from .grpc_channel import CONTROL_HEADER, speaks_tls
 
 UNAVAILABLE = "unavailable"  # nothing answers at the address (refused, reset, closed)
 TIMEOUT = "timeout"  # no answer within the deadline

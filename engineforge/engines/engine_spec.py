@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from engineforge.engines import runtime_info, runtime_names
-from engineforge.engines.registry import MODEL_DIRECTORY
 from engineforge.errors import ConfigError
 from engineforge.file_modes import atomic_write
+
+from .registry import MODEL_DIRECTORY, runtime_info, runtime_names
 
 ENGINE_SPEC_FILENAME = "engine.json"
 FORMAT_VERSION = 1

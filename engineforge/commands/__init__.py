@@ -1,0 +1,1 @@
+"""Commands that orchestrate several layers (build, serve and loadtest together); nothing below imports them."""
