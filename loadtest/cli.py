@@ -266,7 +266,7 @@ def run_result_of(config: LoadTestConfig, levels: list) -> Any:
     """One report for the probes of a --find-max search."""
     from datetime import UTC, datetime
 
-    from .runner import LoadTestResult
+    from .results import LoadTestResult
 
     now = datetime.now(UTC).isoformat(timespec="seconds")
     return LoadTestResult(config, levels, now, now)

@@ -17,7 +17,8 @@ from typing import Any
 
 from .config import LoadTestConfig
 from .report import markdown_table, report_dict, write_reports
-from .runner import LoadTestResult, run_loadtest
+from .results import LoadTestResult
+from .runner import run_loadtest
 
 
 def run_comparison(config: LoadTestConfig, models: Sequence[str]) -> list[LoadTestResult]:

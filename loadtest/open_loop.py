@@ -43,7 +43,7 @@ from .records import (
     call_request,
     clock,
 )
-from .runner import LevelResult, level_summary
+from .results import LevelResult, level_summary
 from .server_stats import window_breakdown
 
 ARRIVALS = ("constant", "poisson")

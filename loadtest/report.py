@@ -21,7 +21,7 @@ from . import csv_report
 from .records import MEASURE
 from .report_notes import notes as _notes
 from .report_notes import slo_section
-from .runner import LoadTestResult
+from .results import LoadTestResult
 
 SCHEMA = "engineforge.loadtest/v1"
 

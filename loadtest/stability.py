@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .metrics import calculate_metrics
-from .runner import LevelResult
+from .open_loop import add_diagnosis
+from .results import LevelResult
 
 
 def is_stable(windows: Sequence[LevelResult], tolerance: float) -> bool:
@@ -37,8 +38,6 @@ def merge(windows: Sequence[LevelResult], from_schedule: bool) -> LevelResult:
         aborted=next((w.aborted for w in windows if w.aborted), None),
         server=windows[-1].server, schedule=dict(windows[-1].schedule) if windows[-1].schedule else None)
     if level.schedule is not None:  # the last window's schedule, its limit judged on the pooled figures
-        from .open_loop import add_diagnosis
-
         add_diagnosis(level)
     return level
 

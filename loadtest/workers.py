@@ -23,10 +23,12 @@ from typing import Any
 from engineforge.errors import ConfigError
 from engineforge.progress import info
 
+from .closed_loop import run_level
 from .config import LoadTestConfig
 from .metrics import calculate_metrics
+from .open_loop import add_diagnosis, run_rate_level, schedule_stats
 from .records import RequestResult, clock
-from .runner import LevelResult, level_name
+from .results import LevelResult, level_name
 from .server_stats import window_breakdown
 
 MAX_AUTO_WORKERS = 8  # --workers auto grows the pool up to the machine's cores, and no further than this
@@ -45,8 +47,6 @@ def merge_parts(parts: list[LevelResult], *, duration_s: float, rate: float | No
     """One level from the workers' parts (pure): records pooled (request ids made unique across processes), every
     metric recomputed from them, client CPU summed (it can exceed one core). Open loop: the limit it hit is named
     once Triton's view of the window is attached (open_loop.add_diagnosis)."""
-    from .open_loop import schedule_stats
-
     records: list[RequestResult] = []
     worker_base = 0
     for k, part in enumerate(parts):
@@ -149,8 +149,6 @@ class WorkerPool:
                             concurrency=int(value), window_end=window_end, arrival=config.arrival,
                             max_in_flight=config.max_in_flight)
         level.server = await server_view
-        from .open_loop import add_diagnosis
-
         return add_diagnosis(level)
 
     async def _receive(self, k: int, timeout_s: float) -> Any:
@@ -198,8 +196,6 @@ def worker_main(conn: Any, config: LoadTestConfig, metadata: dict[str, Any] | No
 
 
 async def _serve(conn: Any, config: LoadTestConfig, metadata: dict[str, Any] | None) -> None:
-    from .open_loop import run_rate_level
-    from .runner import run_level
     from .triton_requests import build_request_fn
 
     try:

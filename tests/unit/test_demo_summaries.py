@@ -71,7 +71,7 @@ def _run_flow(monkeypatch, tmp_path, texts_file):
     from engineforge.loadtest import report, runner
     from engineforge.loadtest.metrics import calculate_metrics
     from engineforge.loadtest.records import RequestResult
-    from engineforge.loadtest.runner import LevelResult, LoadTestResult
+    from engineforge.loadtest.results import LevelResult, LoadTestResult
     from engineforge.serve import server
 
     seen = {}

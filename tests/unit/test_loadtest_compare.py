@@ -5,7 +5,7 @@ from __future__ import annotations
 from engineforge.loadtest import compare
 from engineforge.loadtest.config import LoadTestConfig
 from engineforge.loadtest.metrics import calculate_metrics
-from engineforge.loadtest.runner import LevelResult, LoadTestResult
+from engineforge.loadtest.results import LevelResult, LoadTestResult
 
 
 def test_levels_interleave_across_models_and_the_first_model_rotates(monkeypatch):

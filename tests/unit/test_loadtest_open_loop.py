@@ -7,10 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
+from engineforge.loadtest.closed_loop import run_level
 from engineforge.loadtest.metrics import calculate_metrics
 from engineforge.loadtest.open_loop import run_rate_level, schedule_offsets
 from engineforge.loadtest.records import MEASURE, RequestResult, clock
-from engineforge.loadtest.runner import run_level
 
 
 def quiet(_message: str) -> None:

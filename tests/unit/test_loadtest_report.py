@@ -21,7 +21,7 @@ from engineforge.loadtest.report import (
     report_dict,
     write_reports,
 )
-from engineforge.loadtest.runner import LevelResult, LoadTestResult
+from engineforge.loadtest.results import LevelResult, LoadTestResult
 
 
 def make_level(concurrency: int, latencies_ms: list[float], n_errors: int = 0, batch_size: int = 1) -> LevelResult:

@@ -8,10 +8,12 @@ import time
 import pytest
 
 from engineforge.errors import ConfigError
+from engineforge.loadtest.closed_loop import run_level
 from engineforge.loadtest.config import LoadTestConfig
 from engineforge.loadtest.metrics import calculate_metrics
 from engineforge.loadtest.records import DRAIN, ERR_CLIENT, MEASURE, WARMUP, RequestResult, clock, failure
-from engineforge.loadtest.runner import LevelResult, run_level, run_loadtest
+from engineforge.loadtest.results import LevelResult
+from engineforge.loadtest.runner import run_loadtest
 
 QUIET = {"progress_every_s": 0, "log": lambda _msg: None}
 

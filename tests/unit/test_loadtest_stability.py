@@ -6,7 +6,7 @@ import asyncio
 
 from engineforge.loadtest.metrics import calculate_metrics
 from engineforge.loadtest.records import MEASURE, RequestResult
-from engineforge.loadtest.runner import LevelResult
+from engineforge.loadtest.results import LevelResult
 from engineforge.loadtest.stability import is_stable, run_until_stable, stability_note
 
 

@@ -8,7 +8,7 @@ import pytest
 from engineforge.loadtest.metrics import calculate_metrics
 from engineforge.loadtest.open_loop import schedule_offsets
 from engineforge.loadtest.records import MEASURE, RequestResult
-from engineforge.loadtest.runner import LevelResult, generator_bound
+from engineforge.loadtest.results import LevelResult, generator_bound
 from engineforge.loadtest.workers import merge_parts, split_concurrency
 
 
