@@ -200,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from engineforge.progress import info
 
-    from .report import markdown_table, write_reports
+    from .markdown_report import markdown_table
+    from .report_files import write_reports
     from .runner import run_loadtest
     from .slo import find_max, parse_slo, verdict, verdict_line
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import LoadTestConfig
-from .report import markdown_table, report_dict, write_reports
+from .markdown_report import markdown_table
+from .report import report_dict
+from .report_files import write_reports
 from .results import LoadTestResult
 from .runner import run_loadtest
 

@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .markdown_report import markdown_report, markdown_table, server_table
+from .report_notes import notes, slo_section
+
 PERCENTILES = (50, 90, 99, 999)
 
 
@@ -140,9 +143,6 @@ def _list(lines: Sequence[str]) -> str:
 
 def html_report(report: Mapping[str, Any], latencies_ms: Mapping[str, Sequence[float]] | None = None,
                 timeline: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> str:
-    from .report import markdown_report, markdown_table, server_table
-    from .report_notes import notes, slo_section
-
     levels = report["levels"]
     title = html.escape(f"Load test: {report['server']['model']}" + (f" ({report['label']})" if report.get("label")
                                                                        else ""))

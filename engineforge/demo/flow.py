@@ -37,7 +37,7 @@ def serve_check_and_load(settings: Any, build: Any, texts_file: Path, check: Cal
     ensemble with every text of `texts_file`, stop Triton. Returns (samples, load-test result, report paths)."""
     from engineforge.loadtest.config import LoadTestConfig
     from engineforge.loadtest.payloads import load_labelled_texts
-    from engineforge.loadtest.report import write_reports
+    from engineforge.loadtest.report_files import write_reports
     from engineforge.loadtest.runner import run_loadtest
     from engineforge.serve.server import TritonServer
 
@@ -62,7 +62,7 @@ def serve_check_and_load(settings: Any, build: Any, texts_file: Path, check: Cal
 
 def write_summary(settings: Any, summary: dict[str, Any], render: Callable[[dict[str, Any], str], str],
                   load: Any) -> dict[str, Any]:
-    from engineforge.loadtest.report import markdown_table
+    from engineforge.loadtest.markdown_report import markdown_table
 
     summary["markdown"] = render(summary, markdown_table(load))
     (settings.report_dir / "summary.md").write_text(summary["markdown"])

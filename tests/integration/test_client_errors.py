@@ -15,7 +15,7 @@ from engineforge.errors import ModelNotReadyError
 from engineforge.grpc_channel import CONTROL_HEADER
 from engineforge.grpc_errors import PermissionDeniedError
 from engineforge.loadtest.config import LoadTestConfig
-from engineforge.loadtest.report import markdown_report
+from engineforge.loadtest.markdown_report import markdown_report
 from engineforge.loadtest.runner import run_loadtest
 from engineforge.serve.client import EngineforgeClient
 from engineforge.serve.server import TritonServer, find_triton

@@ -22,7 +22,8 @@ from engineforge.errors import ConfigError, ModelNotReadyError, ServerUnavailabl
 from engineforge.loadtest import cli
 from engineforge.loadtest.config import LoadTestConfig
 from engineforge.loadtest.records import ERR_UNAVAILABLE
-from engineforge.loadtest.report import load_json_report, write_reports
+from engineforge.loadtest.report import load_json_report
+from engineforge.loadtest.report_files import write_reports
 from engineforge.loadtest.runner import run_loadtest
 from engineforge.serve.server import TritonServer
 from engineforge.serve.triton_env import free_port

@@ -68,7 +68,7 @@ def _run_flow(monkeypatch, tmp_path, texts_file):
     """serve_check_and_load with Triton and the load generator replaced: the load test's settings, its table."""
     from engineforge.demo.flow import serve_check_and_load
     from engineforge.demo.run import DemoSettings
-    from engineforge.loadtest import report, runner
+    from engineforge.loadtest import markdown_report, report_files, runner
     from engineforge.loadtest.metrics import calculate_metrics
     from engineforge.loadtest.records import RequestResult
     from engineforge.loadtest.results import LevelResult, LoadTestResult
@@ -86,11 +86,11 @@ def _run_flow(monkeypatch, tmp_path, texts_file):
 
     monkeypatch.setattr(server, "TritonServer", _FakeServer)
     monkeypatch.setattr(runner, "run_loadtest", fake_loadtest)
-    monkeypatch.setattr(report, "write_reports", lambda *a, **k: {})
+    monkeypatch.setattr(report_files, "write_reports", lambda *a, **k: {})
     settings = DemoSettings(repo_dir=tmp_path / "repo", report_dir=tmp_path / "reports")
     _, load, _ = serve_check_and_load(settings, type("Build", (), {"bundle_dir": tmp_path})(), texts_file,
                                       lambda *a: [], 2, "demo 3/4:")
-    return seen["config"], report.markdown_table(load)
+    return seen["config"], markdown_report.markdown_table(load)
 
 
 def test_intent_demo_load_test_checks_every_answer_against_the_eval_labels(monkeypatch, tmp_path):

@@ -9,18 +9,11 @@ import pytest
 
 from engineforge.errors import DataError
 from engineforge.loadtest.config import LoadTestConfig
+from engineforge.loadtest.markdown_report import markdown_report, markdown_table
 from engineforge.loadtest.metrics import calculate_metrics
 from engineforge.loadtest.records import ERR_TIMEOUT, WARMUP, RequestResult
-from engineforge.loadtest.report import (
-    SCHEMA,
-    csv_rows,
-    default_stem,
-    load_json_report,
-    markdown_report,
-    markdown_table,
-    report_dict,
-    write_reports,
-)
+from engineforge.loadtest.report import SCHEMA, csv_rows, default_stem, load_json_report, report_dict
+from engineforge.loadtest.report_files import write_reports
 from engineforge.loadtest.results import LevelResult, LoadTestResult
 
 
