@@ -39,11 +39,11 @@ async def run_loadtest_async(config: LoadTestConfig, request_fn: RequestFn | Non
     owned = None
     probe = None
     if request_fn is None:
-        from . import triton_requests  # heavy (grpc); only when talking to Triton
+        from .request_factory import build_request_fn  # heavy (grpc); only when talking to Triton
         from .server_check import check_server
 
         metadata = await check_server(config.channel(), config.model)
-        request_fn = owned = triton_requests.build_request_fn(config, metadata)
+        request_fn = owned = build_request_fn(config, metadata)
         probe = await StatsProbe.open(config.channel(), config.model)
     elif config.workers != 1:
         raise ConfigError("worker processes build their own Triton request functions; a custom request function "

@@ -196,7 +196,7 @@ def worker_main(conn: Any, config: LoadTestConfig, metadata: dict[str, Any] | No
 
 
 async def _serve(conn: Any, config: LoadTestConfig, metadata: dict[str, Any] | None) -> None:
-    from .triton_requests import build_request_fn
+    from .request_factory import build_request_fn
 
     try:
         request_fn = build_request_fn(config, metadata)

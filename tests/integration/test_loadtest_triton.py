@@ -284,7 +284,7 @@ def test_cli_without_server_exits_1_with_message(capsys, tmp_path):
 def test_request_fn_never_raises_when_server_is_gone():
     import asyncio
 
-    from engineforge.loadtest.triton_requests import text_request_fn
+    from engineforge.loadtest.request_factory import text_request_fn
 
     async def one():
         fn = text_request_fn("echo_text", url=f"127.0.0.1:{free_port()}", timeout_s=2.0)

@@ -8,6 +8,7 @@ from tritonclient.utils import InferenceServerException
 
 from engineforge.errors import ConfigError, DataError
 from engineforge.loadtest.config import LoadTestConfig
+from engineforge.loadtest.output_checks import check_logits_outputs, check_text_outputs, count_correct
 from engineforge.loadtest.payloads import (
     DEFAULT_TEXTS,
     label_batches,
@@ -17,16 +18,8 @@ from engineforge.loadtest.payloads import (
     token_batches,
 )
 from engineforge.loadtest.records import ERR_SERVER, ERR_TIMEOUT, ERR_UNAVAILABLE
-from engineforge.loadtest.triton_requests import (
-    check_logits_outputs,
-    check_text_outputs,
-    classify_error,
-    count_correct,
-    expected_labels,
-    status_name,
-    text_request_fn,
-    token_request_fn,
-)
+from engineforge.loadtest.request_factory import expected_labels, text_request_fn, token_request_fn
+from engineforge.loadtest.triton_requests import classify_error, status_name
 
 
 def test_load_texts_reads_jsonl(tmp_path):
