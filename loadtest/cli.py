@@ -21,8 +21,9 @@ from typing import Any
 from engineforge.cli_support import arguments_checked, run_command
 from engineforge.defaults import DEFAULT_GRPC_URL
 from engineforge.errors import UsageError
+from engineforge.progress import info
 
-from .config import DEFAULT_TIMEOUT_S, MODES, LoadTestConfig
+from .config import DEFAULT_TIMEOUT_S, MODES, LoadTestConfig, parse_concurrency, parse_rates, parse_workers
 
 DEFAULT_OUT = "reports/loadtest"
 
@@ -41,7 +42,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Every `loadtest` flag, in --help's order: server and model, levels, SLO, windows, payload, reports."""
     defaults = LoadTestConfig(model="-")
+    _add_target_arguments(parser, defaults)
+    _add_level_arguments(parser, defaults)
+    _add_window_arguments(parser, defaults)
+    _add_payload_arguments(parser, defaults)
+    _add_report_arguments(parser, defaults)
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser, defaults: LoadTestConfig) -> None:
+    """What is load-tested: the server (and how to reach it, TLS included), the model, the mode."""
     parser.add_argument("--url", default=DEFAULT_GRPC_URL, help="Triton gRPC address host:port")
     from engineforge.serve.cli import add_tls_arguments
 
@@ -56,6 +67,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="text: raw strings to the ensemble (tokenization included); "
         "tokens: synthetic token ids to the engine model (measures the engine alone)",
     )
+
+
+def _add_level_arguments(parser: argparse.ArgumentParser, defaults: LoadTestConfig) -> None:
+    """The levels: closed-loop concurrencies or open-loop rates, and the processes that generate them."""
     parser.add_argument(
         "--concurrency",
         type=parse_concurrency,
@@ -76,6 +91,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="load-generator processes sharing each level (the rate or the concurrency is split "
                         "between them), or 'auto': start with one and add one whenever a level was limited by the "
                         "generator itself, up to the machine's cores")
+
+
+def _add_window_arguments(parser: argparse.ArgumentParser, defaults: LoadTestConfig) -> None:
+    """How each level is judged and measured: the SLO, stability windows, durations, batch and timeout."""
     parser.add_argument("--slo", help="objectives checked at every level, e.g. 'p99<50ms,errors<1%%'; a miss exits 1")
     parser.add_argument("--find-max", action="store_true",
                         help="with --slo: search the highest concurrency (or --rate) that meets it, starting from the "
@@ -89,6 +108,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=defaults.warmup_s, help="discarded seconds per level")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="items per request")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per-request timeout, seconds")
+
+
+def _add_payload_arguments(parser: argparse.ArgumentParser, defaults: LoadTestConfig) -> None:
+    """What each request carries: texts (with labels to check) or synthetic token ids of some lengths."""
     parser.add_argument(
         "--texts-file",
         help="payload texts (text mode): CSV with a 'text' column, JSONL with a 'text' field, or one text per line "
@@ -104,6 +127,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="tokens mode: send TOKEN_TYPE_IDS (default: iff the model declares it)",
     )
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser, defaults: LoadTestConfig) -> None:
+    """Where and how the reports are written, and how often progress is shown."""
     parser.add_argument("--label", help="variant name recorded in the reports, e.g. fp16-trt")
     parser.add_argument("--out", default=DEFAULT_OUT, help="report directory")
     parser.add_argument("--name", help="report file stem (default: loadtest_<model>[_<label>]_<mode>)")
@@ -112,29 +139,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress-every", type=float, default=defaults.progress_every_s, help="seconds between progress lines"
     )
-
-
-def parse_concurrency(text: str) -> tuple[int, ...]:
-    try:
-        levels = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,4,16, got {text!r}") from None
-    if not levels or any(c < 1 for c in levels):
-        raise argparse.ArgumentTypeError(f"concurrency levels must be integers >= 1, got {text!r}")
-    return levels
-
-
-def parse_workers(text: str) -> int:
-    """'auto' -> 0 (grow on demand), else a process count >= 1."""
-    if text.strip().lower() == "auto":
-        return 0
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"workers: give a process count >= 1 or 'auto', got {text!r}")
-    return value
 
 
 def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
@@ -175,35 +179,13 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
     )
 
 
-def parse_rates(text: str) -> tuple[float, ...]:
-    """"50,100,200" -> (50.0, 100.0, 200.0); a range "50:200:50" (start:stop:step, stop included) too."""
-    try:
-        if ":" in text:
-            start, stop, step = (float(x) for x in text.split(":"))
-            if not (start > 0 and step > 0 and stop >= start):
-                raise ValueError
-            rates = tuple(round(start + i * step, 6) for i in range(int((stop - start) / step + 1e-9) + 1))
-        else:
-            rates = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"rates: give req/s like 50,100,200 or 50:200:50, got {text!r}") from None
-    if not rates or any(r <= 0 for r in rates):
-        raise argparse.ArgumentTypeError(f"rates must be > 0 req/s, got {text!r}")
-    return rates
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the load test described by parsed `args`, print the table, write the reports."""
     return run_command("engineforge loadtest", lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engineforge.progress import info
-
-    from .markdown_report import markdown_table
-    from .report_files import write_reports
-    from .runner import run_loadtest
-    from .slo import find_max, parse_slo, verdict, verdict_line
+    from .slo import parse_slo
 
     with arguments_checked():
         config = config_from_args(args)
@@ -214,46 +196,23 @@ def _run(args: argparse.Namespace) -> int:
     if len(models) > 1:
         if args.find_max:
             raise UsageError("--find-max searches one model; compare models without it")
-        from .compare import comparison_table, run_comparison, write_comparison
-
-        results = run_comparison(config, models)
-        for r in results:
-            r.slo = verdict(conditions, [level.to_dict() for level in r.levels], args.slo) if conditions else None
-        paths = write_comparison(results, args.out, stem=args.name or "comparison", plot=not args.no_plot)
-        print(comparison_table(results))
-        info("reports: " + ", ".join(str(p) for p in paths.values()))
-        missed = [f"{r.config.model}: {line}" for r in results for line in r.slo["missed"]] if conditions else []
-        for line in missed:
-            info(line)
-        for r in results if conditions else ():
-            print(f"{r.config.model}: {verdict_line(r.slo)}")
-        return 1 if missed or any(r.failed for r in results) else 0
-    search = None
+        return _run_comparison(args, config, models, conditions)
     if args.find_max:
-        search = find_max(config, conditions, log=info)
-        result = run_result_of(config, search["levels"])
-    else:
-        result = run_loadtest(config)
+        return _run_find_max(args, config, conditions)
+    return _run_levels(args, config, conditions)
+
+
+def _run_levels(args: argparse.Namespace, config: LoadTestConfig, conditions: tuple) -> int:
+    """Every level of `config`; 1 when a level failed or missed the SLO."""
+    from .runner import run_loadtest
+    from .slo import verdict, verdict_line
+
+    result = run_loadtest(config)
     if conditions:  # judged before writing, so every report stores the verdict
         result.slo = verdict(conditions, [level.to_dict() for level in result.levels], args.slo)
-        if search is not None:
-            result.slo["search"] = {"what": "rate" if search["open_loop"] else "concurrency", "best": search["best"],
-                                    "first_miss": search["first_miss"]}
-            result.slo["met"] = search["best"] is not None
-    paths = write_reports(result, args.out, stem=args.name, plot=not args.no_plot, records=args.save_records)
-    print(markdown_table(result))
-    info("reports: " + ", ".join(str(p) for p in paths.values()))
-    if result.slo is not None and search is None:
+    _write_and_print(args, result)
+    if result.slo is not None:
         print(verdict_line(result.slo))
-    if search is not None:
-        what = "rate" if search["open_loop"] else "concurrency"
-        if search["best"] is None:
-            info(f"find-max: even {what} {search['probes'][0]['value']:g} misses the SLO {args.slo!r}")
-            return 1
-        print(f"highest {what} meeting the SLO {args.slo!r}: {search['best']:g}"
-              + (f" (first miss: {search['first_miss']:g})" if search["first_miss"] is not None else
-                 " (no miss within the probe budget)"))
-        return 0
     if result.failed:
         info("some concurrency levels had no successful request or were aborted; see the report")
         return 1
@@ -261,6 +220,56 @@ def _run(args: argparse.Namespace) -> int:
     for line in missed:
         info(line)
     return 1 if missed else 0
+
+
+def _run_find_max(args: argparse.Namespace, config: LoadTestConfig, conditions: tuple) -> int:
+    """`--find-max`: the highest level meeting the SLO; 1 when even the first level misses it."""
+    from .slo import find_max, verdict
+
+    search = find_max(config, conditions, log=info)
+    result = run_result_of(config, search["levels"])
+    result.slo = verdict(conditions, [level.to_dict() for level in result.levels], args.slo)
+    result.slo["search"] = {"what": "rate" if search["open_loop"] else "concurrency", "best": search["best"],
+                            "first_miss": search["first_miss"]}
+    result.slo["met"] = search["best"] is not None
+    _write_and_print(args, result)
+    what = "rate" if search["open_loop"] else "concurrency"
+    if search["best"] is None:
+        info(f"find-max: even {what} {search['probes'][0]['value']:g} misses the SLO {args.slo!r}")
+        return 1
+    print(f"highest {what} meeting the SLO {args.slo!r}: {search['best']:g}"
+          + (f" (first miss: {search['first_miss']:g})" if search["first_miss"] is not None else
+             " (no miss within the probe budget)"))
+    return 0
+
+
+def _run_comparison(args: argparse.Namespace, config: LoadTestConfig, models: list[str], conditions: tuple) -> int:
+    """Several models under the same levels, one comparison report; 1 when any failed or missed the SLO."""
+    from .compare import comparison_table, run_comparison, write_comparison
+    from .slo import verdict, verdict_line
+
+    results = run_comparison(config, models)
+    for r in results:
+        r.slo = verdict(conditions, [level.to_dict() for level in r.levels], args.slo) if conditions else None
+    paths = write_comparison(results, args.out, stem=args.name or "comparison", plot=not args.no_plot)
+    print(comparison_table(results))
+    info("reports: " + ", ".join(str(p) for p in paths.values()))
+    missed = [f"{r.config.model}: {line}" for r in results for line in r.slo["missed"]] if conditions else []
+    for line in missed:
+        info(line)
+    for r in results if conditions else ():
+        print(f"{r.config.model}: {verdict_line(r.slo)}")
+    return 1 if missed or any(r.failed for r in results) else 0
+
+
+def _write_and_print(args: argparse.Namespace, result: Any) -> None:
+    """Every report file, the results table on stdout, where the reports went."""
+    from .markdown_report import markdown_table
+    from .report_files import write_reports
+
+    paths = write_reports(result, args.out, stem=args.name, plot=not args.no_plot, records=args.save_records)
+    print(markdown_table(result))
+    info("reports: " + ", ".join(str(p) for p in paths.values()))
 
 
 def run_result_of(config: LoadTestConfig, levels: list) -> Any:

@@ -1,7 +1,9 @@
-"""Load-test settings. Plain data with no heavy imports, so the CLI parser stays fast."""
+"""Load-test settings and how their levels are written on a command line (argparse types). Plain data with no
+heavy imports, so the CLI parser stays fast."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,3 +110,43 @@ class LoadTestConfig:
         data["n_texts"] = len(self.texts)
         data["tls"] = self.tls.to_dict() if self.tls is not None else None
         return data
+
+
+def parse_concurrency(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,4,16, got {text!r}") from None
+    if not levels or any(c < 1 for c in levels):
+        raise argparse.ArgumentTypeError(f"concurrency levels must be integers >= 1, got {text!r}")
+    return levels
+
+
+def parse_workers(text: str) -> int:
+    """'auto' -> 0 (grow on demand), else a process count >= 1."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"workers: give a process count >= 1 or 'auto', got {text!r}")
+    return value
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    """"50,100,200" -> (50.0, 100.0, 200.0); a range "50:200:50" (start:stop:step, stop included) too."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if not (start > 0 and step > 0 and stop >= start):
+                raise ValueError
+            rates = tuple(round(start + i * step, 6) for i in range(int((stop - start) / step + 1e-9) + 1))
+        else:
+            rates = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rates: give req/s like 50,100,200 or 50:200:50, got {text!r}") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be > 0 req/s, got {text!r}")
+    return rates

@@ -125,76 +125,99 @@ async def run_rate_level(
         raise ConfigError(f"bad open-loop level: max_in_flight={max_in_flight}, warmup={warmup_s}")
     span = warmup_s + duration_s
     offsets = schedule_offsets(rate, span, arrival, seed) + shift_s
-    offsets = offsets[offsets < span]
-    records: list[RequestResult] = []
-    slots = asyncio.Semaphore(max_in_flight)
-    in_flight: dict[asyncio.Task, tuple[int, float, float]] = {}
-    t0 = start_at if start_at is not None else clock() + 0.005
-    warm_end, window_end = t0 + warmup_s, t0 + warmup_s + duration_s
-    deadline = window_end + drain_timeout_s  # nothing is sent or awaited after it: every level ends
-
-    def phase_of(t: float) -> str:
-        return WARMUP if t < warm_end else MEASURE if t < window_end else DRAIN
-
-    async def send(n: int, scheduled: float, slot_wait: float) -> None:
-        try:
-            result = await call_request(request_fn, n)
-        finally:
-            slots.release()
-        records.append(replace(result, phase=phase_of(scheduled), completed_phase=phase_of(result.end_s), seq=n,
-                               scheduled_s=scheduled, slot_wait_s=slot_wait))
-
+    loop = _OpenLoop(request_fn, offsets[offsets < span], max_in_flight,
+                     start_at if start_at is not None else clock() + 0.005, warmup_s, duration_s, drain_timeout_s)
     log(f"rate {rate:g} req/s ({arrival}): warm-up {warmup_s:g}s, then measuring {duration_s:g}s")
     cpu_start = time.process_time()
-    server_view = asyncio.create_task(window_breakdown(probe, warm_end, window_end))
-    sent = [0]
-    reporter = asyncio.create_task(_report_progress(rate, sent, records, warm_end, duration_s, progress_every_s, log))
-    unsent: list[tuple[int, float]] = []
+    server_view = asyncio.create_task(window_breakdown(probe, loop.warm_end, loop.window_end))
+    reporter = asyncio.create_task(_report_progress(rate, loop, duration_s, progress_every_s, log))
     try:
-        for n, offset in enumerate(offsets):
-            scheduled = t0 + float(offset)
-            delay = scheduled - clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            # at the cap, waiting here is send lag, and in the latency
-            waited = await _free_slot(slots, deadline) if clock() < deadline else None
-            if waited is None:  # the level's time ran out with this and later requests still unsent
-                unsent = [(m, t0 + float(o)) for m, o in enumerate(offsets[n:], start=n)]
-                break
-            task = asyncio.create_task(send(n, scheduled, waited))
-            sent[0] += 1
-            in_flight[task] = (n, scheduled, clock())
-            task.add_done_callback(in_flight.pop)
-        pending: set[asyncio.Task] = set()
-        if in_flight:
-            _, pending = await asyncio.wait(list(in_flight), timeout=max(deadline - clock(), 0.0))
-        stalled = [in_flight[task] for task in pending if task in in_flight]
+        unsent = await loop.send_all()
+        stalled, cancelled = await loop.wait_for_answers()
         server = await server_view
     finally:
-        for task in [*in_flight, server_view, reporter]:
+        for task in [*loop.in_flight, server_view, reporter]:
             task.cancel()
     cpu_used = time.process_time() - cpu_start
     now = clock()
-    for n, scheduled, sent_at in stalled:  # unanswered at the deadline: they waited at least this long
-        records.append(RequestResult(start_s=sent_at, latency_s=now - sent_at, ok=False, seq=n,
-                                     error=f"no answer {now - scheduled:.1f}s after its scheduled send",
-                                     error_kind=ERR_TIMEOUT, phase=phase_of(scheduled), scheduled_s=scheduled,
-                                     completed_phase=DRAIN))
-    for n, scheduled in unsent:
-        records.append(RequestResult(start_s=now, latency_s=0.0, ok=False, seq=n, error_kind=ERR_NOT_SENT,
-                                     error=f"never sent: the generator was {now - scheduled:.1f}s behind its schedule "
-                                     "when the level's time ran out", phase=phase_of(scheduled), scheduled_s=scheduled,
-                                     completed_phase=DRAIN))
+    loop.record_unanswered(stalled, unsent, now)
+    records = loop.records
     metrics = calculate_metrics(records, duration_s, from_schedule=True)
-    schedule = schedule_stats(records, rate, duration_s, window_end, max_in_flight=max_in_flight)
+    schedule = schedule_stats(records, rate, duration_s, loop.window_end, max_in_flight=max_in_flight)
     level = LevelResult(concurrency=0, window_s=duration_s, metrics=metrics, records=records,
                         warmup_requests=sum(r.phase == WARMUP for r in records),
-                        drained_requests=sum(r.phase == DRAIN for r in records), cancelled_requests=len(pending),
-                        client_cpu_percent=100.0 * cpu_used / max(now - t0, 1e-9), rate=rate,
+                        drained_requests=sum(r.phase == DRAIN for r in records), cancelled_requests=cancelled,
+                        client_cpu_percent=100.0 * cpu_used / max(now - loop.t0, 1e-9), rate=rate,
                         schedule=schedule | {"arrival": arrival}, server=server)
     add_diagnosis(level)
     log(f"rate {rate:g} req/s (latency from the scheduled send): {level_summary(level)}")
     return level
+
+
+class _OpenLoop:
+    """One level's schedule and what its sends share: the records, the in-flight slots and the requests in flight
+    (task -> (request id, scheduled send, actual send))."""
+
+    def __init__(self, request_fn: RequestFn, offsets: np.ndarray, max_in_flight: int, t0: float, warmup_s: float,
+                 duration_s: float, drain_timeout_s: float) -> None:
+        self.request_fn, self.offsets, self.t0 = request_fn, offsets, t0
+        self.records: list[RequestResult] = []
+        self.slots = asyncio.Semaphore(max_in_flight)
+        self.in_flight: dict[asyncio.Task, tuple[int, float, float]] = {}
+        self.sent = 0
+        self.warm_end, self.window_end = t0 + warmup_s, t0 + warmup_s + duration_s
+        self.deadline = self.window_end + drain_timeout_s  # nothing is sent or awaited after it: every level ends
+
+    def phase_of(self, t: float) -> str:
+        return WARMUP if t < self.warm_end else MEASURE if t < self.window_end else DRAIN
+
+    async def send_all(self) -> list[tuple[int, float]]:
+        """Send every request at its scheduled time; returns those never sent (request id, scheduled send) because
+        the level's time ran out first."""
+        for n, offset in enumerate(self.offsets):
+            scheduled = self.t0 + float(offset)
+            delay = scheduled - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # at the cap, waiting here is send lag, and in the latency
+            waited = await _free_slot(self.slots, self.deadline) if clock() < self.deadline else None
+            if waited is None:  # the level's time ran out with this and later requests still unsent
+                return [(m, self.t0 + float(o)) for m, o in enumerate(self.offsets[n:], start=n)]
+            task = asyncio.create_task(self._send(n, scheduled, waited))
+            self.sent += 1
+            self.in_flight[task] = (n, scheduled, clock())
+            task.add_done_callback(self.in_flight.pop)
+        return []
+
+    async def _send(self, n: int, scheduled: float, slot_wait: float) -> None:
+        try:
+            result = await call_request(self.request_fn, n)
+        finally:
+            self.slots.release()
+        self.records.append(replace(result, phase=self.phase_of(scheduled), completed_phase=self.phase_of(result.end_s),
+                                    seq=n, scheduled_s=scheduled, slot_wait_s=slot_wait))
+
+    async def wait_for_answers(self) -> tuple[list[tuple[int, float, float]], int]:
+        """Wait for the requests in flight until the deadline; returns the unanswered ones and how many they are."""
+        pending: set[asyncio.Task] = set()
+        if self.in_flight:
+            _, pending = await asyncio.wait(list(self.in_flight), timeout=max(self.deadline - clock(), 0.0))
+        return [self.in_flight[task] for task in pending if task in self.in_flight], len(pending)
+
+    def record_unanswered(self, stalled: list[tuple[int, float, float]], unsent: list[tuple[int, float]],
+                          now: float) -> None:
+        """Failed records for requests unanswered at the deadline (they waited at least this long: they are the
+        stall, not noise) and for those never sent."""
+        for n, scheduled, sent_at in stalled:
+            self.records.append(RequestResult(
+                start_s=sent_at, latency_s=now - sent_at, ok=False, seq=n,
+                error=f"no answer {now - scheduled:.1f}s after its scheduled send", error_kind=ERR_TIMEOUT,
+                phase=self.phase_of(scheduled), scheduled_s=scheduled, completed_phase=DRAIN))
+        for n, scheduled in unsent:
+            self.records.append(RequestResult(
+                start_s=now, latency_s=0.0, ok=False, seq=n, error_kind=ERR_NOT_SENT,
+                error=f"never sent: the generator was {now - scheduled:.1f}s behind its schedule when the level's "
+                "time ran out", phase=self.phase_of(scheduled), scheduled_s=scheduled, completed_phase=DRAIN))
 
 
 async def _free_slot(slots: asyncio.Semaphore, deadline: float) -> float | None:
@@ -210,20 +233,20 @@ async def _free_slot(slots: asyncio.Semaphore, deadline: float) -> float | None:
     return clock() - before
 
 
-async def _report_progress(rate: float, sent: list[int], records: list[RequestResult], warm_end: float,
-                           duration_s: float, every_s: float, log: Callable[[str], None]) -> None:
+async def _report_progress(rate: float, loop: _OpenLoop, duration_s: float, every_s: float,
+                           log: Callable[[str], None]) -> None:
     """A line every `every_s`: window progress, requests sent and answered, errors, and how late sends run."""
     if every_s <= 0:
         return
     while True:
         await asyncio.sleep(every_s)
         now = clock()
-        if now < warm_end:
-            log(f"rate {rate:g} req/s: warming up, {sent[0]} sent")
+        if now < loop.warm_end:
+            log(f"rate {rate:g} req/s: warming up, {loop.sent} sent")
             continue
-        measured = [r for r in records if r.phase == MEASURE]
+        measured = [r for r in loop.records if r.phase == MEASURE]
         errors = sum(not r.ok for r in measured)
         recent = [r.start_s - r.scheduled_s for r in measured[-200:] if r.scheduled_s is not None]
         lag = 1000 * max(recent) if recent else 0.0
-        log(f"rate {rate:g} req/s: {min(now - warm_end, duration_s):.0f}/{duration_s:g}s, {sent[0]} sent, "
+        log(f"rate {rate:g} req/s: {min(now - loop.warm_end, duration_s):.0f}/{duration_s:g}s, {loop.sent} sent, "
             f"{len(measured)} answered in the window, {errors} errors, recent send lag up to {lag:.1f} ms")

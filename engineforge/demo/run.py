@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from engineforge.build.presets import PRESET_NAMES
-    from engineforge.loadtest.cli import parse_concurrency
+    from engineforge.loadtest.config import parse_concurrency
 
     if args.preset is None:
         args.preset = "int8-static" if args.task in ("ner", "embeddings") else DemoSettings().preset

@@ -8,6 +8,7 @@ import pytest
 
 from engineforge.errors import ConfigError
 from engineforge.loadtest import cli
+from engineforge.loadtest.config import parse_workers
 from engineforge.loadtest.payloads import DEFAULT_TEXTS
 
 
@@ -63,7 +64,7 @@ def test_run_returns_2_with_a_clear_message_on_bad_settings(capsys):
 
 
 def test_workers_take_a_count_or_auto():
-    assert cli.parse_workers("auto") == 0 and cli.parse_workers("3") == 3
+    assert parse_workers("auto") == 0 and parse_workers("3") == 3
     for bad in ("0", "-1", "many"):
         with pytest.raises(argparse.ArgumentTypeError, match="process count >= 1 or 'auto'"):
-            cli.parse_workers(bad)
+            parse_workers(bad)
