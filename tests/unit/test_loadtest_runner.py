@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import ClassVar
 
 import pytest
 
@@ -157,3 +158,67 @@ def test_run_loadtest_with_custom_request_fn_runs_every_level():
 def test_config_validation(changes, message):
     with pytest.raises(ConfigError, match=message):
         LoadTestConfig(**{"model": "m", **changes})
+
+
+class _RecordingClient:
+    """Stands in for tritonclient's asyncio client: remembers how it was opened and what it was asked."""
+
+    opened: ClassVar[list[_RecordingClient]] = []
+
+    def __init__(self, url: str, ssl: bool = False, root_certificates: str | None = None, **_options) -> None:
+        self.url, self.ssl, self.ca, self.calls = url, ssl, root_certificates, []
+        _RecordingClient.opened.append(self)
+
+    async def __aenter__(self) -> _RecordingClient:
+        return self
+
+    async def __aexit__(self, *_exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        pass
+
+    async def is_server_live(self, **_) -> bool:
+        self.calls.append("server check")
+        return True
+
+    async def is_model_ready(self, model: str, **_) -> bool:
+        return True
+
+    async def get_model_metadata(self, model: str, **_) -> dict:
+        return {"name": model, "inputs": [{"name": "TEXT"}], "outputs": [{"name": "LABEL"}, {"name": "PROBABILITIES"}]}
+
+    async def get_model_config(self, model: str, **_) -> dict:
+        return {"config": {"parameters": {}}}
+
+    async def get_server_metadata(self, **_) -> dict:
+        return {"name": "triton", "version": "test"}
+
+    async def get_inference_statistics(self, model: str, **_) -> dict:
+        self.calls.append("statistics")
+        return {"model_stats": []}
+
+    async def infer(self, model: str, inputs, **_):
+        self.calls.append("request")
+        raise RuntimeError("no server in a unit test")
+
+
+def test_every_client_of_a_load_test_opens_with_its_tls_settings(monkeypatch, tmp_path):
+    # The server check, the statistics reader and the request function each open their own client: all three must
+    # go through the run's one GrpcChannel, or a load test against a TLS server fails (or silently goes plaintext).
+    import tritonclient.grpc.aio
+
+    from engineforge.grpc_channel import ClientTls
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA certificate (never read: the client is a stand-in)\n")
+    monkeypatch.setattr(tritonclient.grpc.aio, "InferenceServerClient", _RecordingClient)
+    monkeypatch.setattr(_RecordingClient, "opened", [])
+    config = LoadTestConfig(model="m", url="127.0.0.1:1", tls=ClientTls(ca), concurrency=(1,), duration_s=0.2,
+                            warmup_s=0.0, progress_every_s=0, max_consecutive_errors=3)
+    result = run_loadtest(config)
+    assert result.levels[0].metrics.errors >= 1  # the stand-in's requests fail; only the clients matter here
+    opened = _RecordingClient.opened
+    assert {call for client in opened for call in client.calls} == {"server check", "statistics", "request"}
+    assert all(client.ssl and client.ca == str(ca) and client.url == "127.0.0.1:1" for client in opened), \
+        [(client.url, client.ssl, client.ca, client.calls) for client in opened]
