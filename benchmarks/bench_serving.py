@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from engineforge.loadtest.payloads import DEFAULT_TEXTS  # noqa: E402
 from engineforge.loadtest.runner import run_loadtest  # noqa: E402
 from engineforge.serve.repository import publish_engine  # noqa: E402
 from engineforge.serve.server import TritonServer  # noqa: E402
+from engineforge.stats import median  # noqa: E402
 
 DEFAULT_BUNDLE = ROOT / "artifacts" / "builds" / "demo-intent" / "engine"
 OUT = ROOT / "reports" / "bench-serving"
@@ -63,8 +63,8 @@ def in_process(bundle: Path, spec: EngineSpec, iterations: int) -> dict[str, flo
         if i >= 5:  # the first calls pay for lazy allocation
             times.append((time.perf_counter() - start) * 1000)
             tokenize_times.append((tokenized - start) * 1000)
-    return {"engine_1x128_ms": engine_ms, "text_ms": statistics.median(times),
-            "tokenize_ms": statistics.median(tokenize_times)}
+    return {"engine_1x128_ms": engine_ms, "text_ms": median(times),
+            "tokenize_ms": median(tokenize_times)}
 
 
 def _neighbour(conn: Any, work_s: float) -> None:
@@ -97,7 +97,7 @@ def engine_beside_neighbour(bundle: Path, spec: EngineSpec, iterations: int, wor
             times.append((time.perf_counter() - start) * 1000)
     ours.send(None)
     partner.join(5)
-    return statistics.median(times)
+    return median(times)
 
 
 class ClientTokenized:

@@ -14,14 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engineforge.engines import load_engine  # noqa: E402
 from engineforge.engines.engine_spec import EngineSpec  # noqa: E402
 from engineforge.engines.timing import synthetic_feeds  # noqa: E402
+from engineforge.stats import median  # noqa: E402
 
 CALLS = 200
 
@@ -32,7 +31,7 @@ def median_ms(engine, feeds: list[dict]) -> float:
         start = time.perf_counter()
         engine.run(feeds[k % len(feeds)])
         times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+    return median(times)
 
 
 def main(argv: list[str]) -> int:

@@ -18,7 +18,8 @@ def latency_histogram(latencies_s: Iterable[float]):  # -> hdrh.histogram.HdrHis
 
 
 def percentiles_ms(latencies_s: Sequence[float], points: Sequence[float]) -> list[float]:
-    """The value at each percentile (HDR's definition: the smallest recorded value with at least p % of
-    samples at or below it, to 3 significant digits), in ms."""
+    """The value at each percentile, in ms. HDR's definition: the recorded sample at 1-based rank round(n * p / 100)
+    (at least 1), to 1 µs and 3 significant digits; engineforge/stats.py says exactly how it relates to the
+    interpolated percentile engine timing and the benchmarks report."""
     histogram = latency_histogram(latencies_s)
     return [histogram.get_value_at_percentile(p) / 1000.0 for p in points]

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from engineforge.stats import median
+
 from .markdown_report import markdown_report, markdown_table, server_table
 from .report_notes import notes, slo_section
 
@@ -89,7 +91,7 @@ def latency_over_time(timeline: Mapping[str, Mapping[str, Sequence[float]]]) -> 
             used = np.unique(which)
             mids = (edges[used] + edges[used + 1]) / 2
             line = ax.plot(mids, [ms[which == b].max() for b in used], label=f"{name} max")[0]
-            ax.plot(mids, [np.median(ms[which == b]) for b in used], linestyle="--", color=line.get_color(),
+            ax.plot(mids, [median(ms[which == b]) for b in used], linestyle="--", color=line.get_color(),
                     alpha=0.7, label=f"{name} median")
         if series["failed_t_s"]:
             ax.plot(series["failed_t_s"], series["failed_ms"], "x", color="red", markersize=4, label=f"{name} failed")

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from engineforge.stats import median
+
 from .records import MEASURE, RequestResult
 
 GENERATOR_CPU = "generator CPU"
@@ -51,7 +53,7 @@ def service_latency_ratio(records: Sequence[RequestResult]) -> float | None:
     service = np.array([r.latency_s for r in records if r.ok and r.phase == MEASURE])
     if len(service) < 5 or service.min() <= 0:
         return None
-    return float(np.median(service) / service.min())
+    return median(service) / float(service.min())
 
 
 def diagnose(schedule: Mapping[str, Any], throughput_rps: float, client_cpu_percent: float | None, workers: int,

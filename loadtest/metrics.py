@@ -9,9 +9,10 @@ Conventions, so numbers from different runs stay comparable:
   the rate it kept, not the rate it was offered. `throughput_items_per_s` weights each response by its batch size.
 - Latency statistics use successful requests only, since failed calls (refused connection,
   timeout) have latencies that describe the failure, not the model.
-- Percentiles come from an HDR histogram (loadtest/histogram.py, the `hdrhistogram` package): the smallest
-  recorded value with at least p % of samples at or below it, to 3 significant digits, so p50 of
-  [1, 2, 3, 4] ms is 2 ms. Mean, min, max and std are exact.
+- Percentiles come from an HDR histogram (loadtest/histogram.py, the `hdrhistogram` package): the recorded
+  sample at rank round(n * p / 100), to 3 significant digits, so p50 of [1, 2, 3, 4] ms is 2 ms (engineforge/
+  stats.py's interpolated p50 would be 2.5 ms; it says exactly how the two differ). Mean, min, max and std are
+  exact.
 - Correctness (texts with expected labels): `checked_items` / `correct_items` over the successful requests that
   were checked, `accuracy` their ratio (None when nothing was checked). Apart from latency and throughput: a
   wrong label is still a served request.

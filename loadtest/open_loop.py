@@ -29,6 +29,7 @@ import numpy as np
 
 from engineforge.errors import ConfigError
 from engineforge.progress import info
+from engineforge.stats import percentiles
 
 from .limits import diagnose
 from .metrics import calculate_metrics
@@ -77,7 +78,7 @@ def schedule_stats(records: list[RequestResult], rate: float, window_s: float, w
     sends = [r for r in records if r.scheduled_s is not None and r.error_kind != ERR_NOT_SENT
              and window_start <= r.start_s < window_end]
     sent_rps = len(sends) / window_s if window_s > 0 else 0.0
-    p99 = float(np.percentile(lags, 99)) if len(lags) else 0.0
+    p50, p99 = percentiles(lags, (50, 99)) if len(lags) else (0.0, 0.0)
     # Against what was scheduled in the window (Poisson arrivals scatter around the target by themselves).
     on_time = (sum(r.start_s < window_end and r.error_kind != ERR_NOT_SENT for r in measured) / len(measured)
                if measured else 1.0)
@@ -86,7 +87,7 @@ def schedule_stats(records: list[RequestResult], rate: float, window_s: float, w
     return {"target_rps": rate, "scheduled": len(measured), "window_s": window_s,
             "scheduled_rps": round(len(measured) / window_s, 2) if window_s > 0 else 0.0,
             "sent_rps": round(sent_rps, 2), "sent_in_window": len(sends), "on_time": round(on_time, 4),
-            "send_lag_p50_ms": round(float(np.percentile(lags, 50)), 3) if len(lags) else 0.0,
+            "send_lag_p50_ms": round(p50, 3),
             "send_lag_p99_ms": round(p99, 3), "send_lag_max_ms": round(float(lags.max()), 3) if len(lags) else 0.0,
             "not_sent": sum(r.error_kind == ERR_NOT_SENT for r in measured),
             "max_in_flight": max_in_flight, "cap_wait_share": round(min(cap_wait, 1.0), 4), "kept_rate": bool(kept)}
