@@ -14,6 +14,7 @@ import importlib
 import inspect
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,9 @@ def load_plugin(plugin: str, name: str) -> Runtime:
     if not _PLUGIN.match(plugin):
         raise EngineLoadError(f"runtime {name!r}: plugin {plugin!r} is not 'module:function'")
     module, function = plugin.split(":")
+    # The Triton python-backend stub runs Python isolated (PYTHONPATH ignored): a plugin module that is not
+    # installed is still found where PYTHONPATH points, as in any other process.
+    sys.path.extend(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path)
     try:
         getattr(importlib.import_module(module), function)()
     except (ImportError, AttributeError) as exc:
