@@ -122,8 +122,16 @@ def runtime_info(name: str) -> Runtime:
         raise EngineLoadError(f"unknown engine runtime {name!r}; choose one of {', '.join(_RUNTIMES)}") from None
 
 
+def runtime_plugin(register: Callable[[], None]) -> Callable[[], None]:
+    """Decorator marking the function that registers a runtime from outside engineforge. Only marked functions are
+    called for an engine.json's `runtime_plugin`: the file names code, and no other function may run from it."""
+    register.engineforge_runtime_plugin = True  # type: ignore[attr-defined]
+    return register
+
+
 def load_plugin(plugin: str, name: str) -> Runtime:
-    """Register runtime `name` by calling `plugin` ("module:function"), unless it is registered already."""
+    """Register runtime `name` by calling `plugin` ("module:function", marked with `runtime_plugin`), unless it is
+    registered already."""
     if name in _RUNTIMES:
         return _RUNTIMES[name]
     if not _PLUGIN.match(plugin):
@@ -133,10 +141,13 @@ def load_plugin(plugin: str, name: str) -> Runtime:
     # installed is still found where PYTHONPATH points, as in any other process.
     sys.path.extend(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path)
     try:
-        getattr(importlib.import_module(module), function)()
+        register = getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError) as exc:
         raise EngineLoadError(f"runtime {name!r}: cannot register it with {plugin} ({type(exc).__name__}: {exc}); "
                               f"install its module where this Python finds it") from exc
+    if not getattr(register, "engineforge_runtime_plugin", False):
+        raise EngineLoadError(f"runtime {name!r}: {plugin} is not marked @runtime_plugin; not calling it")
+    register()
     return runtime_info(name)
 
 

@@ -55,6 +55,7 @@ def load_toy(path: Path, threads: int) -> ToyEngine:
     return ToyEngine(path)
 
 
+@registry.runtime_plugin
 def register() -> None:
     """The one registration: the loader and the runtime's facts."""
     registry.register_runtime(TOY, model_kind=registry.MODEL_FILE, description="toy numpy bag of embeddings",
