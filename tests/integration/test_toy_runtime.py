@@ -1,5 +1,6 @@
-"""Adding a runtime is one module plus one registration: this file alone defines a toy runtime, registers it, and a
-real tritonserver serves a bundle in it with the answers the same runtime gives in this process.
+"""Adding a runtime is one module plus one registration: this file alone defines toy runtimes and registers them; a
+build chooses one as a CPU candidate, and a real tritonserver serves a bundle in the other with the answers the same
+runtime gives in this process.
 
 The toy runtime ("toy-npz") is a bag-of-embeddings classifier in numpy: its engine file is `model.npz` (one row of
 logits per token id, averaged over the attention mask), nothing ONNX Runtime, OpenVINO, torch or TensorRT could
@@ -28,6 +29,7 @@ from tests.helpers.in_process import probabilities_one_by_one
 from tests.helpers.tiny_engine import tiny_bundle  # noqa: F401
 
 TOY = "toy-npz"
+TOY_CPU = "toy-ort"  # a CPU candidate: ONNX Runtime on the exported graph, shipped under its own file name
 TEXTS = ["where is my order #1234?", "I want my money back for the broken headphones", "ok",
          "my account got locked after too many attempts, please help"]
 
@@ -69,6 +71,33 @@ def toy_runtime() -> Iterator[None]:
         patch.setattr(registry, "_RUNTIMES", dict(registry._RUNTIMES))
         register()
         yield
+
+
+def load_toy_ort(path: Path, threads: int) -> object:
+    engine = load_engine(path, "onnxruntime", threads)
+    engine.runtime = TOY_CPU  # type: ignore[misc]
+    return engine
+
+
+def test_a_build_chooses_a_registered_cpu_candidate_and_ships_it_under_its_file_name(
+        tiny_checkpoint, tiny_eval_data, tmp_path, monkeypatch):
+    from engineforge.build.config import BuildConfig
+    from engineforge.build.runner import run_build
+    from engineforge.build.steps import ExportConfig, GraphOptimizeConfig, SelectRuntimeConfig, ValidateConfig
+
+    monkeypatch.setattr(registry, "_RUNTIMES", dict(registry._RUNTIMES))
+    registry.register_runtime(TOY_CPU, model_kind=registry.MODEL_ONNX, description="toy: ORT under another name",
+                              bundle_file="model.toy.onnx", cpu_candidate=True)(load_toy_ort)
+    assert TOY_CPU in SelectRuntimeConfig().candidates  # one registration makes it a candidate of every build
+    report = run_build(BuildConfig(checkpoint=tiny_checkpoint, output_dir=tmp_path / "out", eval_data=tiny_eval_data,
+                                   steps=(ExportConfig(), GraphOptimizeConfig(),
+                                          SelectRuntimeConfig(candidates=(TOY_CPU,), iterations=5), ValidateConfig())))
+    select = report.step("select_runtime").details
+    assert select["chosen"] == TOY_CPU and report.step("validate").details["runtime"] == TOY_CPU
+    bundle = tmp_path / "out" / "engine"
+    spec = EngineSpec.load(bundle)
+    assert (spec.runtime, spec.model_file) == (TOY_CPU, "model.toy.onnx")
+    assert (bundle / "model.toy.onnx").is_file() and not (bundle / "model.onnx").exists()
 
 
 @pytest.fixture(scope="module")
