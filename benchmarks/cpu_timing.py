@@ -23,19 +23,14 @@ SHAPES = ((1, 32), (1, 128), (8, 32), (8, 128))
 
 def quiet_ort_engine(path: Path, threads: int) -> Any:
     """The engine-layer ONNX Runtime session (same options as build and serving) with spinning off."""
-    import onnxruntime as ort
+    from engineforge.engines import load_engine, runtime_info
 
-    from engineforge.engines.onnxruntime_engine import OnnxRuntimeEngine, session_options
-
-    options = session_options(threads)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return OnnxRuntimeEngine(path, ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+    return load_engine(path, "onnxruntime", threads, options=runtime_info("onnxruntime").quiet_options)
 
 
 def open_alone(runtime: str, path: Path, threads: int) -> Any:
     """An engine as its users open it: transformers for the eager baseline, else the engine layer."""
-    from engineforge.engines import TorchEngine, load_engine
+    from engineforge.engines import TOKEN_INPUTS, TorchEngine, load_engine
 
     if runtime == "torch":
         import torch
@@ -43,7 +38,7 @@ def open_alone(runtime: str, path: Path, threads: int) -> Any:
 
         torch.set_num_threads(threads)
         model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
-        return TorchEngine(model, ("input_ids", "attention_mask", "token_type_ids"))
+        return TorchEngine(model, TOKEN_INPUTS)
     return load_engine(path, runtime, threads)
 
 

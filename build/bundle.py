@@ -1,8 +1,9 @@
 """The engine bundle a build ships: the engine (model.onnx, model/ or model.plan), engine.json, tokenizer/.
 
-ONNX runtimes (onnxruntime, openvino) ship the last ONNX file as `model.onnx`; torch-bnb ships the
-4-bit model's `save_pretrained` directory as `model/` (bitsandbytes layers cannot be exported to ONNX);
-tensorrt ships the plan as `model.plan`, its metadata in engine.json's "tensorrt" section.
+Which file ships, and under which name, is the serving runtime's fact (`Runtime.bundle_file`, see
+BuildContext.engine_source): ONNX runtimes (onnxruntime, openvino) ship the last ONNX file as `model.onnx`;
+torch-bnb ships the 4-bit model's `save_pretrained` directory as `model/` (bitsandbytes layers cannot be exported
+to ONNX); tensorrt ships the plan as `model.plan`, its metadata in engine.json's "tensorrt" section.
 """
 
 from __future__ import annotations

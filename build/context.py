@@ -131,18 +131,19 @@ class BuildContext:
 
     def engine_source(self) -> tuple[Path, str] | None:
         """(engine file or directory, its name in the bundle); None while no step has made an engine."""
-        if self.runtime == "torch-bnb":
-            return (self.engine_dir, "model") if self.engine_dir is not None else None
-        if self.runtime == "tensorrt":
-            return (self.plan_path, "model.plan") if self.plan_path is not None else None
-        return (self.onnx_path, "model.onnx") if self.onnx_path is not None else None
+        from engineforge.engines import registry
+
+        info = registry.runtime_info(self.runtime)  # runtimes that read neither a directory nor a plan read ONNX
+        path = {registry.MODEL_DIRECTORY: self.engine_dir, registry.MODEL_PLAN: self.plan_path}.get(
+            info.model_kind, self.onnx_path)
+        return (path, info.bundle_file) if path is not None else None
 
     def open_engine(self, runtime: str | None = None) -> Any:
         """The current engine in `runtime` (default: the one that will serve it), opened exactly as the engine
         model in Triton opens it: validation and runtime selection measure what is served."""
         from engineforge.engines import load_engine
 
-        source = self.engine_source() if runtime is None else (self.onnx_path, "model.onnx")
+        source = self.engine_source() if runtime is None else (self.onnx_path, "")  # candidates read the graph
         if source is None or source[0] is None:
             raise ConfigError("no step has produced an engine yet: add 'export' (or 'bnb_4bit') to the recipe")
         return load_engine(source[0], runtime or self.runtime, self.config.intra_op_threads)

@@ -7,7 +7,6 @@ No INT8/FP16 builder flags and no calibrators: TensorRT 10 deprecated them and T
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -21,7 +20,8 @@ from engineforge.engines.tensorrt_api import (
     make_logger,
     supported_architectures,
 )
-from engineforge.errors import CompileError
+from engineforge.engines.tensorrt_engine import RUNTIME, NoGpuError
+from engineforge.errors import CompileError, EngineLoadError
 
 Shape = tuple[int, int]  # (batch, sequence)
 
@@ -178,16 +178,18 @@ def _attach_timing_cache(trt: TensorRT, config: Any, path: Path | None) -> dict[
     return {"used": True, "path": str(path), "loaded_bytes": len(loaded), "hit": bool(loaded)}
 
 
-def inspect_engine(trt: TensorRT, plan: bytes) -> dict[str, Any] | str:
-    """Layer precisions from the engine inspector; needs a GPU to deserialize (a note says so otherwise)."""
-    if current_gpu() is None:
+def inspect_engine(plan_path: Path) -> dict[str, Any] | str:
+    """Layer precisions from the engine inspector, on the plan opened by the TensorRT runtime (with its metadata
+    beside it); needs a GPU it was built for (a note says so otherwise)."""
+    from engineforge.engines import load_engine
+
+    try:
+        engine = load_engine(plan_path, RUNTIME, 0)
+    except NoGpuError:
         return "engine inspector not run: deserializing an engine needs a GPU (see the network's declared types)"
-    logger = make_logger(trt)
-    runtime = trt.module.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(plan)
-    if engine is None:
-        return f"engine inspector not run: {logger.last_error()[:200]}"
-    info = json.loads(engine.create_engine_inspector().get_engine_information(trt.module.LayerInformationFormat.JSON))
+    except EngineLoadError as exc:
+        return f"engine inspector not run: {str(exc)[:200]}"
+    info = engine.layer_information()  # type: ignore[attr-defined]
     counts: Counter[str] = Counter()
     for layer in info.get("Layers", []):
         if isinstance(layer, dict):

@@ -1,7 +1,8 @@
 """`engineforge serve` and `engineforge infer` sub-commands (registered by the top-level CLI).
 
 Heavy imports (tritonclient, numpy) happen inside the run functions so `engineforge --help` is fast.
-Exit codes as for every engineforge command (engineforge.cli_support): 0, 1 failure, 2 usage error.
+Exit codes as for every engineforge command (engineforge.cli_support.exit_code): 0 done, 1 failure, 2 usage
+error, 130 interrupted; `serve` runs until Ctrl-C or SIGTERM, drains, and exits 130.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engineforge.engines import Engine, load_engine
+from engineforge.engines import TOKEN_INPUTS, Engine, load_engine
 from engineforge.engines.engine_spec import EngineSpec
 from engineforge.engines.request_limits import RequestLimitError, check_token_request
 from engineforge.errors import EngineLoadError
@@ -166,7 +166,7 @@ def merge_requests(requests: Sequence[RequestArrays]) -> tuple[dict[str, np.ndar
     longest = max(int(r.input_ids.shape[1]) for r in requests)
     merged = {
         name: np.full((total, longest), PAD_ID if name != "attention_mask" else 0, dtype=np.int64)
-        for name in ("input_ids", "attention_mask", "token_type_ids")
+        for name in TOKEN_INPUTS
     }
     row = 0
     for request in requests:

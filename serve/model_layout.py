@@ -8,7 +8,6 @@ publish), never a mix; switching versions is switching the entry points, done by
 models are loaded (see supervisor.py). Every answer carries `VERSION` (the publish version that produced it), and
 the engine refuses token ids whose tokenizer was another version's.
 
-TensorRT builds also get a native `tensorrt_plan` model for standard Triton GPU servers.
 Kept apart from `repository.py` (which moves files) so the contract can be read and tested alone;
 the client relies on the tensor names and the `labels` parameter defined here.
 """
@@ -18,13 +17,11 @@ from __future__ import annotations
 import json
 import re
 
+from engineforge.engines import TOKEN_INPUTS, runtime_info
 from engineforge.engines.engine_spec import EngineSpec
 from engineforge.engines.request_limits import DEFAULT_LONG_TEXTS, derive_request_limits
-from engineforge.engines.tensorrt_engine import TensorRTMetadata
-from engineforge.errors import ConfigError, EngineLoadError
 
 from .model_config import (
-    TENSORRT_PLAN,
     DynamicBatching,
     EnsembleStep,
     InstanceGroup,
@@ -35,13 +32,8 @@ from .model_config import (
 from .serving_defaults import WHY, ServingSettings, derive_serving_settings, engine_warmup, tokenizer_warmup
 
 ENGINE_SUFFIX = "_engine"  # the token-id entry point (an ensemble over the serving version's engine)
-PLAN_SUFFIX = "_plan"
 ROLES = ("tokenizer", "engine")  # the models of one version
 _MEMBER = re.compile(r"^(?P<model>.+)\.v(?P<version>[0-9]+)\.(?P<role>tokenizer|engine)$")
-PLAN_FILENAME = "model.plan"
-# TensorRT tensor types (engine metadata) -> Triton data types.
-TRT_TO_TRITON = {"INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16",
-                 "BF16": "TYPE_BF16", "BOOL": "TYPE_BOOL"}
 # Model config parameter holding the JSON list of label names (index = class id).
 LABELS_PARAMETER = "labels"
 
@@ -56,7 +48,7 @@ TOKEN_LOGITS = TensorSpec("LOGITS", "TYPE_FP32", (-1, -1))
 ENTITIES = TensorSpec("ENTITIES", "TYPE_STRING", (1,))
 TOKEN_LABELS = TensorSpec("TOKEN_LABELS", "TYPE_STRING", (1,))
 # Tokenizer output / engine input tensors, keyed by the Hugging Face input name they carry.
-TOKEN_TENSOR_NAMES = {"input_ids": "INPUT_IDS", "attention_mask": "ATTENTION_MASK", "token_type_ids": "TOKEN_TYPE_IDS"}
+TOKEN_TENSOR_NAMES = {name: name.upper() for name in TOKEN_INPUTS}  # input_ids -> INPUT_IDS
 TOKEN_TENSORS = tuple(TOKEN_TENSOR_NAMES.values())
 # What a token classifier's tokenizer adds, so the engine can turn tags into character spans.
 TOKEN_EXTRA_NAMES = {"offsets": "OFFSETS", "word_ids": "WORD_IDS"}
@@ -93,10 +85,6 @@ def published_version_of(model_config: dict, fallback: str) -> str:
 def entry_model_names(model_name: str) -> tuple[str, str]:
     """The two models clients call: text in, and token ids in."""
     return model_name, engine_model_name(model_name)
-
-
-def plan_model_name(model_name: str) -> str:
-    return model_name + PLAN_SUFFIX
 
 
 def _token_inputs() -> tuple[TensorSpec, ...]:
@@ -152,57 +140,84 @@ def build_model_configs(
     if settings is None:
         settings = derive_serving_settings(spec, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                                            instances=instances, measured_latency_ms=measured_latency_ms, warmup=warmup)
-    max_batch_size, instances = settings.max_batch_size, settings.instances
     # Per-request limits (request_limits.py), recorded with their reasons on every model; `long_texts`: "truncate"
     # or "refuse" texts over the limits.
-    limits = derive_request_limits(spec, max_batch_size=max_batch_size, long_texts=long_texts).parameters()
-    labels = json.dumps(list(spec.labels))
-    outputs = ((EMBEDDING,) if spec.is_embedding else (TOKEN_LOGITS, ENTITIES, TOKEN_LABELS) if spec.is_token_task
-               else (LOGITS, PROBABILITIES, LABEL))
-    extra_in = _token_extras() if spec.is_token_task else ()
-    task = {"task": spec.task} | ({"embedding_dim": str(spec.embedding_dim)} if spec.is_embedding else {})
+    limits = derive_request_limits(spec, max_batch_size=settings.max_batch_size, long_texts=long_texts).parameters()
     published = {PUBLISHED_MODEL: model_name, PUBLISHED_VERSION: str(version)}
-    engine = ModelConfig(
+    engine = _engine_config(model_name, spec, version, settings, published, limits)
+    tokenizer = _tokenizer_config(model_name, spec, version, settings, published | limits)
+    entry = {LABELS_PARAMETER: json.dumps(list(spec.labels)), "build_id": spec.build_id, "change_id": change_id}
+    entry |= _task_parameters(spec) | published | limits
+    ensemble, ids = _entry_configs(model_name, spec, version, tokenizer, engine, entry)
+    validate_ensemble(ensemble, [tokenizer, engine])
+    validate_ensemble(ids, [engine])
+    return {"tokenizer": tokenizer, "engine": engine, "ensemble": ensemble, "ids": ids}
+
+
+def _outputs(spec: EngineSpec) -> tuple[TensorSpec, ...]:
+    return ((EMBEDDING,) if spec.is_embedding else (TOKEN_LOGITS, ENTITIES, TOKEN_LABELS) if spec.is_token_task
+            else (LOGITS, PROBABILITIES, LABEL))
+
+
+def _task_parameters(spec: EngineSpec) -> dict[str, str]:
+    return {"task": spec.task} | ({"embedding_dim": str(spec.embedding_dim)} if spec.is_embedding else {})
+
+
+def _engine_config(model_name: str, spec: EngineSpec, version: int, settings: ServingSettings,
+                   published: dict[str, str], limits: dict[str, str]) -> ModelConfig:
+    """The python-backend engine model: token ids (and a token classifier's extras) in, the task's outputs out."""
+    extra_in = _token_extras() if spec.is_token_task else ()
+    return ModelConfig(
         name=version_model_name(model_name, version, "engine"),
         backend="python",
-        max_batch_size=max_batch_size,
+        max_batch_size=settings.max_batch_size,
         inputs=_token_inputs() + extra_in + (TOKENIZER_VERSION,),
-        outputs=(*outputs, VERSION),
+        outputs=(*_outputs(spec), VERSION),
         dynamic_batching=DynamicBatching(preferred_batch_sizes=settings.preferred_batch_sizes,
                                          max_queue_delay_us=settings.max_queue_delay_us),
-        # A TensorRT engine runs on a GPU: Triton places one instance group per GPU and tells the stub which.
-        instance_group=InstanceGroup(count=instances, kind="GPU" if spec.runtime == "tensorrt" else "CPU"),
+        # A GPU runtime's instances are GPU instances: Triton places one group per GPU and tells the stub which.
+        instance_group=InstanceGroup(count=settings.instances, kind=runtime_info(spec.runtime).device),
         parameters={
-            LABELS_PARAMETER: labels,
+            LABELS_PARAMETER: json.dumps(list(spec.labels)),
             "build_id": spec.build_id,
             "precision": spec.precision,
             "runtime": spec.runtime,
             "max_sequence_length": str(spec.max_sequence_length),
             "max_position_embeddings": str(spec.max_position_embeddings),
-        } | task | ({"vocab_size": str(spec.vocab_size)} if spec.vocab_size else {}) | published
-        | settings.parameters() | limits,
-        model_warmup=engine_warmup(spec, max_batch_size) if settings.warmup else (),
+        } | _task_parameters(spec) | ({"vocab_size": str(spec.vocab_size)} if spec.vocab_size else {})
+        | published | settings.parameters() | limits,
+        model_warmup=engine_warmup(spec, settings.max_batch_size) if settings.warmup else (),
         versions=(version,),
     )
-    tokenizer = ModelConfig(
+
+
+def _tokenizer_config(model_name: str, spec: EngineSpec, version: int, settings: ServingSettings,
+                      shared: dict[str, str]) -> ModelConfig:
+    extra_out = tuple(TensorSpec(t.name, t.dtype, t.dims) for t in _token_extras() if t.name != "TEXT")
+    return ModelConfig(
         name=version_model_name(model_name, version, "tokenizer"),
         backend="python",
-        max_batch_size=max_batch_size,
+        max_batch_size=settings.max_batch_size,
         inputs=(TEXT,),
         outputs=tuple(TensorSpec(name, "TYPE_INT64", (-1,)) for name in TOKEN_TENSORS)
-        + tuple(TensorSpec(t.name, t.dtype, t.dims) for t in extra_in if t.name != "TEXT") + (VERSION,),
+        + (extra_out if spec.is_token_task else ()) + (VERSION,),
         # No queue delay: tokenizing is cheap, batching only saves stub round trips here.
         dynamic_batching=DynamicBatching(max_queue_delay_us=0),
-        instance_group=InstanceGroup(count=instances, kind="CPU"),
-        parameters={"max_sequence_length": str(spec.max_sequence_length)} | published | limits,
+        instance_group=InstanceGroup(count=settings.instances, kind="CPU"),
+        parameters={"max_sequence_length": str(spec.max_sequence_length)} | shared,
         model_warmup=tokenizer_warmup() if settings.warmup else (),
         versions=(version,),
     )
+
+
+def _entry_configs(model_name: str, spec: EngineSpec, version: int, tokenizer: ModelConfig, engine: ModelConfig,
+                   entry: dict[str, str]) -> tuple[ModelConfig, ModelConfig]:
+    """The two entry points pinned to this version: TEXT in (tokenizer then engine), and token ids in."""
+    outputs = _outputs(spec)
     token_map = {name: name.lower() for name in TOKEN_TENSORS}
     if spec.is_token_task:
         token_map |= {name: name.lower() for name in TOKEN_EXTRA_NAMES.values()}
     answer = {t.name: t.name for t in (*outputs, VERSION)}
-    entry = {LABELS_PARAMETER: labels, "build_id": spec.build_id, "change_id": change_id} | task | published | limits
     ensemble = ModelConfig(
         name=model_name,
         platform="ensemble",
@@ -223,7 +238,7 @@ def build_model_configs(
         ),
         versions=(version,),
     )
-    id_inputs = tuple(_with_batch_dim(t) for t in _token_inputs() + extra_in)
+    id_inputs = tuple(_with_batch_dim(t) for t in _token_inputs() + (_token_extras() if spec.is_token_task else ()))
     ids = ModelConfig(
         name=engine_model_name(model_name),
         platform="ensemble",
@@ -236,42 +251,4 @@ def build_model_configs(
                                      model_version=version),),
         versions=(version,),
     )
-    validate_ensemble(ensemble, [tokenizer, engine])
-    validate_ensemble(ids, [engine])
-    return {"tokenizer": tokenizer, "engine": engine, "ensemble": ensemble, "ids": ids}
-
-
-def build_plan_config(model_name: str, spec: EngineSpec, *, max_batch_size: int, max_queue_delay_us: int,
-                      instances: int = 1) -> ModelConfig:
-    """A native Triton TensorRT model for the bundle's plan: the engine's own tensors (token ids in, logits out),
-    GPU instances on profile 0, dynamic batching up to the profile's max batch."""
-    if spec.tensorrt is None:
-        raise ConfigError(f"{spec.source}: not a TensorRT engine; only TensorRT builds have a native plan model")
-    try:
-        profile_max = TensorRTMetadata.from_dict(spec.tensorrt, spec.source).max_batch_size
-    except EngineLoadError as exc:
-        raise ConfigError(str(exc)) from exc
-    if max_batch_size > profile_max:
-        raise ConfigError(f"max_batch_size {max_batch_size} exceeds the engine profile's max batch {profile_max}; "
-                          "lower it or rebuild with a larger compile.max_shape")
-
-    def tensor(meta: dict, dims: tuple[int, ...]) -> TensorSpec:
-        if meta["dtype"] not in TRT_TO_TRITON:
-            raise ConfigError(f"{spec.source}: tensor {meta['name']!r} has type {meta['dtype']}, which Triton's "
-                              "TensorRT backend does not take")
-        return TensorSpec(meta["name"], TRT_TO_TRITON[meta["dtype"]], dims)
-
-    return ModelConfig(
-        name=plan_model_name(model_name),
-        platform=TENSORRT_PLAN,
-        default_model_filename=PLAN_FILENAME,
-        max_batch_size=max_batch_size,
-        inputs=tuple(tensor(t, (-1,)) for t in spec.tensorrt["inputs"]),
-        outputs=tuple(tensor(t, (spec.embedding_dim if spec.is_embedding else spec.num_labels,))
-                      for t in spec.tensorrt["outputs"]),
-        dynamic_batching=DynamicBatching(max_queue_delay_us=max_queue_delay_us),
-        instance_group=InstanceGroup(count=instances, kind="GPU", profiles=("0",)),
-        parameters={LABELS_PARAMETER: json.dumps(list(spec.labels)), "build_id": spec.build_id,
-                    "precision": spec.precision, "tensorrt": f"{spec.tensorrt['flavour']} {spec.tensorrt['version']}",
-                    "profile": json.dumps(spec.tensorrt["profiles"][0])},
-    )
+    return ensemble, ids

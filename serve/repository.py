@@ -38,10 +38,10 @@ from .model_config import ModelConfig
 from .model_layout import (
     ROLES,
     build_model_configs,
-    build_plan_config,
     engine_model_name,
     parse_version_model,
 )
+from .native_plan import build_plan_config
 from .published import (
     ENTRIES_DIR,
     HASH_KEYS,

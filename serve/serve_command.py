@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from engineforge import progress
+from engineforge.cli_support import exit_code
 from engineforge.errors import ServerError
 from engineforge.grpc_channel import CONTROL_HEADER, new_control_key, write_key_file
 
@@ -18,7 +19,8 @@ from .version_switch import served_models
 
 def serve_forever(repo: str | os.PathLike[str], *, key_file: str | os.PathLike[str] | None = None,
                   drain_timeout_s: float = 30.0, **server_options: object) -> int:
-    """Run Triton under the supervisor in the foreground until Ctrl-C or SIGTERM; returns 0 after a clean stop.
+    """Run Triton under the supervisor in the foreground until Ctrl-C or SIGTERM; returns the exit code of every
+    interrupted engineforge command, 130 (cli_support.exit_code), once the server has drained and stopped.
 
     The entry points of every published model (or of `load_models` only) are loaded with explicit model control, so
     the supervisor can repair, switch versions and report; model control needs the control key (written to
@@ -56,9 +58,9 @@ def serve_forever(repo: str | os.PathLike[str], *, key_file: str | os.PathLike[s
             f"control needs header {CONTROL_HEADER} (key in {key_path}). Ctrl-C or SIGTERM drains and stops it."
         )
         supervisor.run()
-        return 0
-    except KeyboardInterrupt:
-        return 0
+        return exit_code()
+    except KeyboardInterrupt as interrupted:
+        return exit_code(interrupted)  # returned once `finally` has drained and stopped the server
     finally:
         server = supervisor.server
         if server is not None and server.is_running():

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -31,15 +30,8 @@ from engineforge.grpc_channel import (
 
 from . import leftovers
 from .gate import KEY_PLACEHOLDER, Gate, prepare_gate
-from .triton_env import (
-    TritonInstallation,
-    find_triton,
-    free_port,
-    log_problems,
-    log_tail,
-    repository_models,
-    server_environment,
-)
+from .server_ready import wait_until_ready
+from .triton_env import TritonInstallation, find_triton, free_port, repository_models, server_environment
 
 __all__ = ["TritonServer", "find_triton", "free_port"]
 
@@ -231,50 +223,11 @@ class TritonServer:
             raise
         return self
 
-    def _fail(self, reason: str) -> ServerError:
-        failures, errors = log_problems(self.log_path)
-        detail = "".join(f"\n  model {model} failed to load: {why}" for model, why in failures.items())
-        if errors:
-            detail += "\nserver errors:\n" + "\n".join(errors)
-        return ServerError(
-            f"Triton server on {self.repo} did not become ready: {reason}{detail}\n"
-            f"--- last lines of {self.log_path} ---\n{log_tail(self.log_path)}"
-        )
-
     def wait_until_ready(self) -> None:
-        from tritonclient.utils import InferenceServerException
-
-        process = self._process
-        if process is None:
+        """Return once the server and every expected model are ready; ServerError with the log's reasons if not."""
+        if self._process is None:
             raise ServerError("the server has not been started; call start()")
-        expected = self.expected_models()
-        deadline = time.monotonic() + self.startup_timeout_s
-        client = self.client()
-        try:
-            while True:
-                code = process.poll()
-                if code is not None:
-                    raise self._fail(f"tritonserver exited with code {code}")
-                with contextlib.suppress(InferenceServerException):
-                    if client.is_server_live(client_timeout=2):
-                        states = {
-                            m.name: (m.state, m.reason)
-                            for m in client.get_model_repository_index(
-                                headers=self.control_headers, client_timeout=2).models
-                        }
-                        failed = {n: s[1] for n, s in states.items() if n in expected and s[0] == "UNAVAILABLE"}
-                        if failed:
-                            raise self._fail(f"models failed to load: {failed}")
-                        if all(states.get(n, ("",))[0] == "READY" for n in expected):
-                            if self.gate is not None:
-                                self.gate.set_ready(True)  # a supervisor refines it from here on
-                            if client.is_server_ready(client_timeout=2):
-                                return
-                if time.monotonic() > deadline:
-                    raise self._fail(f"not ready after {self.startup_timeout_s:.0f}s (waiting for {expected})")
-                time.sleep(0.2)
-        finally:
-            client.close()
+        wait_until_ready(self, self._process)
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the server exits; returns its exit code."""

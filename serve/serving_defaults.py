@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engineforge.engines import runtime_info
 from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError
 
@@ -96,9 +97,9 @@ def derive_serving_settings(
                                         "sizes only change anything when it may wait (queue delay > 0)")
     if instances is not None:
         reasons["instances"] = f"{instances}: {source}"
-    elif spec.runtime == "tensorrt":
-        instances = 1
-        reasons["instances"] = "1 per GPU: one TensorRT engine saturates its GPU; batching, not instances, adds load"
+    elif runtime_info(spec.runtime).instances is not None:  # the runtime's own rule (TensorRT: 1 per GPU)
+        instances = runtime_info(spec.runtime).instances
+        reasons["instances"] = runtime_info(spec.runtime).instances_reason or f"{instances}: fixed by the runtime"
     elif threads == 0:
         instances = 1
         reasons["instances"] = f"1: engine.json lets the runtime use all {cores} cores (intra_op_threads 0)"

@@ -17,7 +17,7 @@ from engineforge.engines.engine_spec import ENGINE_SPEC_FILENAME, EngineSpec
 from engineforge.file_modes import make_readable
 
 from .model_config import WARMUP_DIR, ModelConfig
-from .model_layout import PLAN_FILENAME
+from .native_plan import PLAN_FILENAME
 from .published import CONFIG, ENTRIES_DIR, MANIFEST
 
 _TRITON_DIR = Path(__file__).resolve().parent / "triton"

@@ -10,7 +10,8 @@ about its health and stops without dropping accepted requests.
   status file, where the publishing or rolling-back command waits for it (serving_status.py).
 - Readiness (gRPC ServerReady, HTTP /v2/health/ready) means "every served model can answer now": it does not
   drop while a new version loads beside the serving one, nor stay down after a refused version.
-- SIGTERM drains: NOT READY and UNAVAILABLE for new requests at once, accepted requests answered, then exit 0.
+- SIGTERM drains: NOT READY and UNAVAILABLE for new requests at once, accepted requests answered, then the command
+  exits 130, as every interrupted command does.
 The server is started with PR_SET_PDEATHSIG, tied to the starting thread: it is started on the main thread.
 """
 
@@ -27,8 +28,8 @@ from engineforge import progress
 from engineforge.errors import EngineforgeError, ServerError
 
 from . import leftovers
-from .model_layout import ENGINE_SUFFIX, parse_version_model
 from .published import pinned
+from .repository_watch import actions_for, config_mtimes, ensemble_steps
 from .server import TritonServer
 from .serving_status import write_status
 from .stubs import ExpectedExits, StubWatch, children, end_lingering, find_stub_versions
@@ -87,15 +88,7 @@ class Supervisor:
 
     def steps_of(self, model: str) -> tuple[str, ...]:
         """The models an ensemble's config on disk runs; () for other models."""
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-
-        try:
-            path = self.server.repo / model / "config.pbtxt"  # type: ignore[union-attr]
-            config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
-        except (OSError, text_format.ParseError, AttributeError):
-            return ()
-        return tuple(step.model_name for step in config.ensemble_scheduling.step)
+        return ensemble_steps(self.server.repo, model) if self.server else ()
 
     def start(self) -> TritonServer:
         self.server = self.make_server().start()
@@ -173,14 +166,7 @@ class Supervisor:
 
     # --- repository: publishes, rollbacks, edited configs --------------------------------------------------------
     def _snapshot(self) -> dict[str, float]:
-        """Modification time of each model's config: a publish or rollback writes the entry points' configs last."""
-        repo = self.server.repo if self.server else None
-        state = {}
-        for model_dir in sorted(p for p in (repo.iterdir() if repo else []) if p.is_dir() and p.name[0] != "."):
-            path = model_dir / "config.pbtxt"
-            if path.is_file():
-                state[model_dir.name] = path.stat().st_mtime
-        return state
+        return config_mtimes(self.server.repo if self.server else None)
 
     def _poll_repository(self) -> None:
         with self._lock:
@@ -189,23 +175,7 @@ class Supervisor:
             self._repo_state = state
             serving = dict(self._serving)
         published = set(published_models(self.server.repo)) if changed and self.server else set()
-        queued: list[tuple[str, str]] = []
-        for name in changed:
-            stem = name.removesuffix(ENGINE_SUFFIX)
-            owner = stem if stem in published else name
-            version_model = parse_version_model(name)
-            if owner in published:
-                action = ("switch", owner)
-            elif version_model is not None:  # a served version's model edited (engineforge tune --apply)
-                if serving.get(version_model[0]) != version_model[1]:
-                    continue  # a version being published: its entry points bring it in
-                action = ("reload", name)
-            else:
-                action = ("reload", name)
-            if action not in queued:
-                queued.append(action)
-        # Edited models first, entry points after: an entry point may not take larger batches than what it runs.
-        for action in sorted(queued, key=lambda a: a[0] == "switch"):
+        for action in actions_for(changed, published, serving):
             self._actions.put(action)
 
     # --- the worker: one model-control action at a time ----------------------------------------------------------

@@ -165,4 +165,4 @@ def compile_engine(ctx: BuildContext, config: CompileConfig) -> dict[str, Any]:
         "file": "tensorrt/model.plan", "size_mb": file_mb(plan_path), "onnx_given": handed.name,
         "build_seconds": builder["build_seconds"], "gpu_architectures": builder["gpu_architectures"],
         "profile": profile.to_dict(), "timing_cache": builder["timing_cache"],
-        "layer_precisions": declared_precisions(parsed.network), "engine_inspector": inspect_engine(trt, plan)}
+        "layer_precisions": declared_precisions(parsed.network), "engine_inspector": inspect_engine(plan_path)}

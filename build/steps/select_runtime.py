@@ -8,11 +8,11 @@ The decision table goes into the build report; if no runtime fits, the build fai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from engineforge import progress
-from engineforge.engines import Engine, engine_logits, measure_latencies, onnx_runtime_names
+from engineforge.engines import Engine, cpu_candidate_names, engine_logits, measure_latencies
 from engineforge.errors import AccuracyBudgetExceeded, ConfigError, EngineforgeError
 
 from ..config import EVAL_DATA, ONNX_GRAPH, STAGE_COMPILE, StepConfig
@@ -26,7 +26,8 @@ class SelectRuntimeConfig(StepConfig):
     stage: ClassVar[int] = STAGE_COMPILE
     requires = frozenset({ONNX_GRAPH, EVAL_DATA})
 
-    candidates: tuple[str, ...] = ("onnxruntime", "openvino")
+    # Every runtime registered as a CPU candidate (onnxruntime, openvino).
+    candidates: tuple[str, ...] = field(default_factory=cpu_candidate_names)
     # Latency is judged where the product is judged: one request of 128 tokens.
     batch: int = 1
     seq_len: int = 128
@@ -36,10 +37,10 @@ class SelectRuntimeConfig(StepConfig):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "candidates", tuple(self.candidates))
-        unknown = sorted(set(self.candidates) - set(onnx_runtime_names()))
+        unknown = sorted(set(self.candidates) - set(cpu_candidate_names()))
         if not self.candidates or unknown:
             raise ConfigError(f"select_runtime.candidates {list(self.candidates)}: choose from "
-                              f"{list(onnx_runtime_names())}")
+                              f"{list(cpu_candidate_names())}")
         if self.batch < 1 or self.seq_len < 1 or self.iterations < 5:
             raise ConfigError("select_runtime: batch and seq_len must be >= 1 and iterations >= 5")
 

@@ -15,15 +15,14 @@ choice when ORT serves.
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from engineforge import progress
-from engineforge.engines import engine_logits, load_engine, onnx_runtime_names
+from engineforge.engines import cpu_candidate_names, engine_logits, load_engine, runtime_info
 from engineforge.errors import ConfigError, DataError
 
 from ..accuracy import Budget, Comparison
@@ -89,7 +88,7 @@ class StaticInt8Config(StepConfig):
     # Runtimes in which every fallback candidate must meet the budget (the worst result counts): Q/DQ
     # numerics differ between ORT and OpenVINO, and a search that stops at the budget's edge in one can
     # miss it in the other. OpenVINO is skipped when not installed.
-    eval_runtimes: tuple[str, ...] = ("onnxruntime", "openvino")
+    eval_runtimes: tuple[str, ...] = field(default_factory=cpu_candidate_names)
     # Load the result in OpenVINO and parse it with TensorRT (each where installed), so a graph one of
     # them cannot read fails the build here rather than at deployment.
     check_engines: bool = True
@@ -119,9 +118,9 @@ class StaticInt8Config(StepConfig):
                 f"static_int8.op_types={list(self.op_types)}: choose from {list(OP_TYPES)} (default MatMul, Gemm)")
         require(self.max_fallback_nodes >= 0,
                 f"static_int8.max_fallback_nodes={self.max_fallback_nodes}: use >= 0 (0 disables the search)")
-        unknown = sorted(set(self.eval_runtimes) - set(onnx_runtime_names()))
+        unknown = sorted(set(self.eval_runtimes) - set(cpu_candidate_names()))
         require(bool(self.eval_runtimes) and not unknown,
-                f"static_int8.eval_runtimes={list(self.eval_runtimes)}: choose from {list(onnx_runtime_names())}")
+                f"static_int8.eval_runtimes={list(self.eval_runtimes)}: choose from {list(cpu_candidate_names())}")
         require(self.sensitivity_granularity in GRANULARITIES,
                 f"static_int8.sensitivity_granularity={self.sensitivity_granularity!r}: use one of {GRANULARITIES}")
 
@@ -261,7 +260,7 @@ def _fallback(ctx: BuildContext, quantizer: _Quantizer, scratch: Path, quantizab
                   "it back")
         progress.info(f"  fallback skipped: {reason}")
         return (), record | {"budget_met": False, "stop_reason": reason}, None
-    runtimes = [r for r in config.eval_runtimes if r != "openvino" or importlib.util.find_spec("openvino")]
+    runtimes = [r for r in config.eval_runtimes if runtime_info(r).is_installed]
     trial = scratch / "trial.onnx"
     last: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
 

@@ -125,6 +125,39 @@ def _run_trial(scratch: Path, model: str, spec: EngineSpec, trial: TrialSettings
     return Trial(trial, levels, error=aborted)
 
 
+def _check_settings(slo_p99_ms: float, grids: dict[str, Sequence[int]], mode: str) -> None:
+    if not slo_p99_ms > 0:
+        raise ConfigError(f"tune: the SLO must be a p99 latency > 0 ms, got {slo_p99_ms}")
+    for what, values in grids.items():
+        if not values or any(not isinstance(v, int) or v < (0 if what == "queue delays" else 1) for v in values):
+            raise ConfigError(f"tune: {what} must be a non-empty list of integers (>= 1; delays >= 0), "
+                              f"got {list(values)}")
+    if mode not in ("tokens", "text"):
+        raise ConfigError(f"tune: mode must be 'tokens' or 'text', got {mode!r}")
+
+
+def _run_trials(repo_dir: Path, model: str, spec: EngineSpec, grid: list[TrialSettings], load: dict[str, Any],
+                version: int, long_texts: str) -> list[Trial]:
+    """Each grid point on a server of its own over a scratch copy of the serving version's models."""
+    trials: list[Trial] = []
+    scratch = Path(tempfile.mkdtemp(prefix="engineforge-tune-"))
+    try:
+        needed = [version_model_name(model, version, "engine"), engine_model_name(model)]
+        if load["mode"] == "text":
+            needed += [version_model_name(model, version, "tokenizer"), model]
+        _scratch_copy(repo_dir, needed, version, scratch)
+        for number, point in enumerate(grid, 1):
+            trial = _run_trial(scratch, model, spec, point, load, version, long_texts)
+            summary = trial.error or ", ".join(
+                f"c{lv.concurrency}: p99 {lv.p99_ms or float('nan'):.2f} ms {lv.throughput_rps:.1f} req/s"
+                for lv in trial.levels)
+            progress.info(f"trial {number}/{len(grid)} {point.label()}: {summary}")
+            trials.append(trial)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return trials
+
+
 def tune(
     repo: str | os.PathLike[str],
     model: str,
@@ -149,15 +182,8 @@ def tune(
     mode. Raises SLONotMetError (after writing the report) when no combination meets `slo_p99_ms`.
     """
     repo_dir = Path(repo)
-    if not slo_p99_ms > 0:
-        raise ConfigError(f"tune: the SLO must be a p99 latency > 0 ms, got {slo_p99_ms}")
-    grids = {"instances": instances, "max batch sizes": max_batch_sizes, "queue delays": queue_delays_us}
-    for what, values in grids.items():
-        if not values or any(not isinstance(v, int) or v < (0 if what == "queue delays" else 1) for v in values):
-            raise ConfigError(f"tune: {what} must be a non-empty list of integers (>= 1; delays >= 0), "
-                              f"got {list(values)}")
-    if mode not in ("tokens", "text"):
-        raise ConfigError(f"tune: mode must be 'tokens' or 'text', got {mode!r}")
+    _check_settings(slo_p99_ms, {"instances": instances, "max batch sizes": max_batch_sizes,
+                                 "queue delays": queue_delays_us}, mode)
     from engineforge.serve.versions import serving_version
 
     version = serving_version(repo_dir, model)[0]
@@ -168,23 +194,8 @@ def tune(
     grid = [TrialSettings(*point) for point in itertools.product(instances, max_batch_sizes, queue_delays_us)]
     for point in grid:  # refuse an impossible combination before any server starts
         _configs(model, spec, point, "check", version, long_texts)
-    trials: list[Trial] = []
-    scratch = Path(tempfile.mkdtemp(prefix="engineforge-tune-"))
-    try:
-        with progress.stage(f"tune {model}: {len(grid)} trials, p99 SLO {slo_p99_ms:g} ms"):
-            needed = [version_model_name(model, version, "engine"), engine_model_name(model)]
-            if mode == "text":
-                needed += [version_model_name(model, version, "tokenizer"), model]
-            _scratch_copy(repo_dir, needed, version, scratch)
-            for number, point in enumerate(grid, 1):
-                trial = _run_trial(scratch, model, spec, point, load, version, long_texts)
-                summary = trial.error or ", ".join(
-                    f"c{lv.concurrency}: p99 {lv.p99_ms or float('nan'):.2f} ms {lv.throughput_rps:.1f} req/s"
-                    for lv in trial.levels)
-                progress.info(f"trial {number}/{len(grid)} {point.label()}: {summary}")
-                trials.append(trial)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with progress.stage(f"tune {model}: {len(grid)} trials, p99 SLO {slo_p99_ms:g} ms"):
+        trials = _run_trials(repo_dir, model, spec, grid, load, version, long_texts)
     best = pick_best(trials, slo_p99_ms)
     json_path, md_path = write_report(Path(out_dir), model, slo_p99_ms, trials, best, load)
     progress.info(f"tune report: {md_path}")

@@ -14,17 +14,22 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from engineforge.errors import ConfigError
+from engineforge.errors import ConfigError, EngineLoadError
 from engineforge.file_modes import atomic_write
 
-from .registry import MODEL_DIRECTORY, runtime_info, runtime_names
+from .registry import (
+    MODEL_DIRECTORY,
+    REQUIRED_TOKEN_INPUTS,
+    TOKEN_INPUTS,
+    load_plugin,
+    runtime_info,
+    runtime_names,
+)
 
 ENGINE_SPEC_FILENAME = "engine.json"
 FORMAT_VERSION = 1
-KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, EMBEDDINGS = "text-classification", "token-classification", "embeddings"
 TASKS = (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, EMBEDDINGS)
-REQUIRED_INPUTS = ("input_ids", "attention_mask")
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class EngineSpec:
 
     labels: tuple[str, ...] = ()
     model_file: str = "model.onnx"
-    input_names: tuple[str, ...] = KNOWN_INPUTS
+    input_names: tuple[str, ...] = TOKEN_INPUTS
     output_name: str = "logits"
     max_sequence_length: int = 128
     max_position_embeddings: int = 512
@@ -57,6 +62,8 @@ class EngineSpec:
     # Embeddings: the width of one embedding, and how the graph pools ({"mode": "mean", "normalize": true}).
     embedding_dim: int | None = None
     pooling: Mapping[str, Any] | None = field(default=None, hash=False)
+    # "module:function" registering a runtime from outside engineforge (registry.Runtime.plugin); "" otherwise.
+    runtime_plugin: str = ""
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # Where the spec was read from, for error messages; not serialized.
@@ -76,18 +83,42 @@ class EngineSpec:
         raise ConfigError(f"{self.source}: field '{name}' {problem}")
 
     def _validate(self) -> None:
+        self._check_format_and_runtime()
+        self._check_strings()
+        self._check_task_and_labels()
+        self._check_inputs()
+        self._check_sizes()
+        clash = set(self.extra) & {f.name for f in fields(self)}
+        if clash:
+            self._fail("extra", f"repeats declared fields {sorted(clash)}")
+
+    def _check_format_and_runtime(self) -> None:
         if self.format_version != FORMAT_VERSION:
             self._fail(
                 "format_version",
                 f"is {self.format_version!r} but this engineforge reads version {FORMAT_VERSION}; "
                 "rebuild the engine with a matching engineforge",
             )
+        if self.runtime_plugin and self.runtime not in runtime_names():
+            try:  # a runtime from outside engineforge: its plugin registers it (e.g. in the Triton stub)
+                load_plugin(self.runtime_plugin, self.runtime)
+            except EngineLoadError as exc:
+                self._fail("runtime_plugin", str(exc))
         if self.runtime not in runtime_names():
             self._fail(
                 "runtime",
                 f"is {self.runtime!r}; servable runtimes are {', '.join(map(repr, runtime_names()))} "
                 "(rebuild the engine for one of them)",
             )
+        info = runtime_info(self.runtime)
+        if not self.runtime_plugin:  # recorded so a process that has not registered the runtime can
+            object.__setattr__(self, "runtime_plugin", info.plugin)
+        # TensorRT engines carry their metadata in the `tensorrt` field, exactly they.
+        if (info.spec_metadata == "tensorrt") != isinstance(self.tensorrt, Mapping):
+            self._fail("tensorrt", f"must be the TensorRT metadata object exactly when the runtime ({self.runtime!r}) "
+                       "runs TensorRT plans (rebuild the engine with engineforge's compile step)")
+
+    def _check_strings(self) -> None:
         for name in ("model_file", "output_name", "precision"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -97,6 +128,8 @@ class EngineSpec:
         for name in ("source_checkpoint", "build_id"):
             if not isinstance(getattr(self, name), str):
                 self._fail(name, f"must be a string, got {getattr(self, name)!r}")
+
+    def _check_task_and_labels(self) -> None:
         if self.task not in TASKS:
             self._fail("task", f"is {self.task!r}; this engineforge serves {', '.join(TASKS)}")
         if self.task == EMBEDDINGS:
@@ -111,32 +144,30 @@ class EngineSpec:
             self._fail("labels", f"must all be non-empty strings, got {list(self.labels)!r}")
         if len(set(self.labels)) != len(self.labels):
             self._fail("labels", f"has duplicates: {list(self.labels)!r}")
-        unknown = [n for n in self.input_names if n not in KNOWN_INPUTS]
-        missing = [n for n in REQUIRED_INPUTS if n not in self.input_names]
+
+    def _check_inputs(self) -> None:
+        unknown = [n for n in self.input_names if n not in TOKEN_INPUTS]
+        missing = [n for n in REQUIRED_TOKEN_INPUTS if n not in self.input_names]
         if unknown or missing or len(set(self.input_names)) != len(self.input_names):
             self._fail(
                 "input_names",
                 f"is {list(self.input_names)!r}; it must contain input_ids and attention_mask, "
                 f"optionally token_type_ids, each once",
             )
+
+    def _check_sizes(self) -> None:
         self._check_int("max_position_embeddings", minimum=1)
         self._check_int("max_sequence_length", minimum=1)
         self._check_int("intra_op_threads", minimum=0)
         for name in ("vocab_size", "type_vocab_size"):
             if getattr(self, name) is not None:
                 self._check_int(name, minimum=1)
-        if (self.runtime == "tensorrt") != isinstance(self.tensorrt, Mapping):
-            self._fail("tensorrt", "must be the TensorRT metadata object exactly when runtime is 'tensorrt' "
-                       "(rebuild the engine with engineforge's compile step)")
         if self.max_sequence_length > self.max_position_embeddings:
             self._fail(
                 "max_sequence_length",
                 f"({self.max_sequence_length}) exceeds max_position_embeddings "
                 f"({self.max_position_embeddings}); lower it",
             )
-        clash = set(self.extra) & {f.name for f in fields(self)}
-        if clash:
-            self._fail("extra", f"repeats declared fields {sorted(clash)}")
 
     def _check_int(self, name: str, *, minimum: int) -> None:
         value = getattr(self, name)
@@ -149,7 +180,7 @@ class EngineSpec:
 
     @property
     def model_is_directory(self) -> bool:
-        """True when model_file is a directory (e.g. torch-bnb's `model/`), False for a single ONNX file."""
+        """True when model_file is a directory (e.g. torch-bnb's `model/`), False for a single file."""
         return runtime_info(self.runtime).model_kind == MODEL_DIRECTORY
 
     @property
@@ -179,8 +210,8 @@ class EngineSpec:
                 continue
             value = getattr(self, f.name)
             data[f.name] = list(value) if isinstance(value, tuple) else value
-        for optional in ("vocab_size", "type_vocab_size", "tensorrt", "embedding_dim", "pooling"):
-            if data[optional] is None:
+        for optional in ("vocab_size", "type_vocab_size", "tensorrt", "embedding_dim", "pooling", "runtime_plugin"):
+            if data[optional] in (None, ""):
                 del data[optional]
         data.update(self.extra)
         return data

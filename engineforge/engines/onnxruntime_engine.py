@@ -13,9 +13,13 @@ from .registry import MODEL_ONNX, load_failure, register_runtime
 RUNTIME = "onnxruntime"
 
 
-def session_options(threads: int) -> Any:
+# Off, ORT's intra-op workers stop spinning on the cores after each call (see benchmarks/cpu_timing.py).
+QUIET_OPTIONS = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
+def session_options(threads: int, entries: Mapping[str, str] | None = None) -> Any:
     """Intra-op threads as asked, one sequential graph per call (parallelism is intra-op: inter-op threads
-    only compete for the same cores), every graph optimization ORT has."""
+    only compete for the same cores), every graph optimization ORT has; `entries` are session config entries."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -23,6 +27,8 @@ def session_options(threads: int) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    for key, value in (entries or {}).items():
+        options.add_session_config_entry(key, value)
     return options
 
 
@@ -48,12 +54,14 @@ class OnnxRuntimeEngine:
                 "graph_optimization_level": str(options.graph_optimization_level)}
 
 
-@register_runtime(RUNTIME, model_kind=MODEL_ONNX, description="ONNX Runtime, CPU execution provider")
-def load_onnxruntime(path: Path, threads: int) -> OnnxRuntimeEngine:
+@register_runtime(RUNTIME, model_kind=MODEL_ONNX, description="ONNX Runtime, CPU execution provider",
+                  cpu_candidate=True, package="onnxruntime", quiet_options=QUIET_OPTIONS)
+def load_onnxruntime(path: Path, threads: int, options: Mapping[str, str] | None = None) -> OnnxRuntimeEngine:
     import onnxruntime as ort
 
     try:
-        session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), session_options(threads, options),
+                                       providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for unreadable or unsupported graphs
         raise load_failure(path, RUNTIME, exc) from exc
     return OnnxRuntimeEngine(path, session)

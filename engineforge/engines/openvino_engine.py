@@ -48,8 +48,11 @@ class OpenVinoEngine:
         return {"runtime": RUNTIME, **{name.lower(): str(self.compiled.get_property(name)) for name in names}}
 
 
-@register_runtime(RUNTIME, model_kind=MODEL_ONNX, description="OpenVINO CPU plugin, f32 pinned")
-def load_openvino(path: Path, threads: int) -> OpenVinoEngine:
+# OpenVINO has no spin switch (no quiet_options): benchmarks pause between engines instead.
+@register_runtime(RUNTIME, model_kind=MODEL_ONNX, description="OpenVINO CPU plugin, f32 pinned", cpu_candidate=True,
+                  package="openvino")
+def load_openvino(path: Path, threads: int, options: Mapping[str, Any] | None = None) -> OpenVinoEngine:
+    """`options` are compile properties on top of `openvino_properties`."""
     try:
         import openvino as ov
     except ImportError as exc:
@@ -57,7 +60,8 @@ def load_openvino(path: Path, threads: int) -> OpenVinoEngine:
                               "reinstall engineforge into this environment") from exc
     core = ov.Core()
     try:
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", openvino_properties(threads))
+        compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                      openvino_properties(threads) | dict(options or {}))
     except Exception as exc:  # e.g. an ORT-only contrib op such as com.microsoft.QAttention
         raise load_failure(path, RUNTIME, exc, "OpenVINO reads plain and Q/DQ ONNX, not ONNX Runtime's "
                                                "dynamic-int8 or MatMulNBits graphs") from exc

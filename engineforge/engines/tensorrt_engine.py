@@ -20,12 +20,13 @@ import numpy as np
 
 from engineforge.errors import EngineLoadError
 
-from .registry import MODEL_PLAN, register_runtime
+from .registry import GPU, MODEL_PLAN, register_runtime
 from .tensorrt_api import TensorRT, current_gpu, make_logger, require_tensorrt
 
 RUNTIME = "tensorrt"
 METADATA_FILE = "engine.json"
 METADATA_KEY = "tensorrt"
+PLAN_FILE = "model.plan"  # a plan's name in a bundle
 
 
 class NoGpuError(EngineLoadError):
@@ -133,7 +134,7 @@ class TensorRTEngine:
         mode = trt.module.TensorIOMode
         self.input_names = tuple(n for n in names if engine.get_tensor_mode(n) == mode.INPUT)
         self.output_names = tuple(n for n in names if engine.get_tensor_mode(n) == mode.OUTPUT)
-        self._torch = torch
+        self._torch, self._trt = torch, trt
         self._stream = torch.cuda.Stream()
 
     def _torch_dtype(self, name: str) -> Any:
@@ -160,12 +161,20 @@ class TensorRTEngine:
             self._stream.synchronize()
         return outputs[self.output_names[0]].float().cpu().numpy()
 
+    def layer_information(self) -> dict[str, Any]:
+        """The engine inspector's JSON: one entry per layer with its output formats and precisions."""
+        inspector = self.engine.create_engine_inspector()
+        return json.loads(inspector.get_engine_information(self._trt.module.LayerInformationFormat.JSON))
+
     def settings(self) -> dict[str, Any]:
         return {"runtime": RUNTIME, "flavour": self.metadata.flavour, "version": self.metadata.version,
                 "precision": self.metadata.precision, "gpu": self.gpu}
 
 
-@register_runtime(RUNTIME, model_kind=MODEL_PLAN, description="TensorRT plan on an NVIDIA GPU")
+@register_runtime(RUNTIME, model_kind=MODEL_PLAN, description="TensorRT plan on an NVIDIA GPU",
+                  bundle_file=PLAN_FILE, device=GPU, spec_metadata=METADATA_KEY, instances=1,
+                  instances_reason="1 per GPU: one TensorRT engine saturates its GPU; batching, not instances, "
+                                   "adds load")
 def load_tensorrt(path: Path, threads: int) -> TensorRTEngine:
     del threads  # GPU execution: CPU threads do not apply
     metadata = read_metadata(path)

@@ -7,9 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .registry import Engine
-
-TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from .registry import TOKEN_INPUTS, Engine
 
 
 def model_input_names(tokenizer: Any) -> list[str]:

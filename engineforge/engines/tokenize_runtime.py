@@ -12,8 +12,6 @@ from engineforge.errors import RepositoryError
 
 from .request_limits import RequestLimitError, RequestLimits, check_text_request, check_text_tokens, fit_text
 
-OUTPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-
 
 class TokenizationError(ValueError):
     """A request's text cannot be tokenized; the message is sent back to that request's client."""

@@ -17,7 +17,7 @@ import numpy as np
 from engineforge.errors import EngineLoadError
 
 from .pooling import load_pooling, sentence_embedder
-from .registry import MODEL_DIRECTORY, register_runtime
+from .registry import MODEL_DIRECTORY, TOKEN_INPUTS, register_runtime
 
 TORCH_BNB = "torch-bnb"
 
@@ -65,7 +65,7 @@ def forward_input_names(model: Any) -> tuple[str, ...]:
 
     encoder = getattr(model, "wrapped", model)  # an embedder's own forward always lists token_type_ids
     accepted = inspect.signature(encoder.forward).parameters
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+    names = [n for n in TOKEN_INPUTS if n in accepted]
     if "token_type_ids" in names and not getattr(encoder.config, "type_vocab_size", 1):
         names.remove("token_type_ids")
     return tuple(names)
@@ -97,7 +97,8 @@ def _architecture(path: Path) -> str:
     return str(architectures[0])
 
 
-@register_runtime(TORCH_BNB, model_kind=MODEL_DIRECTORY, description="PyTorch with bitsandbytes 4-bit layers")
+@register_runtime(TORCH_BNB, model_kind=MODEL_DIRECTORY, description="PyTorch with bitsandbytes 4-bit layers",
+                  bundle_file="model", package="bitsandbytes")
 def load_torch_bnb(path: Path, threads: int) -> TorchEngine:
     from transformers.utils import logging as hf_logging
 

@@ -76,8 +76,12 @@ def test_fp16_build_writes_plan_metadata_and_report(fp16_build: Path, data: dict
     assert meta["onnx_sha256"] == sha256_file(fp16_build / "work" / "tensorrt" / "model.fp16.onnx")
     assert [t["name"] for t in meta["inputs"]] == list(spec.input_names)
     assert meta["outputs"][0]["name"] == "logits" and meta["gpu_architectures"]
+    inspected = details["engine_inspector"]  # the plan opened by the TensorRT runtime's loader, as served
     if current_gpu() is None:
         assert report.validation["engine_executed"].startswith("engine not executed: no GPU")
+        assert inspected.startswith("engine inspector not run: deserializing an engine needs a GPU")
+    else:
+        assert inspected["layers"] > 0
         assert "engine not executed: no GPU" in (fp16_build / "build_report.md").read_text()
 
 

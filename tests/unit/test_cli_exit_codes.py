@@ -1,11 +1,11 @@
-"""Every command ends the same way: one stderr line, exit 2 for a wrong command line, 1 for a failure."""
+"""Every command ends the same way: one stderr line; exit 2 for a wrong command line, 1 failure, 130 interrupted."""
 
 from __future__ import annotations
 
 import pytest
 
 from engineforge.cli import main as engineforge_main
-from engineforge.cli_support import arguments_checked, run_command
+from engineforge.cli_support import arguments_checked, exit_code, run_command
 from engineforge.engines.tensorrt_api import current_gpu
 from engineforge.errors import ConfigError, DataError, UsageError
 
@@ -54,3 +54,25 @@ def test_invalid_values_in_arguments_are_usage_errors():
 def test_usage_errors_exit_2_from_every_command(capsys, argv, message):
     assert engineforge_main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_one_exit_code_rule_for_every_outcome():
+    assert [exit_code(), exit_code(UsageError("x")), exit_code(DataError("y")), exit_code(KeyboardInterrupt()),
+            exit_code(RuntimeError("bug"))] == [0, 2, 1, 130, 1]
+
+
+def test_serve_exits_130_after_an_interrupt(monkeypatch, tmp_path):
+    """`engineforge serve` stopped by Ctrl-C or SIGTERM (both arrive as KeyboardInterrupt) follows the same rule."""
+    from engineforge.serve import serve_command
+
+    class Interrupted:
+        server = None
+
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def start(self):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve_command, "Supervisor", Interrupted)
+    assert serve_command.serve_forever(tmp_path, grpc_port=0, http_port=0, metrics_port=0) == 130

@@ -23,7 +23,7 @@ from engineforge.build.steps import (
 from engineforge.engines.engine_spec import EngineSpec
 from engineforge.engines.tensorrt_engine import TensorRTMetadata
 from engineforge.errors import ConfigError, EngineLoadError, MissingPrerequisiteError
-from engineforge.serve.model_layout import build_plan_config
+from engineforge.serve.native_plan import build_plan_config
 
 LABELS = ("a", "b", "c")
 

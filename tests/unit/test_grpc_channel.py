@@ -24,7 +24,8 @@ from engineforge.loadtest import cli as loadtest_cli
 from engineforge.loadtest.records import ERR_RELOADING
 from engineforge.loadtest.triton_requests import classify_error
 from engineforge.serve import cli
-from engineforge.serve.client import EngineforgeClient, retryable
+from engineforge.serve.client import EngineforgeClient
+from engineforge.serve.client_connection import retryable
 from engineforge.serve.server import free_port
 
 
