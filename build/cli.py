@@ -1,4 +1,4 @@
-"""`build-engine`: thin CLI over engineforge.build (arguments -> candidate BuildConfigs -> run_candidates).
+"""`build-engine`: thin CLI over the one build entry (engineforge.commands.build_engine): arguments in, report out.
 
 Exit codes: 0 built; 1 the build failed (checkpoint, data, budget...); 2 usage error (the command line or
 recipe asks for something impossible, refused before any work).
@@ -7,7 +7,6 @@ recipe asks for something impossible, refused before any work).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,69 +52,31 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def candidates_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
-    """One (name, BuildConfig) per candidate: a recipe or most presets give one, `fast-cpu` several. Every
-    candidate is checked (order, prerequisites) here, so an impossible build is a usage error."""
-    from .checkpoint import read_checkpoint_config
-    from .pipeline import check_build
-    from .presets import DEFAULT_PRESET, load_recipe, preset_candidates
+def prepared_from_args(args: argparse.Namespace) -> Any:  # -> engineforge.commands.build_engine.PreparedBuild
+    """The checked candidates the arguments ask for: a recipe or most presets give one, `fast-cpu` several. Every
+    candidate is checked (order, prerequisites, registration, TensorRT) here, so an impossible build is a usage
+    error (a missing TensorRT stays a build failure, exit 1)."""
+    from engineforge.commands.build_engine import prepare_build
 
     if args.recipe and args.preset:
         raise UsageError("give either --recipe or --preset, not both")
     with arguments_checked():
-        if args.recipe:
-            candidates = [(str(args.recipe), config_from_args(args, load_recipe(args.recipe)))]
-        else:
-            preset = args.preset or DEFAULT_PRESET
-            candidates = [(name, config_from_args(args, {"preset": preset, "steps": steps}))
-                          for name, steps in preset_candidates(preset)]
-        # The checkpoint first: nothing else is worth saying about a path that holds none.
-        read_checkpoint_config(candidates[0][1].checkpoint)
-        for _, config in candidates:
-            check_build(config)
-    return candidates
-
-
-def config_from_args(args: argparse.Namespace, kwargs: dict[str, Any]) -> Any:  # -> BuildConfig
-    from .config import BuildConfig
-    from .steps import PublishConfig, ValidateConfig
-
-    kwargs = dict(kwargs)
-    checkpoint = args.checkpoint or kwargs.get("checkpoint")
-    if checkpoint is None:
-        raise UsageError("no checkpoint given: build-engine CHECKPOINT_DIR [--eval-data FILE]")
-    kwargs["checkpoint"] = Path(checkpoint)
-    kwargs["output_dir"] = args.output or kwargs.get("output_dir") or Path("artifacts/builds") / Path(checkpoint).name
-    for flag, key in ((args.eval_data, "eval_data"), (args.train_data, "train_data"),
-                      (args.calibration_data, "calibration_data"), (args.unlabelled_data, "unlabelled_data"),
-                      (args.max_seq_len, "max_sequence_length"),
-                      (args.threads, "intra_op_threads"), (args.task, "task"),
-                      (args.max_build_minutes, "max_build_minutes")):
-        if flag is not None:
-            kwargs[key] = flag
-    steps = []
-    for step in kwargs["steps"]:
-        if isinstance(step, ValidateConfig):
-            step = dataclasses.replace(step, **{k: v for k, v in (
-                ("max_accuracy_drop", args.max_accuracy_drop), ("min_agreement", args.min_agreement)) if v is not None})
-        if isinstance(step, PublishConfig):
-            if args.no_publish:
-                continue
-            step = dataclasses.replace(step, **{k: v for k, v in (
-                ("repo_dir", args.repo), ("model_name", args.model_name), ("long_texts", args.long_texts))
-                if v is not None})
-        steps.append(step)
-    kwargs["steps"] = tuple(steps)
-    return BuildConfig(overwrite=args.overwrite, **kwargs)
+        return prepare_build(
+            args.checkpoint, preset=None if args.recipe else args.preset, recipe=args.recipe, output_dir=args.output,
+            data={"eval_data": args.eval_data, "train_data": args.train_data,
+                  "calibration_data": args.calibration_data, "unlabelled_data": args.unlabelled_data},
+            budget={"max_accuracy_drop": args.max_accuracy_drop, "min_agreement": args.min_agreement},
+            publish=False if args.no_publish else {"repo_dir": args.repo, "model_name": args.model_name,
+                                                   "long_texts": args.long_texts},
+            overwrite=args.overwrite, max_sequence_length=args.max_seq_len, intra_op_threads=args.threads,
+            task=args.task, max_build_minutes=args.max_build_minutes)
 
 
 def build(args: argparse.Namespace) -> int:
-    from .search import run_candidates
-
-    candidates = candidates_from_args(args)
-    report = run_candidates(candidates)
+    prepared = prepared_from_args(args)
+    report = prepared.run()
     print(report.to_markdown())
-    print(f"Reports: {candidates[0][1].output_dir / 'build_report.md'} and build_report.json")
+    print(f"Reports: {prepared.output_dir / 'build_report.md'} and build_report.json")
     return 0
 
 

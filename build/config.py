@@ -97,6 +97,8 @@ class StepConfig:
     removes_reason: ClassVar[str] = ""
     # A step that only recovers what another changed (distill after prune): a fix dropping that one drops it too.
     pointless_without: ClassVar[str] = ""
+    # The module registering this step's function when it lives in a higher layer (publish: engineforge.serve).
+    registered_by: ClassVar[str] = ""
 
     def prerequisites(self) -> frozenset[Artifact]:
         """What this configured step needs; a step whose needs depend on its options overrides this."""
@@ -105,6 +107,10 @@ class StepConfig:
     def check_in(self, build: BuildConfig) -> None:
         """Refuse settings that contradict the rest of the build (raise ConfigError with the fix); run before
         any work. Most steps stand alone; a step whose options depend on others overrides this."""
+
+    def check_environment(self) -> None:
+        """Refuse, with a typed error and the fix, what this machine lacks for the step (TensorRT for compile);
+        run before any work. Most steps need only the base install."""
 
     def family_problem(self, family: Any) -> str:
         """Why this configured step cannot run on an encoder family (`families.EncoderFamily`), or "" if it can.

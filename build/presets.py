@@ -12,7 +12,7 @@ import tomli_w
 from engineforge.errors import ConfigError
 
 from .config import DATA_FIELDS, StepConfig
-from .pipeline import step_config_from_dict
+from .step_registry import step_config_from_dict
 from .steps import (
     Bnb4BitConfig,
     CompileConfig,

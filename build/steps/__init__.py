@@ -16,13 +16,12 @@ from .int4_weight_only import Int4WeightOnlyConfig, quantize_int4_weight_only
 from .select_runtime import SelectRuntimeConfig, select_runtime
 from .compile import CompileConfig, compile_engine
 from .validate import ValidateConfig, validate_accuracy
-from .publish import PublishConfig, publish
+from .publish import PublishConfig
 
 __all__ = [
     "Bnb4BitConfig", "CompileConfig", "DistillConfig", "DynamicInt8Config", "ExportConfig", "GraphOptimizeConfig",
     "Int4WeightOnlyConfig", "PruneConfig", "PublishConfig", "SelectRuntimeConfig", "StaticInt8Config",
     "ValidateConfig", "compile_engine", "distill", "export_onnx", "optimize_graph", "plan_bnb_modules", "prune",
-    "publish",
     "quantize_bnb_4bit", "quantize_dynamic_int8", "quantize_int4_weight_only", "quantize_static_int8",
     "select_runtime", "validate_accuracy",
 ]

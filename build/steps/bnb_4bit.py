@@ -21,7 +21,7 @@ from engineforge.file_modes import follow_umask
 from ..config import ENGINE, STAGE_TORCH_QUANTIZE, STANDARD_LAYOUT, TORCH_MODEL, StepConfig, require
 from ..context import BuildContext
 from ..files import file_mb
-from ..pipeline import register_step
+from ..step_registry import register_step
 
 # bitsandbytes' CPU kernel (AVX512-BF16 machines) repacks weights in blocks of 32 output rows and reshapes
 # the per-64-input absmax; other shapes fail in eval mode ("N must be divisible by block_n").

@@ -24,7 +24,7 @@ from engineforge.errors import ConfigError
 
 from ..config import DISTILLATION_TEXT, STAGE_DISTILL, TORCH_MODEL, StepConfig
 from ..context import BuildContext
-from ..pipeline import register_step
+from ..step_registry import register_step
 from ..teacher_student import (
     accuracy,
     agreement_and_kl,

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from ..config import ONNX_GRAPH, PORTABLE_ONNX, STAGE_ONNX_QUANTIZE, StepConfig, require
 from ..context import BuildContext
 from ..files import file_mb
-from ..pipeline import register_step
+from ..step_registry import register_step
 
 
 @dataclass(frozen=True)

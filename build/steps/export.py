@@ -11,7 +11,7 @@ from ..config import ENGINE, ONNX_GRAPH, PLAIN_ONNX, PORTABLE_ONNX, STAGE_EXPORT
 from ..context import BuildContext
 from ..files import file_mb
 from ..onnx_export import check_against_torch, write_onnx
-from ..pipeline import register_step
+from ..step_registry import register_step
 
 # Exercise both padding and truncation in the export check when no eval data is at hand.
 CHECK_TEXTS = ("hello", "where is my order? it was due last week and nothing has arrived yet " * 3)

@@ -10,7 +10,7 @@ from ..context import BuildContext
 from ..families import family_for
 from ..files import file_mb
 from ..onnx_export import check_against_torch
-from ..pipeline import register_step
+from ..step_registry import register_step
 from .export import check_texts
 
 # Fusions that must appear for the step to have done its job on a BERT graph.

@@ -17,7 +17,7 @@ from engineforge.errors import AccuracyBudgetExceeded, ConfigError, EngineforgeE
 
 from ..config import EVAL_DATA, ONNX_GRAPH, STAGE_COMPILE, StepConfig
 from ..context import BuildContext
-from ..pipeline import register_step
+from ..step_registry import register_step
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from engineforge.errors import DataError
 from ..accuracy import Budget
 from ..config import ENGINE, EVAL_DATA, STAGE_VALIDATE, StepConfig, require
 from ..context import BuildContext
-from ..pipeline import register_step
+from ..step_registry import register_step
 
 
 @dataclass(frozen=True)

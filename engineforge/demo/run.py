@@ -108,12 +108,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     from .finetune import EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE, prepare_demo_checkpoint
-    from .flow import build_candidates, serve_check_and_load, write_summary
+    from .flow import build_and_publish, serve_check_and_load, write_summary
 
     with progress.stage("demo 1/4: demo checkpoint"):
         training = prepare_demo_checkpoint(settings.checkpoint_dir)
     with progress.stage("demo 2/4: build-engine"):
-        build = build_candidates(settings, settings.checkpoint_dir, eval_data=EVAL_FILE, train_data=TRAIN_FILE,
+        build = build_and_publish(settings, settings.checkpoint_dir, eval_data=EVAL_FILE, train_data=TRAIN_FILE,
                                  calibration_data=TRAIN_FILE, unlabelled_data=UNLABELLED_FILE)
     samples, load, paths = serve_check_and_load(settings, build, EVAL_FILE, check_served_answers, 8, "demo 3/4:")
     summary = {"training": training, "build": build.to_dict(), "samples": samples, "loadtest_reports": paths}

@@ -11,7 +11,6 @@ import pytest
 from engineforge.build.checkpoint import load_checkpoint
 from engineforge.build.config import BuildConfig
 from engineforge.build.context import AttentionShape, BuildContext
-from engineforge.build.prune_importance import measure_importance
 from engineforge.build.report import BuildReport
 from engineforge.build.runner import run_build
 from engineforge.build.steps import (
@@ -25,6 +24,7 @@ from engineforge.build.steps import (
     optimize_graph,
     prune,
 )
+from engineforge.build.steps.prune.prune_importance import measure_importance
 from engineforge.build.teacher_student import make_batches, with_teacher_logits
 from engineforge.data import Example
 from engineforge.errors import DataError

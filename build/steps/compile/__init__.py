@@ -9,23 +9,26 @@ GPU); TensorRT-RTX otherwise, which builds ahead of time without a GPU for RTX G
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engineforge.engines.tensorrt_api import INSTALL_HINT, current_gpu, find_tensorrt
+from engineforge.engines.tensorrt_api import FLAVOURS, INSTALL_HINT, current_gpu, find_tensorrt
 from engineforge.engines.tensorrt_engine import RUNTIME, TensorRTMetadata, sha256_file, write_metadata
 from engineforge.errors import CompileError, ConfigError
 
-from ..config import ENGINE, PORTABLE_ONNX, QDQ_INT8_ONNX, STAGE_COMPILE, Artifact, BuildConfig, StepConfig, require
-from ..context import BuildContext
-from ..files import file_mb
-from ..fp16_graph import convert_to_fp16
-from ..pipeline import register_step
-from ..qdq_checks import is_symmetric_int8, qdq_summary
-from ..tensorrt_compile import (
+from ...config import ENGINE, PORTABLE_ONNX, QDQ_INT8_ONNX, STAGE_COMPILE, Artifact, BuildConfig, StepConfig, require
+from ...context import BuildContext
+from ...files import file_mb
+from ...step_registry import register_step
+from ..publish import PublishConfig
+from ..static_int8 import StaticInt8Config
+from ..static_int8.qdq_checks import is_symmetric_int8, qdq_summary
+from .fp16_graph import convert_to_fp16
+from .tensorrt_compile import (
     Profile,
     build_plan,
     declared_precisions,
@@ -34,8 +37,6 @@ from ..tensorrt_compile import (
     parse_onnx,
     token_inputs,
 )
-from .publish import PublishConfig
-from .static_int8 import StaticInt8Config
 
 TARGETS = ("tensorrt",)
 PRECISIONS = ("fp16", "int8", "fp32")
@@ -86,6 +87,11 @@ class CompileConfig(StepConfig):
         high = tuple(self.max_shape or (max_batch, build.max_sequence_length))
         opt = tuple(self.opt_shape or (min(8, high[0]), high[1]))
         return Profile(tuple(self.min_shape or (1, 1)), opt, high)  # type: ignore[arg-type]
+
+    def check_environment(self) -> None:
+        # Found out before prune, distill, export and static_int8 spend their time (spec only: no import).
+        if not any(importlib.util.find_spec(name) for name in FLAVOURS):
+            raise CompileError(f"the compile step needs TensorRT: {INSTALL_HINT}")
 
     def check_in(self, build: BuildConfig) -> None:
         profile = self.profile(build)

@@ -18,11 +18,12 @@ from typing import Any, ClassVar
 from engineforge import progress
 from engineforge.errors import ConfigError
 
-from ..config import MODEL, STAGE_PRUNE, STANDARD_LAYOUT, TORCH_MODEL, TRAINING_TEXT, Blocker, StepConfig
-from ..context import AttentionShape, BuildContext
-from ..pipeline import register_step
-from ..prune_importance import Importance, measure_importance, normalize_per_layer, summarize
-from ..prune_structure import (
+from ...config import MODEL, STAGE_PRUNE, STANDARD_LAYOUT, TORCH_MODEL, TRAINING_TEXT, Blocker, StepConfig
+from ...context import AttentionShape, BuildContext
+from ...step_registry import register_step
+from ...teacher_student import make_batches, training_examples, with_teacher_logits
+from .prune_importance import Importance, measure_importance, normalize_per_layer, summarize
+from .prune_structure import (
     allocate,
     allocate_uniform,
     apply_pruning,
@@ -32,7 +33,6 @@ from ..prune_structure import (
     heads_per_layer,
     keep_count,
 )
-from ..teacher_student import make_batches, training_examples, with_teacher_logits
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def measure_latency_ms(ctx: BuildContext, model: Any, seq_len: int = 128, runs: 
 
     from engineforge.engines import load_engine, measure_latency, model_input_names
 
-    from ..onnx_export import write_onnx
+    from ...onnx_export import write_onnx
 
     names = model_input_names(ctx.tokenizer)
     args = tuple(torch.ones(1, seq_len, dtype=torch.long) for _ in names)

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ...teacher_student import Batch, is_embedding_model, kd_loss
 from .prune_structure import attention_module, encoder_layers, get_path, layout_of
-from .teacher_student import Batch, is_embedding_model, kd_loss
 
 EMBEDDING_PROBES = 16
 

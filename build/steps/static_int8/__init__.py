@@ -1,10 +1,10 @@
 """`static_int8`: calibrated Q/DQ quantization with a sensitivity-driven fp32 fallback.
 
-Activations get fixed int8 ranges from real calibration texts (build/calibration.py), weights are
+Activations get fixed int8 ranges from real calibration texts (calibration.py), weights are
 int8 per channel, and every quantized tensor is written as QuantizeLinear/DequantizeLinear pairs:
 the portable form that OpenVINO and TensorRT turn into int8 kernels. When the engine misses the
 accuracy budget of the build's validate step, the most sensitive groups of nodes stay fp32
-(build/int8_fallback.py), and the decision is recorded in the build report.
+(int8_fallback.py), and the decision is recorded in the build report.
 
 Which runtime it is for (MiniLM-L6 demo classifier, 2 threads, 1x128, interleaved timings): OpenVINO
 (f32 pinned, as served) runs this file ~2x faster than fp32. ONNX Runtime's x86 kernels have no fast
@@ -26,9 +26,8 @@ from engineforge import progress
 from engineforge.engines import engine_logits, load_engine, onnx_runtime_names
 from engineforge.errors import ConfigError, DataError
 
-from ..accuracy import Budget, Comparison
-from ..calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
-from ..config import (
+from ...accuracy import Budget, Comparison
+from ...config import (
     CALIBRATION_DATA,
     EVAL_DATA,
     ONNX_GRAPH,
@@ -39,12 +38,13 @@ from ..config import (
     StepConfig,
     require,
 )
-from ..context import BuildContext
-from ..embedding_quality import EmbeddingComparison
-from ..files import file_mb
-from ..int8_fallback import GRANULARITIES, Sensitivity, group_nodes, match_patterns, rank, search_fallback
-from ..pipeline import register_step
-from ..qdq_checks import check_engines, qdq_summary
+from ...context import BuildContext
+from ...embedding_quality import EmbeddingComparison
+from ...files import file_mb
+from ...step_registry import register_step
+from .calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
+from .int8_fallback import GRANULARITIES, Sensitivity, group_nodes, match_patterns, rank, search_fallback
+from .qdq_checks import check_engines, qdq_summary
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Op types worth quantizing in a BERT graph: MatMul/Gemm carry ~all the compute, Gather (embeddings) only size.
