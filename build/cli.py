@@ -16,6 +16,11 @@ from engineforge.errors import UsageError
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from engineforge.engines.engine_spec import TASKS
+
+    from .accuracy import DEFAULT_BUDGET
+    from .presets import DEFAULT_PRESET, PRESET_NAMES
+
     parser = argparse.ArgumentParser(
         prog="build-engine",
         description="Optimize a fine-tuned Hugging Face classifier, validate it against fp32 and publish it to Triton.",
@@ -27,9 +32,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-data", type=Path, help="representative texts for static int8 calibration")
     parser.add_argument("--unlabelled-data", type=Path,
                         help="unlabelled in-domain text (e.g. logs) that distillation labels with the fp32 model")
-    parser.add_argument("--preset",
-                        help="fp32, max-accuracy, int8 (default), int8-static, int4-weight-only, nf4, fast-cpu, "
-                        "trt-fp16, trt-int8, trt-int8-static")
+    parser.add_argument("--preset", help=", ".join(f"{name} (default)" if name == DEFAULT_PRESET else name
+                                                   for name in PRESET_NAMES))
     parser.add_argument("--recipe", type=Path, help="TOML recipe describing the whole build")
     parser.add_argument("--repo", help="Triton model repository to publish to (default model_repo)")
     parser.add_argument("--model-name", help="name of the served model (default: checkpoint directory name)")
@@ -37,8 +41,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--long-texts", choices=("truncate", "refuse"),
                         help="served texts longer than the model reads: answer on their first tokens (truncate, "
                         "default) or refuse them with INVALID_ARGUMENT")
-    parser.add_argument("--max-accuracy-drop", type=float, help="budget: max accuracy drop in points (default 1.0)")
-    parser.add_argument("--min-agreement", type=float, help="budget: min argmax agreement with fp32 (default 0.98)")
+    parser.add_argument("--max-accuracy-drop", type=float,
+                        help=f"budget: max accuracy drop in points (default {DEFAULT_BUDGET.max_accuracy_drop})")
+    parser.add_argument("--min-agreement", type=float,
+                        help=f"budget: min argmax agreement with fp32 (default {DEFAULT_BUDGET.min_agreement})")
     parser.add_argument("--max-seq-len", type=int, help="max tokens per text when served (default 128)")
     parser.add_argument("--threads", type=int, help="engine runtime intra-op threads (default 2)")
     parser.add_argument("--max-build-minutes", type=float,
@@ -46,7 +52,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "the time left are skipped, a running distillation stops at its next step, and a build that "
                         "chose nothing in time fails naming the candidate closest to the budget")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    parser.add_argument("--task", choices=("text-classification", "token-classification", "embeddings"),
+    parser.add_argument("--task", choices=TASKS,
                         help="what the checkpoint is for (default: read from its architecture and files)")
     parser.add_argument("--debug", action="store_true", help="print the traceback after an error")
     return parser

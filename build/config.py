@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from engineforge.engines.engine_spec import TASKS
 from engineforge.errors import ConfigError
 
 # Stage numbers leave gaps so later steps slot in.
@@ -185,7 +186,7 @@ class BuildConfig:
         require(8 <= self.max_sequence_length <= 8192,
                 f"max_sequence_length={self.max_sequence_length}: use 8..8192 (and <= the model's positions)")
         require(self.intra_op_threads >= 1, "intra_op_threads must be >= 1")
-        require(self.task in (None, "text-classification", "token-classification", "embeddings"),
+        require(self.task is None or self.task in TASKS,
                 f"task={self.task!r}: use 'text-classification', 'token-classification' or 'embeddings' (or "
                 "leave it to the checkpoint)")
         require(self.max_build_minutes is None or self.max_build_minutes > 0,

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from engineforge.data import Example, eval_label_ids
+from engineforge.engines.engine_spec import EMBEDDINGS, TOKEN_CLASSIFICATION
 from engineforge.errors import ConfigError
 
 from .accuracy import Budget, Comparison, compare_logits
@@ -18,7 +19,6 @@ from .checkpoint import CheckpointInfo
 from .config import STAGE_EXPORT, BuildConfig
 from .embedding_quality import EmbeddingComparison, compare_embeddings
 from .report import StepRecord
-from .tasks import EMBEDDINGS, TOKEN_CLASSIFICATION
 from .token_quality import TokenComparison, compare_tokens, text_offsets
 
 

@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from engineforge.engines.engine_spec import TEXT_CLASSIFICATION
 from engineforge.errors import UnsupportedStepError
 
 from .config import MODEL, Blocker, BuildConfig, StepConfig
@@ -34,7 +35,7 @@ def model_refusal(config: BuildConfig, family: EncoderFamily, task: str | None,
     fixes = [fix, *dict.fromkeys(b.fix for b in rest if b.fix)]
     working = [name for name in PRESET_NAMES if not model_blockers(preset_steps(name), family, task)]
     what = f"preset '{config.preset}'" if config.preset else "this recipe"
-    kind = family.name if task in (None, "text-classification") else f"{family.name} {task}"
+    kind = family.name if task in (None, TEXT_CLASSIFICATION) else f"{family.name} {task}"
     lines = list(dict.fromkeys(blocker_lines([*blockers, *rest])))
     return UnsupportedStepError(
         f"{what} cannot build this {family.name} checkpoint:\n" + "\n".join(f"- {line}" for line in lines)

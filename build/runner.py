@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engineforge import ner, progress
 from engineforge.data import Example, load_examples
+from engineforge.engines.engine_spec import TOKEN_CLASSIFICATION
 from engineforge.errors import ConfigError, EngineforgeError
 
 from . import steps
@@ -27,7 +28,6 @@ from .manifest import build_manifest, write_manifest
 from .pipeline import BUILD_LOG, check_build, prepare_output_dir, run_steps
 from .presets import dump_recipe
 from .report import BuildReport, package_versions
-from .tasks import TOKEN_CLASSIFICATION
 
 
 def run_build(config: BuildConfig, *, recipe_checked: bool = False) -> BuildReport:

@@ -15,14 +15,14 @@ from typing import Any
 from engineforge import progress
 
 
-def build_and_publish(settings: Any, checkpoint: Path, **data: Path) -> Any:
+def build_and_publish(settings: Any, checkpoint: Path, task: str | None = None, **data: Path) -> Any:
     """Build the preset (its candidates, most aggressive first), publish the chosen one to the demo repository
-    and return its report."""
+    and return its report. `data`: eval_data, train_data, calibration_data, unlabelled_data."""
     from engineforge.commands.build_engine import build_engine
 
     return build_engine(checkpoint, preset=settings.preset, output_dir=settings.build_dir, data=data,
                         publish={"repo_dir": str(settings.repo_dir), "model_name": settings.model_name},
-                        overwrite=True)
+                        overwrite=True, task=task)
 
 
 def serve_check_and_load(settings: Any, build: Any, texts_file: Path, check: Callable[..., list[dict[str, Any]]],

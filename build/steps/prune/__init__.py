@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from engineforge import progress
+from engineforge.engines.engine_spec import TOKEN_CLASSIFICATION
 from engineforge.errors import ConfigError
 
 from ...config import MODEL, STAGE_PRUNE, STANDARD_LAYOUT, TORCH_MODEL, TRAINING_TEXT, Blocker, StepConfig
@@ -76,7 +77,7 @@ class PruneConfig(StepConfig):
             raise ConfigError(f"prune.max_length={self.max_length}: use 8..8192 (128 is typical)")
 
     def task_problem(self, task: str) -> str:
-        if task == "token-classification":
+        if task == TOKEN_CLASSIFICATION:
             return "pruning of token classifiers (per-token importance) is not built yet"
         return ""
 
