@@ -32,8 +32,9 @@ class AttentionShape:
 
 @dataclass
 class BuildContext:
-    """Mutable state of one build. Steps read and replace the fields they are about; nothing is passed
-    through untyped side channels."""
+    """Mutable state of one build. Steps read it and return what they made (step_output.StepOutput), which
+    pipeline.run_step checks against their declared artefacts and writes here; nothing else writes it but the
+    runner (data, bundle) and validate (its measurement, kept for a failed build's report)."""
 
     config: BuildConfig
     work_dir: Path

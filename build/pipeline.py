@@ -8,16 +8,18 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from engineforge import progress
 from engineforge.errors import ConfigError, EngineforgeError, StepFailedError
 
-from .config import BuildConfig
+from .config import BuildConfig, StepConfig
 from .context import BuildContext
 from .families import model_blockers, read_family, read_task
 from .recipe_checks import recipe_blockers, refusal
 from .refusal import model_refusal
 from .report import StepRecord
+from .step_output import as_output, check_contract
 from .step_registry import StepNotRegisteredError, missing_functions, step_function
 
 BUILD_LOG = "build.log"  # third-party warnings and log records of a build, beside its report
@@ -45,15 +47,24 @@ def check_build(config: BuildConfig) -> None:
         step.check_environment()
 
 
+def run_step(ctx: BuildContext, step: StepConfig) -> dict[str, Any]:
+    """Run one registered step on `ctx`: its output, checked against the artefacts it declares, becomes the
+    build's state; returns the details for the report."""
+    output = as_output(step_function(step)(ctx, step))
+    check_contract(step, output)
+    for name, value in output.made().items():
+        setattr(ctx, name, value)
+    return output.details
+
+
 def run_steps(ctx: BuildContext) -> None:
     steps = ctx.config.steps
     for index, step in enumerate(steps, start=1):
-        fn = step_function(step)
         label = f"step {index}/{len(steps)} {step.step_type}"
         start = time.perf_counter()
         with progress.stage(label):
             try:
-                details = fn(ctx, step) or {}
+                details = run_step(ctx, step)
             except EngineforgeError:
                 raise
             except Exception as exc:  # a library failed inside the step: say which step, what, and what next

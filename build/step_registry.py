@@ -1,6 +1,6 @@
 """The step registry: which function runs each step config, and which config a recipe's `type` names.
 
-Steps are plain functions `fn(ctx, config) -> dict` registered per config type (like torchao's `quantize_`
+Steps are plain functions `fn(ctx, config) -> StepOutput` registered per config type (like torchao's `quantize_`
 handlers); registering also lets recipes name the config by its `step_type`. A config type may be declared in
 one layer and its function registered from a higher one (`publish`: the config is build's plain data, the function
 lives in engineforge.serve), so a build asks `missing_functions` before any work.
@@ -15,8 +15,10 @@ from engineforge.errors import ConfigError
 
 from .config import StepConfig
 from .context import BuildContext
+from .step_output import StepOutput
 
-StepFunction = Callable[[BuildContext, Any], dict[str, Any]]
+# A step returns what it made (StepOutput); one that makes nothing may return only its report details.
+StepFunction = Callable[[BuildContext, Any], StepOutput | dict[str, Any]]
 _FUNCTIONS: dict[type[StepConfig], StepFunction] = {}
 STEP_CONFIG_TYPES: dict[str, type[StepConfig]] = {}
 ConfigType = TypeVar("ConfigType", bound=type[StepConfig])

@@ -10,9 +10,9 @@ from typing import Any
 
 from engineforge.build.bundle import bundle_engine_mb, default_model_name, ensure_bundle
 from engineforge.build.context import BuildContext
+from engineforge.build.step_output import StepOutput
 from engineforge.build.step_registry import register_step
 from engineforge.build.steps.publish import PublishConfig
-from engineforge.errors import ConfigError
 
 from .repository import publish_engine
 
@@ -27,22 +27,21 @@ def _measured_latency_ms(ctx: BuildContext) -> float | None:
 
 
 @register_step(PublishConfig)
-def publish(ctx: BuildContext, config: PublishConfig) -> dict[str, Any]:
+def publish(ctx: BuildContext, config: PublishConfig) -> StepOutput:
     bundle = ensure_bundle(ctx)
-    if bundle is None:  # check_build refuses such a recipe; a direct call still gets a clear error
-        raise ConfigError("publish needs an engine: add 'export' (or 'bnb_4bit') before it")
+    assert bundle is not None  # ENGINE: check_build follows it here, run_step holds every step to it
     name = config.model_name or default_model_name(ctx.config.checkpoint)
     published = publish_engine(bundle, config.repo_dir, name, max_batch_size=config.max_batch_size,
                                max_queue_delay_us=config.max_queue_delay_us, instances=config.instances,
                                native_repo_dir=config.native_repo_dir, measured_latency_ms=_measured_latency_ms(ctx),
                                long_texts=config.long_texts)
-    ctx.published = {"repo_dir": str(config.repo_dir), "model_name": name, "version": published.version}
+    record: dict[str, Any] = {"repo_dir": str(config.repo_dir), "model_name": name, "version": published.version}
     if published.served is not None:  # a running `engineforge serve` loaded it (publish_engine waited for that)
-        ctx.published["served"] = published.served
+        record["served"] = published.served
+    details = {"repo_dir": str(config.repo_dir), "model": name, "version": published.version,
+               "engine_mb": bundle_engine_mb(bundle)}
     if published.native_plan is not None:
         repo, plan_model, version = published.native_plan
-        ctx.published["native_plan"] = {"repo_dir": str(repo), "model_name": plan_model, "version": version}
-    return {"repo_dir": str(config.repo_dir), "model": name, "version": published.version,
-            "engine_mb": bundle_engine_mb(bundle)} | (
-        {"native_plan": f"{ctx.published['native_plan']['repo_dir']}/{ctx.published['native_plan']['model_name']}"}
-        if "native_plan" in ctx.published else {})
+        record["native_plan"] = {"repo_dir": str(repo), "model_name": plan_model, "version": version}
+        details["native_plan"] = f"{repo}/{plan_model}"
+    return StepOutput(published=record, details=details)

@@ -21,6 +21,7 @@ from engineforge.file_modes import follow_umask
 from ..config import ENGINE, STAGE_TORCH_QUANTIZE, STANDARD_LAYOUT, TORCH_MODEL, StepConfig, require
 from ..context import BuildContext
 from ..files import file_mb
+from ..step_output import StepOutput
 from ..step_registry import register_step
 
 # bitsandbytes' CPU kernel (AVX512-BF16 machines) repacks weights in blocks of 32 output rows and reshapes
@@ -82,7 +83,7 @@ def plan_bnb_modules(model: Any, keep: tuple[str, ...] = ()) -> tuple[list[str],
 
 
 @register_step(Bnb4BitConfig)
-def quantize_bnb_4bit(ctx: BuildContext, config: Bnb4BitConfig) -> dict[str, Any]:
+def quantize_bnb_4bit(ctx: BuildContext, config: Bnb4BitConfig) -> StepOutput:
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -119,9 +120,8 @@ def quantize_bnb_4bit(ctx: BuildContext, config: Bnb4BitConfig) -> dict[str, Any
         # The ONNX path bakes pooling into the graph; here the directory carries it for the loader.
         save_pooling(out_dir, ctx.checkpoint.pooling)
         model = sentence_embedder(model, ctx.checkpoint.pooling)
-    ctx.model, ctx.engine_dir, ctx.runtime, ctx.precision = model, out_dir, TORCH_BNB, config.quant_type
-    return {
+    return StepOutput(model=model, engine_dir=out_dir, runtime=TORCH_BNB, precision=config.quant_type, details={
         "file": out_dir.name, "size_mb": file_mb(out_dir), "quant_type": config.quant_type,
         "double_quant": config.double_quant, "compute_dtype": config.compute_dtype,
         "quantized_linear": len(converted), "skipped_modules": skipped,
-    }
+    })

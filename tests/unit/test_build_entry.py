@@ -1,6 +1,6 @@
 """The one build entry (engineforge.commands.build_engine): a toy step registered from this file alone builds
 through it; every candidate is checked once, before any work, TensorRT included; a publish step whose function
-the serve side has not registered is a typed refusal."""
+the serve side has not registered is a typed refusal; what a step returns is held to the artefacts it declares."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
@@ -16,9 +17,11 @@ import pytest
 from engineforge.build import pipeline, step_registry
 from engineforge.build.config import TORCH_MODEL, BuildConfig, StepConfig, require
 from engineforge.build.context import BuildContext
+from engineforge.build.pipeline import run_step
 from engineforge.build.presets import preset_steps
+from engineforge.build.step_output import StepContractError, StepOutput, as_output, contract_problems
 from engineforge.build.step_registry import StepNotRegisteredError, register_step, step_config_from_dict
-from engineforge.build.steps import PublishConfig
+from engineforge.build.steps import DynamicInt8Config, ExportConfig, PublishConfig
 from engineforge.commands.build_engine import build_engine, prepare_build
 from engineforge.errors import CompileError, ConfigError
 from tests.helpers.tiny_checkpoint import make_tiny_checkpoint, shell_checkpoint, write_eval_data
@@ -118,3 +121,28 @@ def test_the_entry_refuses_two_kinds_of_recipe_at_once(tmp_path: Path):
         prepare_build(shell_checkpoint(tmp_path / "shell"), preset="int8", steps=preset_steps("fp32"))
     with pytest.raises(ConfigError, match="unknown build setting"):
         prepare_build(shell_checkpoint(tmp_path / "shell"), preset="int8", max_seq_len=64)
+
+
+def test_a_step_output_must_match_the_artefacts_its_config_declares(tmp_path: Path):
+    graph = tmp_path / "model.onnx"
+    assert contract_problems(ExportConfig(), StepOutput(onnx_path=graph, plain_onnx_path=graph)) == []
+    assert contract_problems(ExportConfig(), StepOutput(onnx_path=graph)) == [
+        "declares it provides the plain (unfused) ONNX export but returned no plain_onnx_path"]
+    assert contract_problems(DynamicInt8Config(), StepOutput(onnx_path=graph, plan_path=graph)) == [
+        "returned plan_path but declares no artefact it holds"]
+    assert contract_problems(DynamicInt8Config(), as_output({"size_mb": 1.0})) == [
+        "declares it provides an ONNX graph but returned no onnx_path"]
+
+
+def test_run_step_applies_what_the_step_returns_and_refuses_a_broken_promise(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    graph = tmp_path / "model.int8.onnx"
+    ctx = SimpleNamespace(onnx_path=tmp_path / "model.onnx", precision="fp32")
+    monkeypatch.setitem(step_registry._FUNCTIONS, DynamicInt8Config,
+                        lambda ctx, config: StepOutput(onnx_path=graph, precision="int8", details={"n": 1}))
+    assert run_step(ctx, DynamicInt8Config()) == {"n": 1}  # type: ignore[arg-type]
+    assert (ctx.onnx_path, ctx.precision) == (graph, "int8")
+    monkeypatch.setitem(step_registry._FUNCTIONS, DynamicInt8Config, lambda ctx, config: {"n": 2})
+    with pytest.raises(StepContractError, match="step 'dynamic_int8' declares it provides an ONNX graph"):
+        run_step(ctx, DynamicInt8Config())  # type: ignore[arg-type]
+    assert ctx.onnx_path == graph  # nothing applied

@@ -21,6 +21,7 @@ from engineforge.errors import ConfigError
 
 from ...config import MODEL, STAGE_PRUNE, STANDARD_LAYOUT, TORCH_MODEL, TRAINING_TEXT, Blocker, StepConfig
 from ...context import AttentionShape, BuildContext
+from ...step_output import StepOutput
 from ...step_registry import register_step
 from ...teacher_student import make_batches, training_examples, with_teacher_logits
 from .prune_importance import Importance, measure_importance, normalize_per_layer, summarize
@@ -191,7 +192,7 @@ def search_for_latency(ctx: BuildContext, importance: Importance, config: PruneC
 
 
 @register_step(PruneConfig)
-def prune(ctx: BuildContext, config: PruneConfig) -> dict[str, Any]:
+def prune(ctx: BuildContext, config: PruneConfig) -> StepOutput:
     if ctx.model is ctx.reference_model:
         raise ConfigError("prune would modify the fp32 reference model: the runner must give steps a copy")
     examples, source = training_examples(ctx, "prune")
@@ -211,10 +212,9 @@ def prune(ctx: BuildContext, config: PruneConfig) -> dict[str, Any]:
     apply_pruning(ctx.model, plan.heads, plan.ffn)
     ctx.model.eval()
     kept_heads = heads_per_layer(ctx.model)
-    # graph_optimize reads this: ORT fuses Attention only with the pruned head count and width.
-    ctx.attention = AttentionShape(*attention_fusion_shape(ctx.model))
     params_after = count_parameters(ctx.model)
-    return {
+    # graph_optimize reads the attention shape: ORT fuses Attention only with the pruned head count and width.
+    return StepOutput(attention=AttentionShape(*attention_fusion_shape(ctx.model)), details={
         "data": f"{importance.examples} {source} examples in {importance.batches} batches",
         "importance_loss": importance.loss, "scoring_seconds": round(scoring_s, 2),
         "head_sparsity": round(plan.head_sparsity, 4), "ffn_sparsity": round(plan.ffn_sparsity, 4),
@@ -227,4 +227,4 @@ def prune(ctx: BuildContext, config: PruneConfig) -> dict[str, Any]:
         "head_importance": summarize(importance.heads, plan.heads, with_values=True),
         "ffn_importance": summarize(importance.ffn, plan.ffn, with_values=False),
         **({"latency_search": latency} if latency else {}),
-    }
+    })

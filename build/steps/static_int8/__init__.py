@@ -41,6 +41,7 @@ from ...config import (
 from ...context import BuildContext
 from ...embedding_quality import EmbeddingComparison
 from ...files import file_mb
+from ...step_output import StepOutput
 from ...step_registry import register_step
 from .calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
 from .int8_fallback import GRANULARITIES, Sensitivity, group_nodes, match_patterns, rank, search_fallback
@@ -188,7 +189,7 @@ class _Quantizer:
 
 
 @register_step(StaticInt8Config)
-def quantize_static_int8(ctx: BuildContext, config: StaticInt8Config) -> dict[str, Any]:
+def quantize_static_int8(ctx: BuildContext, config: StaticInt8Config) -> StepOutput:
     import onnx
 
     calibration = require_calibration_examples(ctx.calibration_examples, config.step_type,
@@ -234,9 +235,8 @@ def quantize_static_int8(ctx: BuildContext, config: StaticInt8Config) -> dict[st
     if config.check_engines:
         details |= check_engines(out, threads)
     details |= {"size_mb": file_mb(out), "size_before_mb": file_mb(source)}
-    ctx.onnx_path = out
-    ctx.precision = f"int8-static-qdq{'-uint8act' if config.activation_type == 'uint8' else ''}"
-    return details
+    precision = f"int8-static-qdq{'-uint8act' if config.activation_type == 'uint8' else ''}"
+    return StepOutput(onnx_path=out, precision=precision, details=details)
 
 
 def _fallback(ctx: BuildContext, quantizer: _Quantizer, scratch: Path, quantizable: list[str],
