@@ -1,7 +1,9 @@
 """Every build step, one module per step type (the module is named after the step's `step_type`).
 
-Each module holds its config dataclass and its registered function. This list is the only place that
-imports them: importing `engineforge.build.steps` registers every step, so recipes can name them.
+Each module (or package, for a step with helpers) holds its config dataclass and its registered function, which
+returns what the step made (`step_output.StepOutput`). This list is the only place that imports them: importing
+`engineforge.build.steps` registers every step, so recipes can name them. `publish` is the exception: its function
+writes a Triton repository, so the serve layer registers it (engineforge.serve.publish_step).
 Listed in pipeline order.
 """
 

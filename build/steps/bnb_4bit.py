@@ -87,9 +87,6 @@ def quantize_bnb_4bit(ctx: BuildContext, config: Bnb4BitConfig) -> StepOutput:
     import torch
     from transformers import BitsAndBytesConfig
 
-    if getattr(ctx.model.config, "pruned_layout", None):
-        raise ConfigError("bnb_4bit cannot follow prune: the served model is rebuilt with from_pretrained, which "
-                          "cannot reproduce a per-layer pruned layout; drop one of the two steps")
     # An embedder is its encoder wrapped in pooling (tasks.embedding_model): quantize and save the encoder, whose
     # module names are the ones from_pretrained matches the skip list against.
     hf_model = ctx.model.wrapped if ctx.is_embedding else ctx.model
