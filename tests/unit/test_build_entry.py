@@ -146,3 +146,16 @@ def test_run_step_applies_what_the_step_returns_and_refuses_a_broken_promise(tmp
     with pytest.raises(StepContractError, match="step 'dynamic_int8' declares it provides an ONNX graph"):
         run_step(ctx, DynamicInt8Config())  # type: ignore[arg-type]
     assert ctx.onnx_path == graph  # nothing applied
+
+
+def test_build_engine_without_tensorrt_exits_1_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]):
+    from engineforge.build.cli import main
+
+    _without_tensorrt(monkeypatch)
+    data = write_eval_data(tmp_path / "eval.jsonl")
+    out = tmp_path / "out"
+    code = main([str(shell_checkpoint(tmp_path / "shell")), "--preset", "trt-fp16", "--eval-data", str(data),
+                 "--output", str(out)])
+    assert code == 1 and not out.exists()
+    assert "build-engine: error: the compile step needs TensorRT" in capsys.readouterr().err
