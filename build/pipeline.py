@@ -37,14 +37,18 @@ def check_build(config: BuildConfig) -> None:
     if found := recipe_blockers(config):
         raise refusal(found, f"preset '{config.preset}'" if config.preset else "this recipe")
     if missing := missing_functions(config.steps):
-        hints = {s.step_type: s.registered_by for s in config.steps if s.registered_by}
-        raise StepNotRegisteredError(
-            f"no function is registered for step(s) {', '.join(repr(m) for m in missing)}: "
-            + "; ".join(f"'{m}' is registered by {hints[m]} (build through engineforge.commands.build_engine, "
-                        "which imports it)" if m in hints else f"import the module that registers '{m}'"
-                        for m in missing))
+        raise _not_registered(config.steps, missing)
     for step in config.steps:  # what this machine lacks (TensorRT for compile), before any step spends time
         step.check_environment()
+
+
+def _not_registered(steps: tuple[StepConfig, ...], missing: list[str]) -> StepNotRegisteredError:
+    """The refusal of steps without a function, naming the module that registers each where the config says."""
+    where = {s.step_type: s.registered_by for s in steps if s.registered_by}
+    fixes = [f"'{m}' is registered by {where[m]} (build through engineforge.commands.build_engine, which imports "
+             "it)" if m in where else f"import the module that registers '{m}'" for m in missing]
+    return StepNotRegisteredError(
+        f"no function is registered for step(s) {', '.join(repr(m) for m in missing)}: {'; '.join(fixes)}")
 
 
 def run_step(ctx: BuildContext, step: StepConfig) -> dict[str, Any]:
