@@ -58,18 +58,11 @@ def machine() -> dict[str, Any]:
 
 def build_preset(preset: str, checkpoint: Path, eval_file: Path, train_file: Path, unlabelled_file: Path) -> Any:
     """Build a preset exactly as `build-engine --preset` does (budget search included), without publishing."""
-    from engineforge.build.config import BuildConfig
-    from engineforge.build.presets import preset_candidates
-    from engineforge.build.search import run_candidates
-    from engineforge.build.steps import PublishConfig
+    from engineforge.commands.build_engine import build_engine
 
-    out = ROOT / "artifacts" / "bench" / preset
-    return run_candidates([
-        (name, BuildConfig(checkpoint=checkpoint, output_dir=out, eval_data=eval_file, train_data=train_file,
-                           calibration_data=train_file, unlabelled_data=unlabelled_file, overwrite=True, preset=preset,
-                           steps=tuple(s for s in steps if not isinstance(s, PublishConfig))))
-        for name, steps in preset_candidates(preset)
-    ])
+    return build_engine(checkpoint, preset=preset, output_dir=ROOT / "artifacts" / "bench" / preset, publish=False,
+                        data={"eval_data": eval_file, "train_data": train_file, "calibration_data": train_file,
+                              "unlabelled_data": unlabelled_file}, overwrite=True)
 
 
 def open_engine(candidate: Candidate, threads: int) -> Any:

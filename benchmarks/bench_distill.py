@@ -27,7 +27,8 @@ def run_variant(name: str, epochs: int) -> dict:
     from engineforge.build.checkpoint import load_checkpoint
     from engineforge.build.config import BuildConfig
     from engineforge.build.context import BuildContext
-    from engineforge.build.steps import DistillConfig, PruneConfig, distill, prune
+    from engineforge.build.pipeline import run_step
+    from engineforge.build.steps import DistillConfig, PruneConfig
     from engineforge.build.teacher_student import agreement_and_kl, make_batches, with_teacher_logits
     from engineforge.data import Example, load_examples
     from engineforge.demo.finetune import EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE, prepare_demo_checkpoint
@@ -44,8 +45,8 @@ def run_variant(name: str, epochs: int) -> dict:
     ctx.eval_examples = load_examples(EVAL_FILE, ctx.labels)
     if unlabelled:
         ctx.unlabelled_examples = [Example(e.text) for e in load_examples(UNLABELLED_FILE)]
-    prune(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5))
-    details = distill(ctx, DistillConfig(epochs=epochs, hidden_weight=hidden_weight, patience=0))
+    run_step(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5))
+    details = run_step(ctx, DistillConfig(epochs=epochs, hidden_weight=hidden_weight, patience=0))
     evals = with_teacher_logits(teacher, make_batches(ctx, ctx.eval_examples, 64, 128))
     agreement = agreement_and_kl(ctx.model, evals)["agreement"]
     return {"variant": name, "texts": details["texts"], "epochs": epochs, "seconds": details["train_seconds"],

@@ -24,13 +24,12 @@ def build_peers(checkpoint: Path, eval_file: Path, train_file: Path, out: Path) 
     from bench_cpu import Candidate  # type: ignore[import-not-found]
     from transformers import AutoModelForSequenceClassification
 
-    from engineforge.build.config import BuildConfig
-    from engineforge.build.runner import run_build
     from engineforge.build.steps import ExportConfig, GraphOptimizeConfig
+    from engineforge.commands.build_engine import build_engine
 
     out.mkdir(parents=True, exist_ok=True)
-    report = run_build(BuildConfig(checkpoint=checkpoint, output_dir=out / "export", overwrite=True,
-                                   steps=(ExportConfig(), GraphOptimizeConfig()), eval_data=eval_file))
+    report = build_engine(checkpoint, steps=(ExportConfig(), GraphOptimizeConfig()), output_dir=out / "export",
+                          data={"eval_data": eval_file}, publish=False, overwrite=True)
     work = Path(str(report.bundle_dir)).parent / "work"
     export, fused = work / "model.fp32.onnx", work / "model.opt.onnx"
 

@@ -165,3 +165,6 @@ class Budget:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+DEFAULT_BUDGET = Budget()  # the one set of budget defaults: validate's options and the build-engine help read it

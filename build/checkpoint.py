@@ -9,19 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from engineforge import progress
+from engineforge.engines.engine_spec import EMBEDDINGS, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 
 from .families import SUPPORTED_MODEL_TYPES, config_value, family_for, usable_positions
 from .files import sha256_file
-from .tasks import (
-    EMBEDDINGS,
-    TEXT_CLASSIFICATION,
-    TOKEN_CLASSIFICATION,
-    Pooling,
-    detect_task,
-    embedding_model,
-    read_pooling,
-)
+from .tasks import Pooling, detect_task, embedding_model, read_pooling
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "CheckpointInfo", "inspect_checkpoint", "load_checkpoint", "load_tokenizer",
            "read_checkpoint_config"]

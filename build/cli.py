@@ -1,4 +1,4 @@
-"""`build-engine`: thin CLI over engineforge.build (arguments -> candidate BuildConfigs -> run_candidates).
+"""`build-engine`: thin CLI over the one build entry (engineforge.commands.build_engine): arguments in, report out.
 
 Exit codes: 0 built; 1 the build failed (checkpoint, data, budget...); 2 usage error (the command line or
 recipe asks for something impossible, refused before any work).
@@ -7,7 +7,6 @@ recipe asks for something impossible, refused before any work).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,11 @@ from engineforge.errors import UsageError
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from engineforge.engines.engine_spec import TASKS
+
+    from .accuracy import DEFAULT_BUDGET
+    from .presets import DEFAULT_PRESET, PRESET_NAMES
+
     parser = argparse.ArgumentParser(
         prog="build-engine",
         description="Optimize a fine-tuned Hugging Face classifier, validate it against fp32 and publish it to Triton.",
@@ -28,9 +32,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-data", type=Path, help="representative texts for static int8 calibration")
     parser.add_argument("--unlabelled-data", type=Path,
                         help="unlabelled in-domain text (e.g. logs) that distillation labels with the fp32 model")
-    parser.add_argument("--preset",
-                        help="fp32, max-accuracy, int8 (default), int8-static, int4-weight-only, nf4, fast-cpu, "
-                        "trt-fp16, trt-int8, trt-int8-static")
+    parser.add_argument("--preset", help=", ".join(f"{name} (default)" if name == DEFAULT_PRESET else name
+                                                   for name in PRESET_NAMES))
     parser.add_argument("--recipe", type=Path, help="TOML recipe describing the whole build")
     parser.add_argument("--repo", help="Triton model repository to publish to (default model_repo)")
     parser.add_argument("--model-name", help="name of the served model (default: checkpoint directory name)")
@@ -38,8 +41,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--long-texts", choices=("truncate", "refuse"),
                         help="served texts longer than the model reads: answer on their first tokens (truncate, "
                         "default) or refuse them with INVALID_ARGUMENT")
-    parser.add_argument("--max-accuracy-drop", type=float, help="budget: max accuracy drop in points (default 1.0)")
-    parser.add_argument("--min-agreement", type=float, help="budget: min argmax agreement with fp32 (default 0.98)")
+    parser.add_argument("--max-accuracy-drop", type=float,
+                        help=f"budget: max accuracy drop in points (default {DEFAULT_BUDGET.max_accuracy_drop})")
+    parser.add_argument("--min-agreement", type=float,
+                        help=f"budget: min argmax agreement with fp32 (default {DEFAULT_BUDGET.min_agreement})")
     parser.add_argument("--max-seq-len", type=int, help="max tokens per text when served (default 128)")
     parser.add_argument("--threads", type=int, help="engine runtime intra-op threads (default 2)")
     parser.add_argument("--max-build-minutes", type=float,
@@ -47,75 +52,37 @@ def make_parser() -> argparse.ArgumentParser:
                         "the time left are skipped, a running distillation stops at its next step, and a build that "
                         "chose nothing in time fails naming the candidate closest to the budget")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    parser.add_argument("--task", choices=("text-classification", "token-classification", "embeddings"),
+    parser.add_argument("--task", choices=TASKS,
                         help="what the checkpoint is for (default: read from its architecture and files)")
     parser.add_argument("--debug", action="store_true", help="print the traceback after an error")
     return parser
 
 
-def candidates_from_args(args: argparse.Namespace) -> list[tuple[str, Any]]:
-    """One (name, BuildConfig) per candidate: a recipe or most presets give one, `fast-cpu` several. Every
-    candidate is checked (order, prerequisites) here, so an impossible build is a usage error."""
-    from .checkpoint import read_checkpoint_config
-    from .pipeline import check_build
-    from .presets import DEFAULT_PRESET, load_recipe, preset_candidates
+def prepared_from_args(args: argparse.Namespace) -> Any:  # -> engineforge.commands.build_engine.PreparedBuild
+    """The checked candidates the arguments ask for: a recipe or most presets give one, `fast-cpu` several. Every
+    candidate is checked (order, prerequisites, registration, TensorRT) here, so an impossible build is a usage
+    error (a missing TensorRT stays a build failure, exit 1)."""
+    from engineforge.commands.build_engine import prepare_build
 
     if args.recipe and args.preset:
         raise UsageError("give either --recipe or --preset, not both")
     with arguments_checked():
-        if args.recipe:
-            candidates = [(str(args.recipe), config_from_args(args, load_recipe(args.recipe)))]
-        else:
-            preset = args.preset or DEFAULT_PRESET
-            candidates = [(name, config_from_args(args, {"preset": preset, "steps": steps}))
-                          for name, steps in preset_candidates(preset)]
-        # The checkpoint first: nothing else is worth saying about a path that holds none.
-        read_checkpoint_config(candidates[0][1].checkpoint)
-        for _, config in candidates:
-            check_build(config)
-    return candidates
-
-
-def config_from_args(args: argparse.Namespace, kwargs: dict[str, Any]) -> Any:  # -> BuildConfig
-    from .config import BuildConfig
-    from .steps import PublishConfig, ValidateConfig
-
-    kwargs = dict(kwargs)
-    checkpoint = args.checkpoint or kwargs.get("checkpoint")
-    if checkpoint is None:
-        raise UsageError("no checkpoint given: build-engine CHECKPOINT_DIR [--eval-data FILE]")
-    kwargs["checkpoint"] = Path(checkpoint)
-    kwargs["output_dir"] = args.output or kwargs.get("output_dir") or Path("artifacts/builds") / Path(checkpoint).name
-    for flag, key in ((args.eval_data, "eval_data"), (args.train_data, "train_data"),
-                      (args.calibration_data, "calibration_data"), (args.unlabelled_data, "unlabelled_data"),
-                      (args.max_seq_len, "max_sequence_length"),
-                      (args.threads, "intra_op_threads"), (args.task, "task"),
-                      (args.max_build_minutes, "max_build_minutes")):
-        if flag is not None:
-            kwargs[key] = flag
-    steps = []
-    for step in kwargs["steps"]:
-        if isinstance(step, ValidateConfig):
-            step = dataclasses.replace(step, **{k: v for k, v in (
-                ("max_accuracy_drop", args.max_accuracy_drop), ("min_agreement", args.min_agreement)) if v is not None})
-        if isinstance(step, PublishConfig):
-            if args.no_publish:
-                continue
-            step = dataclasses.replace(step, **{k: v for k, v in (
-                ("repo_dir", args.repo), ("model_name", args.model_name), ("long_texts", args.long_texts))
-                if v is not None})
-        steps.append(step)
-    kwargs["steps"] = tuple(steps)
-    return BuildConfig(overwrite=args.overwrite, **kwargs)
+        return prepare_build(
+            args.checkpoint, preset=None if args.recipe else args.preset, recipe=args.recipe, output_dir=args.output,
+            data={"eval_data": args.eval_data, "train_data": args.train_data,
+                  "calibration_data": args.calibration_data, "unlabelled_data": args.unlabelled_data},
+            budget={"max_accuracy_drop": args.max_accuracy_drop, "min_agreement": args.min_agreement},
+            publish=False if args.no_publish else {"repo_dir": args.repo, "model_name": args.model_name,
+                                                   "long_texts": args.long_texts},
+            overwrite=args.overwrite, max_sequence_length=args.max_seq_len, intra_op_threads=args.threads,
+            task=args.task, max_build_minutes=args.max_build_minutes)
 
 
 def build(args: argparse.Namespace) -> int:
-    from .search import run_candidates
-
-    candidates = candidates_from_args(args)
-    report = run_candidates(candidates)
+    prepared = prepared_from_args(args)
+    report = prepared.run()
     print(report.to_markdown())
-    print(f"Reports: {candidates[0][1].output_dir / 'build_report.md'} and build_report.json")
+    print(f"Reports: {prepared.output_dir / 'build_report.md'} and build_report.json")
     return 0
 
 

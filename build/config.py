@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from engineforge.engines.engine_spec import TASKS
 from engineforge.errors import ConfigError
 
 # Stage numbers leave gaps so later steps slot in.
@@ -97,6 +98,8 @@ class StepConfig:
     removes_reason: ClassVar[str] = ""
     # A step that only recovers what another changed (distill after prune): a fix dropping that one drops it too.
     pointless_without: ClassVar[str] = ""
+    # The module registering this step's function when it lives in a higher layer (publish: engineforge.serve).
+    registered_by: ClassVar[str] = ""
 
     def prerequisites(self) -> frozenset[Artifact]:
         """What this configured step needs; a step whose needs depend on its options overrides this."""
@@ -105,6 +108,10 @@ class StepConfig:
     def check_in(self, build: BuildConfig) -> None:
         """Refuse settings that contradict the rest of the build (raise ConfigError with the fix); run before
         any work. Most steps stand alone; a step whose options depend on others overrides this."""
+
+    def check_environment(self) -> None:
+        """Refuse, with a typed error and the fix, what this machine lacks for the step (TensorRT for compile);
+        run before any work. Most steps need only the base install."""
 
     def family_problem(self, family: Any) -> str:
         """Why this configured step cannot run on an encoder family (`families.EncoderFamily`), or "" if it can.
@@ -179,7 +186,7 @@ class BuildConfig:
         require(8 <= self.max_sequence_length <= 8192,
                 f"max_sequence_length={self.max_sequence_length}: use 8..8192 (and <= the model's positions)")
         require(self.intra_op_threads >= 1, "intra_op_threads must be >= 1")
-        require(self.task in (None, "text-classification", "token-classification", "embeddings"),
+        require(self.task is None or self.task in TASKS,
                 f"task={self.task!r}: use 'text-classification', 'token-classification' or 'embeddings' (or "
                 "leave it to the checkpoint)")
         require(self.max_build_minutes is None or self.max_build_minutes > 0,

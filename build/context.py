@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from engineforge.data import Example, eval_label_ids
+from engineforge.engines.engine_spec import EMBEDDINGS, TOKEN_CLASSIFICATION
 from engineforge.errors import ConfigError
 
 from .accuracy import Budget, Comparison, compare_logits
@@ -18,7 +19,6 @@ from .checkpoint import CheckpointInfo
 from .config import STAGE_EXPORT, BuildConfig
 from .embedding_quality import EmbeddingComparison, compare_embeddings
 from .report import StepRecord
-from .tasks import EMBEDDINGS, TOKEN_CLASSIFICATION
 from .token_quality import TokenComparison, compare_tokens, text_offsets
 
 
@@ -32,8 +32,9 @@ class AttentionShape:
 
 @dataclass
 class BuildContext:
-    """Mutable state of one build. Steps read and replace the fields they are about; nothing is passed
-    through untyped side channels."""
+    """Mutable state of one build. Steps read it and return what they made (step_output.StepOutput), which
+    pipeline.run_step checks against their declared artefacts and writes here; nothing else writes it but the
+    runner (data, bundle) and validate (its measurement, kept for a failed build's report)."""
 
     config: BuildConfig
     work_dir: Path

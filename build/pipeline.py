@@ -1,206 +1,74 @@
-"""Step registry and the checks that refuse a nonsensical build before any work starts.
-
-Steps are plain functions `fn(ctx, config) -> dict` registered per config type (like torchao's
-`quantize_` handlers); registering also lets recipes name the config by its `step_type`. Before a build
-loads anything, `check_build` checks the declared order (stages), follows each step's artefacts through the
-recipe and asks each step what the checkpoint's family and task allow; every blocker found is refused in one
-error that names each once and ends with the fix.
-"""
+"""Before a build loads anything, `check_build` refuses what cannot work (once per candidate): what the
+checkpoint's family or task cannot do, the recipe's order, artefacts and settings (`recipe_checks.py`), a step
+no function is registered for, and what the machine lacks (TensorRT for `compile`). Then `run_steps` runs the
+registered functions in order, each timed and its failure named."""
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from engineforge import progress
-from engineforge.errors import (
-    ConfigError,
-    EngineforgeError,
-    MissingPrerequisiteError,
-    StepFailedError,
-    StepOrderError,
-)
+from engineforge.errors import ConfigError, EngineforgeError, StepFailedError
 
-from .config import ORDER, PREREQUISITE, SETTING, Artifact, Blocker, BuildConfig, StepConfig
+from .config import BuildConfig, StepConfig
 from .context import BuildContext
 from .families import model_blockers, read_family, read_task
+from .recipe_checks import recipe_blockers, refusal
+from .refusal import model_refusal
 from .report import StepRecord
-
-StepFunction = Callable[[BuildContext, Any], dict[str, Any]]
-_FUNCTIONS: dict[type[StepConfig], StepFunction] = {}
-STEP_CONFIG_TYPES: dict[str, type[StepConfig]] = {}
-
+from .step_output import as_output, check_contract
+from .step_registry import StepNotRegisteredError, missing_functions, step_function
 
 BUILD_LOG = "build.log"  # third-party warnings and log records of a build, beside its report
-
-
-def register_step(config_type: type[StepConfig]) -> Callable[[StepFunction], StepFunction]:
-    def decorator(fn: StepFunction) -> StepFunction:
-        _FUNCTIONS[config_type] = fn
-        STEP_CONFIG_TYPES[config_type.step_type] = config_type
-        return fn
-
-    return decorator
-
-
-def step_function(config: StepConfig) -> StepFunction:
-    try:
-        return _FUNCTIONS[type(config)]
-    except KeyError:
-        raise ConfigError(f"no step function registered for {type(config).__name__}") from None
-
-
-def step_config_from_dict(values: dict[str, Any]) -> StepConfig:
-    values = dict(values)
-    step_type = values.pop("type", None)
-    if step_type not in STEP_CONFIG_TYPES:
-        raise ConfigError(f"unknown step type {step_type!r}; known: {sorted(STEP_CONFIG_TYPES)}")
-    return STEP_CONFIG_TYPES[step_type].from_dict(values)
-
-
-def stage_order() -> list[str]:
-    return [c.step_type for c in sorted(STEP_CONFIG_TYPES.values(), key=lambda c: c.stage)]
-
-
-def order_blockers(steps: Sequence[StepConfig]) -> list[Blocker]:
-    """Each stage at most once, stages strictly increasing: every step out of place."""
-    found: list[Blocker] = []
-    seen: dict[int, str] = {}
-    previous: StepConfig | None = None
-    for step in steps:
-        if step.stage in seen:
-            found.append(Blocker(step.step_type, f"repeats stage of '{seen[step.stage]}'", ORDER,
-                                 f"a build applies each kind of transform once: drop '{step.step_type}' or "
-                                 f"'{seen[step.stage]}'"))
-        elif previous is not None and step.stage < previous.stage:
-            found.append(Blocker(step.step_type, f"cannot run after '{previous.step_type}'", ORDER,
-                                 f"move '{step.step_type}' earlier (order: {' < '.join(stage_order())})"))
-        seen.setdefault(step.stage, step.step_type)
-        previous = step
-    return found
-
-
-def prerequisite_blockers(steps: Sequence[StepConfig], inputs: Iterable[Artifact]) -> list[Blocker]:
-    """Follow the artefacts through the steps: every step input nothing provides. Past a missing step's
-    artefact, it counts as there (with what the step its fix adds makes): a later step is not refused for that."""
-    available = set(inputs)
-    removed_by: dict[Artifact, StepConfig] = {}
-    found: list[Blocker] = []
-    for step in steps:
-        for artifact in sorted((a for a in step.prerequisites() if a not in available), key=lambda a: a.name):
-            found.append(_explain(step, artifact, removed_by.get(artifact)))
-            if not artifact.supplied_by:  # data is not: each step needing it is named (on one line)
-                makers = _makers(artifact, step)
-                available |= {artifact, *(makers[0].provides if makers else ())}
-        for artifact in step.removes:
-            available.discard(artifact)
-            removed_by[artifact] = step
-        available |= step.provides
-    return found
-
-
-def _explain(step: StepConfig, artifact: Artifact, remover: StepConfig | None) -> Blocker:
-    needs = f"needs {artifact.description}"
-    if remover is not None:
-        return Blocker(step.step_type, f"{needs}, but '{remover.step_type}' before it {remover.removes_reason}",
-                       PREREQUISITE, f"drop '{step.step_type}', or drop '{remover.step_type}'")
-    if artifact.supplied_by:
-        return Blocker(step.step_type, needs, PREREQUISITE, artifact.supplied_by)
-    fix = " or ".join(f"'{m.step_type}'" for m in _makers(artifact, step)) or "a step that makes it"
-    return Blocker(step.step_type, f"{needs}, which no earlier step makes", PREREQUISITE,
-                   f"add {fix} before '{step.step_type}'")
-
-
-def _makers(artifact: Artifact, step: StepConfig) -> list[type[StepConfig]]:
-    """Step types that make `artifact` and may run before `step`, in stage order."""
-    return [c for c in sorted(STEP_CONFIG_TYPES.values(), key=lambda c: c.stage)
-            if artifact in c.provides and c.stage < step.stage]
-
-
-def setting_blockers(config: BuildConfig) -> list[Blocker]:
-    """Settings that contradict the rest of the build (each step's `check_in`)."""
-    found = []
-    for step in config.steps:
-        try:
-            step.check_in(config)
-        except ConfigError as exc:
-            found.append(Blocker(step.step_type, str(exc), SETTING))
-    return found
-
-
-def recipe_blockers(config: BuildConfig) -> list[Blocker]:
-    """Everything but the model's limits. Artefacts are only followed along a valid order: out of order, a step
-    "missing" its input only needs moving, which the order blocker already says."""
-    return order_blockers(config.steps) or [*prerequisite_blockers(config.steps, config.inputs()),
-                                            *setting_blockers(config)]
-
-
-def refusal(blockers: Sequence[Blocker], what: str = "this recipe") -> ConfigError:
-    """One typed error for every blocker: a single one reads as before ("step 'X' needs Y: fix"); several are
-    listed each once, then one line with every fix."""
-    kinds = {b.kind for b in blockers}
-    error = StepOrderError if ORDER in kinds else MissingPrerequisiteError if PREREQUISITE in kinds else ConfigError
-    if len(blockers) == 1:
-        (only,) = blockers
-        return error(only.reason if only.kind == SETTING else f"step '{only.step}' {only.reason}: {only.fix}")
-    fixes = list(dict.fromkeys(b.fix for b in blockers if b.fix))
-    return error(f"{what} cannot run:\n" + "\n".join(f"- {line}" for line in blocker_lines(blockers))
-                 + (f"\nFix: {'; and '.join(fixes)}" if fixes else ""))
-
-
-def blocker_lines(blockers: Sequence[Blocker]) -> list[str]:
-    """One line per blocker; steps missing the same data share one ("steps 'a' and 'b' need ...")."""
-    groups: dict[tuple[str, str, str], list[str]] = {}
-    for b in blockers:
-        groups.setdefault((b.kind, b.reason, b.fix), []).append(b.step)
-    lines = []
-    for (kind, reason, _), steps in groups.items():
-        names = list(dict.fromkeys(steps))
-        if kind == SETTING:
-            lines += [f"step '{name}': {reason}" for name in names]
-        elif len(names) > 1 and reason.startswith("needs "):
-            lines.append(f"steps {', '.join(repr(n) for n in names[:-1])} and '{names[-1]}' need {reason[6:]}")
-        else:
-            lines += [f"step '{name}' {reason}" for name in names]
-    return lines
-
-
-def check_step_order(steps: Sequence[StepConfig]) -> None:
-    if found := order_blockers(steps):
-        raise refusal(found)
-
-
-def check_prerequisites(steps: Sequence[StepConfig], inputs: Iterable[Artifact]) -> None:
-    if found := prerequisite_blockers(steps, inputs):
-        raise refusal(found)
 
 
 def check_build(config: BuildConfig) -> None:
     """Everything that can be refused without loading the checkpoint (its config.json is read), in one error:
     what the checkpoint's family or task cannot do (with the fix, checked to pass: `refusal.py`), else every
-    order, prerequisite and setting blocker."""
+    order, prerequisite and setting blocker; then a step without a registered function, then what the machine
+    lacks for a step. Run once per candidate, by whoever starts the build (`runner.run_build` or the search)."""
     family = read_family(config.checkpoint)
     task = read_task(config.checkpoint, config.task) if family is not None else None
     if blocked := model_blockers(config.steps, family, task):
-        from .refusal import model_refusal
-
         raise model_refusal(config, family, task, blocked)
     if found := recipe_blockers(config):
         raise refusal(found, f"preset '{config.preset}'" if config.preset else "this recipe")
+    if missing := missing_functions(config.steps):
+        raise _not_registered(config.steps, missing)
+    for step in config.steps:  # what this machine lacks (TensorRT for compile), before any step spends time
+        step.check_environment()
+
+
+def _not_registered(steps: tuple[StepConfig, ...], missing: list[str]) -> StepNotRegisteredError:
+    """The refusal of steps without a function, naming the module that registers each where the config says."""
+    where = {s.step_type: s.registered_by for s in steps if s.registered_by}
+    fixes = [f"'{m}' is registered by {where[m]} (build through engineforge.commands.build_engine, which imports "
+             "it)" if m in where else f"import the module that registers '{m}'" for m in missing]
+    return StepNotRegisteredError(
+        f"no function is registered for step(s) {', '.join(repr(m) for m in missing)}: {'; '.join(fixes)}")
+
+
+def run_step(ctx: BuildContext, step: StepConfig) -> dict[str, Any]:
+    """Run one registered step on `ctx`: its output, checked against the artefacts it declares, becomes the
+    build's state; returns the details for the report."""
+    output = as_output(step_function(step)(ctx, step))
+    check_contract(step, output)
+    for name, value in output.made().items():
+        setattr(ctx, name, value)
+    return output.details
 
 
 def run_steps(ctx: BuildContext) -> None:
     steps = ctx.config.steps
     for index, step in enumerate(steps, start=1):
-        fn = step_function(step)
         label = f"step {index}/{len(steps)} {step.step_type}"
         start = time.perf_counter()
         with progress.stage(label):
             try:
-                details = fn(ctx, step) or {}
+                details = run_step(ctx, step)
             except EngineforgeError:
                 raise
             except Exception as exc:  # a library failed inside the step: say which step, what, and what next

@@ -12,7 +12,7 @@ import tomli_w
 from engineforge.errors import ConfigError
 
 from .config import DATA_FIELDS, StepConfig
-from .pipeline import step_config_from_dict
+from .step_registry import step_config_from_dict
 from .steps import (
     Bnb4BitConfig,
     CompileConfig,
@@ -33,31 +33,31 @@ def _serve(*steps: StepConfig, validate: ValidateConfig | None = None) -> tuple[
     return (*steps, validate or ValidateConfig(), PublishConfig())
 
 
-def _preset_table() -> dict[str, Callable[[], tuple[StepConfig, ...]]]:
-    return {
-        # Reference: exported and fused, full precision, ONNX Runtime.
-        "fp32": lambda: _serve(ExportConfig(), GraphOptimizeConfig()),
-        # Full precision in whichever CPU runtime is faster here; a tight budget.
-        "max-accuracy": lambda: _serve(ExportConfig(), GraphOptimizeConfig(), SelectRuntimeConfig(),
-                                       validate=ValidateConfig(max_accuracy_drop=0.0, min_agreement=0.995)),
-        # ONNX Runtime dynamic int8, per-channel weights (what Optimum's dynamic quantizer gives).
-        "int8": lambda: _serve(ExportConfig(), GraphOptimizeConfig(), DynamicInt8Config()),
-        # Calibrated static Q/DQ int8 with sensitivity fallback; runs in ORT or OpenVINO, fastest wins.
-        "int8-static": lambda: _serve(ExportConfig(), StaticInt8Config(), SelectRuntimeConfig()),
-        # Memory, not speed: block-wise int4 weights (slower than int8 on x86 CPUs, measured).
-        "int4-weight-only": lambda: _serve(ExportConfig(), GraphOptimizeConfig(), Int4WeightOnlyConfig()),
-        # bitsandbytes NF4 served by a torch python backend (no ONNX path exists for bnb layers).
-        "nf4": lambda: _serve(Bnb4BitConfig()),
-        # Default CPU preset: prune heads + FFN, recover by distillation, calibrated int8, fastest runtime.
-        # Its first candidate; `preset_candidates` lists the milder ones tried when the budget is missed.
-        "fast-cpu": lambda: _fast_cpu(0.5, 0.5),
-        # NVIDIA GPUs: TensorRT from a strongly typed fp16 graph (LayerNorm/Softmax kept fp32).
-        "trt-fp16": lambda: _serve(ExportConfig(), CompileConfig(precision="fp16")),
-        # NVIDIA GPUs: fast-cpu's pruning, distillation and symmetric Q/DQ int8, compiled by TensorRT.
-        "trt-int8": lambda: _fast_cpu(0.5, 0.5, gpu=True),
-        # NVIDIA GPUs: trt-int8's last rung (no pruning): calibrated symmetric Q/DQ int8 compiled by TensorRT.
-        "trt-int8-static": lambda: _fast_cpu(0, 0, gpu=True),
-    }
+# Every preset, in the order help and refusals list them: the one list of preset names (PRESET_NAMES).
+_PRESETS: dict[str, Callable[[], tuple[StepConfig, ...]]] = {
+    # Reference: exported and fused, full precision, ONNX Runtime.
+    "fp32": lambda: _serve(ExportConfig(), GraphOptimizeConfig()),
+    # Full precision in whichever CPU runtime is faster here; a tight budget.
+    "max-accuracy": lambda: _serve(ExportConfig(), GraphOptimizeConfig(), SelectRuntimeConfig(),
+                                   validate=ValidateConfig(max_accuracy_drop=0.0, min_agreement=0.995)),
+    # ONNX Runtime dynamic int8, per-channel weights (what Optimum's dynamic quantizer gives).
+    "int8": lambda: _serve(ExportConfig(), GraphOptimizeConfig(), DynamicInt8Config()),
+    # Calibrated static Q/DQ int8 with sensitivity fallback; runs in ORT or OpenVINO, fastest wins.
+    "int8-static": lambda: _serve(ExportConfig(), StaticInt8Config(), SelectRuntimeConfig()),
+    # Memory, not speed: block-wise int4 weights (slower than int8 on x86 CPUs, measured).
+    "int4-weight-only": lambda: _serve(ExportConfig(), GraphOptimizeConfig(), Int4WeightOnlyConfig()),
+    # bitsandbytes NF4 served by a torch python backend (no ONNX path exists for bnb layers).
+    "nf4": lambda: _serve(Bnb4BitConfig()),
+    # Default CPU preset: prune heads + FFN, recover by distillation, calibrated int8, fastest runtime.
+    # Its first candidate; `preset_candidates` lists the milder ones tried when the budget is missed.
+    "fast-cpu": lambda: _fast_cpu(0.5, 0.5),
+    # NVIDIA GPUs: TensorRT from a strongly typed fp16 graph (LayerNorm/Softmax kept fp32).
+    "trt-fp16": lambda: _serve(ExportConfig(), CompileConfig(precision="fp16")),
+    # NVIDIA GPUs: fast-cpu's pruning, distillation and symmetric Q/DQ int8, compiled by TensorRT.
+    "trt-int8": lambda: _fast_cpu(0.5, 0.5, gpu=True),
+    # NVIDIA GPUs: trt-int8's last rung (no pruning): calibrated symmetric Q/DQ int8 compiled by TensorRT.
+    "trt-int8-static": lambda: _fast_cpu(0, 0, gpu=True),
+}
 
 
 def _fast_cpu(head_sparsity: float, ffn_sparsity: float, gpu: bool = False) -> tuple[StepConfig, ...]:
@@ -82,7 +82,7 @@ _FAST_CPU_LADDER = ((0.5, 0.5), (1 / 3, 0.6), (0.25, 0.25), (0.0, 0.0))
 
 def preset_candidates(name: str) -> list[tuple[str, tuple[StepConfig, ...]]]:
     """(description, steps) to try in order until one meets the accuracy budget."""
-    if name in ("fast-cpu", "trt-int8"):
+    if name in LADDER_PRESETS:
         gpu = name == "trt-int8"
         return [(f"prune {int(h * 100)}% heads / {int(f * 100)}% FFN + distill + static int8", _fast_cpu(h, f, gpu))
                 if h else ("no pruning, static int8", _fast_cpu(0, 0, gpu))
@@ -90,15 +90,16 @@ def preset_candidates(name: str) -> list[tuple[str, tuple[StepConfig, ...]]]:
     return [(name, preset_steps(name))]
 
 
-PRESET_NAMES = ("fp32", "max-accuracy", "int8", "int8-static", "int4-weight-only", "nf4", "fast-cpu", "trt-fp16",
-                "trt-int8", "trt-int8-static")
+PRESET_NAMES = tuple(_PRESETS)
 DEFAULT_PRESET = "int8"
+# The presets whose candidates are the pruned int8 ladder's rungs (`preset_candidates`).
+LADDER_PRESETS = ("fast-cpu", "trt-int8")
 
 
 def preset_steps(name: str) -> tuple[StepConfig, ...]:
     if name not in PRESET_NAMES:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
-    return _preset_table()[name]()
+    return _PRESETS[name]()
 
 
 def load_recipe(path: Path) -> dict[str, Any]:

@@ -14,18 +14,18 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from engineforge.engines.engine_spec import TEXT_CLASSIFICATION
 from engineforge.errors import UnsupportedStepError
 
 from .config import MODEL, Blocker, BuildConfig, StepConfig
 from .families import EncoderFamily, model_blockers
-from .pipeline import blocker_lines, recipe_blockers
+from .presets import DEFAULT_PRESET, PRESET_NAMES, preset_steps
+from .recipe_checks import blocker_lines, recipe_blockers
 
 
 def model_refusal(config: BuildConfig, family: EncoderFamily, task: str | None,
                   blockers: Sequence[Blocker]) -> UnsupportedStepError:
     """One error naming every blocker of the recipe once and ending with one fix."""
-    from .presets import PRESET_NAMES, preset_steps
-
     steps, edits = fixed_steps(config.steps, blockers)
     if config.preset or not steps:  # a preset, or a recipe that was nothing but blocked steps: name a preset
         fix, steps = _preset_fix(config, steps, blockers, family, task)
@@ -35,7 +35,7 @@ def model_refusal(config: BuildConfig, family: EncoderFamily, task: str | None,
     fixes = [fix, *dict.fromkeys(b.fix for b in rest if b.fix)]
     working = [name for name in PRESET_NAMES if not model_blockers(preset_steps(name), family, task)]
     what = f"preset '{config.preset}'" if config.preset else "this recipe"
-    kind = family.name if task in (None, "text-classification") else f"{family.name} {task}"
+    kind = family.name if task in (None, TEXT_CLASSIFICATION) else f"{family.name} {task}"
     lines = list(dict.fromkeys(blocker_lines([*blockers, *rest])))
     return UnsupportedStepError(
         f"{what} cannot build this {family.name} checkpoint:\n" + "\n".join(f"- {line}" for line in lines)
@@ -70,8 +70,6 @@ def _preset_fix(config: BuildConfig, steps: tuple[StepConfig, ...], blockers: Se
                 family: EncoderFamily, task: str | None) -> tuple[str, tuple[StepConfig, ...]]:
     """("use preset 'X' ...", the steps that preset builds). The preset building the fixed recipe, else the one
     building it with every blocked step dropped (mpnet's FFN-only pruning has no preset), else the default."""
-    from .presets import DEFAULT_PRESET, PRESET_NAMES, preset_steps
-
     dropping = [dataclasses.replace(b, changes=None) for b in blockers]
     for candidate in (steps, fixed_steps(config.steps, dropping)[0]):
         name = matching_preset(candidate)
@@ -87,8 +85,6 @@ def _preset_fix(config: BuildConfig, steps: tuple[StepConfig, ...], blockers: Se
 
 def matching_preset(steps: Sequence[StepConfig]) -> str | None:
     """The preset whose steps these are (validate's budget and publish, which the command line sets, aside)."""
-    from .presets import PRESET_NAMES, preset_steps
-
     key = _key(steps)
     return next((name for name in PRESET_NAMES if _key(preset_steps(name)) == key), None)
 

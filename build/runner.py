@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engineforge import ner, progress
 from engineforge.data import Example, load_examples
+from engineforge.engines.engine_spec import TOKEN_CLASSIFICATION
 from engineforge.errors import ConfigError, EngineforgeError
 
 from . import steps
@@ -27,14 +28,14 @@ from .manifest import build_manifest, write_manifest
 from .pipeline import BUILD_LOG, check_build, prepare_output_dir, run_steps
 from .presets import dump_recipe
 from .report import BuildReport, package_versions
-from .tasks import TOKEN_CLASSIFICATION
 
 
-def run_build(config: BuildConfig) -> BuildReport:
+def run_build(config: BuildConfig, *, recipe_checked: bool = False) -> BuildReport:
     """Build, validate and (if the steps say so) publish. Returns the report; raises on failure, with the failed
     report at the end of the build log (and on the exception, as `report`). A recipe, checkpoint or data that
-    cannot work is refused before anything is loaded or written."""
-    _, examples = check_before_work(config)
+    cannot work is refused before anything is loaded or written; `recipe_checked`: the caller already ran
+    `check_build` on this config (the search checks every candidate once, up front)."""
+    _, examples = check_before_work(config, recipe_checked=recipe_checked)
     out_dir = prepare_output_dir(config)
     work_dir = out_dir / "work"
     work_dir.mkdir(exist_ok=True)
@@ -73,11 +74,13 @@ def run_build(config: BuildConfig) -> BuildReport:
     return report
 
 
-def check_before_work(config: BuildConfig) -> tuple[CheckpointInfo, dict[str, list[Example]]]:
+def check_before_work(config: BuildConfig, *, recipe_checked: bool = False
+                      ) -> tuple[CheckpointInfo, dict[str, list[Example]]]:
     """Every refusal that needs no work, in the order a user fixes them: is it a checkpoint, can the recipe run on
     it, does its tokenizer fit its embedding table, are the settings and data files usable. Nothing is written."""
     info = inspect_checkpoint(config.checkpoint, config.task)
-    check_build(config)
+    if not recipe_checked:
+        check_build(config)
     if config.max_sequence_length > info.max_position_embeddings:
         raise ConfigError(
             f"max_sequence_length={config.max_sequence_length} exceeds the {info.max_position_embeddings} tokens "

@@ -29,6 +29,7 @@ from .accuracy import Budget
 from .config import BuildConfig
 from .estimate import announce
 from .pipeline import BUILD_LOG, check_build
+from .refusal import matching_preset
 from .report import BuildReport
 from .runner import run_build
 from .steps import DistillConfig, PruneConfig, ValidateConfig
@@ -38,12 +39,13 @@ _TIMED_OUT = ("skipped", "not started", "stopped by the time limit")
 
 
 def run_candidates(candidates: Sequence[tuple[str, BuildConfig]], time_limit: TimeLimit | None = None,
-                   estimates: Sequence[float | None] | None = None) -> BuildReport:
+                   estimates: Sequence[float | None] | None = None, *, recipe_checked: bool = False) -> BuildReport:
     """Run (name, config) candidates in order; return the first successful build's report. The time limit
     defaults to the first config's `max_build_minutes`, counted from now; `estimates` (seconds per candidate)
-    replace the measured estimate (tests)."""
-    for _, config in candidates:  # refuse an impossible candidate before the first one spends any time
-        check_build(config)
+    replace the measured estimate (tests); `recipe_checked`: the caller ran `check_build` on every candidate."""
+    if not recipe_checked:  # refuse an impossible candidate before the first one spends any time
+        for _, config in candidates:
+            check_build(config)
     first = candidates[0][1]
     limit = time_limit or (TimeLimit.start(first.max_build_minutes) if first.max_build_minutes else None)
     if estimates is None:
@@ -68,7 +70,7 @@ def run_candidates(candidates: Sequence[tuple[str, BuildConfig]], time_limit: Ti
         attempt = dataclasses.replace(config, overwrite=config.overwrite or ran, time_limit=limit)
         ran, started = True, time.monotonic()
         try:
-            report = run_build(attempt)
+            report = run_build(attempt, recipe_checked=True)
         except AccuracyBudgetExceeded as exc:
             tried.append(entry | _missed(exc, config, started))
             progress.info(f"{label} ({name}) is outside the budget; trying the next")
@@ -114,8 +116,6 @@ def _missed(exc: AccuracyBudgetExceeded, config: BuildConfig, started: float) ->
 def _failure(candidates: Sequence[tuple[str, BuildConfig]], tried: list[dict[str, Any]], limit: TimeLimit | None,
              estimates: Sequence[float | None]) -> EngineforgeError:
     """The error ending a search that chose nothing, after recording the candidates in the build report."""
-    from .refusal import matching_preset
-
     out_dir = candidates[0][1].output_dir
     summary = "\n".join(f"- {t['candidate']}: {t['result']}: {t['reason'][:300]}" for t in tried)
     best = closest(tried)

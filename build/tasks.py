@@ -14,17 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engineforge.engines.engine_spec import EMBEDDINGS, TASKS, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 from engineforge.engines.pooling import POOLING_MODES, Pooling, sentence_embedder
 from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 
-TEXT_CLASSIFICATION = "text-classification"
-EMBEDDINGS = "embeddings"
-TOKEN_CLASSIFICATION = "token-classification"
-TASKS = (TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, EMBEDDINGS)
 HEADS = {TEXT_CLASSIFICATION: "ForSequenceClassification", TOKEN_CLASSIFICATION: "ForTokenClassification"}
 _NORMALIZE = "sentence_transformers.models.Normalize"
-__all__ = ["EMBEDDINGS", "POOLING_MODES", "TASKS", "TEXT_CLASSIFICATION", "TOKEN_CLASSIFICATION", "Pooling",
-           "detect_task", "embedding_model", "read_pooling"]
+__all__ = ["POOLING_MODES", "Pooling", "detect_task", "embedding_model", "read_pooling"]
 
 
 def detect_task(path: Path, config: dict[str, Any], forced: str | None = None) -> str:

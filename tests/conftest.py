@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# Builds here run steps directly (run_build, run_candidates); the publish step's function is registered by the
+# serve side, which the one build entry (engineforge.commands.build_engine) imports: the suite imports it too.
+import engineforge.serve.publish_step  # noqa: F401
 from tests.helpers.tiny_checkpoint import make_tiny_checkpoint, write_eval_data
 
 

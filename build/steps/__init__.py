@@ -1,7 +1,9 @@
 """Every build step, one module per step type (the module is named after the step's `step_type`).
 
-Each module holds its config dataclass and its registered function. This list is the only place that
-imports them: importing `engineforge.build.steps` registers every step, so recipes can name them.
+Each module (or package, for a step with helpers) holds its config dataclass and its registered function, which
+returns what the step made (`step_output.StepOutput`). This list is the only place that imports them: importing
+`engineforge.build.steps` registers every step, so recipes can name them. `publish` is the exception: its function
+writes a Triton repository, so the serve layer registers it (engineforge.serve.publish_step).
 Listed in pipeline order.
 """
 
@@ -16,13 +18,12 @@ from .int4_weight_only import Int4WeightOnlyConfig, quantize_int4_weight_only
 from .select_runtime import SelectRuntimeConfig, select_runtime
 from .compile import CompileConfig, compile_engine
 from .validate import ValidateConfig, validate_accuracy
-from .publish import PublishConfig, publish
+from .publish import PublishConfig
 
 __all__ = [
     "Bnb4BitConfig", "CompileConfig", "DistillConfig", "DynamicInt8Config", "ExportConfig", "GraphOptimizeConfig",
     "Int4WeightOnlyConfig", "PruneConfig", "PublishConfig", "SelectRuntimeConfig", "StaticInt8Config",
     "ValidateConfig", "compile_engine", "distill", "export_onnx", "optimize_graph", "plan_bnb_modules", "prune",
-    "publish",
     "quantize_bnb_4bit", "quantize_dynamic_int8", "quantize_int4_weight_only", "quantize_static_int8",
     "select_runtime", "validate_accuracy",
 ]

@@ -21,7 +21,8 @@ from engineforge.file_modes import follow_umask
 from ..config import ENGINE, STAGE_TORCH_QUANTIZE, STANDARD_LAYOUT, TORCH_MODEL, StepConfig, require
 from ..context import BuildContext
 from ..files import file_mb
-from ..pipeline import register_step
+from ..step_output import StepOutput
+from ..step_registry import register_step
 
 # bitsandbytes' CPU kernel (AVX512-BF16 machines) repacks weights in blocks of 32 output rows and reshapes
 # the per-64-input absmax; other shapes fail in eval mode ("N must be divisible by block_n").
@@ -82,13 +83,10 @@ def plan_bnb_modules(model: Any, keep: tuple[str, ...] = ()) -> tuple[list[str],
 
 
 @register_step(Bnb4BitConfig)
-def quantize_bnb_4bit(ctx: BuildContext, config: Bnb4BitConfig) -> dict[str, Any]:
+def quantize_bnb_4bit(ctx: BuildContext, config: Bnb4BitConfig) -> StepOutput:
     import torch
     from transformers import BitsAndBytesConfig
 
-    if getattr(ctx.model.config, "pruned_layout", None):
-        raise ConfigError("bnb_4bit cannot follow prune: the served model is rebuilt with from_pretrained, which "
-                          "cannot reproduce a per-layer pruned layout; drop one of the two steps")
     # An embedder is its encoder wrapped in pooling (tasks.embedding_model): quantize and save the encoder, whose
     # module names are the ones from_pretrained matches the skip list against.
     hf_model = ctx.model.wrapped if ctx.is_embedding else ctx.model
@@ -119,9 +117,8 @@ def quantize_bnb_4bit(ctx: BuildContext, config: Bnb4BitConfig) -> dict[str, Any
         # The ONNX path bakes pooling into the graph; here the directory carries it for the loader.
         save_pooling(out_dir, ctx.checkpoint.pooling)
         model = sentence_embedder(model, ctx.checkpoint.pooling)
-    ctx.model, ctx.engine_dir, ctx.runtime, ctx.precision = model, out_dir, TORCH_BNB, config.quant_type
-    return {
+    return StepOutput(model=model, engine_dir=out_dir, runtime=TORCH_BNB, precision=config.quant_type, details={
         "file": out_dir.name, "size_mb": file_mb(out_dir), "quant_type": config.quant_type,
         "double_quant": config.double_quant, "compute_dtype": config.compute_dtype,
         "quantized_linear": len(converted), "skipped_modules": skipped,
-    }
+    })

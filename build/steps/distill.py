@@ -20,11 +20,12 @@ from typing import Any, ClassVar
 
 from engineforge import progress
 from engineforge.data import Example
+from engineforge.engines.engine_spec import TOKEN_CLASSIFICATION
 from engineforge.errors import ConfigError
 
 from ..config import DISTILLATION_TEXT, STAGE_DISTILL, TORCH_MODEL, StepConfig
 from ..context import BuildContext
-from ..pipeline import register_step
+from ..step_registry import register_step
 from ..teacher_student import (
     accuracy,
     agreement_and_kl,
@@ -85,7 +86,7 @@ class DistillConfig(StepConfig):
             raise ConfigError(f"distill.weight_decay must be >= 0, got {self.weight_decay}")
 
     def task_problem(self, task: str) -> str:
-        if task == "token-classification":
+        if task == TOKEN_CLASSIFICATION:
             return "distillation of token classifiers (per-token KL) is not built yet"
         return ""
 
@@ -108,13 +109,23 @@ def _sig(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-@register_step(DistillConfig)
-def distill(ctx: BuildContext, config: DistillConfig) -> dict[str, Any]:
+@dataclass
+class _DistillData:
+    """The text one distillation trains on, split, with the teacher's outputs computed once."""
+
+    examples: list[Example]
+    source: str
+    texts: int  # before augmentation
+    train_idx: list[int]
+    held_idx: list[int]
+    per_example: Any  # the teacher's output per example (logits, or the embedding): reshuffled batches reuse them
+    monitor: list[Any]  # batches early stopping watches: the held-out slice, else the training text
+    evals: list[Any]  # labelled eval batches: the student's own accuracy before and after
+
+
+def _prepare(ctx: BuildContext, config: DistillConfig) -> _DistillData:
     import torch
 
-    if ctx.model is ctx.reference_model:
-        raise ConfigError("distill would train the fp32 reference model: the runner must give steps a copy")
-    teacher, student = ctx.reference_model, ctx.model
     examples, source = distillation_examples(ctx)
     n_texts = len(examples)
     if n_texts < _FEW_TEXTS:
@@ -127,79 +138,119 @@ def distill(ctx: BuildContext, config: DistillConfig) -> dict[str, Any]:
         train_idx = list(train_idx) + list(range(len(examples), len(examples) + len(extra)))
         examples = examples + [Example(text=t) for t in extra]
     # Teacher logits never change: compute them once (per example for training, so reshuffled batches reuse them).
+    teacher = ctx.reference_model
     held = with_teacher_logits(teacher, make_batches(ctx, examples, 64, config.max_length, held_idx))
     evals = make_batches(ctx, ctx.eval_examples, 64, config.max_length)
     train_fixed = with_teacher_logits(teacher, make_batches(ctx, examples, 64, config.max_length, train_idx))
     per_example = torch.empty(len(examples), train_fixed[0].teacher.shape[1])  # labels, or the embedding width
     for batch in train_fixed:
         per_example[list(batch.indices)] = batch.teacher
-    monitor = held or train_fixed
-    before = agreement_and_kl(student, monitor)
-    eval_before = accuracy(student, evals)
+    return _DistillData(examples, source, n_texts, list(train_idx), held_idx, per_example, held or train_fixed,
+                        evals)
 
-    steps_per_epoch = -(-len(train_idx) // config.batch_size)
-    total = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    warmup = max(1, total // 10)  # linear warm-up then linear decay: stable on a freshly pruned model
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(total - warmup, 1))))
-    rng = random.Random(config.seed)
-    best = {"kl": before["kl"], "epoch": 0, "state": copy.deepcopy(student.state_dict())}
-    history, stale, start = [], 0, time.perf_counter()
-    limit = ctx.config.time_limit  # the ladder's deadline: stop at a step boundary once it has passed
-    for epoch in range(1, config.epochs + 1):
-        order = list(train_idx)
-        rng.shuffle(order)
-        student.train()
+
+class _Training:
+    """AdamW with linear warm-up then linear decay (stable on a freshly pruned model), epoch by epoch."""
+
+    def __init__(self, ctx: BuildContext, config: DistillConfig, data: _DistillData) -> None:
+        import torch
+
+        self.ctx, self.config, self.data = ctx, config, data
+        self.teacher, self.student = ctx.reference_model, ctx.model
+        self.steps_per_epoch = -(-len(data.train_idx) // config.batch_size)
+        total = self.steps_per_epoch * config.epochs
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        warmup = max(1, total // 10)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(total - warmup, 1))))
+        self.start = time.perf_counter()
+
+    def epoch(self, epoch: int, order: list[int]) -> float:
+        """One pass over `order`; the summed loss. Stops at a step boundary once the ladder's deadline passed."""
+        import torch
+
+        config, limit = self.config, self.ctx.config.time_limit
+        self.student.train()
         loss_sum = 0.0
-        for step, batch in enumerate(make_batches(ctx, examples, config.batch_size, config.max_length, order), 1):
+        batches = make_batches(self.ctx, self.data.examples, config.batch_size, config.max_length, order)
+        for step, batch in enumerate(batches, 1):
             if limit is not None and limit.expired():
-                where = f"epoch {epoch}/{config.epochs}, step {step}/{steps_per_epoch}"
+                where = f"epoch {epoch}/{config.epochs}, step {step}/{self.steps_per_epoch}"
                 progress.info(f"  distill: time limit reached; stopping before {where}")
-                raise limit.reached(f"during distill, before {where} ({time.perf_counter() - start:.0f} s in)")
-            out = student(**batch.inputs, output_hidden_states=config.hidden_weight > 0)
-            loss = kd_loss(out.logits, per_example[list(batch.indices)], batch.labels, config.temperature,
-                           config.alpha, embedding=ctx.is_embedding)
+                raise limit.reached(f"during distill, before {where} ({time.perf_counter() - self.start:.0f} s in)")
+            out = self.student(**batch.inputs, output_hidden_states=config.hidden_weight > 0)
+            loss = kd_loss(out.logits, self.data.per_example[list(batch.indices)], batch.labels, config.temperature,
+                           config.alpha, embedding=self.ctx.is_embedding)
             if config.hidden_weight > 0:
                 with torch.no_grad():
-                    target = teacher(**batch.inputs, output_hidden_states=True).hidden_states
+                    target = self.teacher(**batch.inputs, output_hidden_states=True).hidden_states
                 loss = loss + config.hidden_weight * hidden_state_loss(
                     out.hidden_states, target, batch.inputs["attention_mask"])
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+            self.optimizer.step()
+            self.scheduler.step()
             loss_sum += float(loss.detach()) * len(batch.labels)
-        stats = agreement_and_kl(student, monitor)
-        history.append({"epoch": epoch, "loss": _sig(loss_sum / len(train_idx)),
-                        "heldout_kl": _sig(stats["kl"]), "heldout_agreement": round(stats["agreement"], 4)})
-        measure = "embedding loss" if ctx.is_embedding else "KL"
-        agree = f"cosine {stats['agreement']:.4f}" if ctx.is_embedding else f"agreement {stats['agreement']:.1%}"
-        progress.info(f"  distill epoch {epoch}/{config.epochs}: loss {loss_sum / len(train_idx):.4f}, held-out "
-                      f"{measure} {stats['kl']:.4f}, {agree}, {time.perf_counter() - start:.1f}s")
-        # Any improvement is kept; only a real one (not noise-level) resets the patience counter.
-        stale = 0 if stats["kl"] < best["kl"] * (1 - _MIN_IMPROVEMENT) else stale + 1
-        if stats["kl"] < best["kl"]:
-            best = {"kl": stats["kl"], "epoch": epoch, "state": copy.deepcopy(student.state_dict())}
-        if stale:
-            if config.patience and stale >= config.patience:
+        return loss_sum
+
+    def run(self, before_kl: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """(per-epoch history, the best epoch with its weights): every epoch, or until `patience` epochs passed
+        without a real held-out improvement."""
+        config, data = self.config, self.data
+        rng = random.Random(config.seed)
+        best = {"kl": before_kl, "epoch": 0, "state": copy.deepcopy(self.student.state_dict())}
+        history: list[dict[str, Any]] = []
+        stale = 0
+        for epoch in range(1, config.epochs + 1):
+            order = list(data.train_idx)
+            rng.shuffle(order)
+            loss_sum = self.epoch(epoch, order)
+            stats = agreement_and_kl(self.student, data.monitor)
+            history.append({"epoch": epoch, "loss": _sig(loss_sum / len(data.train_idx)),
+                            "heldout_kl": _sig(stats["kl"]), "heldout_agreement": round(stats["agreement"], 4)})
+            embedding = self.ctx.is_embedding
+            measure = "embedding loss" if embedding else "KL"
+            agree = f"cosine {stats['agreement']:.4f}" if embedding else f"agreement {stats['agreement']:.1%}"
+            progress.info(f"  distill epoch {epoch}/{config.epochs}: loss {loss_sum / len(data.train_idx):.4f}, "
+                          f"held-out {measure} {stats['kl']:.4f}, {agree}, {time.perf_counter() - self.start:.1f}s")
+            # Any improvement is kept; only a real one (not noise-level) resets the patience counter.
+            stale = 0 if stats["kl"] < best["kl"] * (1 - _MIN_IMPROVEMENT) else stale + 1
+            if stats["kl"] < best["kl"]:
+                best = {"kl": stats["kl"], "epoch": epoch, "state": copy.deepcopy(self.student.state_dict())}
+            if stale and config.patience and stale >= config.patience:
                 progress.info(f"  distill: no held-out improvement for {stale} epochs, stopping")
                 break
+        return history, best
+
+
+@register_step(DistillConfig)
+def distill(ctx: BuildContext, config: DistillConfig) -> dict[str, Any]:
+    if ctx.model is ctx.reference_model:
+        raise ConfigError("distill would train the fp32 reference model: the runner must give steps a copy")
+    student = ctx.model
+    data = _prepare(ctx, config)
+    before = agreement_and_kl(student, data.monitor)
+    eval_before = accuracy(student, data.evals)
+    training = _Training(ctx, config, data)
+    history, best = training.run(before["kl"])
     student.load_state_dict(best["state"])
     student.eval()
-    after = agreement_and_kl(student, monitor)
+    after = agreement_and_kl(student, data.monitor)
+    trained, held = len(data.train_idx), len(data.held_idx)
     details: dict[str, Any] = {
-        "data": f"{n_texts} texts ({source}): {len(train_idx)} trained on"
-                + (f" incl. {len(train_idx) - n_texts + len(held_idx)} augmented" if config.augment_copies else "")
-                + (f", {len(held_idx)} held out" if held_idx else ", none held out (monitoring on the training text)"),
-        "texts": n_texts, "trained_on": len(train_idx), "held_out": len(held_idx),
-        "epochs_run": len(history), "best_epoch": best["epoch"], "train_seconds": round(time.perf_counter() - start, 1),
+        "data": f"{data.texts} texts ({data.source}): {trained} trained on"
+                + (f" incl. {trained - data.texts + held} augmented" if config.augment_copies else "")
+                + (f", {held} held out" if held else ", none held out (monitoring on the training text)"),
+        "texts": data.texts, "trained_on": trained, "held_out": held,
+        "epochs_run": len(history), "best_epoch": best["epoch"],
+        "train_seconds": round(time.perf_counter() - training.start, 1),
         "kl_before": _sig(before["kl"]), "kl_after": _sig(after["kl"]),
         "agreement_before": round(before["agreement"], 4), "agreement_after": round(after["agreement"], 4),
         "history": history,
     }
-    eval_after = accuracy(student, evals)
+    eval_after = accuracy(student, data.evals)
     if eval_before is not None and eval_after is not None:  # labelled eval data: the student's own accuracy
         details["eval_accuracy_before"] = round(100 * eval_before, 2)
         details["eval_accuracy_after"] = round(100 * eval_after, 2)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ..config import ONNX_GRAPH, PORTABLE_ONNX, STAGE_ONNX_QUANTIZE, StepConfig, require
 from ..context import BuildContext
 from ..files import file_mb
-from ..pipeline import register_step
+from ..step_output import StepOutput
+from ..step_registry import register_step
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class DynamicInt8Config(StepConfig):
 
 
 @register_step(DynamicInt8Config)
-def quantize_dynamic_int8(ctx: BuildContext, config: DynamicInt8Config) -> dict[str, Any]:
+def quantize_dynamic_int8(ctx: BuildContext, config: DynamicInt8Config) -> StepOutput:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -53,7 +54,7 @@ def quantize_dynamic_int8(ctx: BuildContext, config: DynamicInt8Config) -> dict[
     model = onnx.load(str(path), load_external_data=False)
     quantized = sum(1 for n in model.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul",
                                                                  "QAttention", "DynamicQuantizeLinear"))
-    ctx.onnx_path = path
-    ctx.precision = f"int8-dynamic{'-per-channel' if config.per_channel else ''}"
-    return {"file": path.name, "size_mb": file_mb(path), "size_before_mb": file_mb(source),
-            "quantized_nodes": quantized, "weight_type": config.weight_type, "per_channel": config.per_channel}
+    return StepOutput(onnx_path=path, precision=f"int8-dynamic{'-per-channel' if config.per_channel else ''}",
+                      details={"file": path.name, "size_mb": file_mb(path), "size_before_mb": file_mb(source),
+                               "quantized_nodes": quantized, "weight_type": config.weight_type,
+                               "per_channel": config.per_channel})

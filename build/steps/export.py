@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from engineforge.engines import model_input_names
 
@@ -11,7 +11,8 @@ from ..config import ENGINE, ONNX_GRAPH, PLAIN_ONNX, PORTABLE_ONNX, STAGE_EXPORT
 from ..context import BuildContext
 from ..files import file_mb
 from ..onnx_export import check_against_torch, write_onnx
-from ..pipeline import register_step
+from ..step_output import StepOutput
+from ..step_registry import register_step
 
 # Exercise both padding and truncation in the export check when no eval data is at hand.
 CHECK_TEXTS = ("hello", "where is my order? it was due last week and nothing has arrived yet " * 3)
@@ -41,7 +42,7 @@ def check_texts(ctx: BuildContext) -> list[str]:
 
 
 @register_step(ExportConfig)
-def export_onnx(ctx: BuildContext, config: ExportConfig) -> dict[str, Any]:
+def export_onnx(ctx: BuildContext, config: ExportConfig) -> StepOutput:
     import torch
 
     names = model_input_names(ctx.tokenizer)
@@ -54,6 +55,6 @@ def export_onnx(ctx: BuildContext, config: ExportConfig) -> dict[str, Any]:
     max_diff = check_against_torch(ctx.model, ctx.tokenizer, path, check_texts(ctx),
                                    max_length=ctx.config.max_sequence_length, threads=ctx.config.intra_op_threads,
                                    atol=config.atol, what="ONNX export")
-    ctx.onnx_path = ctx.plain_onnx_path = path
-    return {"file": path.name, "size_mb": file_mb(path), "opset": config.opset, "inputs": names,
-            "max_abs_diff_vs_torch": float(f"{max_diff:.3g}")}
+    return StepOutput(onnx_path=path, plain_onnx_path=path, details={
+        "file": path.name, "size_mb": file_mb(path), "opset": config.opset, "inputs": names,
+        "max_abs_diff_vs_torch": float(f"{max_diff:.3g}")})

@@ -10,7 +10,8 @@ from ..context import BuildContext
 from ..families import family_for
 from ..files import file_mb
 from ..onnx_export import check_against_torch
-from ..pipeline import register_step
+from ..step_output import StepOutput
+from ..step_registry import register_step
 from .export import check_texts
 
 # Fusions that must appear for the step to have done its job on a BERT graph.
@@ -37,7 +38,7 @@ class GraphOptimizeConfig(StepConfig):
 
 
 @register_step(GraphOptimizeConfig)
-def optimize_graph(ctx: BuildContext, config: GraphOptimizeConfig) -> dict[str, Any]:
+def optimize_graph(ctx: BuildContext, config: GraphOptimizeConfig) -> StepOutput:
     from onnxruntime.transformers.optimizer import optimize_model
 
     # ORT applies one num_heads to every layer and fuses only when hidden_size == num_heads x head_dim, so
@@ -53,7 +54,6 @@ def optimize_graph(ctx: BuildContext, config: GraphOptimizeConfig) -> dict[str, 
     max_diff = check_against_torch(ctx.model, ctx.tokenizer, path, check_texts(ctx),
                                    max_length=ctx.config.max_sequence_length, threads=ctx.config.intra_op_threads,
                                    atol=1e-3, what="graph-optimized model")
-    ctx.onnx_path = path
     family = family_for(ctx.checkpoint.model_type)
     # Where the family has no fusable attention, LayerNorm/GELU/bias fusions still apply: a smaller win.
     expected = [k for k in KEY_FUSIONS if k != "Attention" or not family.no_attention_fusion]
@@ -61,6 +61,7 @@ def optimize_graph(ctx: BuildContext, config: GraphOptimizeConfig) -> dict[str, 
     attention: dict[str, Any] | str = {"num_heads": shape.num_heads, "hidden_size": shape.hidden_size}
     if family.no_attention_fusion:
         attention = f"not available: {family.no_attention_fusion}"
-    return {"file": path.name, "size_mb": file_mb(path), "fused_ops": fused, "missing_fusions": missing,
-            "attention_fusion": attention,
-            "nodes": len(optimized.model.graph.node), "max_abs_diff_vs_torch": float(f"{max_diff:.3g}")}
+    return StepOutput(onnx_path=path, details={
+        "file": path.name, "size_mb": file_mb(path), "fused_ops": fused, "missing_fusions": missing,
+        "attention_fusion": attention,
+        "nodes": len(optimized.model.graph.node), "max_abs_diff_vs_torch": float(f"{max_diff:.3g}")})

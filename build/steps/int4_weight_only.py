@@ -19,7 +19,8 @@ from engineforge.errors import ConfigError
 from ..config import ONNX_GRAPH, PORTABLE_ONNX, STAGE_ONNX_QUANTIZE, StepConfig, require
 from ..context import BuildContext
 from ..files import file_mb
-from ..pipeline import register_step
+from ..step_output import StepOutput
+from ..step_registry import register_step
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def _weight_summary(model: Any) -> tuple[float, dict[str, int]]:
 
 
 @register_step(Int4WeightOnlyConfig)
-def quantize_int4_weight_only(ctx: BuildContext, config: Int4WeightOnlyConfig) -> dict[str, Any]:
+def quantize_int4_weight_only(ctx: BuildContext, config: Int4WeightOnlyConfig) -> StepOutput:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -99,13 +100,11 @@ def quantize_int4_weight_only(ctx: BuildContext, config: Int4WeightOnlyConfig) -
         raise ConfigError("int4_weight_only found no MatMul with a constant weight to quantize: "
                           "is the graph already quantized (drop the other quantization step)?")
     int4_fraction, fp32_ops = _weight_summary(model)
-    ctx.onnx_path = path
-    ctx.precision = "int4-weight-only"
-    return {
+    return StepOutput(onnx_path=path, precision="int4-weight-only", details={
         "file": path.name, "size_mb": file_mb(path), "size_before_mb": before,
         "quantized_nodes": len(quantized),
         "quantized_roles": dict(Counter(_layer_role(n) for n in quantized)),
         # Weights that stay fp32: fused Attention (packed QKV) and Gemm (pooler, classifier) are not MatMuls.
         "fp32_weight_ops": fp32_ops, "int4_weight_fraction": int4_fraction,
         "block_size": config.block_size, "symmetric": config.symmetric, "accuracy_level": config.accuracy_level,
-    }
+    })

@@ -1,19 +1,20 @@
-"""`publish`: the validated engine bundle as a new version in a Triton model repository."""
+"""`publish`'s settings: the validated engine bundle as a new version in a Triton model repository.
+
+Plain data in build; the function that publishes lives with the repository it writes, in the serve layer
+(engineforge.serve.publish_step), which registers it. Build never imports serve."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from engineforge.defaults import DEFAULT_REPO, check_model_name
-from engineforge.errors import ConfigError
 
-from ..bundle import bundle_engine_mb, default_model_name, ensure_bundle
 from ..config import ENGINE, STAGE_PUBLISH, StepConfig, require
-from ..context import BuildContext
-from ..pipeline import register_step
+from ..step_registry import register_config
 
 
+@register_config
 @dataclass(frozen=True)
 class PublishConfig(StepConfig):
     """Publish the engine as a new version in a Triton model repository."""
@@ -21,6 +22,7 @@ class PublishConfig(StepConfig):
     step_type: ClassVar[str] = "publish"
     stage: ClassVar[int] = STAGE_PUBLISH
     requires = frozenset({ENGINE})
+    registered_by: ClassVar[str] = "engineforge.serve.publish_step"
 
     repo_dir: str = DEFAULT_REPO
     # None = derived from the checkpoint directory name.
@@ -45,36 +47,3 @@ class PublishConfig(StepConfig):
                 f"publish.instances must be >= 1 (or left out to derive it), got {self.instances}")
         require(self.long_texts in ("truncate", "refuse"),
                 f"publish.long_texts must be 'truncate' or 'refuse', got {self.long_texts!r}")
-
-
-def _measured_latency_ms(ctx: BuildContext) -> float | None:
-    """The batch-1 median latency of the chosen runtime, when this build timed runtimes (select_runtime)."""
-    for record in reversed(ctx.records):
-        value = record.details.get("median_ms") if record.name == "select_runtime" else None
-        if isinstance(value, int | float):
-            return float(value)
-    return None
-
-
-@register_step(PublishConfig)
-def publish(ctx: BuildContext, config: PublishConfig) -> dict[str, Any]:
-    from engineforge.serve.repository import publish_engine
-
-    bundle = ensure_bundle(ctx)
-    if bundle is None:  # check_build refuses such a recipe; a direct call still gets a clear error
-        raise ConfigError("publish needs an engine: add 'export' (or 'bnb_4bit') before it")
-    name = config.model_name or default_model_name(ctx.config.checkpoint)
-    published = publish_engine(bundle, config.repo_dir, name, max_batch_size=config.max_batch_size,
-                               max_queue_delay_us=config.max_queue_delay_us, instances=config.instances,
-                               native_repo_dir=config.native_repo_dir, measured_latency_ms=_measured_latency_ms(ctx),
-                               long_texts=config.long_texts)
-    ctx.published = {"repo_dir": str(config.repo_dir), "model_name": name, "version": published.version}
-    if published.served is not None:  # a running `engineforge serve` loaded it (publish_engine waited for that)
-        ctx.published["served"] = published.served
-    if published.native_plan is not None:
-        repo, plan_model, version = published.native_plan
-        ctx.published["native_plan"] = {"repo_dir": str(repo), "model_name": plan_model, "version": version}
-    return {"repo_dir": str(config.repo_dir), "model": name, "version": published.version,
-            "engine_mb": bundle_engine_mb(bundle)} | (
-        {"native_plan": f"{ctx.published['native_plan']['repo_dir']}/{ctx.published['native_plan']['model_name']}"}
-        if "native_plan" in ctx.published else {})

@@ -17,7 +17,8 @@ from engineforge.errors import AccuracyBudgetExceeded, ConfigError, EngineforgeE
 
 from ..config import EVAL_DATA, ONNX_GRAPH, STAGE_COMPILE, StepConfig
 from ..context import BuildContext
-from ..pipeline import register_step
+from ..step_output import StepOutput
+from ..step_registry import register_step
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def _try_runtime(ctx: BuildContext, runtime: str, texts: list[str], reference: A
 
 
 @register_step(SelectRuntimeConfig)
-def select_runtime(ctx: BuildContext, config: SelectRuntimeConfig) -> dict[str, Any]:
+def select_runtime(ctx: BuildContext, config: SelectRuntimeConfig) -> StepOutput:
     examples = ctx.eval_examples[: config.max_examples] if config.max_examples else ctx.eval_examples
     texts = ctx.eval_texts(examples)
     reference = ctx.reference_logits(texts)
@@ -89,5 +90,5 @@ def select_runtime(ctx: BuildContext, config: SelectRuntimeConfig) -> dict[str, 
             row.update(median_ms=latency.median_ms, p99_ms=latency.p99_ms)
             progress.info(f"  {row['runtime']}: {latency.median_ms:.2f} ms median at {config.batch}x{config.seq_len}")
     best = min((r for r in rows if "median_ms" in r), key=lambda r: r["median_ms"])
-    ctx.runtime = best["runtime"]
-    return {"chosen": best["runtime"], "median_ms": best["median_ms"], "candidates": rows}
+    return StepOutput(runtime=best["runtime"],
+                      details={"chosen": best["runtime"], "median_ms": best["median_ms"], "candidates": rows})

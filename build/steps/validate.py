@@ -10,10 +10,10 @@ from engineforge.engines import engine_logits, load_engine
 from engineforge.engines.tensorrt_engine import NoGpuError
 from engineforge.errors import DataError
 
-from ..accuracy import Budget
+from ..accuracy import DEFAULT_BUDGET, Budget
 from ..config import ENGINE, EVAL_DATA, STAGE_VALIDATE, StepConfig, require
 from ..context import BuildContext
-from ..pipeline import register_step
+from ..step_registry import register_step
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,13 @@ class ValidateConfig(StepConfig):
     requires = frozenset({ENGINE, EVAL_DATA})
 
     # Budget: accuracy may drop at most this many percentage points below fp32 ...
-    max_accuracy_drop: float = 1.0
+    max_accuracy_drop: float = DEFAULT_BUDGET.max_accuracy_drop
     # ... and the engine's argmax must agree with fp32's on at least this fraction of examples.
-    min_agreement: float = 0.98
+    min_agreement: float = DEFAULT_BUDGET.min_agreement
     # Embedding models: cosine to the fp32 embeddings (mean, worst text) and recall@10 drop in points.
-    min_cosine_mean: float = 0.99
-    min_cosine_worst: float = 0.95
-    max_recall_drop: float = 2.0
+    min_cosine_mean: float = DEFAULT_BUDGET.min_cosine_mean
+    min_cosine_worst: float = DEFAULT_BUDGET.min_cosine_worst
+    max_recall_drop: float = DEFAULT_BUDGET.max_recall_drop
     batch_size: int = 32
     # None = every example of the eval file.
     max_examples: int | None = None

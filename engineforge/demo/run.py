@@ -18,12 +18,13 @@ from typing import Any
 
 from engineforge import progress
 from engineforge.cli_support import run_command
+from engineforge.engines.engine_spec import EMBEDDINGS, TEXT_CLASSIFICATION
 from engineforge.errors import EngineforgeError, UsageError
 
 # What the demo's last lines suggest sending to the model it built, per --task.
-QUERY_EXAMPLES = {"text-classification": "where is my parcel? it was due on monday",
+QUERY_EXAMPLES = {TEXT_CLASSIFICATION: "where is my parcel? it was due on monday",
                   "ner": "the blue hoodie from order 44019 still hasn't arrived",
-                  "embeddings": "where is my parcel?"}
+                  EMBEDDINGS: "where is my parcel?"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("demo", help="build, serve and load-test the demo intent classifier",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = DemoSettings()
-    parser.add_argument("--task", choices=("text-classification", "ner", "embeddings"), default="text-classification",
+    parser.add_argument("--task", choices=tuple(QUERY_EXAMPLES), default=TEXT_CLASSIFICATION,
                         help="text-classification: the intent classifier (default); ner: support-message entities; "
                              "embeddings: the packaged all-MiniLM-L6-v2 sentence embedder")
     parser.add_argument("--preset", help="build preset (default: fast-cpu; int8-static for ner and embeddings)")
@@ -66,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     from engineforge.loadtest.config import parse_concurrency
 
     if args.preset is None:
-        args.preset = "int8-static" if args.task in ("ner", "embeddings") else DemoSettings().preset
+        args.preset = "int8-static" if args.task in ("ner", EMBEDDINGS) else DemoSettings().preset
     if args.preset not in PRESET_NAMES:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESET_NAMES)}")
     if args.preset.startswith("trt-"):
@@ -89,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         settings: Any = NerDemoSettings(preset=args.preset, duration_s=args.duration, repo_dir=args.repo,
                                         report_dir=out, concurrency=concurrency)
         summary = run_ner_demo(settings)
-    elif args.task == "embeddings":
+    elif args.task == EMBEDDINGS:
         from .embeddings import EmbeddingDemoSettings, run_embedding_demo
 
         out = args.out if args.out != DemoSettings().report_dir else EmbeddingDemoSettings().report_dir
@@ -108,12 +109,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     from .finetune import EVAL_FILE, TRAIN_FILE, UNLABELLED_FILE, prepare_demo_checkpoint
-    from .flow import build_candidates, serve_check_and_load, write_summary
+    from .flow import build_and_publish, serve_check_and_load, write_summary
 
     with progress.stage("demo 1/4: demo checkpoint"):
         training = prepare_demo_checkpoint(settings.checkpoint_dir)
     with progress.stage("demo 2/4: build-engine"):
-        build = build_candidates(settings, settings.checkpoint_dir, eval_data=EVAL_FILE, train_data=TRAIN_FILE,
+        build = build_and_publish(settings, settings.checkpoint_dir, eval_data=EVAL_FILE, train_data=TRAIN_FILE,
                                  calibration_data=TRAIN_FILE, unlabelled_data=UNLABELLED_FILE)
     samples, load, paths = serve_check_and_load(settings, build, EVAL_FILE, check_served_answers, 8, "demo 3/4:")
     summary = {"training": training, "build": build.to_dict(), "samples": samples, "loadtest_reports": paths}

@@ -156,14 +156,14 @@ def test_eval_labels_unknown_to_the_model_are_refused(tiny_checkpoint, tmp_path,
 
 def test_a_library_failure_inside_a_step_is_a_typed_error_naming_the_step(tiny_checkpoint, tiny_eval_data,
                                                                            tmp_path, monkeypatch):
-    from engineforge.build import pipeline
+    from engineforge.build import step_registry
     from engineforge.build.steps import GraphOptimizeConfig
     from engineforge.errors import StepFailedError
 
     def broken(ctx, config):
         raise IndexError("indices element out of data bounds")
 
-    monkeypatch.setitem(pipeline._FUNCTIONS, GraphOptimizeConfig, broken)
+    monkeypatch.setitem(step_registry._FUNCTIONS, GraphOptimizeConfig, broken)
     with pytest.raises(StepFailedError, match=r"step 2/4 graph_optimize failed: IndexError: indices element out of "
                                               r"data bounds\. The step's options are .* Try another preset"):
         _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out")
@@ -175,10 +175,10 @@ def test_third_party_warnings_go_to_the_build_log_not_the_console(tiny_checkpoin
     import logging
     import warnings
 
-    from engineforge.build import pipeline
+    from engineforge.build import step_registry
     from engineforge.build.steps import DynamicInt8Config
 
-    real = pipeline._FUNCTIONS[DynamicInt8Config]
+    real = step_registry._FUNCTIONS[DynamicInt8Config]
 
     def noisy(ctx, config):  # what ONNX Runtime's quantizer and torch do inside a step
         logging.warning("Please consider pre-processing before quantization")
@@ -186,7 +186,7 @@ def test_third_party_warnings_go_to_the_build_log_not_the_console(tiny_checkpoin
         warnings.warn("a library deprecation", DeprecationWarning, stacklevel=1)
         return real(ctx, config)
 
-    monkeypatch.setitem(pipeline._FUNCTIONS, DynamicInt8Config, noisy)
+    monkeypatch.setitem(step_registry._FUNCTIONS, DynamicInt8Config, noisy)
     report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out")
     assert report.status == "ok"
     err = capsys.readouterr().err

@@ -143,9 +143,9 @@ def test_the_estimate_is_printed_first_and_the_limit_stops_distillation_at_a_ste
 def test_a_limit_reached_between_candidates_stops_the_ladder_naming_the_closest(near_tie, tmp_path, monkeypatch):
     clock, real_run = FakeClock(), search.run_build
 
-    def two_hours_each(config):
+    def two_hours_each(config, **checked):
         try:
-            return real_run(config)
+            return real_run(config, **checked)
         finally:
             clock.now += 7200
 

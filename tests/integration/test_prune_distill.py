@@ -11,7 +11,7 @@ import pytest
 from engineforge.build.checkpoint import load_checkpoint
 from engineforge.build.config import BuildConfig
 from engineforge.build.context import AttentionShape, BuildContext
-from engineforge.build.prune_importance import measure_importance
+from engineforge.build.pipeline import run_step
 from engineforge.build.report import BuildReport
 from engineforge.build.runner import run_build
 from engineforge.build.steps import (
@@ -20,11 +20,8 @@ from engineforge.build.steps import (
     GraphOptimizeConfig,
     PruneConfig,
     ValidateConfig,
-    distill,
-    export_onnx,
-    optimize_graph,
-    prune,
 )
+from engineforge.build.steps.prune.prune_importance import measure_importance
 from engineforge.build.teacher_student import make_batches, with_teacher_logits
 from engineforge.data import Example
 from engineforge.errors import DataError
@@ -65,7 +62,7 @@ def _context(checkpoint: Path, tmp_path: Path, train: list[str] | None = TRAIN_T
 def test_prune_shrinks_exactly_the_expected_matrices(sharp_checkpoint, tmp_path):
     ctx = _context(sharp_checkpoint, tmp_path)
     teacher_params = {k: v.clone() for k, v in ctx.reference_model.state_dict().items()}
-    details = prune(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5, min_ffn_per_layer=32, num_batches=2))
+    details = run_step(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5, min_ffn_per_layer=32, num_batches=2))
     for layer in ctx.model.bert.encoder.layer:
         attn = layer.attention.self
         assert (attn.num_attention_heads, attn.attention_head_size, attn.all_head_size) == (2, 8, 16)
@@ -89,7 +86,7 @@ def test_prune_shrinks_exactly_the_expected_matrices(sharp_checkpoint, tmp_path)
 
 def test_extreme_ffn_sparsity_never_empties_a_layer(sharp_checkpoint, tmp_path):
     ctx = _context(sharp_checkpoint, tmp_path)
-    details = prune(ctx, PruneConfig(head_sparsity=0.9, ffn_sparsity=0.9, num_batches=1))
+    details = run_step(ctx, PruneConfig(head_sparsity=0.9, ffn_sparsity=0.9, num_batches=1))
     assert details["heads_per_layer"] == [1, 1]
     assert all(n >= 1 for n in details["ffn_per_layer"]) and sum(details["ffn_per_layer"]) == round(128 * 0.1)
 
@@ -105,16 +102,16 @@ def test_a_head_with_zeroed_weights_ranks_lowest(sharp_checkpoint, tmp_path):
     batches = with_teacher_logits(ctx.reference_model, make_batches(ctx, ctx.train_examples, 8, 64))
     scores = measure_importance(ctx.model, batches).heads
     assert int(np.argmin(scores[1])) == 2 and scores[1][2] == 0.0 and scores[1].max() > 0
-    details = prune(ctx, PruneConfig(head_sparsity=0.25, ffn_sparsity=0.0, num_batches=4, batch_size=8))
+    details = run_step(ctx, PruneConfig(head_sparsity=0.25, ffn_sparsity=0.0, num_batches=4, batch_size=8))
     assert 2 not in details["head_importance"][1]["kept_indices"]
 
 
 def test_pruned_model_exports_and_fuses_to_a_graph_that_matches_torch(sharp_checkpoint, tmp_path):
     ctx = _context(sharp_checkpoint, tmp_path)
     ctx.eval_examples = [Example(t) for t in EVAL_TEXTS]
-    prune(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.4, num_batches=2))  # FFN sizes differ per layer
-    exported = export_onnx(ctx, ExportConfig())  # raises if ONNX and torch differ by > 1e-3
-    optimized = optimize_graph(ctx, GraphOptimizeConfig())
+    run_step(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.4, num_batches=2))  # FFN sizes differ per layer
+    exported = run_step(ctx, ExportConfig())  # raises if ONNX and torch differ by > 1e-3
+    optimized = run_step(ctx, GraphOptimizeConfig())
     assert exported["max_abs_diff_vs_torch"] < 1e-4
     assert optimized["fused_ops"]["Attention"] == 2 and optimized["missing_fusions"] == []
     assert optimized["attention_fusion"] == {"num_heads": 2, "hidden_size": 16}
@@ -123,8 +120,8 @@ def test_pruned_model_exports_and_fuses_to_a_graph_that_matches_torch(sharp_chec
 
 def test_distillation_lowers_the_student_teacher_loss(sharp_checkpoint, tmp_path):
     ctx = _context(sharp_checkpoint, tmp_path)
-    prune(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5, num_batches=2))
-    details = distill(ctx, DistillConfig(epochs=6, learning_rate=3e-3, batch_size=8, temperature=2.0, patience=0))
+    run_step(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5, num_batches=2))
+    details = run_step(ctx, DistillConfig(epochs=6, learning_rate=3e-3, batch_size=8, temperature=2.0, patience=0))
     assert details["kl_after"] < 0.7 * details["kl_before"]
     assert details["best_epoch"] >= 1 and details["epochs_run"] == 6
     assert not ctx.model.training
@@ -133,9 +130,9 @@ def test_distillation_lowers_the_student_teacher_loss(sharp_checkpoint, tmp_path
 
 def test_augmented_distillation_trains_on_more_text_and_still_lowers_the_loss(sharp_checkpoint, tmp_path):
     ctx = _context(sharp_checkpoint, tmp_path)
-    prune(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5, num_batches=2))
+    run_step(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5, num_batches=2))
     plain = len(ctx.train_examples)
-    details = distill(ctx, DistillConfig(epochs=3, learning_rate=3e-3, batch_size=8, patience=0, augment_copies=2))
+    details = run_step(ctx, DistillConfig(epochs=3, learning_rate=3e-3, batch_size=8, patience=0, augment_copies=2))
     assert details["texts"] == plain
     # The originals minus the held-out slice, plus two variants of each.
     assert details["trained_on"] == 3 * (plain - details["held_out"])
@@ -144,9 +141,9 @@ def test_augmented_distillation_trains_on_more_text_and_still_lowers_the_loss(sh
 
 def test_unlabelled_text_is_distilled_together_with_the_training_text(sharp_checkpoint, tmp_path):
     ctx = _context(sharp_checkpoint, tmp_path)
-    prune(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5, num_batches=2))
+    run_step(ctx, PruneConfig(head_sparsity=0.5, ffn_sparsity=0.5, num_batches=2))
     ctx.unlabelled_examples = [Example(f"please, {t}?") for t in EVAL_TEXTS]
-    details = distill(ctx, DistillConfig(epochs=2, learning_rate=3e-3, batch_size=8, patience=0))
+    details = run_step(ctx, DistillConfig(epochs=2, learning_rate=3e-3, batch_size=8, patience=0))
     assert details["texts"] == len(TRAIN_TEXTS) + len(EVAL_TEXTS)
     assert details["data"].startswith(f"{details['texts']} texts (train + {len(EVAL_TEXTS)} unlabelled)")
     assert details["kl_after"] < details["kl_before"]
@@ -155,7 +152,7 @@ def test_unlabelled_text_is_distilled_together_with_the_training_text(sharp_chec
 def test_unlabelled_text_alone_is_enough_for_distillation(sharp_checkpoint, tmp_path):
     ctx = _context(sharp_checkpoint, tmp_path, train=None)
     ctx.unlabelled_examples = [Example(t) for t in TRAIN_TEXTS]
-    details = distill(ctx, DistillConfig(epochs=1, batch_size=8, patience=0))
+    details = run_step(ctx, DistillConfig(epochs=1, batch_size=8, patience=0))
     assert details["texts"] == len(TRAIN_TEXTS) and "(unlabelled)" in details["data"]
 
 
@@ -163,13 +160,13 @@ def test_unlabelled_text_alone_is_enough_for_distillation(sharp_checkpoint, tmp_
 def test_steps_refuse_to_run_without_data(tiny_checkpoint, tmp_path, step):
     ctx = _context(tiny_checkpoint, tmp_path, train=None)
     with pytest.raises(DataError, match="--train-data"):
-        prune(ctx, PruneConfig()) if step == "prune" else distill(ctx, DistillConfig())
+        run_step(ctx, PruneConfig()) if step == "prune" else run_step(ctx, DistillConfig())
 
 
 def test_calibration_text_is_used_when_no_train_data_is_given(tiny_checkpoint, tmp_path):
     ctx = _context(tiny_checkpoint, tmp_path, train=None)
     ctx.calibration_examples = [Example(t) for t in EVAL_TEXTS]
-    assert prune(ctx, PruneConfig(num_batches=1))["data"].endswith("calibration examples in 1 batches")
+    assert run_step(ctx, PruneConfig(num_batches=1))["data"].endswith("calibration examples in 1 batches")
 
 
 def test_full_build_prune_distill_export_optimize_validate(sharp_checkpoint, tmp_path):

@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2
 
 from engineforge.build.cli import main as build_engine
 from engineforge.build.report import BuildReport
-from engineforge.build.tensorrt_compile import parse_onnx
+from engineforge.build.steps.compile.tensorrt_compile import parse_onnx
 from engineforge.engines import engine_logits, load_engine
 from engineforge.engines.engine_spec import EngineSpec
 from engineforge.engines.tensorrt_api import current_gpu, find_tensorrt

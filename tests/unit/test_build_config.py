@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from engineforge.build.config import BuildConfig
-from engineforge.build.pipeline import check_build, check_step_order, prepare_output_dir, step_config_from_dict
+from engineforge.build.pipeline import check_build, prepare_output_dir
 from engineforge.build.presets import PRESET_NAMES, dump_recipe, load_recipe, preset_steps
+from engineforge.build.recipe_checks import check_step_order
+from engineforge.build.step_registry import step_config_from_dict
 from engineforge.build.steps import (
     DynamicInt8Config,
     ExportConfig,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engineforge.build.accuracy import Budget
-from engineforge.build.cli import candidates_from_args, make_parser
+from engineforge.build.cli import make_parser, prepared_from_args
 from engineforge.build.config import BuildConfig
 from engineforge.build.estimate import Timing, candidate_seconds, distill_split
 from engineforge.build.presets import load_recipe, preset_candidates
@@ -74,10 +74,10 @@ def test_max_build_minutes_comes_from_the_flag_or_the_recipe_and_must_be_positiv
     data.write_text('{"text": "x", "label": "a"}\n')
     args = [str(checkpoint), "--preset", "fast-cpu", "--eval-data", str(data), "--train-data", str(data),
             "--calibration-data", str(data)]
-    candidates = candidates_from_args(make_parser().parse_args([*args, "--max-build-minutes", "45"]))
+    candidates = prepared_from_args(make_parser().parse_args([*args, "--max-build-minutes", "45"])).candidates
     assert len(candidates) == 4 and {c.max_build_minutes for _, c in candidates} == {45}
     with pytest.raises(UsageError, match=r"max_build_minutes=0\.0: give minutes > 0"):
-        candidates_from_args(make_parser().parse_args([*args, "--max-build-minutes", "0"]))
+        prepared_from_args(make_parser().parse_args([*args, "--max-build-minutes", "0"]))
     recipe = tmp_path / "build.toml"
     recipe.write_text('preset = "int8"\nmax_build_minutes = 20\n')
     assert load_recipe(recipe)["max_build_minutes"] == 20

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from engineforge.build.config import BuildConfig
-from engineforge.build.pipeline import check_build, check_step_order, step_config_from_dict
+from engineforge.build.pipeline import check_build
 from engineforge.build.presets import dump_recipe, load_recipe
+from engineforge.build.recipe_checks import check_step_order
+from engineforge.build.step_registry import step_config_from_dict
 from engineforge.build.steps import (
     Bnb4BitConfig,
     DynamicInt8Config,

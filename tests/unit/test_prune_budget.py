@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engineforge.build.pipeline import step_config_from_dict
-from engineforge.build.prune_importance import normalize_per_layer
-from engineforge.build.prune_structure import allocate, allocate_uniform, keep_count
+from engineforge.build.step_registry import step_config_from_dict
 from engineforge.build.steps import PruneConfig
 from engineforge.build.steps.distill import DistillConfig, split_holdout
+from engineforge.build.steps.prune.prune_importance import normalize_per_layer
+from engineforge.build.steps.prune.prune_structure import allocate, allocate_uniform, keep_count
 from engineforge.errors import ConfigError
 
 

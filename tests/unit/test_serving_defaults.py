@@ -13,12 +13,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from engineforge.build.report import StepRecord
-from engineforge.build.steps.publish import PublishConfig, _measured_latency_ms
+from engineforge.build.steps.publish import PublishConfig
 from engineforge.commands.tune import add_parser, run, tune
 from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError, RepositoryError
 from engineforge.serve.model_config import EnsembleStep, ModelConfig, TensorSpec, WarmupInput, WarmupSample
 from engineforge.serve.model_layout import build_model_configs
+from engineforge.serve.publish_step import _measured_latency_ms
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.serving_defaults import (
     MAX_CPU_INSTANCES,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engineforge.build.calibration import TextCalibrationReader, fixed_length, pad_to, require_calibration_examples
+from engineforge.build.steps.static_int8.calibration import (
+    TextCalibrationReader,
+    fixed_length,
+    pad_to,
+    require_calibration_examples,
+)
 from engineforge.data import Example
 from engineforge.engines import encode
 from engineforge.errors import DataError

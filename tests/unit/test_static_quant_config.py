@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from engineforge.build.pipeline import check_step_order, step_config_from_dict
 from engineforge.build.presets import dump_recipe, load_recipe
+from engineforge.build.recipe_checks import check_step_order
+from engineforge.build.step_registry import step_config_from_dict
 from engineforge.build.steps import DynamicInt8Config, ExportConfig, StaticInt8Config, ValidateConfig
 from engineforge.errors import ConfigError, StepOrderError
 

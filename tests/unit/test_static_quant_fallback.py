@@ -7,7 +7,7 @@ import pytest
 
 from engineforge.build.accuracy import Budget, compare_logits
 from engineforge.build.accuracy import Comparison as Metrics  # the figures the fallback search ranks by
-from engineforge.build.int8_fallback import (
+from engineforge.build.steps.static_int8.int8_fallback import (
     Sensitivity,
     group_nodes,
     group_of,

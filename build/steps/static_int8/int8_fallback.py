@@ -30,8 +30,8 @@ from typing import Any
 
 from engineforge.errors import ConfigError
 
-from .accuracy import Budget, Comparison
-from .embedding_quality import EmbeddingComparison
+from ...accuracy import Budget, Comparison
+from ...embedding_quality import EmbeddingComparison
 
 GRANULARITIES = ("role", "layer", "node")
 _LAYER = re.compile(r"(?:^|[/._])(layers?)[./_]?(\d+)(?=[/._]|$)")

@@ -21,7 +21,7 @@ import numpy as np
 
 from engineforge.errors import ConfigError
 
-from .families import PruneLayout, family_for
+from ...families import PruneLayout, family_for
 
 
 def get_path(obj: Any, path: str) -> Any:

@@ -1,10 +1,10 @@
 """`static_int8`: calibrated Q/DQ quantization with a sensitivity-driven fp32 fallback.
 
-Activations get fixed int8 ranges from real calibration texts (build/calibration.py), weights are
+Activations get fixed int8 ranges from real calibration texts (calibration.py), weights are
 int8 per channel, and every quantized tensor is written as QuantizeLinear/DequantizeLinear pairs:
 the portable form that OpenVINO and TensorRT turn into int8 kernels. When the engine misses the
 accuracy budget of the build's validate step, the most sensitive groups of nodes stay fp32
-(build/int8_fallback.py), and the decision is recorded in the build report.
+(int8_fallback.py), and the decision is recorded in the build report.
 
 Which runtime it is for (MiniLM-L6 demo classifier, 2 threads, 1x128, interleaved timings): OpenVINO
 (f32 pinned, as served) runs this file ~2x faster than fp32. ONNX Runtime's x86 kernels have no fast
@@ -25,9 +25,8 @@ from engineforge import progress
 from engineforge.engines import cpu_candidate_names, engine_logits, load_engine, runtime_info
 from engineforge.errors import ConfigError, DataError
 
-from ..accuracy import Budget, Comparison
-from ..calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
-from ..config import (
+from ...accuracy import Budget, Comparison
+from ...config import (
     CALIBRATION_DATA,
     EVAL_DATA,
     ONNX_GRAPH,
@@ -38,12 +37,14 @@ from ..config import (
     StepConfig,
     require,
 )
-from ..context import BuildContext
-from ..embedding_quality import EmbeddingComparison
-from ..files import file_mb
-from ..int8_fallback import GRANULARITIES, Sensitivity, group_nodes, match_patterns, rank, search_fallback
-from ..pipeline import register_step
-from ..qdq_checks import check_engines, qdq_summary
+from ...context import BuildContext
+from ...embedding_quality import EmbeddingComparison
+from ...files import file_mb
+from ...step_output import StepOutput
+from ...step_registry import register_step
+from .calibration import TextCalibrationReader, calibrate, quiet_ort, require_calibration_examples
+from .int8_fallback import GRANULARITIES, Sensitivity, group_nodes, match_patterns, rank, search_fallback
+from .qdq_checks import check_engines, qdq_summary
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 # Op types worth quantizing in a BERT graph: MatMul/Gemm carry ~all the compute, Gather (embeddings) only size.
@@ -187,7 +188,7 @@ class _Quantizer:
 
 
 @register_step(StaticInt8Config)
-def quantize_static_int8(ctx: BuildContext, config: StaticInt8Config) -> dict[str, Any]:
+def quantize_static_int8(ctx: BuildContext, config: StaticInt8Config) -> StepOutput:
     import onnx
 
     calibration = require_calibration_examples(ctx.calibration_examples, config.step_type,
@@ -233,9 +234,8 @@ def quantize_static_int8(ctx: BuildContext, config: StaticInt8Config) -> dict[st
     if config.check_engines:
         details |= check_engines(out, threads)
     details |= {"size_mb": file_mb(out), "size_before_mb": file_mb(source)}
-    ctx.onnx_path = out
-    ctx.precision = f"int8-static-qdq{'-uint8act' if config.activation_type == 'uint8' else ''}"
-    return details
+    precision = f"int8-static-qdq{'-uint8act' if config.activation_type == 'uint8' else ''}"
+    return StepOutput(onnx_path=out, precision=precision, details=details)
 
 
 def _fallback(ctx: BuildContext, quantizer: _Quantizer, scratch: Path, quantizable: list[str],

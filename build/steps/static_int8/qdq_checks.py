@@ -55,7 +55,7 @@ def check_tensorrt(path: Path, symmetric_int8: bool) -> str:
         return "skipped: TensorRT rejects uint8 Q/DQ activations (use activation_type = 'int8')"
     from engineforge.engines.tensorrt_api import find_tensorrt
 
-    from .tensorrt_compile import parse_onnx
+    from ..compile.tensorrt_compile import parse_onnx
 
     trt = find_tensorrt()
     if trt is None:

@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from engineforge import progress
+from engineforge.engines.engine_spec import TOKEN_CLASSIFICATION
 from engineforge.errors import ConfigError
 
-from ..config import MODEL, STAGE_PRUNE, STANDARD_LAYOUT, TORCH_MODEL, TRAINING_TEXT, Blocker, StepConfig
-from ..context import AttentionShape, BuildContext
-from ..pipeline import register_step
-from ..prune_importance import Importance, measure_importance, normalize_per_layer, summarize
-from ..prune_structure import (
+from ...config import MODEL, STAGE_PRUNE, STANDARD_LAYOUT, TORCH_MODEL, TRAINING_TEXT, Blocker, StepConfig
+from ...context import AttentionShape, BuildContext
+from ...step_output import StepOutput
+from ...step_registry import register_step
+from ...teacher_student import make_batches, training_examples, with_teacher_logits
+from .prune_importance import Importance, measure_importance, normalize_per_layer, summarize
+from .prune_structure import (
     allocate,
     allocate_uniform,
     apply_pruning,
@@ -32,7 +35,6 @@ from ..prune_structure import (
     heads_per_layer,
     keep_count,
 )
-from ..teacher_student import make_batches, training_examples, with_teacher_logits
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class PruneConfig(StepConfig):
             raise ConfigError(f"prune.max_length={self.max_length}: use 8..8192 (128 is typical)")
 
     def task_problem(self, task: str) -> str:
-        if task == "token-classification":
+        if task == TOKEN_CLASSIFICATION:
             return "pruning of token classifiers (per-token importance) is not built yet"
         return ""
 
@@ -138,7 +140,7 @@ def measure_latency_ms(ctx: BuildContext, model: Any, seq_len: int = 128, runs: 
 
     from engineforge.engines import load_engine, measure_latency, model_input_names
 
-    from ..onnx_export import write_onnx
+    from ...onnx_export import write_onnx
 
     names = model_input_names(ctx.tokenizer)
     args = tuple(torch.ones(1, seq_len, dtype=torch.long) for _ in names)
@@ -190,7 +192,7 @@ def search_for_latency(ctx: BuildContext, importance: Importance, config: PruneC
 
 
 @register_step(PruneConfig)
-def prune(ctx: BuildContext, config: PruneConfig) -> dict[str, Any]:
+def prune(ctx: BuildContext, config: PruneConfig) -> StepOutput:
     if ctx.model is ctx.reference_model:
         raise ConfigError("prune would modify the fp32 reference model: the runner must give steps a copy")
     examples, source = training_examples(ctx, "prune")
@@ -210,10 +212,9 @@ def prune(ctx: BuildContext, config: PruneConfig) -> dict[str, Any]:
     apply_pruning(ctx.model, plan.heads, plan.ffn)
     ctx.model.eval()
     kept_heads = heads_per_layer(ctx.model)
-    # graph_optimize reads this: ORT fuses Attention only with the pruned head count and width.
-    ctx.attention = AttentionShape(*attention_fusion_shape(ctx.model))
     params_after = count_parameters(ctx.model)
-    return {
+    # graph_optimize reads the attention shape: ORT fuses Attention only with the pruned head count and width.
+    return StepOutput(attention=AttentionShape(*attention_fusion_shape(ctx.model)), details={
         "data": f"{importance.examples} {source} examples in {importance.batches} batches",
         "importance_loss": importance.loss, "scoring_seconds": round(scoring_s, 2),
         "head_sparsity": round(plan.head_sparsity, 4), "ffn_sparsity": round(plan.ffn_sparsity, 4),
@@ -226,4 +227,4 @@ def prune(ctx: BuildContext, config: PruneConfig) -> dict[str, Any]:
         "head_importance": summarize(importance.heads, plan.heads, with_values=True),
         "ffn_importance": summarize(importance.ffn, plan.ffn, with_values=False),
         **({"latency_search": latency} if latency else {}),
-    }
+    })

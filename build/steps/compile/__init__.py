@@ -9,23 +9,27 @@ GPU); TensorRT-RTX otherwise, which builds ahead of time without a GPU for RTX G
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engineforge.engines.tensorrt_api import INSTALL_HINT, current_gpu, find_tensorrt
+from engineforge.engines.tensorrt_api import FLAVOURS, INSTALL_HINT, current_gpu, find_tensorrt
 from engineforge.engines.tensorrt_engine import RUNTIME, TensorRTMetadata, sha256_file, write_metadata
 from engineforge.errors import CompileError, ConfigError
 
-from ..config import ENGINE, PORTABLE_ONNX, QDQ_INT8_ONNX, STAGE_COMPILE, Artifact, BuildConfig, StepConfig, require
-from ..context import BuildContext
-from ..files import file_mb
-from ..fp16_graph import convert_to_fp16
-from ..pipeline import register_step
-from ..qdq_checks import is_symmetric_int8, qdq_summary
-from ..tensorrt_compile import (
+from ...config import ENGINE, PORTABLE_ONNX, QDQ_INT8_ONNX, STAGE_COMPILE, Artifact, BuildConfig, StepConfig, require
+from ...context import BuildContext
+from ...files import file_mb
+from ...step_output import StepOutput
+from ...step_registry import register_step
+from ..publish import PublishConfig
+from ..static_int8 import StaticInt8Config
+from ..static_int8.qdq_checks import is_symmetric_int8, qdq_summary
+from .fp16_graph import convert_to_fp16
+from .tensorrt_compile import (
     Profile,
     build_plan,
     declared_precisions,
@@ -34,8 +38,6 @@ from ..tensorrt_compile import (
     parse_onnx,
     token_inputs,
 )
-from .publish import PublishConfig
-from .static_int8 import StaticInt8Config
 
 TARGETS = ("tensorrt",)
 PRECISIONS = ("fp16", "int8", "fp32")
@@ -87,6 +89,11 @@ class CompileConfig(StepConfig):
         opt = tuple(self.opt_shape or (min(8, high[0]), high[1]))
         return Profile(tuple(self.min_shape or (1, 1)), opt, high)  # type: ignore[arg-type]
 
+    def check_environment(self) -> None:
+        # Found out before prune, distill, export and static_int8 spend their time (spec only: no import).
+        if not any(importlib.util.find_spec(name) for name in FLAVOURS):
+            raise CompileError(f"the compile step needs TensorRT: {INSTALL_HINT}")
+
     def check_in(self, build: BuildConfig) -> None:
         profile = self.profile(build)
         publish = build.step(PublishConfig)
@@ -119,20 +126,19 @@ def timing_cache_path(config: CompileConfig, flavour: str, version: str) -> Path
 
 
 @register_step(CompileConfig)
-def compile_engine(ctx: BuildContext, config: CompileConfig) -> dict[str, Any]:
+def compile_engine(ctx: BuildContext, config: CompileConfig) -> StepOutput:
     trt = find_tensorrt()
-    if trt is None:
+    if trt is None:  # check_environment found the module; importing it can still fail (a broken install)
         raise CompileError(f"the compile step needs TensorRT: {INSTALL_HINT}")
-    if ctx.onnx_path is None:  # check_build refuses such a recipe; a direct call still gets a clear error
-        raise ConfigError("compile needs an ONNX graph: add 'export' before it")
+    source = ctx.onnx_path  # PORTABLE_ONNX: check_build follows it there, run_step holds steps to it
+    assert source is not None
     out = ctx.work_dir / "tensorrt"
     out.mkdir(exist_ok=True)
     details: dict[str, Any] = {"flavour": trt.flavour, "version": trt.version, "precision": config.precision}
-    handed = ctx.onnx_path
+    handed, precision = source, None  # int8: the static_int8 graph's precision stays
     if config.precision == "fp16":
-        handed = out / "model.fp16.onnx"
-        details["fp16_graph"] = convert_to_fp16(ctx.onnx_path, handed)
-        ctx.precision = "fp16"
+        handed, precision = out / "model.fp16.onnx", "fp16"
+        details["fp16_graph"] = convert_to_fp16(source, handed)
     elif config.precision == "int8":
         summary = qdq_summary(handed)
         if not is_symmetric_int8(summary):
@@ -140,7 +146,7 @@ def compile_engine(ctx: BuildContext, config: CompileConfig) -> dict[str, Any]:
                                f"{summary['activation_types']}; set static_int8.activation_type = \"int8\"")
         details["qdq"] = summary
     else:
-        ctx.precision = "fp32"
+        precision = "fp32"
     parsed = parse_onnx(trt, handed)
     profile = config.profile(ctx.config)
     plan, builder = build_plan(trt, parsed, profile, optimization_level=config.optimization_level,
@@ -159,10 +165,10 @@ def compile_engine(ctx: BuildContext, config: CompileConfig) -> dict[str, Any]:
     write_metadata(out, metadata)
     if handed.parent != out:  # keep the exact ONNX TensorRT was given beside its plan
         shutil.copyfile(handed, out / handed.name)
-    ctx.runtime, ctx.plan_path, ctx.compiled_onnx_path = RUNTIME, plan_path, handed
-    ctx.tensorrt_metadata = metadata.to_dict()
-    return details | {
-        "file": "tensorrt/model.plan", "size_mb": file_mb(plan_path), "onnx_given": handed.name,
-        "build_seconds": builder["build_seconds"], "gpu_architectures": builder["gpu_architectures"],
-        "profile": profile.to_dict(), "timing_cache": builder["timing_cache"],
-        "layer_precisions": declared_precisions(parsed.network), "engine_inspector": inspect_engine(plan_path)}
+    return StepOutput(runtime=RUNTIME, plan_path=plan_path, compiled_onnx_path=handed, precision=precision,
+                      tensorrt_metadata=metadata.to_dict(), details=details | {
+                          "file": "tensorrt/model.plan", "size_mb": file_mb(plan_path), "onnx_given": handed.name,
+                          "build_seconds": builder["build_seconds"], "gpu_architectures": builder["gpu_architectures"],
+                          "profile": profile.to_dict(), "timing_cache": builder["timing_cache"],
+                          "layer_precisions": declared_precisions(parsed.network),
+                          "engine_inspector": inspect_engine(plan_path)})

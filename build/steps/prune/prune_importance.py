@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ...teacher_student import Batch, is_embedding_model, kd_loss
 from .prune_structure import attention_module, encoder_layers, get_path, layout_of
-from .teacher_student import Batch, is_embedding_model, kd_loss
 
 EMBEDDING_PROBES = 16
 
@@ -49,41 +49,20 @@ def measure_importance(model: Any, batches: Sequence[Batch]) -> Importance:
              for layer in layers]
     ffn = [torch.zeros(int(get_path(layer, layout.ffn_in).out_features), dtype=torch.float64) for layer in layers]
     captured: dict[tuple[str, int], Any] = {}
-
-    def keep_context(i: int) -> Any:
-        def hook(_module: Any, args: tuple[Any, ...]) -> None:
-            captured[("head", i)] = args[0]
-        return hook
-
-    def keep_activation(i: int) -> Any:
-        def hook(_module: Any, args: tuple[Any, ...]) -> None:
-            captured[("ffn", i)] = args[0]
-        return hook
-
     handles = []
     for i, layer in enumerate(layers):
-        handles.append(get_path(layer, layout.attention_out).register_forward_pre_hook(keep_context(i)))
-        handles.append(get_path(layer, layout.ffn_out).register_forward_pre_hook(keep_activation(i)))
+        handles.append(get_path(layer, layout.attention_out).register_forward_pre_hook(_keep(captured, ("head", i))))
+        handles.append(get_path(layer, layout.ffn_out).register_forward_pre_hook(_keep(captured, ("ffn", i))))
     was_training = model.training
     model.eval()  # no dropout: score the network that will be served
     total_loss, examples, used_labels = 0.0, 0, False
     embedding = is_embedding_model(model)
-    probes = None
     try:
         for batch in batches:
             captured.clear()
             logits = model(**batch.inputs).logits
-            labels = batch.labels
-            if embedding:  # see module docstring: the output energy along fixed random directions
-                if probes is None:
-                    generator = torch.Generator().manual_seed(0)
-                    probes = torch.randn(EMBEDDING_PROBES, logits.shape[-1], generator=generator, dtype=logits.dtype)
-                loss = 0.5 * ((logits @ probes.T) ** 2).sum() / EMBEDDING_PROBES
-            else:
-                if bool((labels < 0).any()):
-                    labels = torch.where(labels >= 0, labels, batch.teacher.argmax(-1))
-                used_labels = used_labels or bool((batch.labels >= 0).any())
-                loss = kd_loss(logits, batch.teacher, labels, alpha=1.0, reduction="sum")
+            loss = _embedding_loss(logits) if embedding else _label_loss(logits, batch)
+            used_labels = used_labels or (not embedding and bool((batch.labels >= 0).any()))
             keys = list(captured)
             grads = torch.autograd.grad(loss, [captured[k] for k in keys])
             mask = batch.inputs["attention_mask"].unsqueeze(-1).to(logits.dtype)
@@ -102,15 +81,45 @@ def measure_importance(model: Any, batches: Sequence[Batch]) -> Importance:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    loss_name = "cross-entropy on labels" if used_labels else "cross-entropy on teacher argmax"
-    if embedding:
-        loss_name = f"embedding energy along {EMBEDDING_PROBES} random directions"
-    if used_labels and any(bool((b.labels < 0).any()) for b in batches):
-        loss_name = "cross-entropy on labels (teacher argmax where unlabelled)"
     return Importance(
         heads=[h.numpy() for h in heads], ffn=[f.numpy() for f in ffn], examples=examples,
-        batches=len(batches), loss=loss_name, mean_loss=total_loss / max(examples, 1),
+        batches=len(batches), loss=_loss_name(batches, embedding, used_labels),
+        mean_loss=total_loss / max(examples, 1),
     )
+
+
+def _keep(captured: dict[tuple[str, int], Any], key: tuple[str, int]) -> Any:
+    """A forward pre-hook keeping the module's input (a head's context, an FFN activation) under `key`."""
+    def hook(_module: Any, args: tuple[Any, ...]) -> None:
+        captured[key] = args[0]
+    return hook
+
+
+def _embedding_loss(outputs: Any) -> Any:
+    """See the module docstring: the output energy along fixed random directions (the same for every batch)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    probes = torch.randn(EMBEDDING_PROBES, outputs.shape[-1], generator=generator, dtype=outputs.dtype)
+    return 0.5 * ((outputs @ probes.T) ** 2).sum() / EMBEDDING_PROBES
+
+
+def _label_loss(logits: Any, batch: Batch) -> Any:
+    """Cross-entropy on the labels, the teacher's argmax where a text has none."""
+    import torch
+
+    labels = batch.labels
+    if bool((labels < 0).any()):
+        labels = torch.where(labels >= 0, labels, batch.teacher.argmax(-1))
+    return kd_loss(logits, batch.teacher, labels, alpha=1.0, reduction="sum")
+
+
+def _loss_name(batches: Sequence[Batch], embedding: bool, used_labels: bool) -> str:
+    if embedding:
+        return f"embedding energy along {EMBEDDING_PROBES} random directions"
+    if used_labels and any(bool((b.labels < 0).any()) for b in batches):
+        return "cross-entropy on labels (teacher argmax where unlabelled)"
+    return "cross-entropy on labels" if used_labels else "cross-entropy on teacher argmax"
 
 
 def normalize_per_layer(scores: Sequence[np.ndarray]) -> list[np.ndarray]:
