@@ -12,6 +12,7 @@ import numpy as np
 
 from engineforge.data import Example, eval_label_ids
 from engineforge.engines.engine_spec import EMBEDDINGS, TOKEN_CLASSIFICATION
+from engineforge.engines.registry import REFERENCE_RUNTIME
 from engineforge.errors import ConfigError
 
 from .accuracy import Budget, Comparison, compare_logits
@@ -57,7 +58,7 @@ class BuildContext:
     compiled_onnx_path: Path | None = None  # tensorrt: the exact ONNX handed to TensorRT (validated without a GPU)
     tensorrt_metadata: dict[str, Any] | None = None  # tensorrt: engine.json's "tensorrt" section
     precision: str = "fp32"
-    runtime: str = "onnxruntime"  # the runtime that serves the engine
+    runtime: str = REFERENCE_RUNTIME  # the runtime that serves the engine
     records: list[StepRecord] = field(default_factory=list)
     validation: dict[str, Any] | None = None
     bundle_dir: Path | None = None

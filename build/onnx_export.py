@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from engineforge.engines.registry import REFERENCE_RUNTIME
 from engineforge.errors import OutputMismatchError
 
 
@@ -56,7 +57,7 @@ def check_against_torch(model: Any, tokenizer: Any, onnx_path: Path, texts: Sequ
     from engineforge.engines import TorchEngine, engine_logits, load_engine, model_input_names
 
     reference = engine_logits(TorchEngine(model, model_input_names(tokenizer)), tokenizer, texts, max_length)
-    got = engine_logits(load_engine(onnx_path, "onnxruntime", threads), tokenizer, texts, max_length)
+    got = engine_logits(load_engine(onnx_path, REFERENCE_RUNTIME, threads), tokenizer, texts, max_length)
     diff = np.abs(reference - got)
     worst = int(np.argmax(diff.reshape(len(diff), -1).max(axis=1)))
     max_diff = float(diff.max())

@@ -8,6 +8,7 @@ to callers that send the control key header; health, metadata, model config, sta
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import secrets
@@ -195,3 +196,12 @@ def speaks_tls(url: str, timeout_s: float = 2.0) -> bool:
             return True
     except (OSError, ValueError):  # ssl.SSLError is an OSError: a plaintext server answers garbage or hangs up
         return False
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """Client TLS flags, shared by `infer` and `loadtest` (ClientTls.from_args reads them)."""
+    parser.add_argument("--tls-ca", default=None, metavar="PEM",
+                        help="connect over TLS, verifying the server's certificate with this CA")
+    parser.add_argument("--tls-cert", default=None, metavar="PEM",
+                        help="client certificate, for a server that asks for one (mutual TLS); with --tls-key")
+    parser.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")

@@ -81,6 +81,11 @@ def refused(exc: BaseException) -> bool:
     return kind_of(exc) == UNAVAILABLE and "connection refused" in message_of(exc).lower()
 
 
+def model_not_ready(model: str, url: str, why: str = "is not ready", ready: str = "") -> str:
+    """The one wording of "this model cannot answer", for the client and the load tester alike."""
+    return f"model {model!r} {why} on the Triton server at {url}" + (f"; ready models: {ready}" if ready else "")
+
+
 def no_server_retrying(url: str, retry_s: float, timeout_option: str) -> str:
     """Said at once when a call that retries finds nothing listening, so a user is not left waiting in silence."""
     return (f"no server answers at {url} (connection refused); retrying for up to {retry_s:g}s ({timeout_option}); "

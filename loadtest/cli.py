@@ -54,7 +54,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def _add_target_arguments(parser: argparse.ArgumentParser, defaults: LoadTestConfig) -> None:
     """What is load-tested: the server (and how to reach it, TLS included), the model, the mode."""
     parser.add_argument("--url", default=DEFAULT_GRPC_URL, help="Triton gRPC address host:port")
-    from engineforge.serve.cli import add_tls_arguments
+    from engineforge.grpc_channel import add_tls_arguments
 
     add_tls_arguments(parser)
     parser.add_argument("--model", required=True,

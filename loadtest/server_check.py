@@ -53,8 +53,8 @@ async def _not_ready_message(client: grpcclient.InferenceServerClient, url: str,
         entries = index.get("models", [])
     except InferenceServerException as exc:
         if grpc_errors.kind_of(exc) == grpc_errors.FORBIDDEN:  # `engineforge serve` restricts the index
-            return (f"model {model!r} is not ready on the Triton server at {url} (which models are ready cannot be "
-                    "listed: the repository index needs the control key)")
+            return grpc_errors.model_not_ready(model, url, "is not ready", "cannot be listed (the repository index "
+                                               "needs the control key)")
         entries = []
     ready = sorted({m["name"] for m in entries if m.get("state") == "READY"})
     own = [m for m in entries if m.get("name") == model]
@@ -64,5 +64,4 @@ async def _not_ready_message(client: grpcclient.InferenceServerClient, url: str,
         why = f"is in state {state}" + (f" ({reason})" if reason else "")
     else:
         why = "is not in the server's model repository"
-    listing = ", ".join(ready) if ready else "none"
-    return f"model {model!r} {why} on the Triton server at {url}; ready models: {listing}"
+    return grpc_errors.model_not_ready(model, url, why, ", ".join(ready) if ready else "none")

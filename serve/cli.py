@@ -15,7 +15,7 @@ from typing import Any
 from engineforge.cli_support import arguments_checked, run_command
 from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_REPO
 from engineforge.errors import UsageError
-from engineforge.grpc_channel import ClientTls
+from engineforge.grpc_channel import ClientTls, add_tls_arguments
 
 INFER_TIMEOUT_S = 10.0  # a call's deadline, retries included: how long `infer` waits for a server to come up
 REQUEST_TIMEOUT_S = 30.0  # one request's deadline under --timeout 0 (no retries)
@@ -63,15 +63,6 @@ def add_parsers(subparsers: Any) -> None:
                             "(default: %(default)s)")
     add_tls_arguments(infer)
     infer.set_defaults(func=run_infer)
-
-
-def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    """Client TLS flags, shared by `infer` and `loadtest` (grpc_security.ClientTls.from_args reads them)."""
-    parser.add_argument("--tls-ca", default=None, metavar="PEM",
-                        help="connect over TLS, verifying the server's certificate with this CA")
-    parser.add_argument("--tls-cert", default=None, metavar="PEM",
-                        help="client certificate, for a server that asks for one (mutual TLS); with --tls-key")
-    parser.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -189,10 +180,12 @@ def _infer(args: argparse.Namespace) -> int:
             from .infer_model import pick_model
 
             args.model = pick_model(client, Path(args.repo))
+        from engineforge.engines.engine_spec import EMBEDDINGS, TOKEN_CLASSIFICATION
+
         task = client.task(args.model)
-        if task == "embeddings":
+        if task == EMBEDDINGS:
             return _print_embeddings(client, args, token_rows)
-        if task == "token-classification":
+        if task == TOKEN_CLASSIFICATION:
             return _print_entities(client, args)
         if token_rows is not None:
             predictions = client.classify_token_ids(*token_rows, model=args.model)

@@ -115,8 +115,8 @@ class Connection:
 
     def _not_ready(self, model: str, retried_s: float) -> ModelNotReadyError:
         waited = f"; retried for {retried_s:.0f}s" if self.retry and retried_s >= 1 else ""
-        return ModelNotReadyError(f"model {model!r} is not ready on Triton at {self.url} (loading, reloading or "
-                                  f"unloaded{waited}); ready models: {self._ready_listing() or 'none'}")
+        return ModelNotReadyError(grpc_errors.model_not_ready(
+            model, self.url, f"is not ready (loading, reloading or unloaded{waited})", self._ready_listing() or "none"))
 
     def is_server_ready(self) -> bool:
         try:

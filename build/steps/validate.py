@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from engineforge import progress
 from engineforge.engines import engine_logits, load_engine
+from engineforge.engines.registry import REFERENCE_RUNTIME
 from engineforge.engines.tensorrt_engine import NoGpuError
 from engineforge.errors import DataError
 
@@ -83,5 +84,5 @@ def _engine_or_stand_in(ctx: BuildContext) -> tuple[Any, bool | str]:
             raise
         progress.info(f"  validate: engine not executed: no GPU; validating {ctx.compiled_onnx_path.name} (the "
                       "ONNX handed to TensorRT) in ONNX Runtime instead")
-        engine = load_engine(ctx.compiled_onnx_path, "onnxruntime", ctx.config.intra_op_threads)
+        engine = load_engine(ctx.compiled_onnx_path, REFERENCE_RUNTIME, ctx.config.intra_op_threads)
         return engine, f"engine not executed: no GPU; validated {ctx.compiled_onnx_path.name} in onnxruntime"

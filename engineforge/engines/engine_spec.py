@@ -19,6 +19,7 @@ from engineforge.file_modes import atomic_write
 
 from .registry import (
     MODEL_DIRECTORY,
+    REFERENCE_RUNTIME,
     REQUIRED_TOKEN_INPUTS,
     TOKEN_INPUTS,
     load_plugin,
@@ -51,7 +52,7 @@ class EngineSpec:
     intra_op_threads: int = 2
     source_checkpoint: str = ""
     build_id: str = ""
-    runtime: str = "onnxruntime"
+    runtime: str = REFERENCE_RUNTIME
     # Optional: when known, token ids outside [0, vocab_size) are rejected before they reach the model.
     vocab_size: int | None = None
     # Optional likewise: token_type_ids outside [0, type_vocab_size) are rejected.

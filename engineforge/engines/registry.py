@@ -32,6 +32,10 @@ MODEL_PLAN = "plan"  # a serialized TensorRT engine, with its metadata in engine
 MODEL_FILE = "file"
 CPU, GPU = "CPU", "GPU"
 # The token inputs an engine takes, in BERT's forward order; the first two are always there.
+# The runtime every ONNX file is opened in for the build's own checks (export, pruning, fp32 reference) and the
+# default an engine is served by.
+REFERENCE_RUNTIME = "onnxruntime"
+
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 REQUIRED_TOKEN_INPUTS = TOKEN_INPUTS[:2]  # where an engine runs: Triton's instance kinds
 # "module:function" that registers a runtime when called (engine.json names it for runtimes outside engineforge).

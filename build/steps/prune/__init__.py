@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from engineforge import progress
 from engineforge.engines.engine_spec import TOKEN_CLASSIFICATION
+from engineforge.engines.registry import REFERENCE_RUNTIME
 from engineforge.errors import ConfigError
 
 from ...config import MODEL, STAGE_PRUNE, STANDARD_LAYOUT, TORCH_MODEL, TRAINING_TEXT, Blocker, StepConfig
@@ -150,7 +151,7 @@ def measure_latency_ms(ctx: BuildContext, model: Any, seq_len: int = 128, runs: 
         num_heads, hidden = attention_fusion_shape(model)
         optimize_model(str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=1,
                        use_gpu=False).save_model_to_file(str(fused))
-        engine = load_engine(fused, "onnxruntime", ctx.config.intra_op_threads)
+        engine = load_engine(fused, REFERENCE_RUNTIME, ctx.config.intra_op_threads)
         return measure_latency(engine, ctx.vocab_size, batch=1, seq_len=seq_len, iterations=runs).median_ms
 
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from engineforge import progress
 from engineforge.engines import cpu_candidate_names, engine_logits, load_engine, runtime_info
+from engineforge.engines.registry import REFERENCE_RUNTIME
 from engineforge.errors import ConfigError, DataError
 
 from ...accuracy import Budget, Comparison
@@ -252,7 +253,7 @@ def _fallback(ctx: BuildContext, quantizer: _Quantizer, scratch: Path, quantizab
     # The budget is end to end, as validate judges it: against the original fp32 model, not this step's
     # input (after pruning and distillation the two differ, and the input may already use up the budget).
     reference = ctx.reference_logits(texts)
-    before = ctx.compare(reference, logits(quantizer.source, "onnxruntime"), examples)
+    before = ctx.compare(reference, logits(quantizer.source, REFERENCE_RUNTIME), examples)
     record: dict[str, Any] = {"budget": budget.to_dict(), "eval_examples": len(examples),
                               "fp32_input": before.figures()}
     if not budget.holds(before):
