@@ -4,7 +4,8 @@ refused (and with what message), which fail. Run on demand (about an hour for th
     .venv/bin/python benchmarks/build_matrix.py [--families bert,albert] [--tasks text-classification]
         [--presets int8,nf4] [--timeout 900] [--out reports/build_matrix] [--resume]
 
-Checkpoints are tiny models made from each family's config, each with its own small WordPiece tokenizer
+Checkpoints are tiny models made from each family's config (widened to what bitsandbytes' CPU kernel takes, as
+real checkpoints are), each with its own small WordPiece tokenizer
 (tests/helpers/tiny_families.py: no hub downloads), trained briefly so their predictions differ per text. Each build
 runs as its own `build-engine` process (--no-publish) with the data its preset needs; the table gives the outcome,
 the chosen precision and runtime, the validation figures and the last console line for refusals and failures.
@@ -48,11 +49,11 @@ def make_inputs(root: Path, family: str, task: str) -> dict[str, Path]:
     if task == "token-classification":
         from engineforge.demo.ner_data import NER_EVAL_FILE, NER_TRAIN_FILE
 
-        return {"checkpoint": make_ner_checkpoint(root / "checkpoint", family), "eval": Path(NER_EVAL_FILE),
+        return {"checkpoint": make_ner_checkpoint(root / "checkpoint", family, wide=True), "eval": Path(NER_EVAL_FILE),
                 "train": Path(NER_TRAIN_FILE), "calibration": texts}
     pairs = write_pairs(root / "pairs.jsonl")
-    return {"checkpoint": make_embedding_checkpoint(root / "checkpoint", family), "eval": pairs, "train": pairs,
-            "calibration": texts}
+    return {"checkpoint": make_embedding_checkpoint(root / "checkpoint", family, wide=True), "eval": pairs,
+            "train": pairs, "calibration": texts}
 
 
 def run_build(inputs: dict[str, Path], task: str, preset: str, out: Path, timeout_s: float) -> dict:
@@ -76,8 +77,10 @@ def run_build(inputs: dict[str, Path], task: str, preset: str, out: Path, timeou
                 "validation": {k: validation[k] for k in ("agreement", "accuracy_drop", "cosine_mean", "cosine_worst",
                                                           "entity_f1", "token_agreement") if k in validation}}
     else:  # exit 2: refused before any work (a typed usage error); exit 1: the build ran and failed
-        message = lines[-1] if lines else ""
-        outcome = "refused" if code == 2 else "over budget" if "budget" in message else "failed"
+        said = [line for line in lines if not line.startswith("Log: ")]  # a failed build ends naming its log
+        message = said[-1] if said else ""
+        over = "AccuracyBudgetExceeded" in str(stderr) or "outside the accuracy budget" in str(stderr)
+        outcome = "refused" if code == 2 else "over budget" if over else "failed"
         row |= {"outcome": outcome, "message": message}
     return row
 
