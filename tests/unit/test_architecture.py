@@ -55,3 +55,14 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_modules_and_functions_stay_small():
     assert long_modules(KNOWN) == [], f"modules over {MAX_MODULE_LINES} lines"
     assert long_functions(KNOWN) == [], f"functions over {MAX_FUNCTION_LINES} lines"
+
+
+def test_no_two_test_modules_share_a_name():
+    # tests/ folders are not packages: pytest refuses a whole run (`make test`) when two files share a basename,
+    # while running tests/unit and tests/integration apart hides it.
+    from collections import Counter
+
+    from tests.helpers.import_graph import ROOT
+
+    names = Counter(path.name for path in (ROOT / "tests").rglob("test_*.py"))
+    assert [name for name, count in names.items() if count > 1] == []
