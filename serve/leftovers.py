@@ -74,12 +74,27 @@ def orphan_stubs() -> dict[int, int]:
     return found
 
 
+SETTLE_S = 10.0  # a region younger than this may still be on its way to being mapped
+
+
+def _changed_before(path: Path, moment: float) -> bool:
+    try:
+        return path.stat().st_ctime < moment
+    except OSError:
+        return False
+
+
 def sweep_unmapped(prefix: str, server_pid: int, children: list[int]) -> list[str]:
     """A live server's regions that neither it nor any of its stubs maps any more (left by a stub that died, or
     by the python backend on unload): cheap enough to run every few seconds."""
-    mapped = mapped_regions([server_pid, *children])
+    # The python backend creates a region and maps it a moment later, and a stub being started opens it by name:
+    # only regions older than that window are candidates, listed before the mappings are read (a region created
+    # after the mappings were read would otherwise look unmapped, and the starting stub would die on it).
+    settled = time.time() - SETTLE_S
+    candidates = [r for r in (SHM_DIR.glob(f"{prefix}*") if SHM_DIR.is_dir() else []) if _changed_before(r, settled)]
+    mapped = mapped_regions([server_pid, *children]) if candidates else set()
     removed = []
-    for region in SHM_DIR.glob(f"{prefix}*") if SHM_DIR.is_dir() else []:
+    for region in candidates:
         if region.name not in mapped:
             with contextlib.suppress(OSError):
                 region.unlink()

@@ -50,6 +50,36 @@ def test_a_live_servers_unmapped_regions_go(places: tuple[Path, Path], monkeypat
     used, unused = shm / f"{prefix}used", shm / f"{prefix}unused"
     for path in (used, unused):
         path.write_bytes(b"x")
+    monkeypatch.setattr(leftovers, "SETTLE_S", 0.0)
     monkeypatch.setattr(leftovers, "mapped_regions", lambda pids=None: {used.name})
     assert leftovers.sweep_unmapped(prefix, os.getpid(), []) == [unused.name]
     assert used.exists() and not unused.exists()
+
+
+def test_a_region_just_created_is_left_for_its_stub_to_map(places: tuple[Path, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The python backend creates a region, then maps it; a starting stub opens it by name. A sweep that read the
+    mappings first and listed the regions after removed a region created in between, and the stub died ("Unable
+    to initialize shared memory key"); the supervisor's repair then hung."""
+    shm, _ = places
+    prefix = leftovers.shm_prefix(os.getpid(), 8001)
+
+    def mappings(pids=None):
+        (shm / f"{prefix}starting").write_bytes(b"x")  # created while the mappings are being read
+        return set()
+
+    (shm / f"{prefix}left").write_bytes(b"x")
+    monkeypatch.setattr(leftovers, "SETTLE_S", 0.0)
+    monkeypatch.setattr(leftovers, "mapped_regions", mappings)
+    assert leftovers.sweep_unmapped(prefix, os.getpid(), []) == [f"{prefix}left"]
+    assert (shm / f"{prefix}starting").exists()
+
+
+def test_a_region_younger_than_the_settle_time_is_never_swept(places: tuple[Path, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    shm, _ = places
+    prefix = leftovers.shm_prefix(os.getpid(), 8001)
+    (shm / f"{prefix}fresh").write_bytes(b"x")  # created, not mapped yet
+    monkeypatch.setattr(leftovers, "mapped_regions", lambda pids=None: set())
+    assert leftovers.sweep_unmapped(prefix, os.getpid(), []) == []
+    assert (shm / f"{prefix}fresh").exists()
