@@ -26,6 +26,7 @@ from .registry import (
     runtime_info,
     runtime_names,
 )
+from .traffic import check_length_buckets
 
 ENGINE_SPEC_FILENAME = "engine.json"
 FORMAT_VERSION = 1
@@ -65,6 +66,12 @@ class EngineSpec:
     pooling: Mapping[str, Any] | None = field(default=None, hash=False)
     # "module:function" registering a runtime from outside engineforge (registry.Runtime.plugin); "" otherwise.
     runtime_plugin: str = ""
+    # The token lengths of the texts the build was given (traffic.TrafficProfile.to_dict()): what it was timed on.
+    traffic_profile: Mapping[str, Any] | None = field(default=None, hash=False)
+    # Sequence lengths a batch is padded up to (e.g. 16, 32, 64, 128), chosen by measurement; () = no padding.
+    length_buckets: tuple[int, ...] = ()
+    # Threads per instance and instances, measured on the profile, with the reason (build's plan_serving step).
+    serving_plan: Mapping[str, Any] | None = field(default=None, hash=False)
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # Where the spec was read from, for error messages; not serialized.
@@ -72,7 +79,7 @@ class EngineSpec:
 
     def __post_init__(self) -> None:
         # Normalise sequences to tuples so the frozen object is really immutable and comparable.
-        for name in ("labels", "input_names"):
+        for name in ("labels", "input_names", "length_buckets"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, Sequence):
                 self._fail(name, f"must be a list of strings, got {value!r}")
@@ -163,6 +170,8 @@ class EngineSpec:
         for name in ("vocab_size", "type_vocab_size"):
             if getattr(self, name) is not None:
                 self._check_int(name, minimum=1)
+        if problem := check_length_buckets(self.length_buckets, self.max_sequence_length):
+            self._fail("length_buckets", problem)
         if self.max_sequence_length > self.max_position_embeddings:
             self._fail(
                 "max_sequence_length",
@@ -211,8 +220,9 @@ class EngineSpec:
                 continue
             value = getattr(self, f.name)
             data[f.name] = list(value) if isinstance(value, tuple) else value
-        for optional in ("vocab_size", "type_vocab_size", "tensorrt", "embedding_dim", "pooling", "runtime_plugin"):
-            if data[optional] in (None, ""):
+        for optional in ("vocab_size", "type_vocab_size", "tensorrt", "embedding_dim", "pooling", "runtime_plugin",
+                         "traffic_profile", "length_buckets", "serving_plan"):
+            if data[optional] in (None, "", []):
                 del data[optional]
         data.update(self.extra)
         return data
