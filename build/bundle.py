@@ -52,6 +52,7 @@ def ensure_bundle(ctx: BuildContext) -> Path | None:
         vocab_size=ctx.checkpoint.vocab_size,
         type_vocab_size=bundle_type_vocab_size(ctx.reference_model.config, model_input_names(ctx.tokenizer)),
         tensorrt=ctx.tensorrt_metadata,
+        traffic_profile=ctx.traffic_profile.to_dict() if ctx.traffic_profile else None,
     ).save(bundle)
     ctx.bundle_dir = bundle
     return bundle

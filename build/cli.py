@@ -32,6 +32,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-data", type=Path, help="representative texts for static int8 calibration")
     parser.add_argument("--unlabelled-data", type=Path,
                         help="unlabelled in-domain text (e.g. logs) that distillation labels with the fp32 model")
+    parser.add_argument("--traffic-data", type=Path,
+                        help="real requests (.jsonl/.csv with a 'text' column, labels not needed): runtimes are timed "
+                        "on their token lengths (default: the eval texts)")
     parser.add_argument("--preset", help=", ".join(f"{name} (default)" if name == DEFAULT_PRESET else name
                                                    for name in PRESET_NAMES))
     parser.add_argument("--recipe", type=Path, help="TOML recipe describing the whole build")
@@ -70,7 +73,8 @@ def prepared_from_args(args: argparse.Namespace) -> Any:  # -> engineforge.comma
         return prepare_build(
             args.checkpoint, preset=None if args.recipe else args.preset, recipe=args.recipe, output_dir=args.output,
             data={"eval_data": args.eval_data, "train_data": args.train_data,
-                  "calibration_data": args.calibration_data, "unlabelled_data": args.unlabelled_data},
+                  "calibration_data": args.calibration_data, "unlabelled_data": args.unlabelled_data,
+                  "traffic_data": args.traffic_data},
             budget={"max_accuracy_drop": args.max_accuracy_drop, "min_agreement": args.min_agreement},
             publish=False if args.no_publish else {"repo_dir": args.repo, "model_name": args.model_name,
                                                    "long_texts": args.long_texts},

@@ -145,7 +145,7 @@ class StepConfig:
         return cls(**values)
 
 
-DATA_FIELDS = ("eval_data", "train_data", "calibration_data", "unlabelled_data")
+DATA_FIELDS = ("eval_data", "train_data", "calibration_data", "unlabelled_data", "traffic_data")
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,9 @@ class BuildConfig:
     calibration_data: Path | None = None
     # Unlabelled in-domain text (e.g. production logs): the distill step labels it with the fp32 teacher.
     unlabelled_data: Path | None = None
+    # Real requests (a 'text' column; labels unused): the traffic profile runtimes are timed on. Without it the
+    # profile comes from the eval, calibration or training texts (build/traffic_profile.py).
+    traffic_data: Path | None = None
     max_sequence_length: int = 128
     # Threads the engine runtime may use when the engine is served (and when validated and timed here).
     intra_op_threads: int = 2

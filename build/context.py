@@ -13,6 +13,7 @@ import numpy as np
 from engineforge.data import Example, eval_label_ids
 from engineforge.engines.engine_spec import EMBEDDINGS, TOKEN_CLASSIFICATION
 from engineforge.engines.registry import REFERENCE_RUNTIME
+from engineforge.engines.traffic import TrafficProfile
 from engineforge.errors import ConfigError
 
 from .accuracy import Budget, Comparison, compare_logits
@@ -51,6 +52,9 @@ class BuildContext:
     train_examples: list[Example] = field(default_factory=list)
     calibration_examples: list[Example] = field(default_factory=list)
     unlabelled_examples: list[Example] = field(default_factory=list)  # text only: labels are dropped on load
+    # The token lengths this build will serve (build/traffic_profile.py): runtimes are timed on them. None only
+    # for a build given no texts at all.
+    traffic_profile: TrafficProfile | None = None
     onnx_path: Path | None = None  # the current ONNX graph; each ONNX step replaces it
     plain_onnx_path: Path | None = None  # the unfused export, which static_int8 quantizes
     engine_dir: Path | None = None  # torch-bnb: the save_pretrained directory the bundle ships

@@ -52,6 +52,7 @@ class BuildReport:
     bundle_dir: str | None = None
     total_seconds: float = 0.0
     candidates: list[dict[str, Any]] = field(default_factory=list)  # a preset's budget search, in order
+    traffic_profile: dict[str, Any] | None = None  # traffic_summary() of the profile runtimes were timed on
 
     def step(self, name: str) -> StepRecord | None:
         return next((s for s in self.steps if s.name == name), None)
@@ -106,6 +107,8 @@ class BuildReport:
                 lines += [f"**{val['engine_executed']}**: these figures are not the engine's own.", ""]
             lines += (_embedding_rows(val, budget) if "cosine_mean" in val else _token_rows(val, budget)
                       if "f1_vs_reference" in val else _classifier_rows(val, budget))
+        if self.traffic_profile:
+            lines += ["", "## Traffic profile", "", *_traffic_rows(self.traffic_profile)]
         if self.candidates:
             limit = self.settings.get("max_build_minutes")
             lines += ["", "## Candidates tried (most aggressive first)", ""]
@@ -126,6 +129,21 @@ class BuildReport:
                              f"`{native['repo_dir']}` (for a Triton GPU server with the TensorRT that built it).")
         lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
         return "\n".join(lines)
+
+
+def traffic_summary(profile: Any) -> dict[str, Any]:
+    """What the report keeps of a traffic.TrafficProfile: where it came from and its length summary (engine.json
+    keeps the lengths themselves)."""
+    return {"source": profile.source, "batch_sizes": list(profile.batch_sizes),
+            "max_sequence_length": profile.max_sequence_length, **profile.summary()}
+
+
+def _traffic_rows(profile: dict[str, Any]) -> list[str]:
+    return ["Runtimes were timed on these token lengths, changing call to call, at these batch sizes.", "",
+            "| texts | source | mean | p50 | p90 | p99 | max tokens | batch sizes |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {profile['texts']} | {profile['source']} | {profile['mean']} | {profile['p50']:g} | "
+            f"{profile['p90']:g} | {profile['p99']:g} | {profile['max']} | {_fmt(profile['batch_sizes'])} |"]
 
 
 def _classifier_rows(val: dict[str, Any], budget: dict[str, Any]) -> list[str]:

@@ -27,7 +27,11 @@ from .files import file_mb
 from .manifest import build_manifest, write_manifest
 from .pipeline import BUILD_LOG, check_build, prepare_output_dir, run_steps
 from .presets import dump_recipe
-from .report import BuildReport, package_versions
+from .report import BuildReport, package_versions, traffic_summary
+from .traffic_profile import build_traffic_profile
+
+# Data files read for their texts only: the teacher labels unlabelled text, and traffic is only measured.
+TEXT_ONLY = ("unlabelled", "traffic")
 
 
 def run_build(config: BuildConfig, *, recipe_checked: bool = False) -> BuildReport:
@@ -89,13 +93,15 @@ def check_before_work(config: BuildConfig, *, recipe_checked: bool = False
     load_tokenizer(info)
     entity_types = ner.entity_types(info.labels) if info.task == TOKEN_CLASSIFICATION else None
     examples = {}
-    for kind in ("eval", "train", "calibration", "unlabelled"):
+    for kind in ("eval", "train", "calibration", "unlabelled", "traffic"):
         path = getattr(config, f"{kind}_data")
-        if path is not None:
-            rows = (load_examples(path, entity_types=entity_types) if entity_types is not None
-                    else load_examples(path, info.labels))
-            # the teacher labels unlabelled text: any labels in the file are not used
-            examples[kind] = [Example(text=e.text) for e in rows] if kind == "unlabelled" else rows
+        if path is None:
+            continue
+        if kind in TEXT_ONLY:  # any labels in the file are not used, so not checked either
+            examples[kind] = [Example(text=e.text) for e in load_examples(path)]
+        else:
+            examples[kind] = (load_examples(path, entity_types=entity_types) if entity_types is not None
+                              else load_examples(path, info.labels))
     return info, examples
 
 
@@ -123,8 +129,14 @@ def _start(config: BuildConfig, examples: dict[str, list[Example]], work_dir: Pa
     progress.info(f"  {info.architecture} ({info.model_type}, {info.task}), {what}, "
                   f"weights {file_mb(info.weights_file)} MB")
     for kind, rows in examples.items():
-        setattr(ctx, f"{kind}_examples", rows)
+        if kind != "traffic":  # read only for the profile below
+            setattr(ctx, f"{kind}_examples", rows)
         progress.info(f"  {kind} data: {len(rows)} examples from {getattr(config, f'{kind}_data')}")
+    ctx.traffic_profile = build_traffic_profile(config, tokenizer, examples)
+    if ctx.traffic_profile is not None:
+        progress.info(f"  traffic profile: {ctx.traffic_profile.describe()}, batch sizes "
+                      f"{list(ctx.traffic_profile.batch_sizes)}")
+        report.traffic_profile = traffic_summary(ctx.traffic_profile)
     return ctx
 
 
