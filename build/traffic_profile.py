@@ -36,7 +36,7 @@ def build_traffic_profile(config: BuildConfig, tokenizer: Any,
     for kind in PROFILE_SOURCES:
         rows = examples.get(kind)
         if rows:
-            source = f"{kind} data {getattr(config, f'{kind}_data')}"
+            source = f"{kind} data {getattr(config, f'{kind}_data').resolve()}"
             return profile_from_texts(tokenizer, [e.text for e in rows], config.max_sequence_length, source,
                                       profile_batch_sizes(config))
     return None
