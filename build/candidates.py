@@ -31,7 +31,7 @@ def build_candidates(checkpoint: Path | None = None, *, preset: str | None = Non
                      data: Mapping[str, Path | None] | None = None, budget: Mapping[str, float | None] | None = None,
                      publish: bool | Mapping[str, Any] = True, overwrite: bool = False,
                      **settings: Any) -> list[Candidate]:
-    """The candidates to try in order. `data`: eval_data, train_data, calibration_data, unlabelled_data.
+    """The candidates to try in order. `data`: eval_data, train_data, calibration_data, unlabelled_data, traffic_data.
     `budget`: validate's options (max_accuracy_drop, min_agreement). `publish`: False drops the publish step,
     a mapping replaces its options (repo_dir, model_name, long_texts...). `settings`: SETTINGS."""
     if sum(x is not None for x in (preset, recipe, steps)) > 1:

@@ -61,7 +61,7 @@ def build_engine(checkpoint: str | Path | None = None, *, preset: str | None = N
                  budget: Mapping[str, float | None] | None = None, publish: bool | Mapping[str, Any] = True,
                  overwrite: bool = False, **settings: Any) -> BuildReport:
     """Check, then build: one of `preset` (default: the default preset), `recipe` or `steps`. `data`: eval_data,
-    train_data, calibration_data, unlabelled_data. `budget`: validate's max_accuracy_drop / min_agreement.
+    train_data, calibration_data, unlabelled_data, traffic_data. `budget`: validate's max_accuracy_drop / min_agreement.
     `publish`: False builds without publishing, a mapping sets publish's options (repo_dir, model_name, ...).
     `settings`: max_sequence_length, intra_op_threads, task, max_build_minutes. Returns the chosen build's report."""
     return prepare_build(checkpoint, preset=preset, recipe=recipe, steps=steps, output_dir=output_dir, data=data,
