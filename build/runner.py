@@ -30,9 +30,6 @@ from .presets import dump_recipe
 from .report import BuildReport, package_versions, traffic_summary
 from .traffic_profile import build_traffic_profile
 
-# Data files read for their texts only: the teacher labels unlabelled text, and traffic is only measured.
-TEXT_ONLY = ("unlabelled", "traffic")
-
 
 def run_build(config: BuildConfig, *, recipe_checked: bool = False) -> BuildReport:
     """Build, validate and (if the steps say so) publish. Returns the report; raises on failure, with the failed
@@ -97,11 +94,13 @@ def check_before_work(config: BuildConfig, *, recipe_checked: bool = False
         path = getattr(config, f"{kind}_data")
         if path is None:
             continue
-        if kind in TEXT_ONLY:  # any labels in the file are not used, so not checked either
+        if kind == "traffic":  # real requests, only measured: labels are not needed, so not checked either
             examples[kind] = [Example(text=e.text) for e in load_examples(path)]
-        else:
-            examples[kind] = (load_examples(path, entity_types=entity_types) if entity_types is not None
-                              else load_examples(path, info.labels))
+            continue
+        rows = (load_examples(path, entity_types=entity_types) if entity_types is not None
+                else load_examples(path, info.labels))
+        # the teacher labels unlabelled text: any labels in the file are not used
+        examples[kind] = [Example(text=e.text) for e in rows] if kind == "unlabelled" else rows
     return info, examples
 
 
