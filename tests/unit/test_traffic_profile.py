@@ -122,3 +122,11 @@ def test_select_runtime_ranks_on_the_profile_by_default_and_old_options_still_lo
     assert SelectRuntimeConfig(rank_on="fixed").rank_on == "fixed"
     with pytest.raises(ConfigError, match=r"use 'profile'.*or 'fixed'"):
         SelectRuntimeConfig(rank_on="p99")
+
+
+def test_recipes_take_traffic_data_relative_to_the_recipe_file(tmp_path):
+    from engineforge.build.presets import load_recipe
+
+    recipe = tmp_path / "build.toml"
+    recipe.write_text('preset = "int8"\ntraffic_data = "data/requests.jsonl"\n')
+    assert load_recipe(recipe)["traffic_data"] == (tmp_path / "data" / "requests.jsonl").resolve()
