@@ -128,7 +128,8 @@ def infer_texts(engine: Engine, tokenizer, spec: EngineSpec, limits: RequestLimi
                 ) -> tuple[rt.Rows, tuple]:
     """One TEXT request answered in this process exactly as the one-hop engine model answers it: (rows, extras);
     InvalidRequestError or the engine's error if it is refused."""
-    tokenized = tokenize_requests(tokenizer, spec, limits, {0: texts})[0]
+    checked = read_texts(np.array([[text] for text in texts], dtype=object), limits)  # as a TEXT tensor is read
+    tokenized = tokenize_requests(tokenizer, spec, limits, {0: checked})[0]
     if isinstance(tokenized, Exception):
         raise tokenized
     (outcome,) = rt.run_batch(engine, spec, [tokenized.arrays])

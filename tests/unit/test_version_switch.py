@@ -132,5 +132,5 @@ def test_a_changed_tokenizer_beside_a_one_hop_engine_is_refused(tiny_bundle: Pat
     repo = two_versions(tiny_bundle, tmp_path, "one-hop", "one-hop")
     vocab = repo / "clf.v1.engine" / "1" / "tokenizer" / "vocab.txt"
     vocab.write_text(vocab.read_text() + "extra\n")
-    with pytest.raises(RepositoryError, match="tokenizer: sha256 .* differs from the published"):
+    with pytest.raises(RepositoryError, match=r"tokenizer: sha256 .* differs from the published"):
         verify_version(repo, "clf", 1)
