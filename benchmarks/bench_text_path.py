@@ -83,42 +83,67 @@ def table(inproc: dict[str, float], floor: dict[str, Any], rows: list[dict[str, 
     return "\n".join(lines) + "\n"
 
 
-def measure(args: argparse.Namespace, spec: EngineSpec, texts: tuple[str, ...]) -> tuple[dict, list[dict]]:
-    """The floor and each layout, served side by side from one repository by one Triton."""
-    rows: list[dict[str, Any]] = []
+LAYOUTS = (("two-hop", "hop2"), ("one-hop", "hop1"), ("client tokenizes", "hop1_engine"))
+
+
+def _served_layout(server: TritonServer, args: argparse.Namespace, spec: EngineSpec, texts: tuple[str, ...],
+                   layout: str, model: str) -> dict[str, Any]:
+    if layout != "client tokenizes":
+        return served(server, model, "text", args, texts=texts)
+    client = ClientTokenized(server.grpc_url, model, args.bundle, spec, texts)
+    return served(server, model, "tokens", args, request_fn=client)
+
+
+def _median_row(layout: str, model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("p50_c1_ms", "p99_c1_ms", "rps_c4")
+    return {"layout": layout, "model": model, **{k: median([r[k] for r in runs if r[k] is not None]) for k in keys},
+            "errors": sum(r["errors"] for r in runs), "rounds": [{k: r[k] for k in keys} for r in runs]}
+
+
+def measure(args: argparse.Namespace, spec: EngineSpec, texts: tuple[str, ...]) -> tuple[dict, dict, list[dict]]:
+    """In-process, the floor and each layout, served side by side from one repository by one Triton, in `rounds`
+    rounds whose layout order rotates (on shared cores the machine's speed drifts within a run: measuring each
+    layout once, one after the other, would hand the drift to whichever came last); medians over the rounds.
+    In-process is timed once per round too, with the server up and idle."""
+    runs: dict[str, list[dict[str, Any]]] = {layout: [] for layout, _ in LAYOUTS}
+    inproc_runs = []
     with tempfile.TemporaryDirectory(prefix="bench-text-path-") as tmp:
         repo = Path(tmp) / "model_repo"
         publish_engine(args.bundle, repo, "hop2", text_path="two-hop")
-        hop1 = publish_engine(args.bundle, repo, "hop1", text_path="one-hop")
+        publish_engine(args.bundle, repo, "hop1", text_path="one-hop")
         write_transport_floor(repo, len(spec.labels))
         with TritonServer(repo, log_file=args.out / "tritonserver.log") as server:
             floor = served(server, NOOP_MODEL, "tokens", args)
-            for layout, model in (("two-hop", "hop2"), ("one-hop", "hop1")):
-                rows.append({"layout": layout, "model": model, **served(server, model, "text", args, texts=texts)})
-            client = ClientTokenized(server.grpc_url, hop1.engine_model, args.bundle, spec, texts)
-            rows.append({"layout": "client tokenizes", "model": hop1.engine_model,
-                         **served(server, hop1.engine_model, "tokens", args, request_fn=client)})
-    return floor, rows
+            for round_ in range(args.rounds):
+                inproc_runs.append(in_process(args.bundle, spec, texts, args.iterations))
+                for layout, model in LAYOUTS[round_ % 3:] + LAYOUTS[:round_ % 3]:
+                    runs[layout].append(_served_layout(server, args, spec, texts, layout, model))
+    inproc = {key: median([run[key] for run in inproc_runs]) for key in ("p50_ms", "p99_ms")}
+    return inproc | {"runs_p50_ms": [run["p50_ms"] for run in inproc_runs]}, floor, [
+        _median_row(layout, model, runs[layout]) for layout, model in LAYOUTS]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="engine bundle (build output engine/)")
     parser.add_argument("--texts", type=Path, default=DEFAULT_TEXTS, help="texts (.jsonl/.csv/.txt), one per request")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per concurrency level")
-    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per concurrency level")
-    parser.add_argument("--iterations", type=int, default=400, help="in-process timing iterations")
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="measured seconds per concurrency level, per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each layout once per round in rotated order")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per concurrency level")
+    parser.add_argument("--iterations", type=int, default=300, help="in-process timing iterations per round")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if not (args.bundle / "engine.json").is_file():
         parser.error(f"{args.bundle} is not an engine bundle; run `engineforge demo` or pass --bundle PATH")
     spec, texts = EngineSpec.load(args.bundle), tuple(load_texts(args.texts))
     args.out.mkdir(parents=True, exist_ok=True)
-    inproc = in_process(args.bundle, spec, texts, args.iterations)
-    floor, rows = measure(args, spec, texts)
+    inproc, floor, rows = measure(args, spec, texts)
     markdown = (f"# Text-path benchmark: {args.bundle} ({spec.runtime}, {spec.precision})\n\n"
-                f"Texts: {len(texts)} from {args.texts}, one per request. Load: {args.duration:g} s per level "
-                f"after {args.warmup:g} s warm-up; {os.cpu_count()} cores shared by client, server and engine.\n"
+                f"Texts: {len(texts)} from {args.texts}, one per request. Load: {args.rounds} rounds (layout order "
+                f"rotated), {args.duration:g} s per level after {args.warmup:g} s warm-up; medians over the rounds; "
+                f"{os.cpu_count()} cores shared by client, server and engine. In-process p50 per round: "
+                + " / ".join(f"{ms:.2f}" for ms in inproc["runs_p50_ms"]) + " ms.\n"
                 f"Target: served p50 @c1 <= {TARGET_RATIO} x in-process ({inproc['p50_ms']:.2f} ms) + one transport "
                 f"floor ({floor['p50_c1_ms']:.2f} ms) = {target_ms(inproc['p50_ms'], floor['p50_c1_ms']):.2f} ms; "
                 f"throughput @c4 >= 1.5x two-hop.\n\n" + table(inproc, floor, rows))

@@ -128,3 +128,12 @@ def test_infer_texts_equals_the_two_hop_computation(tiny_bundle: Path):  # noqa:
     assert rows.labels == expected.labels and extras == ()
     with pytest.raises(rt.InvalidRequestError, match="empty"):
         text_rt.infer_texts(engine, tok, spec, limits, [""])
+
+
+def test_a_tokenizer_beyond_the_engines_vocabulary_is_refused_as_token_ids_are(tokenizer):
+    spec = spec_for()
+    small = EngineSpec.from_dict(spec.to_dict() | {"vocab_size": 2000})  # "where" is id 2073 in this tokenizer
+    got = text_rt.tokenize_requests(tokenizer, small, derive_request_limits(small, max_batch_size=8),
+                                    {0: ["where is it"]})[0]
+    assert isinstance(got, rt.InvalidRequestError)
+    assert str(got) == "input_ids must be in [0, 2000) (the vocabulary's size); got 2073 at row 0, position 1"
