@@ -222,3 +222,22 @@ def test_tune_refuses_bad_settings_before_starting_anything(tmp_path):
         tune(tmp_path, "clf", slo_p99_ms=5, queue_delays_us=(-1,))
     with pytest.raises(RepositoryError, match="no published model 'clf'"):
         tune(tmp_path, "clf", slo_p99_ms=5)
+
+
+def test_publish_config_takes_the_text_layout_and_the_step_passes_it_on(monkeypatch, tmp_path):
+    from engineforge.serve import publish_step
+
+    assert PublishConfig().text_path == "one-hop"
+    with pytest.raises(ConfigError, match="publish.text_path must be 'one-hop' \\(default\\) or 'two-hop', got 'x'"):
+        PublishConfig(text_path="x")
+    seen = {}
+
+    def fake_publish(bundle, repo, name, **kwargs):
+        seen.update(kwargs)
+        return SimpleNamespace(version=1, served=None, native_plan=None)
+
+    monkeypatch.setattr(publish_step, "ensure_bundle", lambda ctx: tmp_path)
+    monkeypatch.setattr(publish_step, "bundle_engine_mb", lambda bundle: 1.0)
+    monkeypatch.setattr(publish_step, "publish_engine", fake_publish)
+    publish_step.publish(SimpleNamespace(records=[]), PublishConfig(model_name="clf", text_path="two-hop"))
+    assert seen["text_path"] == "two-hop"
