@@ -109,9 +109,9 @@ def must_be_ready(repo: Path, only: Sequence[str], serving: dict[str, int]) -> l
     while the server runs counts once it serves it: a first version that fails to load takes nothing down.)"""
     published = set(published_models(repo))
     others = [m for m in served_models(repo, only) if m.removesuffix(ENGINE_SUFFIX) not in published]
-    return others + [name for model, version in serving.items() for name in (
-        *entry_model_names(model), *(version_models(repo, model, version) or [version_model_name(model, version,
-                                                                                                 "engine")]))]
+    own = {model: version_models(repo, model, version) or [version_model_name(model, version, "engine")]
+           for model, version in serving.items()}  # a version's models on disk (one-hop: the engine alone)
+    return others + [name for model in serving for name in (*entry_model_names(model), *own[model])]
 
 
 def switch_version(control: ModelControl, repo: Path, model: str, current: int | None, target: int,
