@@ -135,9 +135,10 @@ class TritonPythonModel:
                     texts[index] = text_rt.read_texts(pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy(),
                                                       self.limits)
                     continue
-                valid[index] = self._read(request)
+                arrays = self._read(request)
                 if self.spec.is_token_task:
-                    extras[index] = self._extras(request, valid[index])
+                    extras[index] = self._extras(request, arrays)
+                valid[index] = arrays  # only once every check passed
             except rt.VersionMixError as exc:  # the server's fault, never the client's: fail, never answer
                 responses[index] = _error(str(exc), pb_utils.TritonError.INTERNAL)
             except rt.InvalidRequestError as exc:
