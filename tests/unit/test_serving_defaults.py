@@ -228,7 +228,7 @@ def test_publish_config_takes_the_text_layout_and_the_step_passes_it_on(monkeypa
     from engineforge.serve import publish_step
 
     assert PublishConfig().text_path == "one-hop"
-    with pytest.raises(ConfigError, match="publish.text_path must be 'one-hop' \\(default\\) or 'two-hop', got 'x'"):
+    with pytest.raises(ConfigError, match=r"publish\.text_path must be 'one-hop' \(default\) or 'two-hop', got 'x'"):
         PublishConfig(text_path="x")
     seen = {}
 
