@@ -103,10 +103,11 @@ def engine_beside_neighbour(bundle: Path, spec: EngineSpec, iterations: int, wor
 class ClientTokenized:
     """Load-test request function: tokenize in the client, send the token ids to the engine model."""
 
-    def __init__(self, url: str, model: str, bundle: Path, spec: EngineSpec) -> None:
+    def __init__(self, url: str, model: str, bundle: Path, spec: EngineSpec,
+                 texts: tuple[str, ...] = DEFAULT_TEXTS) -> None:
         from transformers import AutoTokenizer
 
-        self.url, self.model, self.spec = url, model, spec
+        self.url, self.model, self.spec, self.texts = url, model, spec, texts
         self.tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -121,7 +122,7 @@ class ClientTokenized:
             loop = asyncio.get_running_loop()
             if self._client is None or self._loop is not loop:  # grpc.aio channels cannot move between loops
                 self._client, self._loop = grpcclient.InferenceServerClient(self.url), loop
-            encoded = self.tokenizer([DEFAULT_TEXTS[seq % len(DEFAULT_TEXTS)]], truncation=True,
+            encoded = self.tokenizer([self.texts[seq % len(self.texts)]], truncation=True,
                                      max_length=self.spec.max_sequence_length, return_tensors="np")
             inputs = []
             for key, name in (("input_ids", "INPUT_IDS"), ("attention_mask", "ATTENTION_MASK"),
@@ -197,13 +198,15 @@ def _stats(url: str, models: list[str]) -> dict[str, dict[str, int]]:
 
 
 def served(server: TritonServer, model: str, mode: str, args: argparse.Namespace, request_fn=None,
-           breakdown: tuple[str, ...] = ()) -> dict[str, Any]:
-    """p50 at c1, req/s at c4, and where the server spent each request's time (ms, from Triton's statistics)."""
+           breakdown: tuple[str, ...] = (), texts: tuple[str, ...] = DEFAULT_TEXTS) -> dict[str, Any]:
+    """p50 at c1, req/s at c4, and where the server spent each request's time (ms, from Triton's statistics);
+    text mode sends `texts`, one per request, in turn."""
     levels, server_ms = {}, {}
     for concurrency in (1, 4):  # one run per level so the server statistics below are those of concurrency 1
         before = _stats(server.grpc_url, list(breakdown))
         config = LoadTestConfig(model=model, url=server.grpc_url, mode=mode, concurrency=(concurrency,),
-                                duration_s=args.duration, warmup_s=args.warmup, seq_len=SEQ_LEN, progress_every_s=0)
+                                duration_s=args.duration, warmup_s=args.warmup, seq_len=SEQ_LEN, progress_every_s=0,
+                                texts=texts)
         levels[concurrency] = run_loadtest(config, request_fn).levels[0].metrics
         if concurrency == 1:
             after = _stats(server.grpc_url, list(breakdown))
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         repo = Path(tmp) / "model_repo"
         publish_engine(args.bundle, repo, "before", max_queue_delay_us=2000, instances=1, warmup=False)
         after = publish_engine(args.bundle, repo, "after")
-        derived = (repo / after.version_models[1] / "config.pbtxt").read_text()
+        derived = (repo / after.version_models[-1] / "config.pbtxt").read_text()
         write_transport_floor(repo, len(spec.labels))
         with TritonServer(repo, log_file=args.out / "tritonserver.log") as server:
             floor = served(server, NOOP_MODEL, "tokens", args, breakdown=(NOOP_MODEL,))
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"path": "text, client-side tokenization -> engine", "config": "after",
                          "baseline": "text_ms", "target": 1.5,
                          **served(server, after.engine_model, "tokens", args, request_fn=fastest,
-                                  breakdown=(after.version_models[1],))})
+                                  breakdown=(after.version_models[-1],))})
     floor_ms = floor["p50_c1_ms"]
     markdown = (f"# Serving benchmark: {args.bundle} ({spec.runtime}, {spec.precision})\n\n"
                 f"In-process: engine 1x{SEQ_LEN} {inproc['engine_1x128_ms']:.2f} ms; tokenizer + engine "

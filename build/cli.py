@@ -44,6 +44,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--long-texts", choices=("truncate", "refuse"),
                         help="served texts longer than the model reads: answer on their first tokens (truncate, "
                         "default) or refuse them with INVALID_ARGUMENT")
+    parser.add_argument("--text-path", choices=("one-hop", "two-hop"),
+                        help="how served text reaches the engine: the engine model tokenizes it (one-hop, default) "
+                        "or a tokenizer model hands it token ids (two-hop, the older layout)")
     parser.add_argument("--max-accuracy-drop", type=float,
                         help=f"budget: max accuracy drop in points (default {DEFAULT_BUDGET.max_accuracy_drop})")
     parser.add_argument("--min-agreement", type=float,
@@ -77,7 +80,7 @@ def prepared_from_args(args: argparse.Namespace) -> Any:  # -> engineforge.comma
                   "traffic_data": args.traffic_data},
             budget={"max_accuracy_drop": args.max_accuracy_drop, "min_agreement": args.min_agreement},
             publish=False if args.no_publish else {"repo_dir": args.repo, "model_name": args.model_name,
-                                                   "long_texts": args.long_texts},
+                                                   "long_texts": args.long_texts, "text_path": args.text_path},
             overwrite=args.overwrite, max_sequence_length=args.max_seq_len, intra_op_threads=args.threads,
             task=args.task, max_build_minutes=args.max_build_minutes)
 

@@ -107,8 +107,9 @@ def settings_from_repo(repo: str | os.PathLike[str], model: str | None = None, *
     """Settings for a real published model: the probes must name a model the repository serves."""
     from pathlib import Path
 
-    from .model_layout import ROLES, version_model_name
+    from .model_layout import version_model_name
     from .published import pinned
+    from .repository_watch import ensemble_steps
     from .version_switch import published_models
 
     if not Path(repo).is_dir():
@@ -125,7 +126,9 @@ def settings_from_repo(repo: str | os.PathLike[str], model: str | None = None, *
         raise ConfigError(f"repository {repo} has no ensemble {model!r}: use one of {ensembles}")
     settings = KubernetesSettings(model=model, **options)
     version = pinned(Path(repo), model)[0]
-    missing = [name for role in ROLES if not (Path(repo) / (name := version_model_name(model, version, role))).is_dir()]
+    # The models its text entry point runs: the engine (one-hop), or the tokenizer and the engine (two-hop).
+    needed = dict.fromkeys([*ensemble_steps(Path(repo), model), version_model_name(model, version, "engine")])
+    missing = [name for name in needed if not (Path(repo) / name).is_dir()]
     if missing:
         raise RepositoryError(f"ensemble {model!r} in {repo} lacks {missing}: publish the model again")
     return settings

@@ -1,12 +1,18 @@
 """The Triton models engineforge publishes for one build, and their tensor contracts.
 
-For published name `clf`, version N (one more than any before) adds two models that belong to that version alone,
-`clf.vN.tokenizer` (text -> token ids) and `clf.vN.engine` (token ids -> outputs), and points the two entry points
-clients call at them: the ensembles `clf` (TEXT in) and `clf_engine` (token ids in), each pinned to exactly
-`clf.vN.*`. Every request is therefore answered by one version end to end (tokenizer and engine of the same
-publish), never a mix; switching versions is switching the entry points, done by the supervisor once the new
-models are loaded (see supervisor.py). Every answer carries `VERSION` (the publish version that produced it), and
-the engine refuses token ids whose tokenizer was another version's.
+For published name `clf`, version N (one more than any before) adds the models that belong to that version alone and
+points the two entry points clients call at them: the ensembles `clf` (TEXT in) and `clf_engine` (token ids in), each
+pinned to exactly `clf.vN.*`. The text layout is chosen at publish (`text_path`):
+
+- "one-hop" (default): ONE model, `clf.vN.engine`, takes TEXT (and tokenizes it itself, with the bundle's tokenizer
+  shipped beside the engine) or token ids; `clf` is one step TEXT -> `clf.vN.engine`. A text request pays one
+  python-backend hop.
+- "two-hop": `clf.vN.tokenizer` (text -> token ids) then `clf.vN.engine` (token ids -> outputs); the engine refuses
+  token ids whose tokenizer was another version's (TOKENIZER_VERSION).
+
+Every request is therefore answered by one version end to end, never a mix; switching versions is switching the
+entry points, done by the supervisor once the new models are loaded (see supervisor.py). Every answer carries
+`VERSION` (the publish version that produced it).
 
 Kept apart from `repository.py` (which moves files) so the contract can be read and tested alone;
 the client relies on the tensor names and the `labels` parameter defined here.
@@ -29,10 +35,19 @@ from .model_config import (
     TensorSpec,
     validate_ensemble,
 )
-from .serving_defaults import WHY, ServingSettings, derive_serving_settings, engine_warmup, tokenizer_warmup
+from .serving_defaults import (
+    DEFAULT_TEXT_PATH,
+    TEXT_PATH_PARAMETER,
+    WHY,
+    ServingSettings,
+    derive_serving_settings,
+    engine_warmup,
+    text_path_parameters,
+    tokenizer_warmup,
+)
 
 ENGINE_SUFFIX = "_engine"  # the token-id entry point (an ensemble over the serving version's engine)
-ROLES = ("tokenizer", "engine")  # the models of one version
+ROLES = ("tokenizer", "engine")  # the models a version may have (a one-hop version has the engine alone)
 _MEMBER = re.compile(r"^(?P<model>.+)\.v(?P<version>[0-9]+)\.(?P<role>tokenizer|engine)$")
 # Model config parameter holding the JSON list of label names (index = class id).
 LABELS_PARAMETER = "labels"
@@ -55,6 +70,7 @@ TOKEN_EXTRA_NAMES = {"offsets": "OFFSETS", "word_ids": "WORD_IDS"}
 # Which publish produced an answer ("3"); the tokenizer's, fed to the engine, must equal the engine's own.
 VERSION = TensorSpec("VERSION", "TYPE_STRING", (1,))
 TOKENIZER_VERSION = TensorSpec("TOKENIZER_VERSION", "TYPE_STRING", (1,), optional=True)
+TEXT_INPUT = TensorSpec("TEXT", "TYPE_STRING", (1,), optional=True)  # a one-hop engine's text form
 # Config parameters naming the publish a version model belongs to.
 PUBLISHED_MODEL, PUBLISHED_VERSION = "published_model", "published_version"
 
@@ -87,12 +103,13 @@ def entry_model_names(model_name: str) -> tuple[str, str]:
     return model_name, engine_model_name(model_name)
 
 
-def _token_inputs() -> tuple[TensorSpec, ...]:
+def _token_inputs(optional: bool = False) -> tuple[TensorSpec, ...]:
     # Ragged batching lets the dynamic batcher group requests of different sequence lengths;
-    # the engine model pads them itself (see engine_runtime.merge_requests).
+    # the engine model pads them itself (see engine_runtime.merge_requests). `optional`: a one-hop engine, whose
+    # requests carry TEXT instead.
     return (
-        TensorSpec("INPUT_IDS", "TYPE_INT64", (-1,), allow_ragged_batch=True),
-        TensorSpec("ATTENTION_MASK", "TYPE_INT64", (-1,), allow_ragged_batch=True),
+        TensorSpec("INPUT_IDS", "TYPE_INT64", (-1,), optional=optional, allow_ragged_batch=True),
+        TensorSpec("ATTENTION_MASK", "TYPE_INT64", (-1,), optional=optional, allow_ragged_batch=True),
         TensorSpec("TOKEN_TYPE_IDS", "TYPE_INT64", (-1,), optional=True, allow_ragged_batch=True),
     )
 
@@ -129,9 +146,10 @@ def build_model_configs(
     warmup: bool = True,
     change_id: str = "",
     long_texts: str = DEFAULT_LONG_TEXTS,
+    text_path: str = DEFAULT_TEXT_PATH,
 ) -> dict[str, ModelConfig]:
-    """Configs of version `version`'s models ("tokenizer", "engine") and of the entry points pinned to them
-    ("ensemble": TEXT in, "ids": token ids in); raises ConfigError with the fix if inconsistent.
+    """Configs of version `version`'s models ("engine", and "tokenizer" with text_path "two-hop") and of the entry
+    points pinned to them ("ensemble": TEXT in, "ids": token ids in); raises ConfigError with the fix if inconsistent.
 
     Queue delay and instance count left as None are derived (serving_defaults.derive_serving_settings); a full
     `settings` (e.g. the winner of `engineforge tune`) replaces the derivation. `change_id` marks the publish or
@@ -144,14 +162,16 @@ def build_model_configs(
     # or "refuse" texts over the limits.
     limits = derive_request_limits(spec, max_batch_size=settings.max_batch_size, long_texts=long_texts).parameters()
     published = {PUBLISHED_MODEL: model_name, PUBLISHED_VERSION: str(version)}
-    engine = _engine_config(model_name, spec, version, settings, published, limits)
-    tokenizer = _tokenizer_config(model_name, spec, version, settings, published | limits)
+    layout = text_path_parameters(text_path)  # recorded, with its reason, on the engine and both entry points
+    engine = _engine_config(model_name, spec, version, settings, published | layout, limits)
+    tokenizer = _tokenizer_config(model_name, spec, version, settings, published | limits) \
+        if text_path == "two-hop" else None
     entry = {LABELS_PARAMETER: json.dumps(list(spec.labels)), "build_id": spec.build_id, "change_id": change_id}
-    entry |= _task_parameters(spec) | published | limits
+    entry |= _task_parameters(spec) | published | limits | layout
     ensemble, ids = _entry_configs(model_name, spec, version, tokenizer, engine, entry)
-    validate_ensemble(ensemble, [tokenizer, engine])
+    validate_ensemble(ensemble, [engine] if tokenizer is None else [tokenizer, engine])
     validate_ensemble(ids, [engine])
-    return {"tokenizer": tokenizer, "engine": engine, "ensemble": ensemble, "ids": ids}
+    return {"engine": engine, "ensemble": ensemble, "ids": ids} | ({"tokenizer": tokenizer} if tokenizer else {})
 
 
 def _outputs(spec: EngineSpec) -> tuple[TensorSpec, ...]:
@@ -165,13 +185,16 @@ def _task_parameters(spec: EngineSpec) -> dict[str, str]:
 
 def _engine_config(model_name: str, spec: EngineSpec, version: int, settings: ServingSettings,
                    published: dict[str, str], limits: dict[str, str]) -> ModelConfig:
-    """The python-backend engine model: token ids (and a token classifier's extras) in, the task's outputs out."""
-    extra_in = _token_extras() if spec.is_token_task else ()
+    """The python-backend engine model: token ids (and a token classifier's extras) in, the task's outputs out; a
+    one-hop engine also takes TEXT instead of token ids (a request carries one form or the other)."""
+    one_hop = published.get(TEXT_PATH_PARAMETER) == "one-hop"
+    extra_in = _token_extras() if spec.is_token_task else ((TEXT_INPUT,) if one_hop else ())
+    warmup = engine_warmup(spec, settings.max_batch_size) + (tokenizer_warmup() if one_hop else ())
     return ModelConfig(
         name=version_model_name(model_name, version, "engine"),
         backend="python",
         max_batch_size=settings.max_batch_size,
-        inputs=_token_inputs() + extra_in + (TOKENIZER_VERSION,),
+        inputs=_token_inputs(optional=one_hop) + extra_in + (TOKENIZER_VERSION,),
         outputs=(*_outputs(spec), VERSION),
         dynamic_batching=DynamicBatching(preferred_batch_sizes=settings.preferred_batch_sizes,
                                          max_queue_delay_us=settings.max_queue_delay_us),
@@ -186,7 +209,7 @@ def _engine_config(model_name: str, spec: EngineSpec, version: int, settings: Se
             "max_position_embeddings": str(spec.max_position_embeddings),
         } | _task_parameters(spec) | ({"vocab_size": str(spec.vocab_size)} if spec.vocab_size else {})
         | published | settings.parameters() | limits,
-        model_warmup=engine_warmup(spec, settings.max_batch_size) if settings.warmup else (),
+        model_warmup=warmup if settings.warmup else (),
         versions=(version,),
     )
 
@@ -210,13 +233,11 @@ def _tokenizer_config(model_name: str, spec: EngineSpec, version: int, settings:
     )
 
 
-def _entry_configs(model_name: str, spec: EngineSpec, version: int, tokenizer: ModelConfig, engine: ModelConfig,
-                   entry: dict[str, str]) -> tuple[ModelConfig, ModelConfig]:
-    """The two entry points pinned to this version: TEXT in (tokenizer then engine), and token ids in."""
+def _entry_configs(model_name: str, spec: EngineSpec, version: int, tokenizer: ModelConfig | None,
+                   engine: ModelConfig, entry: dict[str, str]) -> tuple[ModelConfig, ModelConfig]:
+    """The two entry points pinned to this version: TEXT in (the engine alone, or tokenizer then engine), and token
+    ids in."""
     outputs = _outputs(spec)
-    token_map = {name: name.lower() for name in TOKEN_TENSORS}
-    if spec.is_token_task:
-        token_map |= {name: name.lower() for name in TOKEN_EXTRA_NAMES.values()}
     answer = {t.name: t.name for t in (*outputs, VERSION)}
     ensemble = ModelConfig(
         name=model_name,
@@ -225,17 +246,9 @@ def _entry_configs(model_name: str, spec: EngineSpec, version: int, tokenizer: M
         inputs=(_with_batch_dim(TEXT),),
         outputs=tuple(_with_batch_dim(t) for t in (*outputs[::-1], VERSION)),
         parameters=entry,
-        ensemble_steps=(
-            EnsembleStep(tokenizer.name, input_map={"TEXT": "TEXT"},
-                         output_map=token_map | {"VERSION": "tokenizer_version"}, model_version=version),
-            EnsembleStep(
-                engine.name,
-                input_map=token_map | {"TOKENIZER_VERSION": "tokenizer_version"}
-                | ({"TEXT": "TEXT"} if spec.is_token_task else {}),
-                output_map=answer,
-                model_version=version,
-            ),
-        ),
+        ensemble_steps=(EnsembleStep(engine.name, input_map={"TEXT": "TEXT"}, output_map=answer,
+                                     model_version=version),) if tokenizer is None
+        else _two_hop_steps(spec, version, tokenizer, engine, answer),
         versions=(version,),
     )
     id_inputs = tuple(_with_batch_dim(t) for t in _token_inputs() + (_token_extras() if spec.is_token_task else ()))
@@ -252,3 +265,21 @@ def _entry_configs(model_name: str, spec: EngineSpec, version: int, tokenizer: M
         versions=(version,),
     )
     return ensemble, ids
+
+
+def _two_hop_steps(spec: EngineSpec, version: int, tokenizer: ModelConfig, engine: ModelConfig,
+                   answer: dict[str, str]) -> tuple[EnsembleStep, ...]:
+    token_map = {name: name.lower() for name in TOKEN_TENSORS}
+    if spec.is_token_task:
+        token_map |= {name: name.lower() for name in TOKEN_EXTRA_NAMES.values()}
+    return (
+        EnsembleStep(tokenizer.name, input_map={"TEXT": "TEXT"},
+                     output_map=token_map | {"VERSION": "tokenizer_version"}, model_version=version),
+        EnsembleStep(
+            engine.name,
+            input_map=token_map | {"TOKENIZER_VERSION": "tokenizer_version"}
+            | ({"TEXT": "TEXT"} if spec.is_token_task else {}),
+            output_map=answer,
+            model_version=version,
+        ),
+    )

@@ -34,7 +34,7 @@ def publish(ctx: BuildContext, config: PublishConfig) -> StepOutput:
     published = publish_engine(bundle, config.repo_dir, name, max_batch_size=config.max_batch_size,
                                max_queue_delay_us=config.max_queue_delay_us, instances=config.instances,
                                native_repo_dir=config.native_repo_dir, measured_latency_ms=_measured_latency_ms(ctx),
-                               long_texts=config.long_texts)
+                               long_texts=config.long_texts, text_path=config.text_path)
     record: dict[str, Any] = {"repo_dir": str(config.repo_dir), "model_name": name, "version": published.version}
     if published.served is not None:  # a running `engineforge serve` loaded it (publish_engine waited for that)
         record["served"] = published.served

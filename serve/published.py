@@ -83,22 +83,32 @@ def verify_published_engine(version_dir: Path, spec: EngineSpec) -> None:
     verify_published_files(version_dir, {HASH_KEYS["engine"]: spec.model_file})
 
 
+def version_models(repo: Path, model: str, version: int) -> list[str]:
+    """The models of one published version on disk, in load order: `clf.vN.engine` alone (one-hop text layout) or
+    `clf.vN.tokenizer` and `clf.vN.engine` (two-hop). A version always has its engine; the tokenizer model is
+    there exactly when it was published two-hop, so the directories say which layout a version has."""
+    names = [version_model_name(model, version, role) for role in ROLES]
+    return [name for name in names if (repo / name / str(version)).is_dir()]
+
+
 def verify_version(repo: Path, model: str, version: int) -> None:
-    """Check every file of a published version against its hashes before anything serves it."""
+    """Check every file of a published version against its hashes before anything serves it (the tokenizer is
+    checked where that version serves it from: its tokenizer model, or beside a one-hop engine)."""
     from engineforge.defaults import TOKENIZER_DIRNAME
 
     engine_dir = repo / version_model_name(model, version, "engine") / str(version)
     verify_published_engine(engine_dir, EngineSpec.load(engine_dir))
     tokenizer_dir = repo / version_model_name(model, version, "tokenizer") / str(version)
-    verify_published_files(tokenizer_dir, {HASH_KEYS["tokenizer"]: TOKENIZER_DIRNAME})
+    verify_published_files(tokenizer_dir if tokenizer_dir.is_dir() else engine_dir,
+                           {HASH_KEYS["tokenizer"]: TOKENIZER_DIRNAME})
 
 
 def published_versions(repo: Path, model: str) -> list[int]:
-    """Versions of `model` whose models and entry-point configs are all on disk, ascending."""
+    """Versions of `model` whose engine model and entry-point configs are on disk, ascending."""
     recorded = read_manifest(repo / model).get("versions", {})
-    return sorted(int(v) for v in recorded if v.isdigit() and all(
-        (repo / version_model_name(model, int(v), role) / v).is_dir() for role in ROLES)
-        and entry_config_path(repo, model, int(v), model).is_file())
+    return sorted(int(v) for v in recorded if v.isdigit()
+                  and (repo / version_model_name(model, int(v), "engine") / v).is_dir()
+                  and entry_config_path(repo, model, int(v), model).is_file())
 
 
 def pinned(repo: Path, model: str) -> tuple[int, str]:

@@ -2,9 +2,10 @@
 
 Layout for model name `clf`, version N (one more than any before; see model_layout for why):
 
-    repo/clf.vN.tokenizer/{config.pbtxt, versions.json, N/{model.py, engine.json, tokenizer/...}}
-    repo/clf.vN.engine/{config.pbtxt, versions.json, N/{model.py, engine.json, model.onnx}}
+    repo/clf.vN.engine/{config.pbtxt, versions.json, N/{model.py, engine.json, model.onnx, tokenizer/...}}
                                                    (torch-bnb engines: model/ instead of model.onnx)
+    repo/clf.vN.tokenizer/{config.pbtxt, versions.json, N/{model.py, engine.json, tokenizer/...}}
+                                                   (text_path "two-hop" only; its engine then has no tokenizer/)
     repo/clf_engine/{config.pbtxt, versions.json, N/}   (entry point: token ids -> outputs, pinned to clf.vN.engine)
     repo/clf/{config.pbtxt, versions.json, N/, entries/N/{clf,clf_engine}.pbtxt}
                                                    (entry point: TEXT -> outputs; versions.json is the model's record)
@@ -51,6 +52,7 @@ from .published import (
     read_manifest,
     versions_in,
 )
+from .serving_defaults import DEFAULT_TEXT_PATH
 from .serving_status import await_change, new_change_id
 from .staging import commit, locked, stage_model
 
@@ -58,14 +60,15 @@ from .staging import commit, locked, stage_model
 @dataclass(frozen=True)
 class PublishedModel:
     """Result of `publish_engine`: clients call `name` (text) or `engine_model` (token ids); `version_models` are
-    the tokenizer and engine of this version, which those entry points run."""
+    the models of this version (the engine; tokenizer and engine when published two-hop), which those entry
+    points run."""
 
     name: str
     version: int
     repo_dir: Path
     build_id: str
     engine_model: str
-    version_models: tuple[str, str]
+    version_models: tuple[str, ...]
     native_plan: tuple[Path, str, int] | None = None  # (repository, model name, version) for TensorRT engines
     served: str | None = None  # the running server's word on it, when one serves the repository
 
@@ -113,6 +116,7 @@ def publish_engine(
     measured_latency_ms: float | None = None,
     warmup: bool = True,
     long_texts: str = DEFAULT_LONG_TEXTS,
+    text_path: str = DEFAULT_TEXT_PATH,
     wait_s: float | None = 600.0,
 ) -> PublishedModel:
     """Add the bundle as a new version of `<model_name>` (see the module's layout); a TensorRT bundle also as
@@ -121,7 +125,8 @@ def publish_engine(
     Queue delay and instances left as None are derived from the engine and this machine's cores (queue delay 0,
     instances = cores // engine threads); see serving_defaults. `measured_latency_ms` (the build's batch-1 latency)
     is quoted in the config's reasons; `long_texts` ("truncate" or "refuse") says what the served model does with
-    texts over its limits (request_limits.py). With `wait_s`, a running `engineforge serve` on the repository is
+    texts over its limits (request_limits.py); `text_path` ("one-hop" or "two-hop") how text reaches the engine
+    (model_layout.py). With `wait_s`, a running `engineforge serve` on the repository is
     waited for (that long) until it serves the new version; RepositoryError if it refused it."""
     bundle = Path(bundle_dir).resolve()
     repo = Path(repo_dir)
@@ -142,7 +147,7 @@ def publish_engine(
             configs = build_model_configs(model_name, spec, version=version, max_batch_size=max_batch_size,
                                           max_queue_delay_us=max_queue_delay_us, instances=instances,
                                           measured_latency_ms=measured_latency_ms, warmup=warmup, change_id=change_id,
-                                          long_texts=long_texts)
+                                          long_texts=long_texts, text_path=text_path)
         except ConfigError as exc:
             raise RepositoryError(f"cannot publish {model_name!r}: {exc}") from exc
         _publish_version(bundle, spec, repo, configs, version)
@@ -150,7 +155,7 @@ def publish_engine(
     served = await_change(repo, model_name, change_id, wait_s) if wait_s else None
     return PublishedModel(name=model_name, version=version, repo_dir=repo, build_id=spec.build_id,
                           engine_model=configs["ids"].name,
-                          version_models=(configs["tokenizer"].name, configs["engine"].name),
+                          version_models=tuple(configs[role].name for role in ROLES if role in configs),
                           native_plan=native, served=served)
 
 
@@ -204,7 +209,7 @@ def _publish_version(bundle: Path, spec: EngineSpec, repo: Path, configs: dict[s
                      version: int) -> None:
     """Stage the version's models and the entry points beside `repo`, then rename them in."""
     record = _record(bundle, spec)
-    order = [*ROLES, "ids", "ensemble"]  # the version's own models first, the entry points last
+    order = [*(r for r in ROLES if r in configs), "ids", "ensemble"]  # the version's models first, entries last
     staging: Path | None = None
     try:
         # Beside the repository (same filesystem, so renames are atomic) but outside it, so a polling Triton

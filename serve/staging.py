@@ -19,6 +19,7 @@ from engineforge.file_modes import make_readable
 from .model_config import WARMUP_DIR, ModelConfig
 from .native_plan import PLAN_FILENAME
 from .published import CONFIG, ENTRIES_DIR, MANIFEST
+from .serving_defaults import TEXT_PATH_PARAMETER
 
 _TRITON_DIR = Path(__file__).resolve().parent / "triton"
 ENTRY_KINDS = ("ensemble", "ids")
@@ -43,7 +44,9 @@ def locked(repo: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def stage_version(kind: str, bundle: Path, spec: EngineSpec, version_dir: Path) -> None:
+def stage_version(kind: str, bundle: Path, spec: EngineSpec, version_dir: Path, with_tokenizer: bool = False) -> None:
+    """The version directory of one model; `with_tokenizer`: an engine that tokenizes TEXT itself (one-hop) gets the
+    bundle's tokenizer beside it."""
     version_dir.mkdir(parents=True)
     if kind in ENTRY_KINDS:
         return  # Triton requires the version directory of an ensemble to exist, empty
@@ -63,21 +66,20 @@ def stage_version(kind: str, bundle: Path, spec: EngineSpec, version_dir: Path) 
         external = bundle / f"{spec.model_file}.data"  # ONNX external weights (models > 2 GB)
         if external.is_file():
             copy_file(external, version_dir / external.name)
-    else:
+    if kind != "engine" or with_tokenizer:
         copy_file(bundle / TOKENIZER_DIRNAME, version_dir / TOKENIZER_DIRNAME)
 
 
 def stage_model(staged: Path, config: ModelConfig, kind: str, bundle: Path, spec: EngineSpec, version: int,
                  manifest: dict, record: dict[str, str]) -> None:
-    stage_version(kind, bundle, spec, staged / str(version))
+    one_hop = config.parameters.get(TEXT_PATH_PARAMETER) == "one-hop"
+    stage_version(kind, bundle, spec, staged / str(version), with_tokenizer=one_hop)
     (staged / CONFIG).write_text(config.to_pbtxt(), encoding="utf-8")
     for filename, data in config.warmup_files.items():  # Triton reads them from <model>/warmup/
         (staged / WARMUP_DIR).mkdir(exist_ok=True)
         (staged / WARMUP_DIR / filename).write_bytes(data)
     manifest.setdefault("versions", {})[str(version)] = record
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-
-
 
 
 def commit(staging: Path, repo: Path, order: list[str], version: int) -> None:

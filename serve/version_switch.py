@@ -1,7 +1,8 @@
 """Switching a published model from one version to another on a live Triton, so that no request is ever answered by
 a mix of versions and the old version keeps serving until the new one is ready.
 
-1. Load the target version's own models (`clf.vT.tokenizer`, `clf.vT.engine`) beside the serving ones. If either
+1. Load the target version's own models (`clf.vT.engine`, with `clf.vT.tokenizer` first when it was published
+   two-hop: a version has one or two models, published.version_models) beside the serving ones. If one
    fails (a tampered engine, a model that does not load), unload what loaded, put the entry-point configs back to
    the serving version, and report the failure: nothing a client sees has changed.
 2. Load the entry points (`clf_engine`, then `clf`) from their configs, now pinned to version T. Triton loads the
@@ -23,13 +24,12 @@ from engineforge.errors import ServerError
 from .gate import Gate
 from .model_layout import (
     ENGINE_SUFFIX,
-    ROLES,
     engine_model_name,
     entry_model_names,
     parse_version_model,
     version_model_name,
 )
-from .published import CONFIG, read_manifest
+from .published import CONFIG, read_manifest, version_models
 from .versions import restore_entries
 
 ENTRY_KIND = "ensemble"  # manifest kind of a published model's text entry point
@@ -109,14 +109,16 @@ def must_be_ready(repo: Path, only: Sequence[str], serving: dict[str, int]) -> l
     while the server runs counts once it serves it: a first version that fails to load takes nothing down.)"""
     published = set(published_models(repo))
     others = [m for m in served_models(repo, only) if m.removesuffix(ENGINE_SUFFIX) not in published]
-    return others + [name for model, version in serving.items() for name in (
-        *entry_model_names(model), *(version_model_name(model, version, role) for role in ROLES))]
+    own = {model: version_models(repo, model, version) or [version_model_name(model, version, "engine")]
+           for model, version in serving.items()}  # a version's models on disk (one-hop: the engine alone)
+    return others + [name for model in serving for name in (*entry_model_names(model), *own[model])]
 
 
 def switch_version(control: ModelControl, repo: Path, model: str, current: int | None, target: int,
                    gate: Gate | None, drain_s: float, log: Callable[[str], None]) -> SwitchResult:
     """Serve `target` of `model` instead of `current` (None: not served yet); see the module's steps."""
-    new = [version_model_name(model, target, role) for role in ROLES]
+    new = version_models(repo, model, target)
+    old = version_models(repo, model, current) if current is not None else []
     if target != current:
         try:
             for name in new:
@@ -147,8 +149,8 @@ def switch_version(control: ModelControl, repo: Path, model: str, current: int |
             drained = gate.wait_drained(drain_s, gate.new_epoch())
             if not drained:
                 log(f"requests to version {current} of {model!r} still unanswered after {drain_s:g}s; unloading it")
-        for role in ROLES:
-            control.unload(version_model_name(model, current, role))
+        for name in old:
+            control.unload(name)
     return SwitchResult(True, f"serving version {target} of {model!r} (was {current})", target)
 
 

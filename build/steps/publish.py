@@ -36,6 +36,9 @@ class PublishConfig(StepConfig):
     native_repo_dir: str | None = None
     # Served texts longer than the model reads: "truncate" (answer on their first tokens) or "refuse" them.
     long_texts: str = "truncate"
+    # How served text reaches the engine: "one-hop" (the engine model tokenizes TEXT itself: one python-backend hop)
+    # or "two-hop" (a tokenizer model, then the engine model: the older layout, kept to compare the two).
+    text_path: str = "one-hop"
 
     def __post_init__(self) -> None:
         if self.model_name is not None:
@@ -47,3 +50,5 @@ class PublishConfig(StepConfig):
                 f"publish.instances must be >= 1 (or left out to derive it), got {self.instances}")
         require(self.long_texts in ("truncate", "refuse"),
                 f"publish.long_texts must be 'truncate' or 'refuse', got {self.long_texts!r}")
+        require(self.text_path in ("one-hop", "two-hop"),
+                f"publish.text_path must be 'one-hop' (default) or 'two-hop', got {self.text_path!r}")

@@ -23,7 +23,7 @@ from engineforge.errors import ConfigError, EngineforgeError, RepositoryError
 from engineforge.file_modes import atomic_write
 from engineforge.serve.model_config import WARMUP_DIR, ModelConfig
 from engineforge.serve.model_layout import build_model_configs, engine_model_name, version_model_name
-from engineforge.serve.published import CONFIG, MANIFEST, entry_config_path, replace_config
+from engineforge.serve.published import CONFIG, MANIFEST, entry_config_path, replace_config, version_models
 from engineforge.serve.serving_defaults import ServingSettings
 from engineforge.serve.tune_report import (
     LevelStats,
@@ -63,9 +63,9 @@ def write_configs(repo: Path, configs: dict[str, ModelConfig], version: int | No
     a version first, its entry points last (they must not take larger batches than the models they run). With
     `version`, the entry-point configs kept for it (what a rollback to it restores) are rewritten too."""
     for kind in ("tokenizer", "engine", "ids", "ensemble"):
-        config = configs[kind]
-        model_dir = repo / config.name
-        if not model_dir.is_dir():
+        config = configs.get(kind)  # a one-hop version has no tokenizer model
+        model_dir = repo / config.name if config is not None else None
+        if model_dir is None or not model_dir.is_dir():
             continue
         for filename, data in config.warmup_files.items():
             (model_dir / WARMUP_DIR).mkdir(exist_ok=True)
@@ -76,39 +76,43 @@ def write_configs(repo: Path, configs: dict[str, ModelConfig], version: int | No
         replace_config(model_dir, config.to_pbtxt())
 
 
-def _long_texts(model_dir: Path) -> str:
-    """The long-text policy the serving version was published with (tuning must not reset it)."""
+def _kept_settings(model_dir: Path) -> dict[str, str]:
+    """What the serving version was published with that tuning must not reset: its long-text policy and its text
+    layout (one-hop or two-hop), as `build_model_configs` keywords."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
     from engineforge.engines.request_limits import DEFAULT_LONG_TEXTS, PREFIX
+    from engineforge.serve.serving_defaults import TEXT_PATH_PARAMETER
 
     config = text_format.Parse((model_dir / CONFIG).read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
-    key = PREFIX + "long_texts"
-    return config.parameters[key].string_value if key in config.parameters else DEFAULT_LONG_TEXTS
+    found = {name: config.parameters[key].string_value for name, key in
+             (("long_texts", PREFIX + "long_texts"), ("text_path", TEXT_PATH_PARAMETER)) if key in config.parameters}
+    # A version published before text_path existed is two-hop: it has a tokenizer model.
+    return {"long_texts": DEFAULT_LONG_TEXTS, "text_path": "two-hop"} | found
 
 
 def _configs(model: str, spec: EngineSpec, trial: TrialSettings, why: str, version: int,
-             long_texts: str) -> dict[str, ModelConfig]:
+             kept: dict[str, str]) -> dict[str, ModelConfig]:
     reasons = {"max_batch_size": f"{trial.max_batch_size}: {why}", "instances": f"{trial.instances}: {why}",
                "max_queue_delay_us": f"{trial.max_queue_delay_us}: {why}",
                "intra_op_threads": f"{spec.intra_op_threads}: from engine.json"}
     settings = ServingSettings(max_batch_size=trial.max_batch_size, max_queue_delay_us=trial.max_queue_delay_us,
                                instances=trial.instances, intra_op_threads=spec.intra_op_threads, reasons=reasons)
     try:
-        return build_model_configs(model, spec, version=version, settings=settings, long_texts=long_texts)
+        return build_model_configs(model, spec, version=version, settings=settings, **kept)
     except ConfigError as exc:
         raise ConfigError(f"tune: {trial.label()}: {exc}") from exc
 
 
 def _run_trial(scratch: Path, model: str, spec: EngineSpec, trial: TrialSettings, load: dict[str, Any],
-               version: int, long_texts: str) -> Trial:
+               version: int, kept: dict[str, str]) -> Trial:
     from engineforge.loadtest.config import LoadTestConfig
     from engineforge.loadtest.runner import run_loadtest
     from engineforge.serve.server import TritonServer
 
     # Tokens mode needs only the engine model: a third of the server start-up per trial.
-    write_configs(scratch, _configs(model, spec, trial, "tune trial", version, long_texts))
+    write_configs(scratch, _configs(model, spec, trial, "tune trial", version, kept))
     target = engine_model_name(model) if load["mode"] == "tokens" else model
     try:
         with TritonServer(scratch, log_file=scratch / "tritonserver.log",
@@ -137,17 +141,17 @@ def _check_settings(slo_p99_ms: float, grids: dict[str, Sequence[int]], mode: st
 
 
 def _run_trials(repo_dir: Path, model: str, spec: EngineSpec, grid: list[TrialSettings], load: dict[str, Any],
-                version: int, long_texts: str) -> list[Trial]:
+                version: int, kept: dict[str, str]) -> list[Trial]:
     """Each grid point on a server of its own over a scratch copy of the serving version's models."""
     trials: list[Trial] = []
     scratch = Path(tempfile.mkdtemp(prefix="engineforge-tune-"))
     try:
         needed = [version_model_name(model, version, "engine"), engine_model_name(model)]
         if load["mode"] == "text":
-            needed += [version_model_name(model, version, "tokenizer"), model]
+            needed += [*version_models(repo_dir, model, version)[:-1], model]  # a two-hop version's tokenizer
         _scratch_copy(repo_dir, needed, version, scratch)
         for number, point in enumerate(grid, 1):
-            trial = _run_trial(scratch, model, spec, point, load, version, long_texts)
+            trial = _run_trial(scratch, model, spec, point, load, version, kept)
             summary = trial.error or ", ".join(
                 f"c{lv.concurrency}: p99 {lv.p99_ms or float('nan'):.2f} ms {lv.throughput_rps:.1f} req/s"
                 for lv in trial.levels)
@@ -188,14 +192,14 @@ def tune(
 
     version = serving_version(repo_dir, model)[0]
     engine_dir = repo_dir / version_model_name(model, version, "engine")
-    spec, long_texts = EngineSpec.load(engine_dir / str(version)), _long_texts(engine_dir)
+    spec, kept = EngineSpec.load(engine_dir / str(version)), _kept_settings(engine_dir)
     load = {"mode": mode, "concurrency": tuple(concurrency), "duration_s": duration_s, "warmup_s": warmup_s,
             "seq_len": seq_len or spec.max_sequence_length, "startup_timeout_s": startup_timeout_s}
     grid = [TrialSettings(*point) for point in itertools.product(instances, max_batch_sizes, queue_delays_us)]
     for point in grid:  # refuse an impossible combination before any server starts
-        _configs(model, spec, point, "check", version, long_texts)
+        _configs(model, spec, point, "check", version, kept)
     with progress.stage(f"tune {model}: {len(grid)} trials, p99 SLO {slo_p99_ms:g} ms"):
-        trials = _run_trials(repo_dir, model, spec, grid, load, version, long_texts)
+        trials = _run_trials(repo_dir, model, spec, grid, load, version, kept)
     best = pick_best(trials, slo_p99_ms)
     json_path, md_path = write_report(Path(out_dir), model, slo_p99_ms, trials, best, load)
     progress.info(f"tune report: {md_path}")
@@ -209,7 +213,7 @@ def tune(
     if apply:
         why = (f"engineforge tune: best of {len(trials)} trials, {best.throughput_rps:.1f} req/s with p99 "
                f"{best.worst_p99_ms:.2f} ms <= {slo_p99_ms:g} ms ({md_path})")
-        write_configs(repo_dir, _configs(model, spec, best.settings, why, version, long_texts), version)
+        write_configs(repo_dir, _configs(model, spec, best.settings, why, version, kept), version)
         applied = repo_dir / version_model_name(model, version, "engine") / CONFIG
         progress.info(f"applied {best.settings.label()} to {repo_dir}")
     return TuneResult(model, slo_p99_ms, tuple(trials), best, json_path, md_path, applied)

@@ -1,6 +1,8 @@
 """Triton python-backend model for `<name>.v<N>.engine`: token id tensors -> LOGITS, PROBABILITIES, LABEL
 (classifiers), EMBEDDING (embedding engines) or LOGITS, ENTITIES, TOKEN_LABELS (token classifiers), and VERSION (the
 publish version that answered). Token ids that another version's tokenizer made (TOKENIZER_VERSION) are refused.
+Published one-hop (config parameter text_path), it also takes TEXT instead of token ids and tokenizes it with the
+bundle's tokenizer shipped beside it: the TEXT requests of a dynamic batch in one tokenizer call (text_runtime.py).
 
 Copied verbatim as `model.py` into each published version directory, next to the engine files.
 All requests of a dynamic batch are classified with ONE engine call (ONNX Runtime, OpenVINO or
@@ -17,13 +19,16 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 try:
+    from engineforge.defaults import TOKENIZER_DIRNAME
     from engineforge.engines.engine_spec import EngineSpec
     from engineforge.engines.request_limits import limits_for_model
-    from engineforge.engines.tokenize_runtime import TokenizationError, decode_texts
+    from engineforge.engines.tokenize_runtime import load_tokenizer
     from engineforge.serve import engine_runtime as rt
     from engineforge.serve import ner_runtime
+    from engineforge.serve import text_runtime as text_rt
     from engineforge.serve.model_layout import TOKEN_TENSOR_NAMES, published_version_of
-    from engineforge.serve.published import verify_published_engine
+    from engineforge.serve.published import HASH_KEYS, verify_published_engine, verify_published_files
+    from engineforge.serve.serving_defaults import TEXT_PATH_PARAMETER
 except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
     raise ImportError(
         "engineforge is not importable by the Triton python backend stub; start the server with "
@@ -58,6 +63,11 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU":  # Triton assigns each GPU instance its device
             rt.use_gpu(int(args["model_instance_device_id"]))
         self.engine = rt.open_bundle_engine(version_dir, self.spec)
+        self.tokenizer = None  # two-hop: token ids only
+        if config.get("parameters", {}).get(TEXT_PATH_PARAMETER, {}).get("string_value") == "one-hop":
+            verify_published_files(version_dir, {HASH_KEYS["tokenizer"]: TOKENIZER_DIRNAME})  # never a changed one
+            self.tokenizer = load_tokenizer(version_dir / TOKENIZER_DIRNAME)
+        self.inputs = [i["name"] for i in config["input"]]
 
     def _read(self, request) -> rt.RequestArrays:
         arrays = {}
@@ -84,10 +94,7 @@ class TritonPythonModel:
         """A token classifier's optional OFFSETS, WORD_IDS and TEXT, checked against the token ids."""
         found = [pb_utils.get_input_tensor_by_name(request, name) for name in ("OFFSETS", "WORD_IDS", "TEXT")]
         offsets, word_ids = (None if t is None else t.as_numpy() for t in found[:2])
-        try:
-            texts = None if found[2] is None else decode_texts(found[2].as_numpy(), batched=True, limits=self.limits)
-        except TokenizationError as exc:
-            raise rt.InvalidRequestError(str(exc)) from exc
+        texts = None if found[2] is None else text_rt.read_texts(found[2].as_numpy(), self.limits)
         ner_runtime.check_extras(arrays.input_ids.shape, offsets, word_ids, texts)
         return arrays.attention_mask, offsets, word_ids, texts
 
@@ -113,22 +120,41 @@ class TritonPythonModel:
             pb_utils.Tensor("LABEL", labels),
         ]
 
+    def _read_all(self, requests: list, responses: list) -> tuple[list, dict]:
+        """Each valid request's arrays (and a token classifier's extras), by request index; a refused request's error
+        goes into `responses`. TEXT requests are tokenized together, in one call."""
+        valid: dict[int, rt.RequestArrays] = {}
+        extras: dict[int, tuple] = {}
+        texts: dict[int, list[str]] = {}
+        for index, request in enumerate(requests):
+            try:
+                present = {n for n in self.inputs if pb_utils.get_input_tensor_by_name(request, n) is not None}
+                form = text_rt.request_form(present, tokenizes=self.tokenizer is not None,
+                                            token_task=self.spec.is_token_task)
+                if form == text_rt.TEXT_FORM:
+                    texts[index] = text_rt.read_texts(pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy(),
+                                                      self.limits)
+                    continue
+                arrays = self._read(request)
+                if self.spec.is_token_task:
+                    extras[index] = self._extras(request, arrays)
+                valid[index] = arrays  # only once every check passed
+            except rt.VersionMixError as exc:  # the server's fault, never the client's: fail, never answer
+                responses[index] = _error(str(exc), pb_utils.TritonError.INTERNAL)
+            except rt.InvalidRequestError as exc:
+                responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
+        for index, tokenized in text_rt.tokenize_requests(self.tokenizer, self.spec, self.limits, texts).items():
+            if isinstance(tokenized, Exception):
+                responses[index] = _error(str(tokenized), pb_utils.TritonError.INVALID_ARG)
+            else:
+                valid[index], extras[index] = tokenized.arrays, tokenized.extras
+        return sorted(valid.items()), extras
+
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
         try:
-            valid: list[tuple[int, rt.RequestArrays]] = []
-            extras: dict[int, tuple] = {}
-            for index, request in enumerate(requests):
-                try:
-                    arrays = self._read(request)
-                    if self.spec.is_token_task:
-                        extras[index] = self._extras(request, arrays)
-                    valid.append((index, arrays))
-                except rt.VersionMixError as exc:  # the server's fault, never the client's: fail, never answer
-                    responses[index] = _error(str(exc), pb_utils.TritonError.INTERNAL)
-                except rt.InvalidRequestError as exc:
-                    responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
-            outcomes = rt.run_batch(self.engine, self.spec, [arrays for _, arrays in valid])
+            valid, extras = self._read_all(requests, responses)
+            outcomes = rt.run_batch(self.engine, self.spec, [arrays for _, arrays in valid])  # ONE engine call
             for (index, _), outcome in zip(valid, outcomes, strict=True):
                 if isinstance(outcome, Exception):  # the request passed validation: the server failed, not it
                     message = f"the engine failed on this request: {type(outcome).__name__}: {outcome}"
@@ -142,4 +168,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        self.engine = None
+        self.engine = self.tokenizer = None

@@ -106,6 +106,8 @@ def served(built, tmp_path_factory) -> Iterator[tuple[EngineforgeClient, str]]:
     root = tmp_path_factory.mktemp("serve_emb")
     for name, report in built.items():
         publish_engine(Path(report.bundle_dir), root / "repo", f"emb_{name}", max_batch_size=8)
+    # the older two-hop layout of the same bundle, served beside the one-hop default, to compare answers
+    publish_engine(Path(built["bert"].bundle_dir), root / "repo", "emb_hop2", max_batch_size=8, text_path="two-hop")
     with TritonServer(root / "repo", log_file=root / "tritonserver.log", startup_timeout_s=180) as server, \
             EngineforgeClient(server.grpc_url, timeout_s=30) as client:
         yield client, server.grpc_url
@@ -134,6 +136,14 @@ def test_served_embeddings_match_in_process(served, built, name):
 
 
 @pytest.mark.triton
+def test_one_hop_embeddings_equal_the_two_hop_layouts(served, built):
+    client, _ = served
+    one_hop = client.embed(TEXTS, model="emb_bert")
+    np.testing.assert_array_equal(one_hop, client.embed(TEXTS, model="emb_hop2"))
+    np.testing.assert_allclose(one_hop, _in_process_batch(Path(built["bert"].bundle_dir), TEXTS), atol=1e-5)
+
+
+@pytest.mark.triton
 def test_infer_and_loadtest_drive_an_embedding_ensemble(served, capsys, tmp_path):
     from engineforge.cli import main as engineforge
 
@@ -152,8 +162,7 @@ def test_infer_and_loadtest_drive_an_embedding_ensemble(served, capsys, tmp_path
         assert level["metrics"]["errors"] == 0 and level["metrics"]["completed"] > 0
         # Triton's own breakdown of the window, for the ensemble and each model it runs
         models = [row["model"] for row in level["server"]]
-        assert models == (["emb_bert", "emb_bert.v1.tokenizer", "emb_bert.v1.engine"] if mode == "text"
-                          else [model, "emb_bert.v1.engine"])
+        assert models == [model, "emb_bert.v1.engine"]  # one-hop: text and ids both go to the engine alone
         engine = next(row for row in level["server"] if row["model"] == "emb_bert.v1.engine")
         assert engine["requests"] > 0 and engine["compute_infer_ms"] > 0 and engine["avg_batch"] >= 1
         assert "## Inside Triton" in next((tmp_path / mode).glob("*.md")).read_text()

@@ -547,7 +547,9 @@ def served(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         pytest.skip(str(exc))
     root = tmp_path_factory.mktemp("malformed")
     repo = root / "model_repo"
-    publish_engine(tiny_bundle, repo, MODEL, max_batch_size=MAX_BATCH)
+    # Two-hop: these properties call the version's tokenizer model directly (tests/integration/test_text_path.py
+    # covers the one-hop engine's text and id forms).
+    publish_engine(tiny_bundle, repo, MODEL, max_batch_size=MAX_BATCH, text_path="two-hop")
     with TritonServer(repo, log_file=root / "tritonserver.log", startup_timeout_s=120) as server:
         yield server
 

@@ -26,10 +26,13 @@ MODEL = "clf"
 
 
 @pytest.fixture
-def serve(tiny_bundle: Path, tmp_path: Path):  # noqa: F811
+def serve(tiny_bundle: Path, tmp_path: Path, request: pytest.FixtureRequest):  # noqa: F811
     find_triton()
     repo = tmp_path / "repo"
-    publish_engine(tiny_bundle, repo, MODEL, max_batch_size=8)
+    # a test about the tokenizer model's stub needs the two-hop layout (one-hop versions have no tokenizer model)
+    params = getattr(request.node, "callspec", None)
+    two_hop = params is not None and params.params.get("role") == "tokenizer"
+    publish_engine(tiny_bundle, repo, MODEL, max_batch_size=8, text_path="two-hop" if two_hop else "one-hop")
     process = ServeProcess(repo, tmp_path, free_port(), free_port()).start()
     yield process
     process.stop()

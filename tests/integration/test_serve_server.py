@@ -89,7 +89,7 @@ def test_engineforge_serve_selected_models_stops_cleanly_on_sigterm(tiny_bundle,
         key = (tmp_path / "control.key").read_text().strip()
         assert (tmp_path / "control.key").stat().st_mode & 0o077 == 0  # owner-only
         with EngineforgeClient(f"127.0.0.1:{grpc_port}", control_key=key) as client:
-            assert client.ready_models() == ["clf", "clf.v1.engine", "clf.v1.tokenizer", "clf_engine"]
+            assert client.ready_models() == ["clf", "clf.v1.engine", "clf_engine"]  # one-hop: one model per version
             assert client.classify(["hello"], model="clf")[0].label in TINY_LABELS
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=40) == 130  # interrupted, like every command; after a clean stop

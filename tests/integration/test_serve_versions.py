@@ -60,10 +60,14 @@ def _serve(repo: Path, tmp_path: Path) -> ServeProcess:
     return ServeProcess(repo, tmp_path, free_port(), free_port()).start()
 
 
-def test_publish_and_rollbacks_of_a_permuted_vocabulary_never_mix_versions(bundles, tmp_path: Path):
+# The default one-hop layout on both sides, and a swap from the older two-hop layout (two models per version) to a
+# one-hop version (one model) and back: the switch loads and unloads each version's own models.
+@pytest.mark.parametrize("first_layout", ["one-hop", "two-hop"])
+def test_publish_and_rollbacks_of_a_permuted_vocabulary_never_mix_versions(bundles, tmp_path: Path,
+                                                                           first_layout: str):
     first, permuted, expected = bundles
     repo = tmp_path / "repo"
-    publish_engine(first, repo, MODEL, max_batch_size=8)
+    publish_engine(first, repo, MODEL, max_batch_size=8, text_path=first_layout)
     serve = _serve(repo, tmp_path)
     marks = {}
     try:

@@ -88,6 +88,8 @@ def served(built, tmp_path_factory) -> Iterator[tuple[EngineforgeClient, str]]:
         pytest.skip(str(exc))
     root = tmp_path_factory.mktemp("serve_ner")
     publish_engine(Path(built.bundle_dir), root / "repo", "ner", max_batch_size=8)
+    # the older two-hop layout of the same bundle, served beside the one-hop default, to compare answers
+    publish_engine(Path(built.bundle_dir), root / "repo", "ner_hop2", max_batch_size=8, text_path="two-hop")
     with TritonServer(root / "repo", log_file=root / "tritonserver.log", startup_timeout_s=180) as server, \
             EngineforgeClient(server.grpc_url, timeout_s=30) as client:
         yield client, server.grpc_url
@@ -106,6 +108,22 @@ def test_served_entities_match_in_process_for_every_strategy(served, built):
         assert all(text[e["start"]:e["end"]] == e["text"] and e["label"] in {"ORDER", "PRODUCT", "DATE", "AMOUNT"}
                    for e in entities)
     assert any(e["label"] == "ORDER" for e in found[0]), found
+
+
+@pytest.mark.triton
+def test_one_hop_entities_equal_the_two_hop_layouts(served):
+    client, _ = served
+    outputs = ("LOGITS", "ENTITIES", "TOKEN_LABELS", "VERSION")
+    for text in (TEXTS, TEXTS[1:2]):  # one request of several texts, and one alone (its own length)
+        raw = np.array([[t.encode()] for t in text], dtype=object)
+        one, two = (client.infer(model, {"TEXT": raw}, outputs) for model in ("ner", "ner_hop2"))
+        np.testing.assert_array_equal(one["LOGITS"], two["LOGITS"])
+        assert one["ENTITIES"].tolist() == two["ENTITIES"].tolist()
+        assert one["TOKEN_LABELS"].tolist() == two["TOKEN_LABELS"].tolist()
+    with pytest.raises(InferenceRequestError, match="OFFSETS describe token ids, yet the request carries TEXT alone"):
+        client.infer("ner.v1.engine", {"TEXT": np.array([[b"order 44019"]], dtype=object),
+                                       "OFFSETS": np.zeros((1, 3, 2), np.int64)}, ("TOKEN_LABELS",))
+    assert client.entities(TEXTS[:1], model="ner")  # still serving
 
 
 @pytest.mark.triton

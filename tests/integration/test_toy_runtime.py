@@ -130,7 +130,7 @@ def test_triton_serves_the_toy_runtime_as_in_process(toy_bundle, tmp_path, monke
     except ServerError as exc:
         pytest.skip(str(exc))
     published = publish_engine(toy_bundle, tmp_path / "repo", "toy", max_batch_size=8)
-    version_dir = tmp_path / "repo" / published.version_models[1] / str(published.version)
+    version_dir = tmp_path / "repo" / published.version_models[-1] / str(published.version)
     assert (version_dir / "model.npz").is_file()  # the runtime's bundle file, published under its own name
     # The stub imports this module to register the runtime: here (for `register`) and the repository root (for
     # the tests.helpers imports above) must be on its path.

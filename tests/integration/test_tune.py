@@ -71,10 +71,10 @@ def test_apply_writes_the_winner_into_the_repository(repo: Path, swept: tuple[Tu
     assert engine.dynamic_batching.max_queue_delay_microseconds == best.max_queue_delay_us
     assert "engineforge tune" in engine.parameters["why.instances"].string_value
     assert engine.model_warmup and (repo / "clf.v1.engine" / "warmup").is_dir()
-    # The tokenizer follows; the entry points take the batch as an explicit dim, and a rollback to this version
-    # restores the tuned entry points too.
-    tokenizer = text_format.Parse((repo / "clf.v1.tokenizer" / "config.pbtxt").read_text(), pb.ModelConfig())
-    assert tokenizer.max_batch_size == best.max_batch_size
+    # Tuning keeps the published text layout (one-hop: the engine tokenizes, no tokenizer model appears); the entry
+    # points take the batch as an explicit dim, and a rollback to this version restores the tuned entry points too.
+    assert engine.parameters["text_path"].string_value == "one-hop" and not (repo / "clf.v1.tokenizer").exists()
+    assert [i.name for i in engine.input if i.name == "TEXT"] == ["TEXT"]
     ensemble = (repo / MODEL / "config.pbtxt").read_text()
     assert text_format.Parse(ensemble, pb.ModelConfig()).max_batch_size == 0
     assert (repo / MODEL / "entries" / "1" / f"{MODEL}.pbtxt").read_text() == ensemble

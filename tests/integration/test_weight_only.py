@@ -101,4 +101,4 @@ def test_bnb_nf4_build_writes_a_bundle_whose_model_loads_and_answers(tmp_path_fa
     version_dir = out.parent / "repo" / "tinybnb.v1.engine" / "1"
     assert (version_dir / "model" / "model.safetensors").is_file() and (version_dir / "engine.json").is_file()
     published = publish_engine(bundle, tmp_path / "repo", "bnb")
-    assert (tmp_path / "repo" / published.version_models[1] / "1" / "model" / "config.json").is_file()
+    assert (tmp_path / "repo" / published.version_models[-1] / "1" / "model" / "config.json").is_file()

@@ -75,12 +75,15 @@ def test_models_without_recorded_limits_derive_them_from_their_engine():
     assert rl.limits_for_model(config, SPEC).long_texts == rl.REFUSE
 
 
-def test_published_configs_record_the_limits_on_every_model():
-    configs = build_model_configs("clf", SPEC, version=1, max_batch_size=8, instances=1, long_texts="refuse")
+@pytest.mark.parametrize("text_path", ["one-hop", "two-hop"])
+def test_published_configs_record_the_limits_on_every_model(text_path: str):
+    configs = build_model_configs("clf", SPEC, version=1, max_batch_size=8, instances=1, long_texts="refuse",
+                                  text_path=text_path)
     expected = rl.derive_request_limits(SPEC, max_batch_size=8, long_texts="refuse")
     for name, config in configs.items():
         assert rl.RequestLimits.from_parameters(config.parameters) == expected, name
-    assert "why.limit.max_text_bytes" in configs["tokenizer"].parameters
+    tokenizes = configs["tokenizer" if text_path == "two-hop" else "engine"]
+    assert "why.limit.max_text_bytes" in tokenizes.parameters
     with pytest.raises(ConfigError, match="long_texts"):
         build_model_configs("clf", SPEC, version=1, long_texts="sometimes")
 

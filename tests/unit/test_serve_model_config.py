@@ -54,7 +54,7 @@ def test_python_model_pbtxt_roundtrip():
 def test_published_layout_configs():
     spec = EngineSpec(labels=["a", "b", "c"], max_sequence_length=64, build_id="b7")
     configs = build_model_configs("clf", spec, version=3, max_batch_size=16, max_queue_delay_us=500, instances=2,
-                                  change_id="c1")
+                                  change_id="c1", text_path="two-hop")
     engine = parse(configs["engine"].to_pbtxt())
     assert engine.name == "clf.v3.engine" and engine.backend == "python" and engine.max_batch_size == 16
     assert [i.name for i in engine.input] == ["INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS", "TOKENIZER_VERSION"]
@@ -137,3 +137,40 @@ def test_ensemble_validation():
     unwired = EnsembleStep("member", input_map={"X": "NOWHERE"}, output_map={"Y": "OUT"})
     with pytest.raises(ConfigError, match="consumes \\['NOWHERE'\\]"):
         ModelConfig("ens", platform="ensemble", max_batch_size=8, ensemble_steps=(unwired,), **io)
+
+
+def test_one_hop_layout_is_the_default_one_engine_model_takes_text_or_ids():
+    spec = EngineSpec(labels=["a", "b", "c"], max_sequence_length=64, build_id="b7")
+    configs = build_model_configs("clf", spec, version=3, max_batch_size=16, instances=2, change_id="c1")
+    assert set(configs) == {"engine", "ensemble", "ids"}  # no tokenizer model
+    engine = parse(configs["engine"].to_pbtxt())
+    assert [(i.name, i.optional) for i in engine.input] == [
+        ("INPUT_IDS", True), ("ATTENTION_MASK", True), ("TOKEN_TYPE_IDS", True), ("TEXT", True),
+        ("TOKENIZER_VERSION", True)]
+    text = next(i for i in engine.input if i.name == "TEXT")
+    assert text.data_type == pb.TYPE_STRING and list(text.dims) == [1]
+    assert engine.parameters["text_path"].string_value == "one-hop"
+    assert {s.name for s in engine.model_warmup} == {"batch_1", "batch_16", "text"}  # the tokenizer warms up too
+    ensemble = parse(configs["ensemble"].to_pbtxt())
+    (step,) = ensemble.ensemble_scheduling.step  # TEXT straight to this version's engine
+    assert (step.model_name, step.model_version, dict(step.input_map)) == ("clf.v3.engine", 3, {"TEXT": "TEXT"})
+    assert dict(step.output_map) == {"LABEL": "LABEL", "PROBABILITIES": "PROBABILITIES", "LOGITS": "LOGITS",
+                                     "VERSION": "VERSION"}
+    ids = parse(configs["ids"].to_pbtxt())  # the token-id entry point is as before: ids required
+    assert [(i.name, i.optional) for i in ids.input] == [
+        ("INPUT_IDS", False), ("ATTENTION_MASK", False), ("TOKEN_TYPE_IDS", True)]
+    for entry in (ensemble, ids):  # the layout and its reason, like the other serving settings
+        assert entry.parameters["text_path"].string_value == "one-hop"
+        assert "one python-backend hop" in entry.parameters["why.text_path"].string_value
+    two_hop = build_model_configs("clf", spec, version=3, text_path="two-hop")
+    assert parse(two_hop["ensemble"].to_pbtxt()).parameters["text_path"].string_value == "two-hop"
+    with pytest.raises(ConfigError, match="text_path 'three-hop': use one of"):
+        build_model_configs("clf", spec, version=3, text_path="three-hop")
+
+
+def test_one_hop_token_classifier_engine_takes_text_once():
+    spec = EngineSpec(labels=["O", "B-X"], max_sequence_length=64, task="token-classification")
+    engine = parse(build_model_configs("clf", spec, version=1)["engine"].to_pbtxt())
+    names = [i.name for i in engine.input]
+    assert names.count("TEXT") == 1 and {"OFFSETS", "WORD_IDS"} <= set(names)
+    assert all(i.optional for i in engine.input)

@@ -32,14 +32,14 @@ def test_publish_layout(tiny_bundle, tmp_path):  # noqa: F811
     repo = tmp_path / "repo"
     published = publish_engine(tiny_bundle, repo, "clf", max_batch_size=8, instances=2)
     assert (published.name, published.version, published.engine_model) == ("clf", 1, "clf_engine")
-    assert published.version_models == ("clf.v1.tokenizer", "clf.v1.engine")
+    # one-hop (the default): one model per version, the engine, with the bundle's tokenizer beside it
+    assert published.version_models == ("clf.v1.engine",) and not (repo / "clf.v1.tokenizer").exists()
     engine_dir = repo / "clf.v1.engine" / "1"
-    assert {p.name for p in engine_dir.iterdir()} == {"model.py", "model.onnx", "engine.json", "__pycache__"}
+    assert {p.name for p in engine_dir.iterdir()} == {"model.py", "model.onnx", "engine.json", "tokenizer",
+                                                      "__pycache__"}
+    assert (engine_dir / "tokenizer" / "tokenizer.json").is_file()
     source = Path(repository.__file__).parent / "triton" / "engine_model.py"
     assert (engine_dir / "model.py").read_text() == source.read_text()
-    tokenizer_dir = repo / "clf.v1.tokenizer" / "1"
-    assert {p.name for p in tokenizer_dir.iterdir()} == {"model.py", "engine.json", "tokenizer", "__pycache__"}
-    assert (tokenizer_dir / "tokenizer" / "tokenizer.json").is_file()
     for entry in ("clf", "clf_engine"):  # ensembles: an empty version directory, and nothing else to load
         assert (repo / entry / "1").is_dir() and not list((repo / entry / "1").iterdir())
     for name in published.model_names:
@@ -58,6 +58,22 @@ def test_publish_layout(tiny_bundle, tmp_path):  # noqa: F811
     assert no_staging_left(repo)
 
 
+def test_two_hop_publish_layout(tiny_bundle, tmp_path):  # noqa: F811
+    repo = tmp_path / "repo"
+    published = publish_engine(tiny_bundle, repo, "clf", text_path="two-hop")
+    assert published.version_models == ("clf.v1.tokenizer", "clf.v1.engine")
+    engine_dir = repo / "clf.v1.engine" / "1"
+    assert {p.name for p in engine_dir.iterdir()} == {"model.py", "model.onnx", "engine.json", "__pycache__"}
+    tokenizer_dir = repo / "clf.v1.tokenizer" / "1"
+    assert {p.name for p in tokenizer_dir.iterdir()} == {"model.py", "engine.json", "tokenizer", "__pycache__"}
+    assert (tokenizer_dir / "tokenizer" / "tokenizer.json").is_file()
+    config = text_format.Parse((repo / "clf" / "config.pbtxt").read_text(), pb.ModelConfig())
+    assert [s.model_name for s in config.ensemble_scheduling.step] == ["clf.v1.tokenizer", "clf.v1.engine"]
+    assert config.parameters["text_path"].string_value == "two-hop"
+    with pytest.raises(RepositoryError, match="text_path 'both'"):
+        publish_engine(tiny_bundle, repo, "clf", text_path="both")
+
+
 def test_second_publish_adds_version_and_keeps_first(tiny_bundle, tmp_path):  # noqa: F811
     repo = tmp_path / "repo"
     publish_engine(tiny_bundle, repo, "clf")
@@ -71,15 +87,14 @@ def test_second_publish_adds_version_and_keeps_first(tiny_bundle, tmp_path):  # 
     assert snapshot(repo / "clf.v1.engine") == before
     assert EngineSpec.load(repo / "clf.v2.engine" / "2").build_id == "tiny-build-2"
     models = {m.name: m for m in list_published(repo)}
-    assert set(models) == {"clf", "clf_engine", "clf.v1.tokenizer", "clf.v1.engine", "clf.v2.tokenizer",
-                           "clf.v2.engine"}
+    assert set(models) == {"clf", "clf_engine", "clf.v1.engine", "clf.v2.engine"}
     assert models["clf"].kind == "ensemble" and models["clf_engine"].kind == "ensemble"
     assert models["clf.v2.engine"].kind == "python" and models["clf"].versions == (1, 2)
     assert models["clf"].builds == {1: "tiny-build-1", 2: "tiny-build-2"}
     # the entry points now run version 2 alone
     config = text_format.Parse((repo / "clf" / "config.pbtxt").read_text(), pb.ModelConfig())
     assert list(config.version_policy.specific.versions) == [2]
-    assert {s.model_name for s in config.ensemble_scheduling.step} == {"clf.v2.tokenizer", "clf.v2.engine"}
+    assert {s.model_name for s in config.ensemble_scheduling.step} == {"clf.v2.engine"}
     assert (repo / "clf" / "entries" / "1" / "clf_engine.pbtxt").is_file()
 
 
@@ -142,8 +157,8 @@ def test_failure_while_staging_or_committing_rolls_back(tiny_bundle, tmp_path, m
     monkeypatch.setattr(staging.os, "rename", failing_rename)
     with pytest.raises(RepositoryError, match="rename failed"):
         publish_engine(tiny_bundle, repo, "clf")
-    # the version's two models (new directories), the ids entry point's version, then the text entry's: refused
-    assert len(calls) == 4 and snapshot(repo) == before and no_staging_left(repo)
+    # the version's engine model (a new directory), the ids entry point's version, then the text entry's: refused
+    assert len(calls) == 3 and snapshot(repo) == before and no_staging_left(repo)
 
 
 def test_repository_errors(tiny_bundle, tmp_path):  # noqa: F811

@@ -84,7 +84,8 @@ def test_generated_configs_have_derived_values_and_warmup():
     assert engine.instance_group[0].count == 2
     assert engine.parameters["intra_op_threads"].string_value == "2"
     assert {"why.max_queue_delay_us", "why.instances", "why.max_batch_size", "why.warmup"} <= set(engine.parameters)
-    assert [(w.name, w.batch_size) for w in engine.model_warmup] == [("batch_1", 1), ("batch_16", 16)]
+    # one-hop: the engine also tokenizes, so a text sample warms its tokenizer up
+    assert [(w.name, w.batch_size) for w in engine.model_warmup] == [("batch_1", 1), ("batch_16", 16), ("text", 1)]
     sample = engine.model_warmup[0]
     assert set(sample.inputs) == {"INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS"}
     assert sample.inputs["INPUT_IDS"].zero_data and list(sample.inputs["INPUT_IDS"].dims) == [64]
@@ -93,19 +94,22 @@ def test_generated_configs_have_derived_values_and_warmup():
     mask = np.frombuffer(configs["engine"].warmup_files[mask_file], dtype="<i8")
     assert mask.shape == (64,) and (mask == 1).all()  # a valid mask: the engine model refuses all-0 rows
 
-    tokenizer = parse(configs["tokenizer"].to_pbtxt())
-    text_input = tokenizer.model_warmup[0].inputs["TEXT"]
-    assert text_input.data_type == pb.TYPE_STRING and list(text_input.dims) == [1]
-    data = configs["tokenizer"].warmup_files[text_input.input_data_file]
-    (length,) = struct.unpack("<I", data[:4])
-    assert data[4:].decode() == WARMUP_TEXT and length == len(WARMUP_TEXT.encode())
+    two_hop = build_model_configs("clf", SPEC, version=1, settings=settings, text_path="two-hop")
+    assert [w.name for w in parse(two_hop["engine"].to_pbtxt()).model_warmup] == ["batch_1", "batch_16"]
+    for tokenizes in (configs["engine"], two_hop["tokenizer"]):
+        text_input = parse(tokenizes.to_pbtxt()).model_warmup[-1].inputs["TEXT"]
+        assert text_input.data_type == pb.TYPE_STRING and list(text_input.dims) == [1]
+        data = tokenizes.warmup_files[text_input.input_data_file]
+        (length,) = struct.unpack("<I", data[:4])
+        assert data[4:].decode() == WARMUP_TEXT and length == len(WARMUP_TEXT.encode())
     assert not parse(configs["ensemble"].to_pbtxt()).model_warmup  # Triton refuses warmup on ensembles
 
 
 def test_warmup_can_be_turned_off_and_batch_1_has_one_sample():
-    configs = build_model_configs("clf", SPEC, version=1, max_batch_size=1, warmup=False)
+    configs = build_model_configs("clf", SPEC, version=1, max_batch_size=1, warmup=False, text_path="two-hop")
     assert not configs["engine"].model_warmup and not configs["tokenizer"].model_warmup
-    configs = build_model_configs("clf", SPEC, version=1, max_batch_size=1)
+    assert not build_model_configs("clf", SPEC, version=1, max_batch_size=1, warmup=False)["engine"].model_warmup
+    configs = build_model_configs("clf", SPEC, version=1, max_batch_size=1, text_path="two-hop")
     assert [w.name for w in configs["engine"].model_warmup] == ["batch_1"]
 
 
@@ -171,8 +175,9 @@ def test_warmup_validation_errors(make, message):
 def test_publish_writes_warmup_files_where_triton_reads_them(tiny_bundle, tmp_path):  # noqa: F811
     repo = tmp_path / "repo"
     for _ in range(2):  # the second publish moves the files into existing model directories
-        publish_engine(tiny_bundle, repo, "clf", max_batch_size=4)
-    for model in ("clf.v2.engine", "clf.v2.tokenizer"):
+        publish_engine(tiny_bundle, repo, "clf", max_batch_size=4, text_path="two-hop")
+    publish_engine(tiny_bundle, repo, "clf", max_batch_size=4)  # one-hop: the engine's text sample too
+    for model in ("clf.v2.engine", "clf.v2.tokenizer", "clf.v3.engine"):
         config = parse((repo / model / "config.pbtxt").read_text())
         files = {i.input_data_file for w in config.model_warmup for i in w.inputs.values() if i.input_data_file}
         assert files and all((repo / model / "warmup" / name).is_file() for name in files)
@@ -217,3 +222,22 @@ def test_tune_refuses_bad_settings_before_starting_anything(tmp_path):
         tune(tmp_path, "clf", slo_p99_ms=5, queue_delays_us=(-1,))
     with pytest.raises(RepositoryError, match="no published model 'clf'"):
         tune(tmp_path, "clf", slo_p99_ms=5)
+
+
+def test_publish_config_takes_the_text_layout_and_the_step_passes_it_on(monkeypatch, tmp_path):
+    from engineforge.serve import publish_step
+
+    assert PublishConfig().text_path == "one-hop"
+    with pytest.raises(ConfigError, match=r"publish\.text_path must be 'one-hop' \(default\) or 'two-hop', got 'x'"):
+        PublishConfig(text_path="x")
+    seen = {}
+
+    def fake_publish(bundle, repo, name, **kwargs):
+        seen.update(kwargs)
+        return SimpleNamespace(version=1, served=None, native_plan=None)
+
+    monkeypatch.setattr(publish_step, "ensure_bundle", lambda ctx: tmp_path)
+    monkeypatch.setattr(publish_step, "bundle_engine_mb", lambda bundle: 1.0)
+    monkeypatch.setattr(publish_step, "publish_engine", fake_publish)
+    publish_step.publish(SimpleNamespace(records=[]), PublishConfig(model_name="clf", text_path="two-hop"))
+    assert seen["text_path"] == "two-hop"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from engineforge.engines.engine_spec import EngineSpec
-from engineforge.errors import ServerError
+from engineforge.errors import RepositoryError, ServerError
 from engineforge.serve.gate import Gate
-from engineforge.serve.published import pinned
+from engineforge.serve.published import pinned, verify_version
 from engineforge.serve.repository import publish_engine
 from engineforge.serve.version_switch import (
     must_be_ready,
@@ -41,15 +41,21 @@ class Control:
         self.calls.append(("unload", name))
 
 
+def two_versions(bundle: Path, tmp_path: Path, first: str, second: str) -> Path:
+    """A repository whose entry points on disk ask for version 2; each version published with the text layout
+    given (a two-hop version has two models, a one-hop version one)."""
+    repo = tmp_path / "repo"
+    publish_engine(bundle, repo, "clf", text_path=first)
+    again = tmp_path / "second"
+    shutil.copytree(bundle, again)
+    EngineSpec.from_dict(EngineSpec.load(again).to_dict() | {"build_id": "tiny-build-2"}).save(again)
+    publish_engine(again, repo, "clf", text_path=second)
+    return repo
+
+
 @pytest.fixture
 def repo(tiny_bundle: Path, tmp_path: Path) -> Path:  # noqa: F811
-    repo = tmp_path / "repo"
-    publish_engine(tiny_bundle, repo, "clf")
-    second = tmp_path / "second"
-    shutil.copytree(tiny_bundle, second)
-    EngineSpec.from_dict(EngineSpec.load(second).to_dict() | {"build_id": "tiny-build-2"}).save(second)
-    publish_engine(second, repo, "clf")  # the entry points on disk now ask for version 2
-    return repo
+    return two_versions(tiny_bundle, tmp_path, "two-hop", "two-hop")
 
 
 def test_the_new_version_loads_first_and_the_old_goes_last(repo: Path, tmp_path: Path) -> None:
@@ -105,3 +111,26 @@ def test_a_server_loads_the_entry_points_and_other_models(repo: Path) -> None:
     assert must_be_ready(repo, (), {"clf": 2}) == ["foreign", "clf", "clf_engine", "clf.v2.tokenizer",
                                                    "clf.v2.engine"]
     assert must_be_ready(repo, (), {}) == ["foreign"]  # published, but its first version never loaded
+
+
+@pytest.mark.parametrize(("first", "second"), [("two-hop", "one-hop"), ("one-hop", "two-hop"), ("one-hop", "one-hop")])
+def test_switching_between_text_layouts_loads_and_unloads_each_versions_own_models(
+        tiny_bundle: Path, tmp_path: Path, first: str, second: str) -> None:  # noqa: F811
+    repo = two_versions(tiny_bundle, tmp_path, first, second)
+    models = {"one-hop": ["engine"], "two-hop": ["tokenizer", "engine"]}
+    control = Control()
+    assert switch_version(control, repo, "clf", 1, 2, None, 1.0, lambda _: None).ok
+    assert control.calls == [*(("load", f"clf.v2.{role}") for role in models[second]), ("load", "clf_engine"),
+                             ("load", "clf"), *(("unload", f"clf.v1.{role}") for role in models[first])]
+    assert must_be_ready(repo, (), {"clf": 2}) == ["clf", "clf_engine", *(f"clf.v2.{r}" for r in models[second])]
+    assert serving_version(repo, "clf") == (2, [1, 2])  # both layouts are versions a rollback may go to
+    for version in (1, 2):
+        verify_version(repo, "clf", version)
+
+
+def test_a_changed_tokenizer_beside_a_one_hop_engine_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:  # noqa: F811
+    repo = two_versions(tiny_bundle, tmp_path, "one-hop", "one-hop")
+    vocab = repo / "clf.v1.engine" / "1" / "tokenizer" / "vocab.txt"
+    vocab.write_text(vocab.read_text() + "extra\n")
+    with pytest.raises(RepositoryError, match=r"tokenizer: sha256 .* differs from the published"):
+        verify_version(repo, "clf", 1)
