@@ -29,7 +29,8 @@ def _build(checkpoint: Path, eval_data: Path, out: Path, preset: str = "int8", *
 def test_int8_build_writes_a_servable_bundle_and_reports(tiny_checkpoint, tiny_eval_data, tmp_path):
     report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out", max_build_minutes=60.0)
     assert report.status == "ok"
-    assert [s.name for s in report.steps] == ["export", "graph_optimize", "dynamic_int8", "validate"]
+    assert [s.name for s in report.steps] == ["export", "graph_optimize", "dynamic_int8", "plan_serving",
+                                                        "validate"]
     optimize = report.steps[1].details
     assert optimize["missing_fusions"] == [] and optimize["fused_ops"]["Attention"] == 2
     assert report.steps[2].details["quantized_nodes"] > 0
@@ -57,7 +58,8 @@ def test_int8_build_writes_a_servable_bundle_and_reports(tiny_checkpoint, tiny_e
     assert set(manifest["outputs"]) >= {"model.onnx", "engine.json", "tokenizer/tokenizer.json"}
     assert manifest["data"]["eval"]["sha256"] and manifest["versions"]["onnxruntime"]
     recipe = load_recipe(tmp_path / "out" / "recipe.toml")
-    assert [s.step_type for s in recipe["steps"]] == ["export", "graph_optimize", "dynamic_int8", "validate"]
+    assert [s.step_type for s in recipe["steps"]] == ["export", "graph_optimize", "dynamic_int8", "plan_serving",
+                                                        "validate"]
     assert recipe["max_build_minutes"] == 60.0  # the recipe repeats the build with its time limit
 
 
