@@ -49,7 +49,7 @@ class PlanServingConfig(StepConfig):
     concurrency: int = 4
     # Calls per batch size (buckets) and per layout (batch-1 latency); seconds of throughput per layout.
     calls: int = 40
-    seconds_per_layout: float = 1.5
+    seconds_per_layout: float = 1.0
 
     def __post_init__(self) -> None:
         require(self.buckets in (AUTO, OFF), f"plan_serving.buckets={self.buckets!r}: use \"auto\" (measure) or "
@@ -62,7 +62,7 @@ class PlanServingConfig(StepConfig):
         require(self.concurrency >= 1, f"plan_serving.concurrency={self.concurrency}: give callers >= 1, e.g. 4")
         require(self.calls >= 10, f"plan_serving.calls={self.calls}: give >= 10 calls, e.g. 40")
         require(self.seconds_per_layout > 0, f"plan_serving.seconds_per_layout={self.seconds_per_layout}: give "
-                                             "seconds > 0, e.g. 1.5")
+                                             "seconds > 0, e.g. 1.0")
 
     def check_in(self, build: BuildConfig) -> None:
         other = next((s.step_type for s in build.steps if s.step_type in _NOT_CPU_ONNX), None)
@@ -103,8 +103,7 @@ def plan_buckets(ctx: BuildContext, config: PlanServingConfig, profile: TrafficP
     reason = (f"{verdict}: {list(candidates)} took {padded:.3f} ms per request vs {none:.3f} without "
               f"({gain:+.1%} saved; kept from {config.min_gain:.0%}), on lengths changing every call")
     return {"buckets": list(candidates) if keep else [], "candidates": list(candidates),
-            "ms_per_request": {"none": none, "buckets": padded}, "gain": round(gain, 4), "reason": reason,
-            "timing": {name: t.to_dict() for name, t in timed.items()}}
+            "ms_per_request": {"none": none, "buckets": padded}, "gain": round(gain, 4), "reason": reason}
 
 
 def plan_layout(ctx: BuildContext, config: PlanServingConfig, profile: TrafficProfile,
@@ -129,11 +128,13 @@ def plan_serving(ctx: BuildContext, config: PlanServingConfig) -> StepOutput:
     buckets = tuple(buckets_plan["buckets"])
     progress.info(f"  plan_serving: length buckets {buckets_plan['reason']}")
     layout = plan_layout(ctx, config, profile, buckets)
-    plan = {**(layout or {}), "length_buckets": {k: v for k, v in buckets_plan.items() if k != "timing"}}
-    details = {"length_buckets": list(buckets), "buckets_reason": buckets_plan["reason"]}
+    details: dict[str, Any] = {"length_buckets": list(buckets), "buckets_reason": buckets_plan["reason"]}
+    if "ms_per_request" in buckets_plan:
+        details["bucket_ms_per_request"] = buckets_plan["ms_per_request"]
     if layout is not None:
         progress.info(f"  plan_serving: {layout['why']}")
         details |= {"instances": layout["instances"], "intra_op_threads": layout["intra_op_threads"],
-                    "layouts": layout["candidates"]}
+                    "layouts": [f"{r['instances']} x {r['intra_op_threads']}: {r['requests_per_s']:.0f} req/s, "
+                                f"batch-1 p50 {r['batch1_p50_ms']:.2f} ms" for r in layout["candidates"]]}
     return StepOutput(length_buckets=buckets, intra_op_threads=layout["intra_op_threads"] if layout else None,
-                      serving_plan=plan, details=details | {"bucket_timing": buckets_plan.get("timing", {})})
+                      serving_plan={**(layout or {}), "length_buckets": buckets_plan}, details=details)
