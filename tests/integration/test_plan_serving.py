@@ -81,3 +81,11 @@ def test_recipes_where_it_cannot_run_are_refused_before_any_work(tiny_checkpoint
     with pytest.raises(ConfigError, match="'compile' makes an engine served elsewhere: drop 'plan_serving'"):
         check_build(config(ExportConfig(), CompileConfig(), PlanServingConfig(), ValidateConfig()))
     assert not (tmp_path / "o").exists()
+
+
+def test_without_texts_nothing_is_measured(tiny_checkpoint, tmp_path):
+    report = run_build(BuildConfig(checkpoint=tiny_checkpoint, output_dir=tmp_path / "out",
+                                   steps=(ExportConfig(), PlanServingConfig())))
+    assert "pass --eval-data" in report.step("plan_serving").details["skipped"]
+    spec = EngineSpec.load(tmp_path / "out" / "engine")
+    assert spec.length_buckets == () and spec.serving_plan is None and spec.intra_op_threads == 2

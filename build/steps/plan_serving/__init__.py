@@ -19,7 +19,7 @@ from engineforge.engines.registry import MODEL_ONNX
 from engineforge.engines.timing import measure_profile_latencies
 from engineforge.engines.traffic import TrafficProfile, profile_from_texts
 
-from ...config import EVAL_DATA, ONNX_GRAPH, STAGE_PLAN_SERVING, BuildConfig, StepConfig, require
+from ...config import ONNX_GRAPH, STAGE_PLAN_SERVING, BuildConfig, StepConfig, require
 from ...context import BuildContext
 from ...step_output import StepOutput
 from ...step_registry import register_step
@@ -34,7 +34,9 @@ _NOT_CPU_ONNX = ("compile", "bnb_4bit")
 class PlanServingConfig(StepConfig):
     step_type: ClassVar[str] = "plan_serving"
     stage: ClassVar[int] = STAGE_PLAN_SERVING
-    requires = frozenset({ONNX_GRAPH, EVAL_DATA})
+    # Texts come from the build's traffic profile (eval data until the build carries its own): none are required,
+    # so that the profile's source stays the build's choice; without any, nothing is measured (see plan_serving).
+    requires = frozenset({ONNX_GRAPH})
 
     # "auto": time candidate length buckets against none and keep the faster; "off": never pad.
     buckets: str = AUTO
@@ -70,10 +72,10 @@ class PlanServingConfig(StepConfig):
                                f"served elsewhere: drop 'plan_serving' (or '{other}')")
 
 
-def traffic_profile(ctx: BuildContext) -> TrafficProfile:
-    """The build's traffic profile; the eval texts' until the build carries one of its own."""
+def traffic_profile(ctx: BuildContext) -> TrafficProfile | None:
+    """The build's traffic profile; the eval texts' until the build carries one of its own; None without texts."""
     profile = getattr(ctx, "traffic_profile", None)
-    if profile is not None:
+    if profile is not None or not ctx.eval_examples:
         return profile
     return profile_from_texts(ctx.tokenizer, ctx.eval_texts(ctx.eval_examples), ctx.config.max_sequence_length,
                               "eval data")
@@ -123,6 +125,8 @@ def plan_layout(ctx: BuildContext, config: PlanServingConfig, profile: TrafficPr
 @register_step(PlanServingConfig)
 def plan_serving(ctx: BuildContext, config: PlanServingConfig) -> StepOutput:
     profile = traffic_profile(ctx)
+    if profile is None:  # the engine serves as before: no buckets, the build's threads, instances from the cores
+        return StepOutput(details={"skipped": "no texts to time the engine on: pass --eval-data FILE.jsonl"})
     progress.info(f"  plan_serving: {profile.describe()}")
     buckets_plan = plan_buckets(ctx, config, profile)
     buckets = tuple(buckets_plan["buckets"])
