@@ -2,13 +2,14 @@
 (as served text does), without and with the length buckets the engine is served with. Run on demand.
 
     .venv/bin/python benchmarks/bench_shape_changes.py artifacts/builds/intent-fast-cpu artifacts/builds/intent-int8
+    .venv/bin/python benchmarks/bench_shape_changes.py --buckets=16,24,32,128 artifacts/builds/demo-intent
 
-For each build's engine, opened without buckets and with them (engine.json's `length_buckets`; a build made before
-plan_serving gets the candidates its lengths would: 16, 32, max_sequence_length), median latency at batch 1 of
-200 calls at a fixed 21 tokens, then 200 calls cycling through 10 lengths (12..30 tokens, the demo's messages,
-mean 21), the cases taking turns every 10 calls; and fixed 32 vs alternating 16/32. The ratio columns
-are cycling / fixed 21 (the same average length): what lengths changing every call cost, the issue's target being
-<= 1.15x. Prints a Markdown table.
+For each build's engine, opened without buckets and with them (`--buckets`, else engine.json's `length_buckets`,
+else the candidates plan_serving would try on the lengths timed here: 24, 32, max_sequence_length), median
+latency at batch 1 of 200 calls at a fixed 21 tokens, then 200 calls cycling through 10 lengths (12..30 tokens,
+the demo's messages, mean 21), the cases taking turns every 10 calls; and fixed 32 vs alternating 16/32. The
+ratio columns are cycling / fixed 21 (the same average length): what lengths changing every call cost, the issue's
+target being <= 1.15x. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -48,16 +49,18 @@ def interleaved_medians(cases: dict[str, tuple[object, list[dict]]]) -> dict[str
     return {name: median(values) for name, values in times.items()}
 
 
-def served_buckets(spec: EngineSpec) -> tuple[int, ...]:
+def served_buckets(spec: EngineSpec, given: tuple[int, ...]) -> tuple[int, ...]:
+    if given:
+        return given
     if spec.length_buckets:
         return spec.length_buckets
     return candidate_buckets(TrafficProfile("cycle", CYCLE, spec.max_sequence_length))
 
 
-def time_build(build: str) -> str:
+def time_build(build: str, given: tuple[int, ...]) -> str:
     bundle = Path(build) / "engine"
     spec = EngineSpec.load(bundle)
-    buckets = served_buckets(spec)
+    buckets = served_buckets(spec, given)
     engines = {"plain": load_engine(bundle / spec.model_file, spec.runtime, spec.intra_op_threads),
                "buckets": load_engine(bundle / spec.model_file, spec.runtime, spec.intra_op_threads,
                                       length_buckets=buckets)}
@@ -81,7 +84,9 @@ def main(argv: list[str]) -> int:
     rows = ["| build | runtime | buckets | fixed 21 ms | cycling 12..30 ms | cycling / fixed | cycling, buckets ms | "
             "cycling with buckets / fixed | fixed 32 ms | alternating 16/32 ms |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    rows += [time_build(build) for build in argv]
+    given = next((tuple(int(n) for n in a.split("=", 1)[1].split(",")) for a in argv if a.startswith("--buckets=")),
+                 ())
+    rows += [time_build(build, given) for build in argv if not build.startswith("--")]
     print("\n".join(rows))
     return 0
 

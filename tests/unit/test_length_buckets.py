@@ -95,12 +95,13 @@ def test_a_runtime_without_bucketing_refuses_buckets(graphs: dict[str, Path]) ->
         del registry._RUNTIMES["no-buckets-toy"]
 
 
-def test_candidate_buckets_cover_the_profile_and_end_at_the_limit() -> None:
+def test_candidate_buckets_sit_just_above_common_lengths_and_end_at_the_limit() -> None:
     short = TrafficProfile("t", tuple([12] * 50 + [20] * 45 + [30] * 5), 128)
-    assert candidate_buckets(short) == (16, 32, 128)
+    assert candidate_buckets(short) == (16, 24, 32, 128)
     long = TrafficProfile("t", tuple([40] * 50 + [300] * 50), 512)
-    assert candidate_buckets(long) == (32, 64, 128, 256, 512)  # at most 5: the smallest went
+    assert candidate_buckets(long) == (40, 304, 512)
     assert candidate_buckets(TrafficProfile("t", (8,), 16)) == (16,)
+    assert candidate_buckets(TrafficProfile("t", (120, 127), 128)) == (128,)
 
 
 def test_pad_feeds_pads_ids_mask_and_types_with_zeros() -> None:
