@@ -50,7 +50,8 @@ SEQ_LEN = 128
 def in_process(bundle: Path, spec: EngineSpec, iterations: int) -> dict[str, float]:
     from transformers import AutoTokenizer
 
-    engine = load_engine(bundle / spec.model_file, spec.runtime, spec.intra_op_threads)
+    engine = load_engine(bundle / spec.model_file, spec.runtime, spec.intra_op_threads,
+                         length_buckets=spec.length_buckets)  # as served
     engine_ms = measure_latency(engine, spec.vocab_size or 30522, 1, SEQ_LEN, iterations).median_ms
     tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
     times, tokenize_times = [], []
@@ -82,7 +83,8 @@ def engine_beside_neighbour(bundle: Path, spec: EngineSpec, iterations: int, wor
 
     from engineforge.engines.timing import synthetic_feeds
 
-    engine = load_engine(bundle / spec.model_file, spec.runtime, spec.intra_op_threads)
+    engine = load_engine(bundle / spec.model_file, spec.runtime, spec.intra_op_threads,
+                         length_buckets=spec.length_buckets)  # as served
     feeds = synthetic_feeds(engine.input_names, 1, SEQ_LEN, spec.vocab_size or 30522)
     ours, theirs = multiprocessing.Pipe()
     partner = multiprocessing.get_context("fork").Process(target=_neighbour, args=(theirs, work_s), daemon=True)

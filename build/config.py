@@ -27,6 +27,7 @@ STAGE_EXPORT = 40
 STAGE_GRAPH_OPTIMIZE = 50
 STAGE_ONNX_QUANTIZE = 60
 STAGE_COMPILE = 70
+STAGE_PLAN_SERVING = 75  # after the runtime is chosen, before validate measures the engine as served
 STAGE_VALIDATE = 80
 STAGE_PUBLISH = 90
 

@@ -67,6 +67,11 @@ class BuildContext:
     validation: dict[str, Any] | None = None
     bundle_dir: Path | None = None
     published: dict[str, Any] | None = None
+    # Set by plan_serving: the engine is opened (validated, timed, served) padded to these lengths with these
+    # threads; None threads = config.intra_op_threads.
+    length_buckets: tuple[int, ...] = ()
+    intra_op_threads: int | None = None
+    serving_plan: dict[str, Any] | None = None
     _reference_logits: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict, repr=False)
     _offsets: dict[tuple[str, ...], list[np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -144,15 +149,23 @@ class BuildContext:
             info.model_kind, self.onnx_path)
         return (path, info.bundle_file) if path is not None else None
 
-    def open_engine(self, runtime: str | None = None) -> Any:
+    @property
+    def serving_threads(self) -> int:
+        return self.config.intra_op_threads if self.intra_op_threads is None else self.intra_op_threads
+
+    def open_engine(self, runtime: str | None = None, *, length_buckets: Sequence[int] | None = None,
+                    threads: int | None = None) -> Any:
         """The current engine in `runtime` (default: the one that will serve it), opened exactly as the engine
-        model in Triton opens it: validation and runtime selection measure what is served."""
+        model in Triton opens it (length buckets and threads from plan_serving, unless given): validation and
+        runtime selection measure what is served."""
         from engineforge.engines import load_engine
 
         source = self.engine_source() if runtime is None else (self.onnx_path, "")  # candidates read the graph
         if source is None or source[0] is None:
             raise ConfigError("no step has produced an engine yet: add 'export' (or 'bnb_4bit') to the recipe")
-        return load_engine(source[0], runtime or self.runtime, self.config.intra_op_threads)
+        buckets = self.length_buckets if length_buckets is None else tuple(length_buckets)
+        return load_engine(source[0], runtime or self.runtime, self.serving_threads if threads is None else threads,
+                           length_buckets=buckets)
 
     def reference_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """fp32 reference model logits, computed once per text list: static_int8's fallback, select_runtime

@@ -21,6 +21,7 @@ from .steps import (
     ExportConfig,
     GraphOptimizeConfig,
     Int4WeightOnlyConfig,
+    PlanServingConfig,
     PruneConfig,
     PublishConfig,
     SelectRuntimeConfig,
@@ -33,19 +34,24 @@ def _serve(*steps: StepConfig, validate: ValidateConfig | None = None) -> tuple[
     return (*steps, validate or ValidateConfig(), PublishConfig())
 
 
+def _serve_cpu(*steps: StepConfig, validate: ValidateConfig | None = None) -> tuple[StepConfig, ...]:
+    """An ONNX engine served on the CPU: length buckets, threads and instances measured on the traffic profile."""
+    return _serve(*steps, PlanServingConfig(), validate=validate)
+
+
 # Every preset, in the order help and refusals list them: the one list of preset names (PRESET_NAMES).
 _PRESETS: dict[str, Callable[[], tuple[StepConfig, ...]]] = {
     # Reference: exported and fused, full precision, ONNX Runtime.
-    "fp32": lambda: _serve(ExportConfig(), GraphOptimizeConfig()),
+    "fp32": lambda: _serve_cpu(ExportConfig(), GraphOptimizeConfig()),
     # Full precision in whichever CPU runtime is faster here; a tight budget.
-    "max-accuracy": lambda: _serve(ExportConfig(), GraphOptimizeConfig(), SelectRuntimeConfig(),
-                                   validate=ValidateConfig(max_accuracy_drop=0.0, min_agreement=0.995)),
+    "max-accuracy": lambda: _serve_cpu(ExportConfig(), GraphOptimizeConfig(), SelectRuntimeConfig(),
+                                       validate=ValidateConfig(max_accuracy_drop=0.0, min_agreement=0.995)),
     # ONNX Runtime dynamic int8, per-channel weights (what Optimum's dynamic quantizer gives).
-    "int8": lambda: _serve(ExportConfig(), GraphOptimizeConfig(), DynamicInt8Config()),
+    "int8": lambda: _serve_cpu(ExportConfig(), GraphOptimizeConfig(), DynamicInt8Config()),
     # Calibrated static Q/DQ int8 with sensitivity fallback; runs in ORT or OpenVINO, fastest wins.
-    "int8-static": lambda: _serve(ExportConfig(), StaticInt8Config(), SelectRuntimeConfig()),
+    "int8-static": lambda: _serve_cpu(ExportConfig(), StaticInt8Config(), SelectRuntimeConfig()),
     # Memory, not speed: block-wise int4 weights (slower than int8 on x86 CPUs, measured).
-    "int4-weight-only": lambda: _serve(ExportConfig(), GraphOptimizeConfig(), Int4WeightOnlyConfig()),
+    "int4-weight-only": lambda: _serve_cpu(ExportConfig(), GraphOptimizeConfig(), Int4WeightOnlyConfig()),
     # bitsandbytes NF4 served by a torch python backend (no ONNX path exists for bnb layers).
     "nf4": lambda: _serve(Bnb4BitConfig()),
     # Default CPU preset: prune heads + FFN, recover by distillation, calibrated int8, fastest runtime.
@@ -63,15 +69,16 @@ _PRESETS: dict[str, Callable[[], tuple[StepConfig, ...]]] = {
 def _fast_cpu(head_sparsity: float, ffn_sparsity: float, gpu: bool = False) -> tuple[StepConfig, ...]:
     """The pruned int8 ladder's rung; `gpu` compiles it with TensorRT instead of picking a CPU runtime."""
     last: StepConfig = CompileConfig(precision="int8") if gpu else SelectRuntimeConfig()
+    serve = _serve if gpu else _serve_cpu
     if head_sparsity == ffn_sparsity == 0:
-        return _serve(ExportConfig(), StaticInt8Config(), last)
+        return serve(ExportConfig(), StaticInt8Config(), last)
     # Hidden-state matching on top of the logits: per-token targets, measured +0.3 points of agreement
     # on the demo student (50 %/50 %, 2200 texts). All 8 epochs run (patience 0; the best held-out epoch is
     # still restored): the learning rate decays to zero, and stopping on the noisy KL of ~220 held-out
     # texts kept, in two demo runs, an epoch 0.3-0.6 points less accurate than the last one.
     distill = DistillConfig(epochs=8, hidden_weight=1.0, patience=0)
-    return _serve(PruneConfig(head_sparsity=head_sparsity, ffn_sparsity=ffn_sparsity), distill,
-                  ExportConfig(), StaticInt8Config(), last)
+    return serve(PruneConfig(head_sparsity=head_sparsity, ffn_sparsity=ffn_sparsity), distill,
+                 ExportConfig(), StaticInt8Config(), last)
 
 
 # (head, FFN) sparsity, most aggressive first. The second rung is as fast as the first (measured in OpenVINO:

@@ -48,6 +48,10 @@ class StepOutput:
     precision: str | None = None
     runtime: str | None = None
     published: dict[str, Any] | None = None
+    # How the engine is served (plan_serving): length buckets (() = none), threads per instance, the plan's record.
+    length_buckets: tuple[int, ...] | None = None
+    intra_op_threads: int | None = None
+    serving_plan: dict[str, Any] | None = None
 
     def made(self) -> dict[str, Any]:
         """Every field set, details aside."""

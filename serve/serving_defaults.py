@@ -124,6 +124,8 @@ def derive_serving_settings(
     elif runtime_info(spec.runtime).instances is not None:  # the runtime's own rule (TensorRT: 1 per GPU)
         instances = runtime_info(spec.runtime).instances
         reasons["instances"] = runtime_info(spec.runtime).instances_reason or f"{instances}: fixed by the runtime"
+    elif planned := planned_instances(spec, cores):
+        instances, reasons["instances"] = planned
     elif threads == 0:
         instances = 1
         reasons["instances"] = f"1: engine.json lets the runtime use all {cores} cores (intra_op_threads 0)"
@@ -138,6 +140,19 @@ def derive_serving_settings(
                            intra_op_threads=threads, warmup=warmup, reasons=reasons)
 
 
+def planned_instances(spec: EngineSpec, cores: int) -> tuple[int, str] | None:
+    """(instances, why) from engine.json's serving_plan, measured by the build on its traffic profile; None for an
+    engine.json without one (older builds, fixed threads) or measured on another number of cores, which fall back
+    to cores // threads."""
+    plan = spec.serving_plan or {}
+    instances = plan.get("instances")
+    if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
+        return None
+    if plan.get("cores", cores) != cores:
+        return None
+    return instances, f"{instances}: from engine.json's serving_plan, {plan.get('why', 'measured by the build')}"
+
+
 def _ones_file(seq_len: int) -> WarmupInput:
     # zero_data would give an all-0 attention mask, which the engine model rejects (and a failed sample fails
     # the model load); random_data fills int64s with random bytes, not 0/1. So the mask comes from a file.
@@ -145,15 +160,23 @@ def _ones_file(seq_len: int) -> WarmupInput:
                        file_data=np.ones(seq_len, dtype="<i8").tobytes())
 
 
-def engine_warmup(spec: EngineSpec, max_batch_size: int) -> tuple[WarmupSample, ...]:
-    """Batch 1 and max batch at the tokenizer's sequence length: zero ids ([PAD], a valid id) with a mask of 1s."""
-    seq_len = spec.max_sequence_length
+def _warmup_inputs(spec: EngineSpec, seq_len: int) -> dict[str, WarmupInput]:
     inputs = {"INPUT_IDS": WarmupInput("TYPE_INT64", (seq_len,), zero_data=True), "ATTENTION_MASK": _ones_file(seq_len)}
     if spec.uses_token_type_ids:
         inputs["TOKEN_TYPE_IDS"] = WarmupInput("TYPE_INT64", (seq_len,), zero_data=True)
+    return inputs
+
+
+def engine_warmup(spec: EngineSpec, max_batch_size: int) -> tuple[WarmupSample, ...]:
+    """Batch 1 and max batch at the tokenizer's sequence length: zero ids ([PAD], a valid id) with a mask of 1s;
+    with length buckets, batch 1 at each shorter bucket too (each has its own compiled model to wake)."""
+    seq_len = spec.max_sequence_length
+    inputs = _warmup_inputs(spec, seq_len)
     samples = [WarmupSample("batch_1", inputs, batch_size=1, count=2)]
     if max_batch_size > 1:
         samples.append(WarmupSample(f"batch_{max_batch_size}", inputs, batch_size=max_batch_size, count=1))
+    samples += [WarmupSample(f"bucket_{bucket}", _warmup_inputs(spec, bucket), batch_size=1, count=1)
+                for bucket in spec.length_buckets if bucket < seq_len]
     return tuple(samples)
 
 

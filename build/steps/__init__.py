@@ -17,13 +17,14 @@ from .static_int8 import StaticInt8Config, quantize_static_int8
 from .int4_weight_only import Int4WeightOnlyConfig, quantize_int4_weight_only
 from .select_runtime import SelectRuntimeConfig, select_runtime
 from .compile import CompileConfig, compile_engine
+from .plan_serving import PlanServingConfig, plan_serving
 from .validate import ValidateConfig, validate_accuracy
 from .publish import PublishConfig
 
 __all__ = [
     "Bnb4BitConfig", "CompileConfig", "DistillConfig", "DynamicInt8Config", "ExportConfig", "GraphOptimizeConfig",
-    "Int4WeightOnlyConfig", "PruneConfig", "PublishConfig", "SelectRuntimeConfig", "StaticInt8Config",
-    "ValidateConfig", "compile_engine", "distill", "export_onnx", "optimize_graph", "plan_bnb_modules", "prune",
-    "quantize_bnb_4bit", "quantize_dynamic_int8", "quantize_int4_weight_only", "quantize_static_int8",
-    "select_runtime", "validate_accuracy",
+    "Int4WeightOnlyConfig", "PlanServingConfig", "PruneConfig", "PublishConfig", "SelectRuntimeConfig",
+    "StaticInt8Config", "ValidateConfig", "compile_engine", "distill", "export_onnx", "optimize_graph",
+    "plan_bnb_modules", "plan_serving", "prune", "quantize_bnb_4bit", "quantize_dynamic_int8",
+    "quantize_int4_weight_only", "quantize_static_int8", "select_runtime", "validate_accuracy",
 ]

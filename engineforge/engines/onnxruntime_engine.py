@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .buckets import PAD_ONLY
 from .registry import MODEL_ONNX, load_failure, register_runtime
 
 RUNTIME = "onnxruntime"
@@ -55,7 +56,8 @@ class OnnxRuntimeEngine:
 
 
 @register_runtime(RUNTIME, model_kind=MODEL_ONNX, description="ONNX Runtime, CPU execution provider",
-                  cpu_candidate=True, package="onnxruntime", quiet_options=QUIET_OPTIONS)
+                  cpu_candidate=True, package="onnxruntime", quiet_options=QUIET_OPTIONS,
+                  bucketing=PAD_ONLY)  # one session runs every shape: buckets can only pad
 def load_onnxruntime(path: Path, threads: int, options: Mapping[str, str] | None = None) -> OnnxRuntimeEngine:
     import onnxruntime as ort
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from engineforge.errors import EngineLoadError
 
+from .buckets import STATIC_PER_BUCKET
 from .registry import MODEL_ONNX, load_failure, register_runtime
 
 RUNTIME = "openvino"
@@ -49,10 +50,14 @@ class OpenVinoEngine:
 
 
 # OpenVINO has no spin switch (no quiet_options): benchmarks pause between engines instead.
+# Length buckets: one compiled model per bucket with a static sequence dim; alternating between them costs nothing,
+# where one dynamic-shape model pays ~1 ms per shape change (benchmarks/bench_shape_changes.py).
 @register_runtime(RUNTIME, model_kind=MODEL_ONNX, description="OpenVINO CPU plugin, f32 pinned", cpu_candidate=True,
-                  package="openvino")
-def load_openvino(path: Path, threads: int, options: Mapping[str, Any] | None = None) -> OpenVinoEngine:
-    """`options` are compile properties on top of `openvino_properties`."""
+                  package="openvino", bucketing=STATIC_PER_BUCKET)
+def load_openvino(path: Path, threads: int, options: Mapping[str, Any] | None = None,
+                  sequence_length: int | None = None) -> OpenVinoEngine:
+    """`options` are compile properties on top of `openvino_properties`; `sequence_length` compiles the model for
+    that many tokens only (the batch dim stays dynamic: the dynamic batcher forms any size)."""
     try:
         import openvino as ov
     except ImportError as exc:
@@ -60,8 +65,10 @@ def load_openvino(path: Path, threads: int, options: Mapping[str, Any] | None = 
                               "reinstall engineforge into this environment") from exc
     core = ov.Core()
     try:
-        compiled = core.compile_model(core.read_model(str(path)), "CPU",
-                                      openvino_properties(threads) | dict(options or {}))
+        model = core.read_model(str(path))
+        if sequence_length is not None:
+            model.reshape({port.get_any_name(): ov.PartialShape([-1, sequence_length]) for port in model.inputs})
+        compiled = core.compile_model(model, "CPU", openvino_properties(threads) | dict(options or {}))
     except Exception as exc:  # e.g. an ORT-only contrib op such as com.microsoft.QAttention
         raise load_failure(path, RUNTIME, exc, "OpenVINO reads plain and Q/DQ ONNX, not ONNX Runtime's "
                                                "dynamic-int8 or MatMulNBits graphs") from exc

@@ -15,7 +15,7 @@ import inspect
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +23,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from engineforge.errors import EngineLoadError
+
+from .buckets import NO_BUCKETS, bucketed
+from .traffic import check_length_buckets
 
 # What a runtime reads: an ONNX file, a Hugging Face `save_pretrained` directory (torch-bnb) or a TensorRT plan
 # (any other single file: MODEL_FILE).
@@ -88,6 +91,9 @@ class Runtime:
     # "module:function" that registers it in a fresh process (the Triton stub); "" for engineforge's own runtimes,
     # which `engineforge.engines` registers on import. engine.json records it as `runtime_plugin`.
     plugin: str = ""
+    # How it applies length buckets (buckets.NO_BUCKETS, PAD_ONLY or STATIC_PER_BUCKET: its loader then takes
+    # `sequence_length=` and compiles a static sequence dim).
+    bucketing: str = NO_BUCKETS
 
     @property
     def is_installed(self) -> bool:
@@ -156,9 +162,10 @@ def load_plugin(plugin: str, name: str) -> Runtime:
 
 
 def load_engine(path: str | os.PathLike[str], runtime: str, threads: int,
-                options: Mapping[str, str] | None = None) -> Engine:
+                options: Mapping[str, str] | None = None, length_buckets: Sequence[int] = ()) -> Engine:
     """Open the engine at `path` in `runtime` with `threads` intra-op threads (0 = the runtime's default) and the
-    runtime's own session `options` (e.g. its `quiet_options`), if any.
+    runtime's own session `options` (e.g. its `quiet_options`), if any; with `length_buckets` (engine.json's), every
+    call is padded up to its bucket (buckets.BucketedEngine), compiled per bucket where the runtime does that.
 
     Raises EngineLoadError naming the file and the cause when it is missing or the runtime refuses it.
     """
@@ -170,13 +177,24 @@ def load_engine(path: str | os.PathLike[str], runtime: str, threads: int,
         raise EngineLoadError(f"{path}: {kind} missing; rebuild or republish the engine")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise EngineLoadError(f"threads must be an integer >= 0 (0 = runtime default), got {threads!r}")
-    if not options:
-        return info.loader(path, threads)
-    try:
-        inspect.signature(info.loader).bind(path, threads, options)
-    except TypeError:
-        raise EngineLoadError(f"runtime {runtime!r} takes no session options, got {dict(options)}") from None
-    return info.loader(path, threads, dict(options))
+    if options:
+        try:
+            inspect.signature(info.loader).bind(path, threads, options)
+        except TypeError:
+            raise EngineLoadError(f"runtime {runtime!r} takes no session options, got {dict(options)}") from None
+    extra = (dict(options),) if options else ()
+    if not length_buckets:
+        return info.loader(path, threads, *extra)
+    if info.bucketing == NO_BUCKETS:
+        raise EngineLoadError(f"{path}: runtime {runtime!r} cannot pad to length buckets {list(length_buckets)}; "
+                              "rebuild the engine without them (plan_serving buckets = \"off\")")
+    if problem := check_length_buckets(list(length_buckets), max(length_buckets)):
+        raise EngineLoadError(f"{path}: length buckets {problem}")
+
+    def open_one(**shape: int) -> Engine:  # shape: sequence_length=L for STATIC_PER_BUCKET, nothing for the rest
+        return info.loader(path, threads, *extra, **shape)
+
+    return bucketed(open_one, length_buckets, info.bucketing)
 
 
 def load_failure(path: Path, runtime: str, exc: Exception, hint: str = "") -> EngineLoadError:

@@ -29,7 +29,8 @@ def _build(checkpoint: Path, eval_data: Path, out: Path, preset: str = "int8", *
 def test_int8_build_writes_a_servable_bundle_and_reports(tiny_checkpoint, tiny_eval_data, tmp_path):
     report = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out", max_build_minutes=60.0)
     assert report.status == "ok"
-    assert [s.name for s in report.steps] == ["export", "graph_optimize", "dynamic_int8", "validate"]
+    assert [s.name for s in report.steps] == ["export", "graph_optimize", "dynamic_int8", "plan_serving",
+                                              "validate"]
     optimize = report.steps[1].details
     assert optimize["missing_fusions"] == [] and optimize["fused_ops"]["Attention"] == 2
     assert report.steps[2].details["quantized_nodes"] > 0
@@ -57,7 +58,8 @@ def test_int8_build_writes_a_servable_bundle_and_reports(tiny_checkpoint, tiny_e
     assert set(manifest["outputs"]) >= {"model.onnx", "engine.json", "tokenizer/tokenizer.json"}
     assert manifest["data"]["eval"]["sha256"] and manifest["versions"]["onnxruntime"]
     recipe = load_recipe(tmp_path / "out" / "recipe.toml")
-    assert [s.step_type for s in recipe["steps"]] == ["export", "graph_optimize", "dynamic_int8", "validate"]
+    assert [s.step_type for s in recipe["steps"]] == ["export", "graph_optimize", "dynamic_int8", "plan_serving",
+                                                      "validate"]
     assert recipe["max_build_minutes"] == 60.0  # the recipe repeats the build with its time limit
 
 
@@ -164,10 +166,10 @@ def test_a_library_failure_inside_a_step_is_a_typed_error_naming_the_step(tiny_c
         raise IndexError("indices element out of data bounds")
 
     monkeypatch.setitem(step_registry._FUNCTIONS, GraphOptimizeConfig, broken)
-    with pytest.raises(StepFailedError, match=r"step 2/4 graph_optimize failed: IndexError: indices element out of "
+    with pytest.raises(StepFailedError, match=r"step 2/5 graph_optimize failed: IndexError: indices element out of "
                                               r"data bounds\. The step's options are .* Try another preset"):
         _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out")
-    assert "StepFailedError: step 2/4 graph_optimize failed" in (tmp_path / "out" / "build.log").read_text()
+    assert "StepFailedError: step 2/5 graph_optimize failed" in (tmp_path / "out" / "build.log").read_text()
 
 
 def test_third_party_warnings_go_to_the_build_log_not_the_console(tiny_checkpoint, tiny_eval_data, tmp_path,
@@ -191,7 +193,7 @@ def test_third_party_warnings_go_to_the_build_log_not_the_console(tiny_checkpoin
     assert report.status == "ok"
     err = capsys.readouterr().err
     assert "pre-processing" not in err and "third-party record" not in err and "deprecation" not in err
-    assert "[engineforge] step 3/4 dynamic_int8 done" in err  # the project's own lines stay
+    assert "[engineforge] step 3/5 dynamic_int8 done" in err  # the project's own lines stay
     log = (tmp_path / "out" / "build.log").read_text()
     assert "Please consider pre-processing" in log and "third-party record" in log and "a library deprecation" in log
-    assert "step 3/4 dynamic_int8 done" in log
+    assert "step 3/5 dynamic_int8 done" in log

@@ -33,8 +33,14 @@ def bundles(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     openvino = tmp_path_factory.mktemp("ov") / "bundle"
     shutil.copytree(tiny_bundle, openvino)
     EngineSpec.from_dict(EngineSpec.load(openvino).to_dict() | {"runtime": "openvino"}).save(openvino)
+    # As plan_serving writes it: one static-length model per bucket, instances from the measured plan.
+    bucketed = tmp_path_factory.mktemp("ov_buckets") / "bundle"
+    shutil.copytree(openvino, bucketed)
+    plan = {"instances": 1, "intra_op_threads": 1, "why": "measured on the traffic profile (test)", "candidates": []}
+    EngineSpec.from_dict(EngineSpec.load(bucketed).to_dict() | {"length_buckets": [8, 16, 32],
+                                                                "serving_plan": plan}).save(bucketed)
     build_dir, _ = cached_bnb_build(tmp_path_factory)
-    return {"ov": openvino, "bnb": build_dir / "engine"}
+    return {"ov": openvino, "ov_buckets": bucketed, "bnb": build_dir / "engine"}
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +57,22 @@ def client(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
         yield connected
 
 
-@pytest.mark.parametrize("model", ["ov", "bnb"])
+@pytest.mark.parametrize("model", ["ov", "ov_buckets", "bnb"])
 def test_served_probabilities_match_in_process_runtime(client, bundles, model):
     spec = EngineSpec.load(bundles[model])
     predictions = client.classify(TEXTS, model=model)  # one request: padded and merged server-side
     got = np.array([[p.probabilities[label] for label in spec.labels] for p in predictions])
-    expected = probabilities_one_by_one(bundles[model], TEXTS)
+    # Served with length buckets, the answers are those of the unpadded engine.
+    expected = probabilities_one_by_one(bundles["ov" if model == "ov_buckets" else model], TEXTS)
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert [p.label for p in predictions] == [spec.labels[i] for i in expected.argmax(axis=1)]
     config = client._client.get_model_config(f"{model}_engine").config
     assert config.parameters["runtime"].string_value == spec.runtime
+    if spec.serving_plan:  # the versioned engine model carries the serving settings
+        served = client._client.get_model_config(f"{model}.v1.engine").config
+        assert served.instance_group[0].count == 1
+        assert served.parameters["why.instances"].string_value.startswith("1: from engine.json's serving_plan")
+        assert [w.name for w in served.model_warmup][-2:] == ["bucket_8", "bucket_16"]
 
 
 @pytest.mark.parametrize("model", ["ov", "bnb"])

@@ -140,3 +140,14 @@ def test_open_bundle_engine_checks_names(tiny_bundle):  # noqa: F811
 
     with pytest.raises(EngineLoadError, match=r"do not match engine\.json"):
         rt.open_bundle_engine(tiny_bundle, spec)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_the_bundle_engine_is_opened_with_engine_json_s_length_buckets(tiny_bundle, runtime):  # noqa: F811
+    spec = dataclasses.replace(EngineSpec.load(tiny_bundle), runtime=runtime, length_buckets=(8, 16, 32))
+    engine = rt.open_bundle_engine(tiny_bundle, spec)
+    assert engine.settings()["length_buckets"] == [8, 16, 32]
+    for length, seed in ((5, 1), (12, 2), (40, 3)):  # inside buckets, and past the last one (unpadded)
+        ids, mask = ids_and_mask(length, 2, seed=seed)
+        (result,) = rt.run_batch(engine, spec, [rt.validate_request_arrays(ids, mask, max_positions=128)])
+        np.testing.assert_allclose(result.logits, reference_logits(tiny_bundle, ids, mask), atol=1e-4)

@@ -241,3 +241,32 @@ def test_publish_config_takes_the_text_layout_and_the_step_passes_it_on(monkeypa
     monkeypatch.setattr(publish_step, "publish_engine", fake_publish)
     publish_step.publish(SimpleNamespace(records=[]), PublishConfig(model_name="clf", text_path="two-hop"))
     assert seen["text_path"] == "two-hop"
+
+
+PLAN = {"instances": 1, "intra_op_threads": 2, "cores": 4, "concurrency": 4,
+        "why": "measured on the traffic profile (200 texts from eval data: tokens mean 14.2, p50 14, p90 21, p99 "
+               "28, max 31): 1 instance(s) x 2 thread(s): 610 req/s at 4 concurrent callers",
+        "candidates": [{"instances": 1, "intra_op_threads": 2, "requests_per_s": 610.0, "batch1_p50_ms": 1.6},
+                       {"instances": 2, "intra_op_threads": 1, "requests_per_s": 540.0, "batch1_p50_ms": 2.4}]}
+
+
+def test_instances_come_from_the_serving_plan_the_build_measured():
+    spec = EngineSpec(labels=["a", "b"], max_sequence_length=64, intra_op_threads=2, serving_plan=PLAN,
+                      length_buckets=(16, 32, 64))
+    settings = derive_serving_settings(spec, cores=4)  # cores // threads would give 2
+    assert settings.instances == 1 and settings.intra_op_threads == 2
+    engine = parse(build_model_configs("clf", spec, version=1, settings=settings)["engine"].to_pbtxt())
+    assert engine.instance_group[0].count == 1
+    why = engine.parameters["why.instances"].string_value
+    assert why.startswith("1: from engine.json's serving_plan, measured on the traffic profile") and "610 req/s" in why
+    # Every bucket's compiled model is woken before READY, not only the longest.
+    assert [w.name for w in engine.model_warmup] == ["batch_1", "batch_32", "bucket_16", "bucket_32"]
+    assert list(engine.model_warmup[2].inputs["INPUT_IDS"].dims) == [16]
+
+
+@pytest.mark.parametrize("plan", [None, {"why": "no instances"}, PLAN | {"cores": 16}])
+def test_without_a_usable_plan_instances_are_cores_over_threads(plan):
+    """Older engine.json files have no plan; a plan measured on other cores does not describe this machine."""
+    spec = EngineSpec(labels=["a"], intra_op_threads=2, serving_plan=plan)
+    settings = derive_serving_settings(spec, cores=4)
+    assert settings.instances == 2 and "4 cores // 2 threads" in settings.reasons["instances"]

@@ -1,0 +1,144 @@
+"""`plan_serving`: how the chosen engine is served, measured on the build's traffic profile.
+
+Runs after the runtime is chosen and before validate, so validate measures exactly the engine that is served.
+Buckets: the engine is timed with and without candidate length buckets (interleaved, the same calls with lengths
+changing call to call, at batch 1 and 4); buckets are kept only when they are faster by `min_gain`. Threads and
+instances: every layout that fits the cores is timed for batch-1 latency and for throughput at the load test's
+concurrency (instances.py). engine.json records both choices, with both figures and the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from engineforge import progress
+from engineforge.engines import runtime_info
+from engineforge.engines.buckets import NO_BUCKETS, bucketing_problem, candidate_buckets
+from engineforge.engines.registry import MODEL_ONNX
+from engineforge.engines.timing import measure_profile_latencies
+from engineforge.engines.traffic import TrafficProfile, profile_from_texts
+
+from ...config import ONNX_GRAPH, STAGE_PLAN_SERVING, BuildConfig, StepConfig, require
+from ...context import BuildContext
+from ...step_output import StepOutput
+from ...step_registry import register_step
+from .instances import available_cores, choose_layout, measure_layouts
+
+AUTO, OFF, FIXED = "auto", "off", "fixed"
+# Steps after which the engine is not an ONNX graph served on the CPU (TensorRT plans are timed on their GPU).
+_NOT_CPU_ONNX = ("compile", "bnb_4bit")
+
+
+@dataclass(frozen=True)
+class PlanServingConfig(StepConfig):
+    step_type: ClassVar[str] = "plan_serving"
+    stage: ClassVar[int] = STAGE_PLAN_SERVING
+    # Texts come from the build's traffic profile (eval data until the build carries its own): none are required,
+    # so that the profile's source stays the build's choice; without any, nothing is measured (see plan_serving).
+    requires = frozenset({ONNX_GRAPH})
+
+    # "auto": time candidate length buckets against none and keep the faster; "off": never pad.
+    buckets: str = AUTO
+    # "auto": measure threads x instances on the cores; "fixed": keep the build's intra_op_threads (serving then
+    # derives instances as cores // threads).
+    threads: str = AUTO
+    # Buckets must save at least this fraction of ms per request to be kept (timing noise here is a few %).
+    min_gain: float = 0.05
+    # A layout may lose at most this fraction of batch-1 p50 against the best one to be chosen for throughput.
+    max_latency_loss: float = 0.10
+    # Concurrent callers the throughput is measured at (the load test's default concurrency).
+    concurrency: int = 4
+    # Calls per batch size (buckets) and per layout (batch-1 latency); seconds of throughput per layout.
+    calls: int = 40
+    seconds_per_layout: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(self.buckets in (AUTO, OFF), f"plan_serving.buckets={self.buckets!r}: use \"auto\" (measure) or "
+                                             "\"off\" (never pad)")
+        require(self.threads in (AUTO, FIXED), f"plan_serving.threads={self.threads!r}: use \"auto\" (measure) or "
+                                               "\"fixed\" (keep intra_op_threads)")
+        require(0 <= self.min_gain < 1, f"plan_serving.min_gain={self.min_gain}: give a fraction in [0, 1), e.g. 0.05")
+        require(0 <= self.max_latency_loss < 1, f"plan_serving.max_latency_loss={self.max_latency_loss}: give a "
+                                                "fraction in [0, 1), e.g. 0.1")
+        require(self.concurrency >= 1, f"plan_serving.concurrency={self.concurrency}: give callers >= 1, e.g. 4")
+        require(self.calls >= 10, f"plan_serving.calls={self.calls}: give >= 10 calls, e.g. 40")
+        require(self.seconds_per_layout > 0, f"plan_serving.seconds_per_layout={self.seconds_per_layout}: give "
+                                             "seconds > 0, e.g. 1.0")
+
+    def check_in(self, build: BuildConfig) -> None:
+        other = next((s.step_type for s in build.steps if s.step_type in _NOT_CPU_ONNX), None)
+        require(other is None, f"plan_serving times an ONNX engine on the CPU, but '{other}' makes an engine "
+                               f"served elsewhere: drop 'plan_serving' (or '{other}')")
+
+
+def traffic_profile(ctx: BuildContext) -> TrafficProfile | None:
+    """The build's traffic profile; the eval texts' until the build carries one of its own; None without texts."""
+    profile = getattr(ctx, "traffic_profile", None)
+    if profile is not None or not ctx.eval_examples:
+        return profile
+    return profile_from_texts(ctx.tokenizer, ctx.eval_texts(ctx.eval_examples), ctx.config.max_sequence_length,
+                              "eval data")
+
+
+def bucket_refusal(ctx: BuildContext, config: PlanServingConfig) -> str:
+    """Why this engine is not bucketed before any timing ("" when buckets may be tried)."""
+    if config.buckets == OFF:
+        return "buckets = \"off\" in the recipe"
+    info = runtime_info(ctx.runtime)
+    if info.bucketing == NO_BUCKETS or info.model_kind != MODEL_ONNX:
+        return f"runtime {ctx.runtime} cannot pad to length buckets"
+    return bucketing_problem(ctx.onnx_path)
+
+
+def plan_buckets(ctx: BuildContext, config: PlanServingConfig, profile: TrafficProfile) -> dict[str, Any]:
+    """{"buckets": kept, "candidates", "ms_per_request": {"none", "buckets"}, "gain", "reason"}."""
+    if reason := bucket_refusal(ctx, config):
+        return {"buckets": [], "reason": reason}
+    candidates = candidate_buckets(profile)
+    engines = {"none": ctx.open_engine(length_buckets=()), "buckets": ctx.open_engine(length_buckets=candidates)}
+    timed = measure_profile_latencies(engines, ctx.vocab_size, profile, calls=config.calls)
+    none, padded = timed["none"].ms_per_request, timed["buckets"].ms_per_request
+    gain = 1 - padded / none if none else 0.0
+    keep = gain >= config.min_gain
+    verdict = "kept" if keep else "not kept"
+    reason = (f"{verdict}: {list(candidates)} took {padded:.3f} ms per request vs {none:.3f} without "
+              f"({gain:+.1%} saved; kept from {config.min_gain:.0%}), on lengths changing every call")
+    return {"buckets": list(candidates) if keep else [], "candidates": list(candidates),
+            "ms_per_request": {"none": none, "buckets": padded}, "gain": round(gain, 4), "reason": reason}
+
+
+def plan_layout(ctx: BuildContext, config: PlanServingConfig, profile: TrafficProfile,
+                buckets: tuple[int, ...]) -> dict[str, Any] | None:
+    """The serving_plan's instances and threads, or None when the recipe fixes the threads."""
+    if config.threads == FIXED:
+        return None
+    cores = available_cores()
+    rows = measure_layouts(lambda threads: ctx.open_engine(length_buckets=buckets, threads=threads), profile,
+                           ctx.vocab_size, cores, config.concurrency, config.seconds_per_layout, config.calls)
+    chosen, why = choose_layout(rows, config.max_latency_loss, config.concurrency)
+    return {"instances": chosen["instances"], "intra_op_threads": chosen["intra_op_threads"], "cores": cores,
+            "concurrency": config.concurrency, "why": f"measured on the traffic profile ({profile.describe()}): {why}",
+            "candidates": rows}
+
+
+@register_step(PlanServingConfig)
+def plan_serving(ctx: BuildContext, config: PlanServingConfig) -> StepOutput:
+    profile = traffic_profile(ctx)
+    if profile is None:  # the engine serves as before: no buckets, the build's threads, instances from the cores
+        return StepOutput(details={"skipped": "no texts to time the engine on: pass --eval-data FILE.jsonl"})
+    progress.info(f"  plan_serving: {profile.describe()}")
+    buckets_plan = plan_buckets(ctx, config, profile)
+    buckets = tuple(buckets_plan["buckets"])
+    progress.info(f"  plan_serving: length buckets {buckets_plan['reason']}")
+    layout = plan_layout(ctx, config, profile, buckets)
+    details: dict[str, Any] = {"length_buckets": list(buckets), "buckets_reason": buckets_plan["reason"]}
+    if "ms_per_request" in buckets_plan:
+        details["bucket_ms_per_request"] = buckets_plan["ms_per_request"]
+    if layout is not None:
+        progress.info(f"  plan_serving: {layout['why']}")
+        details |= {"instances": layout["instances"], "intra_op_threads": layout["intra_op_threads"],
+                    "layouts": [f"{r['instances']} x {r['intra_op_threads']}: {r['requests_per_s']:.0f} req/s, "
+                                f"batch-1 p50 {r['batch1_p50_ms']:.2f} ms" for r in layout["candidates"]]}
+    return StepOutput(length_buckets=buckets, intra_op_threads=layout["intra_op_threads"] if layout else None,
+                      serving_plan={**(layout or {}), "length_buckets": buckets_plan}, details=details)
