@@ -260,7 +260,7 @@ def test_instances_come_from_the_serving_plan_the_build_measured():
     why = engine.parameters["why.instances"].string_value
     assert why.startswith("1: from engine.json's serving_plan, measured on the traffic profile") and "610 req/s" in why
     # Every bucket's compiled model is woken before READY, not only the longest.
-    assert [w.name for w in engine.model_warmup] == ["batch_1", "batch_32", "bucket_16", "bucket_32"]
+    assert [w.name for w in engine.model_warmup] == ["batch_1", "batch_32", "bucket_16", "bucket_32", "text"]
     assert list(engine.model_warmup[2].inputs["INPUT_IDS"].dims) == [16]
 
 
