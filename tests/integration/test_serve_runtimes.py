@@ -72,7 +72,7 @@ def test_served_probabilities_match_in_process_runtime(client, bundles, model):
         served = client._client.get_model_config(f"{model}.v1.engine").config
         assert served.instance_group[0].count == 1
         assert served.parameters["why.instances"].string_value.startswith("1: from engine.json's serving_plan")
-        assert [w.name for w in served.model_warmup][-2:] == ["bucket_8", "bucket_16"]
+        assert [w.name for w in served.model_warmup][-3:] == ["bucket_8", "bucket_16", "text"]
 
 
 @pytest.mark.parametrize("model", ["ov", "bnb"])
