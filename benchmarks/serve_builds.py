@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/serve_builds.py intent_fp32=artifacts/builds/intent-fp32 \\
         intent_int8=artifacts/builds/intent-int8 intent_fastcpu=artifacts/builds/intent-fast-cpu [--seconds 1800]
 
-Each NAME=BUILD_DIR is published (BUILD_DIR/engine) as NAME (text) and NAME_engine (token ids), running NAME.v1.*, into
+Each NAME=BUILD_DIR[@two-hop] is published (BUILD_DIR/engine; text_path one-hop unless @two-hop, the layout before
+issue 21) as NAME (text) and NAME_engine (token ids), running NAME.v1.*, into
 a temporary repository; the server's gRPC address is printed and written to reports/serve_builds.url, and the server
 stays up until --seconds pass or Ctrl-C. Then, for example:
 
@@ -28,16 +29,17 @@ from engineforge.serve.server import TritonServer  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("builds", nargs="+", help="NAME=BUILD_DIR (the directory build-engine wrote)")
+    parser.add_argument("builds", nargs="+", help="NAME=BUILD_DIR[@two-hop] (the directory build-engine wrote)")
     parser.add_argument("--seconds", type=float, default=1800)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         for item in args.builds:
             name, _, build = item.partition("=")
-            if not build:
-                parser.error(f"expected NAME=BUILD_DIR, got {item!r}")
-            publish_engine(Path(build) / "engine", repo, name)
+            build, _, layout = build.partition("@")
+            if not build or layout not in ("", "one-hop", "two-hop"):
+                parser.error(f"expected NAME=BUILD_DIR or NAME=BUILD_DIR@two-hop, got {item!r}")
+            publish_engine(Path(build) / "engine", repo, name, text_path=layout or "one-hop")
         with TritonServer.serving(repo, log_file=Path(tmp) / "tritonserver.log") as server:
             url_file = ROOT / "reports" / "serve_builds.url"
             url_file.parent.mkdir(parents=True, exist_ok=True)
