@@ -21,7 +21,7 @@ from engineforge.build.steps import (
 from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError, MissingPrerequisiteError, StepOrderError
 
-FAST = {"calls": 10, "seconds_per_layout": 0.3}
+FAST = {"calls": 10, "seconds_per_layout": 0.3, "rounds": 1}
 
 
 def _build(checkpoint: Path, eval_data: Path, out: Path, *steps: object) -> tuple[object, EngineSpec]:
@@ -34,12 +34,13 @@ def test_openvino_engine_gets_a_measured_plan_in_engine_json(tiny_checkpoint, ti
     # min_gain -1: keep the buckets whatever the timing says, so that validate runs the bucketed engine.
     report, spec = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out",
                           SelectRuntimeConfig(candidates=("openvino",), iterations=5),
-                          PlanServingConfig(min_gain=0.0, **FAST))
+                          PlanServingConfig(min_gain=0.0, **(FAST | {"rounds": 2})))
     details = report.step("plan_serving").details
     plan = spec.serving_plan
     assert spec.runtime == "openvino"
     assert plan["length_buckets"]["candidates"][-1] == spec.max_sequence_length
     assert set(plan["length_buckets"]["ms_per_request"]) == {"none", "buckets"}
+    assert len(plan["length_buckets"]["rounds"]) == 2 and "the median of 2 comparisons" in details["buckets_reason"]
     assert list(spec.length_buckets) == details["length_buckets"] == plan["length_buckets"]["buckets"]
     assert spec.intra_op_threads == plan["intra_op_threads"] == details["intra_op_threads"]
     assert plan["instances"] >= 1 and "measured on the traffic profile" in plan["why"]
@@ -63,7 +64,8 @@ def test_buckets_off_times_nothing(tiny_checkpoint, tiny_eval_data, tmp_path):
 
 
 @pytest.mark.parametrize(("options", "fix"), [({"buckets": "on"}, "use \"auto\""), ({"threads": 2}, "\"fixed\""),
-                                              ({"min_gain": 1.5}, "e.g. 0.05"), ({"concurrency": 0}, "e.g. 4")])
+                                              ({"min_gain": 1.5}, "e.g. 0.05"), ({"concurrency": 0}, "e.g. 4"),
+                                              ({"rounds": 0}, "e.g. 3")])
 def test_bad_options_are_refused_with_the_fix(options, fix):
     with pytest.raises(ConfigError, match=fix):
         PlanServingConfig(**options)
