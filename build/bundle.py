@@ -48,6 +48,7 @@ def ensure_bundle(ctx: BuildContext) -> Path | None:
         precision=ctx.precision,
         intra_op_threads=ctx.serving_threads,
         length_buckets=ctx.length_buckets,
+        bucket_max_batch=ctx.bucket_max_batch,
         serving_plan=ctx.serving_plan,
         source_checkpoint=str(ctx.config.checkpoint),
         build_id=ctx.build_id,

@@ -70,6 +70,7 @@ class BuildContext:
     # Set by plan_serving: the engine is opened (validated, timed, served) padded to these lengths with these
     # threads; None threads = config.intra_op_threads.
     length_buckets: tuple[int, ...] = ()
+    bucket_max_batch: int = 0  # plan_serving: calls of more rows run unpadded (0 = every call is padded)
     intra_op_threads: int | None = None
     serving_plan: dict[str, Any] | None = None
     _reference_logits: dict[tuple[Any, ...], np.ndarray] = field(default_factory=dict, repr=False)
@@ -154,7 +155,7 @@ class BuildContext:
         return self.config.intra_op_threads if self.intra_op_threads is None else self.intra_op_threads
 
     def open_engine(self, runtime: str | None = None, *, length_buckets: Sequence[int] | None = None,
-                    threads: int | None = None) -> Any:
+                    threads: int | None = None, bucket_max_batch: int | None = None) -> Any:
         """The current engine in `runtime` (default: the one that will serve it), opened exactly as the engine
         model in Triton opens it (length buckets and threads from plan_serving, unless given): validation and
         runtime selection measure what is served."""
@@ -165,7 +166,8 @@ class BuildContext:
             raise ConfigError("no step has produced an engine yet: add 'export' (or 'bnb_4bit') to the recipe")
         buckets = self.length_buckets if length_buckets is None else tuple(length_buckets)
         return load_engine(source[0], runtime or self.runtime, self.serving_threads if threads is None else threads,
-                           length_buckets=buckets)
+                           length_buckets=buckets,
+                           bucket_max_batch=self.bucket_max_batch if bucket_max_batch is None else bucket_max_batch)
 
     def reference_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """fp32 reference model logits, computed once per text list: static_int8's fallback, select_runtime

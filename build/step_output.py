@@ -50,6 +50,7 @@ class StepOutput:
     published: dict[str, Any] | None = None
     # How the engine is served (plan_serving): length buckets (() = none), threads per instance, the plan's record.
     length_buckets: tuple[int, ...] | None = None
+    bucket_max_batch: int | None = None
     intra_op_threads: int | None = None
     serving_plan: dict[str, Any] | None = None
 

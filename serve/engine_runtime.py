@@ -207,7 +207,8 @@ def open_bundle_engine(engine_dir: str | os.PathLike[str], spec: EngineSpec) -> 
     """Open the bundle's engine in the runtime, with the threads and length buckets engine.json names (as the build
     validated it), and check that its inputs and output are the ones engine.json promises."""
     path = Path(engine_dir) / spec.model_file
-    engine = load_engine(path, spec.runtime, spec.intra_op_threads, length_buckets=spec.length_buckets)
+    engine = load_engine(path, spec.runtime, spec.intra_op_threads, length_buckets=spec.length_buckets,
+                         bucket_max_batch=spec.bucket_max_batch)
     inputs, outputs = set(engine.input_names), set(engine.output_names)
     if inputs != set(spec.input_names) or spec.output_name not in outputs:
         raise EngineLoadError(

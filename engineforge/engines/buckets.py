@@ -57,14 +57,16 @@ def pad_feeds(feeds: Mapping[str, np.ndarray], names: Sequence[str], length: int
 
 class BucketedEngine:
     """An engine whose calls are padded up to the smallest bucket holding them (one engine per bucket, or one for
-    all); a call longer than every bucket (requests may carry up to the model's positions) runs unpadded on
-    `fallback`, opened on first use. Per-token outputs ([batch, seq, tags]) are cut back to the call's length."""
+    all); a call longer than every bucket (requests may carry up to the model's positions), or of more rows than
+    `max_batch` (> 0), runs unpadded on `fallback`, opened on first use. Per-token outputs ([batch, seq, tags]) are
+    cut back to the call's length."""
 
-    def __init__(self, engines: Mapping[int, Any], fallback: Callable[[], Any], mode: str) -> None:
+    def __init__(self, engines: Mapping[int, Any], fallback: Callable[[], Any], mode: str, max_batch: int = 0) -> None:
         if problem := check_length_buckets(sorted(engines), max(engines, default=0)):
             raise ValueError(f"length buckets {problem}")
         self.buckets = tuple(sorted(engines))
         self.mode = mode
+        self.max_batch = max_batch
         self._engines = dict(engines)
         self._fallback_opener = fallback
         self._fallback: Any = None
@@ -82,7 +84,9 @@ class BucketedEngine:
         return self._fallback
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        length = int(np.shape(feeds["input_ids"])[1])
+        rows, length = (int(n) for n in np.shape(feeds["input_ids"])[:2])
+        if self.max_batch and rows > self.max_batch:
+            return np.asarray(self._engine(0).run(feeds))  # bucket 0 is never one: the unpadded fallback
         bucket = bucket_for(length, self.buckets)
         out = np.asarray(self._engine(bucket).run(pad_feeds(feeds, self.input_names, bucket)))
         if bucket > length and out.ndim == 3 and out.shape[1] == bucket:
@@ -91,15 +95,16 @@ class BucketedEngine:
 
     def settings(self) -> dict[str, Any]:
         return self._engines[self.buckets[0]].settings() | {"length_buckets": list(self.buckets),
-                                                             "bucketing": self.mode}
+                                                             "bucketing": self.mode, "bucket_max_batch": self.max_batch}
 
 
-def bucketed(open_engine: Callable[..., Any], buckets: Sequence[int], mode: str) -> BucketedEngine:
+def bucketed(open_engine: Callable[..., Any], buckets: Sequence[int], mode: str,
+             max_batch: int = 0) -> BucketedEngine:
     """`open_engine(sequence_length=L)` per bucket (STATIC_PER_BUCKET) or `open_engine()` once (PAD_ONLY)."""
     if mode == STATIC_PER_BUCKET:
-        return BucketedEngine({b: open_engine(sequence_length=b) for b in buckets}, open_engine, mode)
+        return BucketedEngine({b: open_engine(sequence_length=b) for b in buckets}, open_engine, mode, max_batch)
     engine = open_engine()
-    return BucketedEngine(dict.fromkeys(buckets, engine), lambda: engine, mode)
+    return BucketedEngine(dict.fromkeys(buckets, engine), lambda: engine, mode, max_batch)
 
 
 def graph_op_types(path: str | Path) -> set[str]:

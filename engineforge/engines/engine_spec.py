@@ -70,6 +70,9 @@ class EngineSpec:
     traffic_profile: Mapping[str, Any] | None = field(default=None, hash=False)
     # Sequence lengths a batch is padded up to (e.g. 16, 32, 64, 128), chosen by measurement; () = no padding.
     length_buckets: tuple[int, ...] = ()
+    # Calls of up to this many rows are padded to the buckets, larger ones run unpadded (0 = every call): buckets
+    # pay at batch 1, where a shape change costs most of a call, and may not at the batches formed under load.
+    bucket_max_batch: int = 0
     # Threads per instance and instances, measured on the profile, with the reason (build's plan_serving step).
     serving_plan: Mapping[str, Any] | None = field(default=None, hash=False)
     format_version: int = FORMAT_VERSION
@@ -167,6 +170,7 @@ class EngineSpec:
         self._check_int("max_position_embeddings", minimum=1)
         self._check_int("max_sequence_length", minimum=1)
         self._check_int("intra_op_threads", minimum=0)
+        self._check_int("bucket_max_batch", minimum=0)
         for name in ("vocab_size", "type_vocab_size"):
             if getattr(self, name) is not None:
                 self._check_int(name, minimum=1)
@@ -221,8 +225,8 @@ class EngineSpec:
             value = getattr(self, f.name)
             data[f.name] = list(value) if isinstance(value, tuple) else value
         for optional in ("vocab_size", "type_vocab_size", "tensorrt", "embedding_dim", "pooling", "runtime_plugin",
-                         "traffic_profile", "length_buckets", "serving_plan"):
-            if data[optional] in (None, "", []):
+                         "traffic_profile", "length_buckets", "bucket_max_batch", "serving_plan"):
+            if data[optional] in (None, "", [], 0):
                 del data[optional]
         data.update(self.extra)
         return data

@@ -162,7 +162,8 @@ def load_plugin(plugin: str, name: str) -> Runtime:
 
 
 def load_engine(path: str | os.PathLike[str], runtime: str, threads: int,
-                options: Mapping[str, str] | None = None, length_buckets: Sequence[int] = ()) -> Engine:
+                options: Mapping[str, str] | None = None, length_buckets: Sequence[int] = (),
+                bucket_max_batch: int = 0) -> Engine:
     """Open the engine at `path` in `runtime` with `threads` intra-op threads (0 = the runtime's default) and the
     runtime's own session `options` (e.g. its `quiet_options`), if any; with `length_buckets` (engine.json's), every
     call is padded up to its bucket (buckets.BucketedEngine), compiled per bucket where the runtime does that.
@@ -194,7 +195,7 @@ def load_engine(path: str | os.PathLike[str], runtime: str, threads: int,
     def open_one(**shape: int) -> Engine:  # shape: sequence_length=L for STATIC_PER_BUCKET, nothing for the rest
         return info.loader(path, threads, *extra, **shape)
 
-    return bucketed(open_one, length_buckets, info.bucketing)
+    return bucketed(open_one, length_buckets, info.bucketing, bucket_max_batch)
 
 
 def load_failure(path: Path, runtime: str, exc: Exception, hint: str = "") -> EngineLoadError:

@@ -39,7 +39,9 @@ def test_openvino_engine_gets_a_measured_plan_in_engine_json(tiny_checkpoint, ti
     plan = spec.serving_plan
     assert spec.runtime == "openvino"
     assert plan["length_buckets"]["candidates"][-1] == spec.max_sequence_length
-    assert set(plan["length_buckets"]["ms_per_request"]) == {"none", "buckets"}
+    assert set(plan["length_buckets"]["ms_per_call"]) == {"1", "4"}
+    assert all(set(v) == {"none", "buckets"} for v in plan["length_buckets"]["ms_per_call"].values())
+    assert spec.bucket_max_batch == plan["length_buckets"]["max_batch"] == details["bucket_max_batch"]
     assert len(plan["length_buckets"]["rounds"]) == 2 and "the median of 2 comparisons" in details["buckets_reason"]
     assert list(spec.length_buckets) == details["length_buckets"] == plan["length_buckets"]["buckets"]
     assert spec.intra_op_threads == plan["intra_op_threads"] == details["intra_op_threads"]
@@ -60,7 +62,7 @@ def test_buckets_off_times_nothing(tiny_checkpoint, tiny_eval_data, tmp_path):
     report, spec = _build(tiny_checkpoint, tiny_eval_data, tmp_path / "out",
                           PlanServingConfig(buckets="off", threads="fixed"))
     assert spec.length_buckets == () and spec.serving_plan["length_buckets"]["reason"].startswith("buckets = \"off\"")
-    assert "bucket_ms_per_request" not in report.step("plan_serving").details
+    assert "bucket_ms_per_call" not in report.step("plan_serving").details
 
 
 @pytest.mark.parametrize(("options", "fix"), [({"buckets": "on"}, "use \"auto\""), ({"threads": 2}, "\"fixed\""),

@@ -109,3 +109,26 @@ def test_pad_feeds_pads_ids_mask_and_types_with_zeros() -> None:
     padded = pad_feeds(feeds, ("input_ids", "attention_mask", "token_type_ids"), 8)
     assert all(a.shape == (2, 8) and not a[:, 3:].any() for a in padded.values())
     np.testing.assert_array_equal(padded["input_ids"][:, :3], feeds["input_ids"])
+
+
+class _ShapeRecorder:
+    runtime, input_names, output_names = "toy", ("input_ids", "attention_mask"), ("logits",)
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(self, feeds):
+        self.shapes.append(tuple(feeds["input_ids"].shape))
+        return np.zeros((feeds["input_ids"].shape[0], 2), dtype=np.float32)
+
+
+def test_calls_of_more_rows_than_bucket_max_batch_run_unpadded_on_the_dynamic_engine() -> None:
+    from engineforge.engines.buckets import STATIC_PER_BUCKET, BucketedEngine
+
+    per_bucket, dynamic = {16: _ShapeRecorder(), 32: _ShapeRecorder()}, _ShapeRecorder()
+    engine = BucketedEngine(per_bucket, lambda: dynamic, STATIC_PER_BUCKET, max_batch=1)
+    for rows, length in ((1, 12), (4, 12), (1, 20), (2, 20)):
+        ids = np.ones((rows, length), dtype=np.int64)
+        assert engine.run({"input_ids": ids, "attention_mask": ids}).shape == (rows, 2)
+    assert per_bucket[16].shapes == [(1, 16)] and per_bucket[32].shapes == [(1, 32)]
+    assert dynamic.shapes == [(4, 12), (2, 20)]  # unpadded: batches formed under load keep their own length

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from engineforge.build.steps.plan_serving.instances import Layout, choose_layout, layouts
 
 
@@ -27,3 +29,17 @@ def test_a_layout_that_makes_lone_requests_much_slower_is_not_chosen():
     rows = [_row(2, 1, 400, 2.40), _row(1, 2, 250, 1.80)]
     chosen, _ = choose_layout(rows, 0.10, 4)
     assert chosen is rows[1]
+
+
+@pytest.mark.parametrize(("per_batch", "keep", "max_batch"), [
+    ({1: (6.0, 5.0), 4: (15.0, 15.5)}, True, 1),  # pays at batch 1 only: larger calls run unpadded
+    ({1: (6.0, 5.0), 4: (15.0, 13.0)}, True, 0),  # pays at every size: every call padded
+    ({1: (6.0, 5.9), 4: (15.0, 12.0)}, False, 0),  # not at batch 1: not kept at all
+    ({1: (6.0, 5.0), 2: (9.0, 8.0), 4: (15.0, 15.0)}, True, 2),
+])
+def test_buckets_are_kept_for_the_batch_sizes_where_they_pay(per_batch, keep, max_batch):
+    from engineforge.build.steps.plan_serving import bucket_decision
+
+    gains, kept, up_to = bucket_decision(per_batch, 0.05)
+    assert (kept, up_to) == (keep, max_batch)
+    assert gains[1] == round(1 - per_batch[1][1] / per_batch[1][0], 4)

@@ -95,36 +95,63 @@ def bucket_refusal(ctx: BuildContext, config: PlanServingConfig) -> str:
     return bucketing_problem(ctx.onnx_path)
 
 
+def bucket_decision(per_batch: dict[int, tuple[float, float]],
+                    min_gain: float) -> tuple[dict[int, float], bool, int]:
+    """(gain per batch size, keep, max_batch) from {batch: (ms unpadded, ms with buckets)}: kept when they save at
+    least `min_gain` at the smallest batch size; max_batch is the last size from there on where they still do (0 when
+    that is the largest: every call is padded)."""
+    gains = {b: round(1 - padded / none, 4) for b, (none, padded) in per_batch.items()}
+    sizes = sorted(gains)
+    keep = bool(sizes) and gains[sizes[0]] >= min_gain
+    up_to = 0
+    for size in sizes:
+        if gains[size] < min_gain:
+            break
+        up_to = size
+    return gains, keep, 0 if not keep or up_to == sizes[-1] else up_to
+
+
 def plan_buckets(ctx: BuildContext, config: PlanServingConfig, profile: TrafficProfile) -> dict[str, Any]:
-    """{"buckets": kept, "candidates", "ms_per_request": {"none", "buckets"}, "gain", "reason"}."""
+    """{"buckets": kept, "max_batch", "candidates", "ms_per_call": {batch: {"none", "buckets"}}, "gain", "reason"}.
+
+    Judged per batch size: a shape change costs most at batch 1 (it is most of a short call), while at the batches
+    formed under load the extra padding can cost more than it saves. Buckets are kept when they save at least
+    min_gain at the smallest batch size, for the batch sizes up to the last one where they still do."""
     if reason := bucket_refusal(ctx, config):
-        return {"buckets": [], "reason": reason}
+        return {"buckets": [], "max_batch": 0, "reason": reason}
     candidates = candidate_buckets(profile)
-    engines = {"none": ctx.open_engine(length_buckets=()), "buckets": ctx.open_engine(length_buckets=candidates)}
+    engines = {"none": ctx.open_engine(length_buckets=()),
+               "buckets": ctx.open_engine(length_buckets=candidates, bucket_max_batch=0)}
     rounds = []
     for r in range(config.rounds):
         order = dict(list(engines.items())[:: 1 if r % 2 == 0 else -1])
         timed = measure_profile_latencies(order, ctx.vocab_size, profile, calls=config.calls, seed=r)
-        rounds.append((timed["none"].ms_per_request, timed["buckets"].ms_per_request))
-    none, padded = sorted(rounds, key=lambda pair: 1 - pair[1] / pair[0] if pair[0] else 0.0)[len(rounds) // 2]
-    gain = 1 - padded / none if none else 0.0
-    keep = gain >= config.min_gain
-    verdict = "kept" if keep else "not kept"
-    reason = (f"{verdict}: {list(candidates)} took {padded:.3f} ms per request vs {none:.3f} without "
-              f"({gain:+.1%} saved, the median of {config.rounds} comparisons; kept from {config.min_gain:.0%}), on "
-              "lengths changing every call")
-    return {"buckets": list(candidates) if keep else [], "candidates": list(candidates),
-            "ms_per_request": {"none": none, "buckets": padded}, "gain": round(gain, 4), "reason": reason,
-            "rounds": [{"none": n, "buckets": b} for n, b in rounds]}
+        rounds.append({b: (timed["none"].per_batch[b].median_ms, timed["buckets"].per_batch[b].median_ms)
+                       for b in profile.batch_sizes})
+    per_batch = {b: sorted((rnd[b] for rnd in rounds), key=lambda pair: pair[1] / pair[0])[len(rounds) // 2]
+                 for b in profile.batch_sizes}  # each batch size's median comparison
+    gains, keep, max_batch = bucket_decision(per_batch, config.min_gain)
+    sizes = sorted(gains)
+    figures = ", ".join(f"batch {b}: {per_batch[b][1]:.3f} vs {per_batch[b][0]:.3f} ms per call ({gains[b]:+.1%})"
+                        for b in sizes)
+    scope = "every call" if max_batch == 0 else f"calls of up to {max_batch} row(s)"
+    verdict = f"kept for {scope}" if keep else "not kept"
+    reason = (f"{verdict}: {list(candidates)} against none, {figures}, the median of {config.rounds} comparisons; "
+              f"kept where they save >= {config.min_gain:.0%}, on lengths changing every call")
+    return {"buckets": list(candidates) if keep else [], "max_batch": max_batch, "candidates": list(candidates),
+            "ms_per_call": {str(b): {"none": n, "buckets": p} for b, (n, p) in per_batch.items()},
+            "gain": {str(b): g for b, g in gains.items()}, "reason": reason,
+            "rounds": [{str(b): {"none": n, "buckets": p} for b, (n, p) in rnd.items()} for rnd in rounds]}
 
 
 def plan_layout(ctx: BuildContext, config: PlanServingConfig, profile: TrafficProfile,
-                buckets: tuple[int, ...]) -> dict[str, Any] | None:
+                buckets: tuple[int, ...], max_batch: int = 0) -> dict[str, Any] | None:
     """The serving_plan's instances and threads, or None when the recipe fixes the threads."""
     if config.threads == FIXED:
         return None
     cores = available_cores()
-    rows = measure_layouts(lambda threads: ctx.open_engine(length_buckets=buckets, threads=threads), profile,
+    rows = measure_layouts(lambda threads: ctx.open_engine(length_buckets=buckets, threads=threads,
+                                                           bucket_max_batch=max_batch), profile,
                            ctx.vocab_size, cores, config.concurrency, config.seconds_per_layout, config.calls)
     chosen, why = choose_layout(rows, config.max_latency_loss, config.concurrency)
     return {"instances": chosen["instances"], "intra_op_threads": chosen["intra_op_threads"], "cores": cores,
@@ -141,14 +168,16 @@ def plan_serving(ctx: BuildContext, config: PlanServingConfig) -> StepOutput:
     buckets_plan = plan_buckets(ctx, config, profile)
     buckets = tuple(buckets_plan["buckets"])
     progress.info(f"  plan_serving: length buckets {buckets_plan['reason']}")
-    layout = plan_layout(ctx, config, profile, buckets)
+    layout = plan_layout(ctx, config, profile, buckets, buckets_plan["max_batch"])
     details: dict[str, Any] = {"length_buckets": list(buckets), "buckets_reason": buckets_plan["reason"]}
-    if "ms_per_request" in buckets_plan:
-        details["bucket_ms_per_request"] = buckets_plan["ms_per_request"]
+    if "ms_per_call" in buckets_plan:
+        details["bucket_ms_per_call"] = buckets_plan["ms_per_call"]
+        details["bucket_max_batch"] = buckets_plan["max_batch"]
     if layout is not None:
         progress.info(f"  plan_serving: {layout['why']}")
         details |= {"instances": layout["instances"], "intra_op_threads": layout["intra_op_threads"],
                     "layouts": [f"{r['instances']} x {r['intra_op_threads']}: {r['requests_per_s']:.0f} req/s, "
                                 f"batch-1 p50 {r['batch1_p50_ms']:.2f} ms" for r in layout["candidates"]]}
-    return StepOutput(length_buckets=buckets, intra_op_threads=layout["intra_op_threads"] if layout else None,
+    return StepOutput(length_buckets=buckets, bucket_max_batch=buckets_plan["max_batch"],
+                      intra_op_threads=layout["intra_op_threads"] if layout else None,
                       serving_plan={**(layout or {}), "length_buckets": buckets_plan}, details=details)
