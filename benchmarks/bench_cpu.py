@@ -42,6 +42,7 @@ class Candidate:
     size_mb: float | None = None
     note: str = ""
     length_buckets: tuple[int, ...] = ()  # an engineforge build's, from engine.json: opened as served
+    bucket_max_batch: int = 0
 
 
 def machine() -> dict[str, Any]:
@@ -78,8 +79,9 @@ def open_engine(candidate: Candidate, threads: int) -> Any:
         torch.set_num_threads(threads)
         return TorchEngine(candidate.model, ("input_ids", "attention_mask", "token_type_ids"))
     if candidate.runtime == "onnxruntime":
-        return quiet_ort_engine(candidate.path, threads, candidate.length_buckets)
-    return load_engine(candidate.path, candidate.runtime, threads, length_buckets=candidate.length_buckets)
+        return quiet_ort_engine(candidate.path, threads, candidate.length_buckets, candidate.bucket_max_batch)
+    return load_engine(candidate.path, candidate.runtime, threads, length_buckets=candidate.length_buckets,
+                       bucket_max_batch=candidate.bucket_max_batch)
 
 
 def evaluate(candidate: Candidate, engine: Any, tokenizer: Any, texts: list[str], labels: list[int],
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = EngineSpec.load(bundle)
         candidates.append(Candidate(f"engineforge {preset}", "engineforge", spec.runtime, bundle / spec.model_file,
                                     size_mb=report.sizes_mb.get("engine (published)"),
-                                    length_buckets=spec.length_buckets,
+                                    length_buckets=spec.length_buckets, bucket_max_batch=spec.bucket_max_batch,
                                     note=f"{spec.precision} in {spec.runtime}; "
                                          f"candidate: {report.chosen_candidate or preset}"))
 

@@ -51,7 +51,8 @@ def in_process(bundle: Path, spec: EngineSpec, iterations: int) -> dict[str, flo
     from transformers import AutoTokenizer
 
     engine = load_engine(bundle / spec.model_file, spec.runtime, spec.intra_op_threads,
-                         length_buckets=spec.length_buckets)  # as served
+                         length_buckets=spec.length_buckets,
+                         bucket_max_batch=spec.bucket_max_batch)  # as served
     engine_ms = measure_latency(engine, spec.vocab_size or 30522, 1, SEQ_LEN, iterations).median_ms
     tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
     times, tokenize_times = [], []
@@ -84,7 +85,8 @@ def engine_beside_neighbour(bundle: Path, spec: EngineSpec, iterations: int, wor
     from engineforge.engines.timing import synthetic_feeds
 
     engine = load_engine(bundle / spec.model_file, spec.runtime, spec.intra_op_threads,
-                         length_buckets=spec.length_buckets)  # as served
+                         length_buckets=spec.length_buckets,
+                         bucket_max_batch=spec.bucket_max_batch)  # as served
     feeds = synthetic_feeds(engine.input_names, 1, SEQ_LEN, spec.vocab_size or 30522)
     ours, theirs = multiprocessing.Pipe()
     partner = multiprocessing.get_context("fork").Process(target=_neighbour, args=(theirs, work_s), daemon=True)

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads((build / "build_report.json").read_text())
         name = build.name
         engines[name] = load_engine(build / "engine" / spec.model_file, spec.runtime, spec.intra_op_threads,
-                                    length_buckets=spec.length_buckets)  # as served
+                                    length_buckets=spec.length_buckets,
+                                    bucket_max_batch=spec.bucket_max_batch)  # as served
         fp32 = build / "work" / "model.fp32.onnx"
         if fp32.is_file():
             engines[f"{name} fp32 (ORT)"] = load_engine(fp32, "onnxruntime", spec.intra_op_threads)

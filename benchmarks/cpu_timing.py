@@ -21,12 +21,12 @@ HERE = Path(__file__).resolve().parent
 SHAPES = ((1, 32), (1, 128), (8, 32), (8, 128))
 
 
-def quiet_ort_engine(path: Path, threads: int, length_buckets: tuple[int, ...] = ()) -> Any:
+def quiet_ort_engine(path: Path, threads: int, length_buckets: tuple[int, ...] = (), bucket_max_batch: int = 0) -> Any:
     """The engine-layer ONNX Runtime session (same options as build and serving) with spinning off."""
     from engineforge.engines import load_engine, runtime_info
 
     return load_engine(path, "onnxruntime", threads, options=runtime_info("onnxruntime").quiet_options,
-                       length_buckets=length_buckets)
+                       length_buckets=length_buckets, bucket_max_batch=bucket_max_batch)
 
 
 def open_alone(runtime: str, path: Path, threads: int) -> Any:
