@@ -68,7 +68,9 @@ _PRESETS: dict[str, Callable[[], tuple[StepConfig, ...]]] = {
 
 def _fast_cpu(head_sparsity: float, ffn_sparsity: float, gpu: bool = False) -> tuple[StepConfig, ...]:
     """The pruned int8 ladder's rung; `gpu` compiles it with TensorRT instead of picking a CPU runtime."""
-    last: StepConfig = CompileConfig(precision="int8") if gpu else SelectRuntimeConfig()
+    # On CPUs the pruned student's int8 graph is measured both ways, static Q/DQ and ONNX Runtime's dynamic int8:
+    # which is faster depends on the CPU (select_runtime.py).
+    last: StepConfig = CompileConfig(precision="int8") if gpu else SelectRuntimeConfig(dynamic_int8=True)
     serve = _serve if gpu else _serve_cpu
     if head_sparsity == ffn_sparsity == 0:
         return serve(ExportConfig(), StaticInt8Config(), last)

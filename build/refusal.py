@@ -90,7 +90,10 @@ def matching_preset(steps: Sequence[StepConfig]) -> str | None:
 
 
 def _key(steps: Sequence[StepConfig]) -> tuple[Any, ...]:
-    return tuple(str(s.to_dict()) for s in steps if s.step_type not in ("validate", "publish"))
+    # select_runtime.dynamic_int8 aside: fast-cpu's rungs also time the dynamic-int8 graph, and without pruning
+    # they are int8-static's recipe plus that one candidate; int8-static is the preset to name.
+    return tuple(str({k: v for k, v in s.to_dict().items() if k != "dynamic_int8"}) for s in steps
+                 if s.step_type not in ("validate", "publish"))
 
 
 def _join(names: Sequence[str]) -> str:

@@ -48,3 +48,40 @@ def test_runtime_that_cannot_load_the_graph_is_skipped_with_its_reason(tiny_chec
 def test_unknown_runtime_is_refused():
     with pytest.raises(ConfigError, match="choose from"):
         SelectRuntimeConfig(candidates=("tensorrt-cpu",))
+
+
+def test_the_dynamic_int8_graph_is_one_more_candidate_and_the_bundle_ships_the_chosen_graph(
+        tiny_checkpoint, tiny_eval_data, tmp_path):
+    """fast-cpu's rungs time the plain export quantized by ONNX Runtime's dynamic int8 beside the static Q/DQ graph
+    in every runtime: which int8 graph is faster depends on the CPU. Whichever wins, the bundle ships that graph."""
+    import onnx
+
+    from engineforge.build.steps import StaticInt8Config
+    from engineforge.build.steps.select_runtime import DYNAMIC
+
+    out = tmp_path / "out"
+    report = run_build(BuildConfig(checkpoint=tiny_checkpoint, output_dir=out, eval_data=tiny_eval_data,
+                                   calibration_data=tiny_eval_data,
+                                   steps=(ExportConfig(), StaticInt8Config(),
+                                          SelectRuntimeConfig(iterations=5, dynamic_int8=True), ValidateConfig())))
+    select = report.step("select_runtime").details
+    rows = {r.get("candidate", r["runtime"]): r for r in select["candidates"]}
+    assert set(rows) == {"onnxruntime", "openvino", DYNAMIC}
+    assert rows[DYNAMIC]["status"] == "ok" and rows[DYNAMIC]["profile_ms_per_request"] > 0
+    fastest = min(rows, key=lambda name: rows[name]["profile_ms_per_request"])
+    assert select["chosen"] == fastest
+    spec = EngineSpec.load(out / "engine")
+    ops = {node.op_type for node in onnx.load(str(out / "engine" / spec.model_file)).graph.node}
+    if fastest == DYNAMIC:
+        assert spec.runtime == "onnxruntime" and spec.precision == "int8-dynamic-per-channel"
+        assert "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
+    else:
+        assert spec.runtime == fastest and spec.precision == "int8-static-qdq" and "QuantizeLinear" in ops
+
+
+def test_fast_cpu_rungs_time_the_dynamic_int8_graph_too():
+    from engineforge.build.presets import preset_candidates
+
+    for _, steps in preset_candidates("fast-cpu"):
+        assert next(s for s in steps if s.step_type == "select_runtime").dynamic_int8
+    assert not next(s for s in preset_candidates("int8-static")[0][1] if s.step_type == "select_runtime").dynamic_int8
