@@ -9,7 +9,6 @@ config `parameters` (`why.*`), so `config.pbtxt` explains itself.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 from engineforge.engines import runtime_info
 from engineforge.engines.engine_spec import EngineSpec
 from engineforge.errors import ConfigError
+from engineforge.machine import available_cores
 
 from .model_config import WarmupInput, WarmupSample
 
@@ -39,14 +39,6 @@ _TEXT_PATH_REASONS = {
     "two-hop": "two-hop: a tokenizer model then the engine model (the older layout, chosen at publish: "
                "text_path = \"two-hop\")",
 }
-
-
-def available_cores() -> int:
-    """Cores this process may run on (the container's CPU set, not the host's), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

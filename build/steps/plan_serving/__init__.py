@@ -18,12 +18,13 @@ from engineforge.engines.buckets import NO_BUCKETS, bucketing_problem, candidate
 from engineforge.engines.registry import MODEL_ONNX
 from engineforge.engines.timing import measure_profile_latencies
 from engineforge.engines.traffic import TrafficProfile, profile_from_texts
+from engineforge.machine import available_cores
 
 from ...config import ONNX_GRAPH, STAGE_PLAN_SERVING, BuildConfig, StepConfig, require
 from ...context import BuildContext
 from ...step_output import StepOutput
 from ...step_registry import register_step
-from .instances import available_cores, choose_layout, measure_layouts
+from .instances import choose_layout, measure_layouts
 
 AUTO, OFF, FIXED = "auto", "off", "fixed"
 # Steps after which the engine is not an ONNX graph served on the CPU (TensorRT plans are timed on their GPU).

@@ -11,7 +11,6 @@ rounds, so load from elsewhere on a shared machine hits them all alike.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,13 +23,6 @@ from engineforge.engines.traffic import TrafficProfile
 # As serving caps CPU instances (serve.serving_defaults.MAX_CPU_INSTANCES): each is a stub process with its own
 # engine copy, and past a few memory grows while usual concurrency gains nothing.
 MAX_INSTANCES = 4
-
-
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
