@@ -10,7 +10,8 @@ change, so the runtime fastest at one fixed shape can be the slower one served. 
 With `dynamic_int8`, the plain export quantized by ONNX Runtime's dynamic int8 (int8 weights, activations scaled per
 call) joins as one more candidate, judged and timed the same way: which int8 graph is fastest depends on the CPU
 (on an AVX2 machine without VNNI, the demo's pruned student ran 2.1 ms per request that way against 3.7-4.3 ms as
-static Q/DQ in OpenVINO), so fast-cpu measures it instead of assuming it.
+static Q/DQ in OpenVINO), so fast-cpu measures it instead of assuming it. Outside the budget, it keeps the fewest
+layers fp32 that bring it back (`dynamic_candidate.py`).
 The decision table goes into the build report; if no runtime fits, the build fails with that table.
 """
 
@@ -28,6 +29,7 @@ from ..config import EVAL_DATA, ONNX_GRAPH, PLAIN_ONNX, STAGE_COMPILE, Artifact,
 from ..context import BuildContext
 from ..step_output import StepOutput
 from ..step_registry import register_step
+from .dynamic_candidate import dynamic_candidate
 
 RANK_ON = ("profile", "fixed")
 DYNAMIC = "onnxruntime (dynamic int8)"  # the candidate name of the dynamic-int8 graph in ONNX Runtime
@@ -101,7 +103,9 @@ def select_runtime(ctx: BuildContext, config: SelectRuntimeConfig) -> StepOutput
     reference = ctx.reference_logits(texts)
     tried = [_try_runtime(ctx, runtime, texts, reference, list(examples)) for runtime in config.candidates]
     if config.dynamic_int8:
-        tried.append(_try_runtime(ctx, "onnxruntime", texts, reference, list(examples), _dynamic_graph(ctx)))
+        graph, fallback = dynamic_candidate(ctx, texts, reference, list(examples))
+        row, engine = _try_runtime(ctx, "onnxruntime", texts, reference, list(examples), graph)
+        tried.append((row | fallback, engine))
     rows = [row for row, _ in tried]
     fitting = {_name(row): engine for row, engine in tried if engine is not None}
     if not fitting:
@@ -121,18 +125,6 @@ def select_runtime(ctx: BuildContext, config: SelectRuntimeConfig) -> StepOutput
 
 def _name(row: dict[str, Any]) -> str:
     return row.get("candidate", row["runtime"])
-
-
-def _dynamic_graph(ctx: BuildContext) -> Any:
-    """The plain (unfused) export quantized by ONNX Runtime's dynamic int8, per-channel QInt8 weights (the int8
-    preset's settings; unfused: the static graph's source, whatever fusion the current graph had)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    path = ctx.work_dir / "model.int8-dynamic.onnx"
-    quantize_dynamic(str(ctx.plain_onnx_path), str(path), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"], extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return path
 
 
 FIXED_MS, PROFILE_MS = "median_ms_1x128", "profile_ms_per_request"

@@ -85,3 +85,48 @@ def test_fast_cpu_rungs_time_the_dynamic_int8_graph_too():
     for _, steps in preset_candidates("fast-cpu"):
         assert next(s for s in steps if s.step_type == "select_runtime").dynamic_int8
     assert not next(s for s in preset_candidates("int8-static")[0][1] if s.step_type == "select_runtime").dynamic_int8
+
+
+def _add_ffn_outlier(source, target):
+    """One FFN neuron of layer 0 made 1000x larger (and its output column 1000x smaller): the dynamic int8 scale of
+    `output.dense`'s input is then set by that neuron and rounds every other one to zero, so quantizing layer 0
+    breaks predictions while the other layers quantize fine (the outlier-feature problem of real BERTs)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    shutil.copytree(source, target)
+    model = AutoModelForSequenceClassification.from_pretrained(str(target)).eval()
+    with torch.no_grad():
+        layer = model.bert.encoder.layer[0]
+        layer.intermediate.dense.weight[0] *= 1000.0
+        layer.intermediate.dense.bias[0] = 1000.0  # always active, whatever the token
+        layer.output.dense.weight[:, 0] /= 1000.0
+    model.save_pretrained(str(target))
+    return target
+
+
+def test_the_dynamic_int8_candidate_keeps_its_most_sensitive_layer_fp32_to_stay_within_budget(tmp_path):
+    """A dynamic-int8 graph that misses the budget by a few flips is not dropped: the layers whose quantization
+    costs most go back to fp32 (fewest first) until it fits, and timing decides whether it still wins."""
+    import onnx
+
+    from engineforge.build.steps.select_runtime import DYNAMIC
+    from tests.helpers.tiny_checkpoint import make_trained_tiny_checkpoint, write_eval_data
+
+    checkpoint = _add_ffn_outlier(make_trained_tiny_checkpoint(tmp_path / "trained"), tmp_path / "outlier")
+    eval_data = write_eval_data(tmp_path / "eval.jsonl", checkpoint)
+    report = run_build(BuildConfig(
+        checkpoint=checkpoint, output_dir=tmp_path / "out", eval_data=eval_data,
+        steps=(ExportConfig(), SelectRuntimeConfig(candidates=("onnxruntime",), iterations=5, dynamic_int8=True),
+               ValidateConfig(min_agreement=1.0, max_accuracy_drop=0.0))))
+    row = next(r for r in report.step("select_runtime").details["candidates"] if r.get("candidate") == DYNAMIC)
+    steps = row["fallback_steps"]
+    assert steps[0]["action"] == "all quantized" and not steps[0]["within_budget"], "the outlier must break it"
+    assert row["status"] == "ok" and row["flips"] == 0
+    assert row["fp32_layers"][0] == "layer.0" and len(row["fp32_layers"]) <= 2
+    graph = onnx.load(str(tmp_path / "out" / "work" / row["graph"]))
+    integer = {n.name for n in graph.graph.node if n.op_type == "MatMulInteger"}
+    kept = {n.name for n in graph.graph.node if n.op_type == "MatMul" and "layer.0/" in n.name}
+    assert integer and not any("layer.0/" in name for name in integer) and kept
