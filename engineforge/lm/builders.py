@@ -1,0 +1,83 @@
+"""The LM builder registry: how a Hugging Face causal-LM directory becomes one runtime's model files at one
+precision (an `LMCandidate`). Each runtime module registers its builder and says which families and precisions it
+can build; the LM build (`lm/build.py`) tries the candidates a preset names and keeps the fastest within budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engineforge.errors import ConfigError
+
+PRECISIONS = ("fp32", "int8", "int4", "nf4")
+
+
+@dataclass(frozen=True)
+class LMCandidate:
+    runtime: str
+    precision: str
+    group_size: int | None = None  # block size of block-wise weight quantization (int4/int8)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"LM precision {self.precision!r}: choose from {', '.join(PRECISIONS)}")
+        if self.group_size is not None and (self.group_size < 16 or self.group_size & (self.group_size - 1)):
+            raise ConfigError(f"group_size {self.group_size}: use a power of two >= 16 (32 and 128 are usual)")
+
+    @property
+    def name(self) -> str:
+        group = f" g{self.group_size}" if self.group_size else ""
+        return f"{self.runtime} {self.precision}{group}"
+
+
+# (hf_dir, candidate, model_dir, threads) -> details for the report (sizes, settings); writes model_dir.
+BuildFn = Callable[[Path, LMCandidate, Path, int | None], dict[str, Any]]
+# (family, candidate) -> "" when buildable, else the reason it is not.
+CheckFn = Callable[[str, LMCandidate], str]
+
+
+@dataclass(frozen=True)
+class LMBuilder:
+    runtime: str
+    build: BuildFn
+    check: CheckFn
+
+
+_BUILDERS: dict[str, LMBuilder] = {}
+
+
+def register_lm_builder(runtime: str, check: CheckFn) -> Callable[[BuildFn], BuildFn]:
+    def register(build: BuildFn) -> BuildFn:
+        _BUILDERS[runtime] = LMBuilder(runtime, build, check)
+        return build
+    return register
+
+
+def lm_builder(runtime: str) -> LMBuilder:
+    _import_builtins()
+    if runtime not in _BUILDERS:
+        raise ConfigError(f"no LM builder for runtime {runtime!r}; known: {', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[runtime]
+
+
+def why_not(family: str, candidate: LMCandidate) -> str:
+    """"" when `candidate` can be built for `family`, else the reason (for refusals and reports)."""
+    _import_builtins()
+    builder = _BUILDERS.get(candidate.runtime)
+    if builder is None:
+        return f"no builder for runtime {candidate.runtime!r}"
+    return builder.check(family, candidate)
+
+
+def _import_builtins() -> None:
+    import importlib
+
+    for module in ("engineforge.lm.torch_builder", "engineforge.lm.ortgenai_builder"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a missing runtime package: its builder is simply not registered
+                continue
