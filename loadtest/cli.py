@@ -24,6 +24,7 @@ from engineforge.errors import UsageError
 from engineforge.progress import info
 
 from .config import DEFAULT_TIMEOUT_S, MODES, LoadTestConfig, parse_concurrency, parse_rates, parse_workers
+from .generate_cli import add_generate_arguments, generate_settings, run_generate
 
 DEFAULT_OUT = "reports/loadtest"
 
@@ -48,6 +49,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     _add_level_arguments(parser, defaults)
     _add_window_arguments(parser, defaults)
     _add_payload_arguments(parser, defaults)
+    add_generate_arguments(parser)
     _add_report_arguments(parser, defaults)
 
 
@@ -60,13 +62,10 @@ def _add_target_arguments(parser: argparse.ArgumentParser, defaults: LoadTestCon
     parser.add_argument("--model", required=True,
                         help="model name in the Triton repository (the ensemble for text); several, comma-separated, "
                         "are load-tested level by level, interleaved, and compared in one report")
-    parser.add_argument(
-        "--mode",
-        choices=MODES,
-        default=defaults.mode,
-        help="text: raw strings to the ensemble (tokenization included); "
-        "tokens: synthetic token ids to the engine model (measures the engine alone)",
-    )
+    parser.add_argument("--mode", choices=MODES, default=defaults.mode,
+                        help="text: raw strings to the ensemble (tokenization included); tokens: synthetic token ids "
+                        "to the engine model (measures the engine alone); generate: streamed prompts to a decoupled "
+                        "LM (TTFT, inter-token latency, tokens/s)")
 
 
 def _add_level_arguments(parser: argparse.ArgumentParser, defaults: LoadTestConfig) -> None:
@@ -176,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         stability_windows=args.stable,
         stability_tolerance=args.stability_tolerance,
         workers=args.workers,
+        **generate_settings(args),
     )
 
 
@@ -192,6 +192,8 @@ def _run(args: argparse.Namespace) -> int:
         conditions = parse_slo(args.slo) if args.slo else ()
         if args.find_max and not conditions:
             raise UsageError("--find-max needs --slo (the objective the search keeps to)")
+    if config.mode == "generate":
+        return run_generate(args, config)
     models = [m for m in config.model.split(",") if m]
     if len(models) > 1:
         if args.find_max:

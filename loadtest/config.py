@@ -14,7 +14,7 @@ from engineforge.grpc_channel import ClientTls, GrpcChannel
 from .payloads import DEFAULT_TEXTS
 
 DEFAULT_TIMEOUT_S = 10.0
-MODES = ("text", "tokens")
+MODES = ("text", "tokens", "generate")  # generate: streamed decoder-LM requests (loadtest/generate_*.py)
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,12 @@ class LoadTestConfig:
     stability_tolerance: float = 0.1
     workers: int = 1  # load-generator processes sharing each level (loadtest/workers.py); 0 = auto
     tls: ClientTls | None = None  # gRPC over TLS (CA, client certificate); travels to the worker processes
+    # Generate mode (loadtest/prompts.py): prompts from a file, else synthetic ones of prompt_len words; MAX_TOKENS
+    # drawn from max_tokens (None: not sent). Both in the `--seq-len` syntax.
+    prompts: tuple[str, ...] = field(default=(), repr=False)
+    prompts_source: str = "synthetic"
+    prompt_len: int | str = 128
+    max_tokens: int | str | None = 128
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,6 +80,8 @@ class LoadTestConfig:
                 parse_lengths(self.seq_len)
             except ConfigError as exc:
                 problems.append(str(exc))
+        if self.mode == "generate":
+            problems.extend(_generate_problems(self))
         if self.labels and len(self.labels) != len(self.texts):
             problems.append(f"{len(self.labels)} expected labels for {len(self.texts)} texts")
         if self.labels and self.mode != "text":
@@ -103,13 +111,32 @@ class LoadTestConfig:
         return len(self.rates or self.concurrency) * (self.warmup_s + self.duration_s)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in ("texts", "labels")}
+        hidden = ("texts", "labels", "prompts")  # payloads: counted, not copied into the report
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in hidden}
         data["labels_checked"] = bool(self.labels)
         data["concurrency"] = list(self.concurrency)
         data["rates"] = list(self.rates)
         data["n_texts"] = len(self.texts)
+        data["n_prompts"] = len(self.prompts)
         data["tls"] = self.tls.to_dict() if self.tls is not None else None
         return data
+
+
+def _generate_problems(config: LoadTestConfig) -> list[str]:
+    """What generate mode cannot run with (one prompt per streamed request; lengths in the `--seq-len` syntax)."""
+    from .lengths import parse_lengths  # numpy: only when generate mode is asked for
+    from .prompts import length_spec
+
+    problems = [] if config.batch_size == 1 else [f"generate mode streams one prompt per request: use --batch-size 1, "
+                                                  f"not {config.batch_size}"]
+    for flag, spec in (("--prompt-len", config.prompt_len), ("--max-tokens", config.max_tokens)):
+        if spec is None:
+            continue
+        try:
+            parse_lengths(length_spec(spec))
+        except ConfigError as exc:
+            problems.append(f"{flag}: {exc}")
+    return problems
 
 
 def parse_concurrency(text: str) -> tuple[int, ...]:

@@ -98,6 +98,10 @@ def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = N
     server would not give them, nothing is checked)."""
     if config.mode == "text":
         return _text_requests(config, metadata)
+    if config.mode == "generate":
+        from .generate_requests import build_generate_fn
+
+        return build_generate_fn(config, metadata)  # type: ignore[return-value]  (the same RequestFn contract)
     return _token_requests(config, metadata)
 
 
