@@ -36,6 +36,8 @@ DEFINITIONS: dict[str, str] = {
     "requests_per_s": "successful requests completed in the window / window seconds",
     "percentiles": "numpy 'linear' (the p-th percentile sits at 0-based position (n - 1) * p / 100, interpolated), "
                    "as GenAI-Perf computes them; mean, min and max are exact",
+    "finish_reasons": "the final response's FINISH_REASON; 'error' for a failed request that got none, 'not "
+                      "reported' for a successful one whose final response carried none",
     "scope": "latency statistics and token distributions use successful requests only; failures are counted",
 }
 

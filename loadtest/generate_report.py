@@ -37,10 +37,11 @@ def generate_report_dict(result: LoadTestResult) -> dict[str, Any]:
     return report
 
 
-def _num(value: float | None, digits: int = 2) -> str:
+def _num(value: float | None) -> str:
+    """A count as is, any other value to 2 decimals, "—" for one that did not happen."""
     if value is None:
         return "—"
-    return f"{value:.0f}" if float(value).is_integer() and digits else f"{value:.{digits}f}"
+    return str(value) if isinstance(value, int) else f"{value:.2f}"
 
 
 def stats_table(levels: Sequence[Mapping[str, Any]], key: str) -> str:
