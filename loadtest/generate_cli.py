@@ -54,7 +54,8 @@ def run_generate(args: argparse.Namespace, config: LoadTestConfig) -> int:
                                             ("several models", "," in config.model)) if given]
     if unsupported:
         raise UsageError(f"--mode generate does not support {', '.join(unsupported)} yet; run one model without them")
-    from .generate_report import generate_report_dict, stats_table, throughput_table, write_generate_reports
+    from .generate_html import write_generate_reports
+    from .generate_report import generate_report_dict, stats_table, throughput_table
     from .runner import run_loadtest
 
     result = run_loadtest(config)

@@ -1,10 +1,12 @@
-"""The plots and the self-contained HTML page of a generate-mode load test: the tables of the Markdown report,
-then the distributions (cumulative) of TTFT, ITL and end-to-end latency per level, and a histogram of the gaps
-between streamed pieces. Plots are drawn from the raw records, so they show exactly the samples the tables
-summarize (loadtest/generate_metrics.py)."""
+"""The plots and the self-contained HTML page of a generate-mode load test (the tables of the Markdown report, then
+the distributions (cumulative) of TTFT, ITL and end-to-end latency per level, and a histogram of the gaps between
+streamed pieces), and `write_generate_reports`, which writes every report file at once, as loadtest/report_files.py
+does for the other modes. Plots are drawn from the raw records, so they show exactly the samples the tables
+summarize (loadtest/generate_metrics.py); matplotlib is imported only when a plot is drawn."""
 
 from __future__ import annotations
 
+import csv
 import html
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,8 +15,12 @@ from typing import Any
 from .generate_metrics import distribution_ms
 from .generate_records import GenerationRecord
 from .generate_report import (
+    CSV_FIELDS,
     LATENCY_SECTIONS,
     TOKEN_SECTIONS,
+    csv_rows,
+    generate_markdown,
+    generate_report_dict,
     outcome_table,
     settings_lines,
     stats_table,
@@ -22,6 +28,7 @@ from .generate_report import (
 )
 from .html_report import _list, _png, _table
 from .records import MEASURE
+from .report import default_stem, write_json_report, write_records_jsonl
 from .report_notes import notes
 from .results import LoadTestResult
 from .slo import level_name
@@ -118,3 +125,27 @@ def write_generate_html(report: Mapping[str, Any], result: LoadTestResult, path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(generate_html(report, result), encoding="utf-8")
     return path
+
+
+def write_generate_reports(result: LoadTestResult, out_dir: str | Path, *, stem: str | None = None,
+                           plot: bool = True, records: bool = False) -> dict[str, Path]:
+    """<stem>.json, .md, .csv and, with `plot`, .png and the self-contained .html (and .records.jsonl when asked)."""
+    out_dir = Path(out_dir)
+    stem = stem or default_stem(result)
+    report = generate_report_dict(result)
+    paths = {"json": write_json_report(report, out_dir / f"{stem}.json")}
+    plot_name = None
+    if plot:
+        paths["png"] = write_generate_plot(result, out_dir / f"{stem}.png")
+        plot_name = paths["png"].name
+        paths["html"] = write_generate_html(report, result, out_dir / f"{stem}.html")
+    paths["md"] = out_dir / f"{stem}.md"
+    paths["md"].write_text(generate_markdown(report, plot_name), encoding="utf-8")
+    paths["csv"] = out_dir / f"{stem}.csv"
+    with paths["csv"].open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(csv_rows(result))
+    if records:
+        paths["records"] = write_records_jsonl(result, out_dir / f"{stem}.records.jsonl")
+    return paths

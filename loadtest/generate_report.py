@@ -9,14 +9,12 @@ did not happen (no successful request, no request with two tokens) is null in JS
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from .generate_metrics import DEFINITIONS, STAT_PERCENTILES, generation_metrics, percentile_key, request_value_s
 from .generate_records import GenerationRecord
-from .report import default_stem, report_dict, write_json_report, write_records_jsonl
+from .report import report_dict
 from .report_notes import notes
 from .results import LoadTestResult
 from .slo import level_name
@@ -138,29 +136,3 @@ def csv_rows(result: LoadTestResult) -> list[dict[str, Any]]:
                         "finish_reason": r.finish_reason}
             rows.append(row)
     return rows
-
-
-def write_generate_reports(result: LoadTestResult, out_dir: str | Path, *, stem: str | None = None,
-                           plot: bool = True, records: bool = False) -> dict[str, Path]:
-    """<stem>.json, .md, .csv and, with `plot`, .png and the self-contained .html (and .records.jsonl when asked)."""
-    out_dir = Path(out_dir)
-    stem = stem or default_stem(result)
-    report = generate_report_dict(result)
-    paths = {"json": write_json_report(report, out_dir / f"{stem}.json")}
-    plot_name = None
-    if plot:
-        from .generate_html import write_generate_html, write_generate_plot  # matplotlib: only when asked
-
-        paths["png"] = write_generate_plot(result, out_dir / f"{stem}.png")
-        plot_name = paths["png"].name
-        paths["html"] = write_generate_html(report, result, out_dir / f"{stem}.html")
-    paths["md"] = out_dir / f"{stem}.md"
-    paths["md"].write_text(generate_markdown(report, plot_name), encoding="utf-8")
-    paths["csv"] = out_dir / f"{stem}.csv"
-    with paths["csv"].open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(csv_rows(result))
-    if records:
-        paths["records"] = write_records_jsonl(result, out_dir / f"{stem}.records.jsonl")
-    return paths

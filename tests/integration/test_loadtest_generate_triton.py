@@ -13,7 +13,9 @@ import pytest
 
 from engineforge.loadtest import cli
 from engineforge.loadtest.config import LoadTestConfig
+from engineforge.loadtest.generate_html import write_generate_reports
 from engineforge.loadtest.generate_records import GenerationRecord
+from engineforge.loadtest.generate_report import generate_report_dict
 from engineforge.loadtest.prompts import request_plan
 from engineforge.loadtest.records import MEASURE
 from engineforge.loadtest.runner import run_loadtest
@@ -81,8 +83,6 @@ def test_open_loop_generate_with_an_empty_final_response(triton, tmp_path):
                             duration_s=1.5, warmup_s=0.3, prompt_len="3-9", max_tokens="2-12", progress_every_s=0)
     result = run_loadtest(config)
     _check_records_match_the_stream(result, config)
-    from engineforge.loadtest.generate_report import generate_report_dict, write_generate_reports
-
     g = generate_report_dict(result)["levels"][0]["generation"]
     assert g["latency_from"] == "scheduled send" and g["errors"] == 0 and g["completed"] >= 8
     assert g["finish_reasons"] == {"not reported": g["requests"]}  # the empty final response carries none

@@ -9,8 +9,9 @@ import json
 import pytest
 
 from engineforge.loadtest.config import LoadTestConfig
+from engineforge.loadtest.generate_html import write_generate_reports
 from engineforge.loadtest.generate_records import GenerationRecord
-from engineforge.loadtest.generate_report import generate_markdown, generate_report_dict, write_generate_reports
+from engineforge.loadtest.generate_report import generate_markdown, generate_report_dict
 from engineforge.loadtest.metrics import calculate_metrics
 from engineforge.loadtest.records import WARMUP
 from engineforge.loadtest.results import LevelResult, LoadTestResult
