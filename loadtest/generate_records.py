@@ -31,6 +31,7 @@ class GenerationRecord(RequestResult):
     finish_reason: str | None = None
     max_tokens: int | None = None  # what the request asked for (MAX_TOKENS), None when not sent
     prompt_chars: int = 0
+    plan_index: int | None = None  # which request of the run's plan was sent (loadtest/prompts.py request_plan)
 
     @property
     def first_token_s(self) -> float | None:
@@ -72,7 +73,8 @@ class StreamCollector:
         self.completion_tokens = completion_tokens if completion_tokens is not None else self.completion_tokens
 
     def record(self, end_s: float, *, ok: bool = True, error: str | None = None, error_kind: str | None = None,
-               status: str | None = None, max_tokens: int | None = None, prompt_chars: int = 0) -> GenerationRecord:
+               status: str | None = None, max_tokens: int | None = None, prompt_chars: int = 0,
+               plan_index: int | None = None) -> GenerationRecord:
         streamed = sum(self.piece_tokens)
         output = self.completion_tokens if self.completion_tokens is not None else streamed
         return GenerationRecord(
@@ -80,4 +82,4 @@ class StreamCollector:
             error_kind=error_kind, status=status, output="".join(self.text)[:200] or None,
             piece_s=tuple(self.piece_s), piece_tokens=tuple(self.piece_tokens), prompt_tokens=self.prompt_tokens,
             output_tokens=output, finish_reason=self.finish_reason if ok else (self.finish_reason or "error"),
-            max_tokens=max_tokens, prompt_chars=prompt_chars)
+            max_tokens=max_tokens, prompt_chars=prompt_chars, plan_index=plan_index)

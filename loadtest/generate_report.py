@@ -110,7 +110,7 @@ def generate_markdown(report: Mapping[str, Any], plot_name: str | None = None) -
     return "\n".join(out) + "\n"
 
 
-CSV_FIELDS = ("level", "phase", "seq", "ok", "send_offset_s", "ttft_ms", "itl_ms", "e2e_ms", "pieces",
+CSV_FIELDS = ("level", "phase", "seq", "plan_index", "ok", "send_offset_s", "ttft_ms", "itl_ms", "e2e_ms", "pieces",
               "prompt_tokens", "output_tokens", "streamed_tokens", "max_tokens", "finish_reason", "error_kind", "error")
 
 
@@ -131,7 +131,8 @@ def csv_rows(result: LoadTestResult) -> list[dict[str, Any]]:
                 value = request_value_s(r, what, level.rate is not None) if gen and r.ok else None
                 row[f"{what}_ms"] = None if value is None else round(1000.0 * value, 3)
             if gen:
-                row |= {"pieces": len(r.piece_s), "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens,
+                row |= {"plan_index": r.plan_index, "pieces": len(r.piece_s), "prompt_tokens": r.prompt_tokens,
+                        "output_tokens": r.output_tokens,
                         "streamed_tokens": r.streamed_tokens, "max_tokens": r.max_tokens,
                         "finish_reason": r.finish_reason}
             rows.append(row)

@@ -48,10 +48,11 @@ class GenerateRequestFn:
         self._client: Any = None
 
     async def __call__(self, seq: int) -> GenerationRecord:
-        request = self._plan[seq % len(self._plan)]
+        index = seq % len(self._plan)
+        request = self._plan[index]
         start = clock()
         collector = StreamCollector(start)
-        meta = {"max_tokens": request.max_tokens, "prompt_chars": len(request.prompt)}
+        meta = {"max_tokens": request.max_tokens, "prompt_chars": len(request.prompt), "plan_index": index}
         try:
             if self._client is None:
                 self._client = self.channel.aio_client()

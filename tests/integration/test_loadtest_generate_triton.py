@@ -40,7 +40,7 @@ def _check_records_match_the_stream(result, config: LoadTestConfig) -> None:
     for level in result.levels:
         for r in level.records:
             assert isinstance(r, GenerationRecord) and r.ok, r.error
-            request = plan[r.seq % len(plan)]
+            request = plan[r.plan_index]
             assert r.streamed_tokens == r.output_tokens == expected_tokens(request.prompt, request.max_tokens)
             assert r.start_s < r.first_token_s <= r.piece_s[-1] <= r.end_s
             assert r.first_token_s - r.start_s >= 0.02  # the model's prefill
@@ -94,10 +94,14 @@ def test_open_loop_generate_with_an_empty_final_response(triton, tmp_path):
 
 
 @pytest.mark.triton
-def test_closed_loop_records_match_the_stream_and_timeouts_are_counted(triton, tmp_path):
+def test_worker_processes_records_match_the_stream_and_timeouts_are_counted(triton, tmp_path):
+    # two generator processes: records travel back through pipes and still match the stream
     config = LoadTestConfig(model="stream_words", url=triton.grpc_url, mode="generate", concurrency=(2,),
-                            duration_s=1.0, warmup_s=0.2, prompt_len="2-8", max_tokens=None, progress_every_s=0)
-    _check_records_match_the_stream(run_loadtest(config), config)
+                            duration_s=1.0, warmup_s=0.2, prompt_len="2-8", max_tokens=None, progress_every_s=0,
+                            workers=2)
+    result = run_loadtest(config)
+    assert result.levels[0].workers == 2 and result.levels[0].metrics.completed > 5
+    _check_records_match_the_stream(result, config)
     # 30 ms cannot cover the 20 ms prefill plus 5 ms per word of a 60-word prompt: every request times out
     rc = cli.main(["--model", "stream_words", "--url", triton.grpc_url, "--mode", "generate", "--concurrency", "2",
                    "--duration", "0.6", "--warmup", "0", "--prompt-len", "60", "--max-tokens", "none",
