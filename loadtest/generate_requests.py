@@ -36,19 +36,20 @@ class GenerateRequestFn:
     """Streams `plan[seq % len(plan)]` to `model`; the client is opened lazily inside the running event loop."""
 
     def __init__(self, channel: GrpcChannel, model: str, plan: Sequence[GenerateRequest],
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, plan_offset: int = 0) -> None:
         if not plan:
             raise ValueError("at least one generate request is required")
         self.channel, self.model, self.timeout_s = channel, model, timeout_s
         self.batch_size = 1
         self._inputs = [_inputs(request) for request in plan]  # built once: the timed loop does no numpy work
         self._plan = list(plan)
+        self.plan_offset = plan_offset
         self._outputs = [grpcclient.InferRequestedOutput(n) for n in
                          ("TEXT", "TOKEN_IDS", "FINISH_REASON", "PROMPT_TOKENS", "COMPLETION_TOKENS")]
         self._client: Any = None
 
     async def __call__(self, seq: int) -> GenerationRecord:
-        index = seq % len(self._plan)
+        index = (seq + self.plan_offset) % len(self._plan)
         request = self._plan[index]
         start = clock()
         collector = StreamCollector(start)
@@ -56,7 +57,7 @@ class GenerateRequestFn:
         try:
             if self._client is None:
                 self._client = self.channel.aio_client()
-            error = await self._stream(seq, collector)
+            error = await self._stream(seq, index, collector)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or task.cancelling():
@@ -74,10 +75,10 @@ class GenerateRequestFn:
             return collector.record(end, ok=False, error=error[0], error_kind=error[1], **meta)
         return collector.record(end, **meta)
 
-    async def _stream(self, seq: int, collector: StreamCollector) -> tuple[str, str] | None:
+    async def _stream(self, seq: int, index: int, collector: StreamCollector) -> tuple[str, str] | None:
         """Read the stream to its final response; (message, kind) when it failed, None when it finished."""
         request = _get_inference_request(
-            model_name=self.model, inputs=self._inputs[seq % len(self._inputs)], model_version="",
+            model_name=self.model, inputs=self._inputs[index], model_version="",
             request_id=str(seq), outputs=self._outputs, sequence_id=0, sequence_start=False, sequence_end=False,
             priority=0, timeout=None, parameters=None)
         # The aio client refuses this reserved parameter (the sync client's enable_empty_final_response sets it), so
@@ -114,9 +115,12 @@ class GenerateRequestFn:
                 pass
 
 
-def build_generate_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = None) -> GenerateRequestFn:
+def build_generate_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = None,
+                      worker: int = 0) -> GenerateRequestFn:
     """The request function of `config` (generate mode), checked against the model's declared inputs and outputs
-    (metadata None: the server would not give them, nothing is checked)."""
+    (metadata None: the server would not give them, nothing is checked). Generator process `worker` starts at its
+    own place in the plan (golden-ratio spread), so processes do not send the same prompts at the same moment (an
+    LM server with a prefix cache would look faster than it is)."""
     if metadata is not None:
         inputs = {t["name"] for t in metadata.get("inputs", [])}
         outputs = {t["name"] for t in metadata.get("outputs", [])}
@@ -128,7 +132,8 @@ def build_generate_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = 
             raise ConfigError(f"model {config.model!r} takes no MAX_TOKENS input; drop --max-tokens (or give "
                               "--max-tokens none) to let the model decide the length")
     plan = request_plan(config.prompts, config.prompt_len, config.max_tokens)
-    return GenerateRequestFn(config.channel(), config.model, plan, config.timeout_s)
+    offset = int(len(plan) * ((worker * 0.6180339887) % 1.0))
+    return GenerateRequestFn(config.channel(), config.model, plan, config.timeout_s, plan_offset=offset)
 
 
 def _inputs(request: GenerateRequest) -> list[grpcclient.InferInput]:

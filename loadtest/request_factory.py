@@ -93,15 +93,16 @@ def _input(name: str, arr: np.ndarray, datatype: str) -> grpcclient.InferInput:
     return inp
 
 
-def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = None) -> TritonRequestFn:
+def build_request_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = None,
+                     worker: int = 0) -> TritonRequestFn:
     """The request function for `config.mode`, checked against the model's declared inputs (metadata None: the
-    server would not give them, nothing is checked)."""
+    server would not give them, nothing is checked). `worker`: the generator process it is built in."""
     if config.mode == "text":
         return _text_requests(config, metadata)
     if config.mode == "generate":
         from .generate_requests import build_generate_fn
 
-        return build_generate_fn(config, metadata)  # type: ignore[return-value]  (the same RequestFn contract)
+        return build_generate_fn(config, metadata, worker)  # type: ignore[return-value]  (the same RequestFn contract)
     return _token_requests(config, metadata)
 
 

@@ -190,16 +190,16 @@ async def _tick(what: str, warm_end: float, duration_s: float, every_s: float, l
 def worker_main(conn: Any, config: LoadTestConfig, metadata: dict[str, Any] | None, index: int) -> None:
     """A worker process: build the request function once, then run each level it is sent until told to stop."""
     try:
-        asyncio.run(_serve(conn, config, metadata))
+        asyncio.run(_serve(conn, config, metadata, index))
     except KeyboardInterrupt:  # the parent handles Ctrl-C and stops the pool
         pass
 
 
-async def _serve(conn: Any, config: LoadTestConfig, metadata: dict[str, Any] | None) -> None:
+async def _serve(conn: Any, config: LoadTestConfig, metadata: dict[str, Any] | None, index: int = 0) -> None:
     from .request_factory import build_request_fn
 
     try:
-        request_fn = build_request_fn(config, metadata)
+        request_fn = build_request_fn(config, metadata, worker=index)
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return

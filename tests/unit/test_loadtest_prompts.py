@@ -97,3 +97,11 @@ def test_generate_mode_refuses_what_it_does_not_support_yet():
     with pytest.raises(UsageError, match="--slo"):
         run_generate(args, cli.config_from_args(args))
     assert cli.main(["--model", "a,b", "--mode", "generate"]) == 2
+
+
+def test_generator_processes_start_at_different_places_in_the_plan():
+    from engineforge.loadtest.generate_requests import build_generate_fn
+
+    config = LoadTestConfig(model="lm", mode="generate", prompt_len="4-40", max_tokens=16)
+    offsets = [build_generate_fn(config, None, worker=k).plan_offset for k in range(4)]
+    assert offsets[0] == 0 and len(set(offsets)) == 4
