@@ -33,7 +33,8 @@ FINAL_FLAG = "triton_final_response"
 
 
 class GenerateRequestFn:
-    """Streams `plan[seq % len(plan)]` to `model`; the client is opened lazily inside the running event loop."""
+    """Streams `plan[(seq + plan_offset) % len(plan)]` to `model`; the client is opened lazily inside the running
+    event loop (grpc.aio channels cannot move between loops). Call `aclose()` when done."""
 
     def __init__(self, channel: GrpcChannel, model: str, plan: Sequence[GenerateRequest],
                  timeout_s: float = DEFAULT_TIMEOUT_S, plan_offset: int = 0) -> None:

@@ -5,6 +5,7 @@ tests against a real tritonserver, independent of the LM engines:
   (the word) and TOKEN_IDS (1 id, or 2 for a word longer than 5 characters, so pieces carry varying token counts),
   after a 20 ms "prefill" and 5 ms per piece; stops after MAX_TOKENS tokens (finish reason "length") or at the last
   word ("eos"); the final response carries FINISH_REASON, PROMPT_TOKENS (words) and COMPLETION_TOKENS;
+  a prompt with the word FAIL streams its first word, then ends with an error response (a model failing mid-stream);
 - stream_words_empty_final: the same, but the final response is empty (flags only, no outputs).
 
 Each request streams from its own thread, so concurrent streams interleave as on an LM server.
@@ -69,6 +70,10 @@ class TritonPythonModel:
             if sent >= limit:
                 reason = "length"
                 break
+            if word == "FAIL":
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("generation failed on FAIL")),
+                            flags=FINAL)
+                return
             ids = list(range(i, i + (2 if len(word) > 5 else 1)))[: limit - sent]
             sent += len(ids)
             sender.send(pb_utils.InferenceResponse(output_tensors=[

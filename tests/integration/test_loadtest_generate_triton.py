@@ -14,6 +14,7 @@ import pytest
 from engineforge.loadtest import cli
 from engineforge.loadtest.config import LoadTestConfig
 from engineforge.loadtest.generate_html import write_generate_reports
+from engineforge.loadtest.generate_metrics import generation_metrics
 from engineforge.loadtest.generate_records import GenerationRecord
 from engineforge.loadtest.generate_report import generate_report_dict
 from engineforge.loadtest.prompts import request_plan
@@ -111,3 +112,17 @@ def test_worker_processes_records_match_the_stream_and_timeouts_are_counted(trit
     assert g["completed"] == 0 and g["errors"] > 0 and g["errors_by_kind"] == {"timeout": g["errors"]}
     assert g["ttft_ms"] is None and g["output_tokens_per_s"] == 0.0
     assert "| concurrency 2 | — |" in (tmp_path / "late.md").read_text()
+
+
+@pytest.mark.triton
+def test_a_stream_failing_midway_is_a_counted_server_error(triton):
+    config = LoadTestConfig(model="stream_words", url=triton.grpc_url, mode="generate", concurrency=(1,),
+                            duration_s=0.8, warmup_s=0.0, prompts=("all is well here", "this will FAIL soon"),
+                            max_tokens=None, progress_every_s=0)
+    level = run_loadtest(config).levels[0]
+    g = generation_metrics(level.records, level.window_s).to_dict()
+    assert g["completed"] > 2 and g["errors"] > 2 and g["errors_by_kind"] == {"server_error": g["errors"]}
+    assert "generation failed on FAIL" in g["error_examples"][0]
+    assert g["output_tokens"]["max"] == g["output_tokens"]["min"] == 4  # the failed streams' 2 tokens are left out
+    failed = [r for r in level.records if not r.ok]
+    assert all(r.streamed_tokens == 2 and r.finish_reason == "error" for r in failed)  # "this will" came back
