@@ -22,7 +22,8 @@ from .config import LoadTestConfig
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generate mode (streaming, decoupled LM models)")
     group.add_argument("--prompts", metavar="FILE",
-                       help="prompts: JSONL with a 'prompt' (or 'text') field per line (default: synthetic prompts)")
+                       help="prompts: JSONL with a 'prompt' (or 'text') field per line; without it, synthetic prompts "
+                       "of --prompt-len words")
     group.add_argument("--prompt-len", default="128",
                        help="synthetic prompt length in words: 32, a range 16-64 (or 16:64), a list 16,32,64 or "
                        "normal:MEAN,STD; the server's PROMPT_TOKENS gives the real token count")
