@@ -22,6 +22,7 @@ from typing import Any
 from engineforge.errors import ConfigError
 from engineforge.progress import info
 
+from .generate_records import progress_note
 from .metrics import calculate_metrics
 from .records import DRAIN, MEASURE, WARMUP, RequestFn, RequestResult, call_request, clock
 from .results import LevelResult, level_summary
@@ -177,5 +178,6 @@ async def _report_progress(
             measured = [r for r in records if r.phase == MEASURE]
             errors = sum(not r.ok for r in measured)
             done = f"{min(now - warm_end, duration_s):.0f}/{duration_s:g}s"
-            log(f"concurrency {concurrency}: {done}, {len(measured)} requests, {rps:.1f} req/s, {errors} errors")
+            log(f"concurrency {concurrency}: {done}, {len(measured)} requests, {rps:.1f} req/s, {errors} errors"
+                + progress_note(records, min(now - warm_end, duration_s)))  # generate mode: tokens too
         last_t, last_n = now, n

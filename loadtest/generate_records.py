@@ -83,3 +83,16 @@ class StreamCollector:
             piece_s=tuple(self.piece_s), piece_tokens=tuple(self.piece_tokens), prompt_tokens=self.prompt_tokens,
             output_tokens=output, finish_reason=self.finish_reason if ok else (self.finish_reason or "error"),
             max_tokens=max_tokens, prompt_chars=prompt_chars, plan_index=plan_index)
+
+
+def progress_note(records: list[Any], window_elapsed_s: float) -> str:
+    """What a progress line adds for generation records: output tokens answered in the window so far and their rate
+    ("" for other records, so the runners can always call it)."""
+    from .records import MEASURE
+
+    answered = [r for r in records if isinstance(r, GenerationRecord) and r.ok
+                and (r.completed_phase or r.phase) == MEASURE]
+    if not answered or window_elapsed_s <= 0:
+        return ""
+    tokens = sum(r.output_tokens for r in answered)
+    return f", {tokens} output tokens ({tokens / window_elapsed_s:.1f} tok/s)"

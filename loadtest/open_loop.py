@@ -31,6 +31,7 @@ from engineforge.errors import ConfigError
 from engineforge.progress import info
 from engineforge.stats import percentiles
 
+from .generate_records import progress_note
 from .limits import diagnose
 from .metrics import calculate_metrics
 from .records import (
@@ -250,4 +251,5 @@ async def _report_progress(rate: float, loop: _OpenLoop, duration_s: float, ever
         recent = [r.start_s - r.scheduled_s for r in measured[-200:] if r.scheduled_s is not None]
         lag = 1000 * max(recent) if recent else 0.0
         log(f"rate {rate:g} req/s: {min(now - loop.warm_end, duration_s):.0f}/{duration_s:g}s, {loop.sent} sent, "
-            f"{len(measured)} answered in the window, {errors} errors, recent send lag up to {lag:.1f} ms")
+            f"{len(measured)} answered in the window, {errors} errors, recent send lag up to {lag:.1f} ms"
+            + progress_note(loop.records, min(now - loop.warm_end, duration_s)))  # generate mode: tokens too

@@ -79,10 +79,12 @@ def test_closed_loop_generate_run_writes_every_report(triton, tmp_path):
 
 
 @pytest.mark.triton
-def test_open_loop_generate_with_an_empty_final_response(triton, tmp_path):
+def test_open_loop_generate_with_an_empty_final_response(triton, tmp_path, caplog):
     config = LoadTestConfig(model="stream_words_empty_final", url=triton.grpc_url, mode="generate", rates=(8.0,),
-                            duration_s=1.5, warmup_s=0.3, prompt_len="3-9", max_tokens="2-12", progress_every_s=0)
-    result = run_loadtest(config)
+                            duration_s=1.5, warmup_s=0.3, prompt_len="3-9", max_tokens="2-12", progress_every_s=0.6)
+    with caplog.at_level("INFO", logger="engineforge"):
+        result = run_loadtest(config)
+    assert any("answered in the window" in m and "tok/s" in m for m in caplog.messages)  # progress shows tokens
     _check_records_match_the_stream(result, config)
     g = generate_report_dict(result)["levels"][0]["generation"]
     assert g["latency_from"] == "scheduled send" and g["errors"] == 0 and g["completed"] >= 8

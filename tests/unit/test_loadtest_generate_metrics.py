@@ -121,3 +121,13 @@ def test_stream_collector_skips_tokenless_responses_and_falls_back_to_streamed_c
     assert (r.finish_reason, r.prompt_tokens, r.output_tokens) == ("length", 4, 3)
     failed = StreamCollector(0.0).record(1.0, ok=False, error="x", error_kind=ERR_TIMEOUT)
     assert failed.finish_reason == "error" and not failed.ok
+
+
+def test_progress_lines_add_output_tokens_for_generation_records_only():
+    from engineforge.loadtest.generate_records import progress_note
+    from engineforge.loadtest.records import RequestResult
+
+    records = [rec(0.0, [(0.1, 3)], 0.2), rec(0.0, [(0.1, 5)], 0.3, phase=WARMUP)]
+    assert progress_note(records, 2.0) == ", 3 output tokens (1.5 tok/s)"
+    assert progress_note([RequestResult(start_s=0.0, latency_s=0.1, ok=True)], 2.0) == ""
+    assert progress_note(records, 0.0) == ""
