@@ -34,9 +34,11 @@ def result() -> LoadTestResult:
 
 
 def test_every_file_is_written_with_one_csv_row_per_request(tmp_path):
-    paths = write_generate_reports(result(), tmp_path)
+    paths = write_generate_reports(result(), tmp_path, records=True)
     assert {p.name for p in paths.values()} == {f"loadtest_lm_generate.{ext}" for ext in ("json", "md", "csv", "png",
-                                                                                         "html")}
+                                                                                         "html", "records.jsonl")}
+    raw = [json.loads(line) for line in paths["records"].read_text().splitlines()]
+    assert len(raw) == 4 and raw[1]["piece_tokens"] == [1, 2] and raw[1]["finish_reason"] == "length"
     report = json.loads(paths["json"].read_text())
     first, second = (lv["generation"] for lv in report["levels"])
     assert first["completed"] == 2 and first["output_tokens_total"] == 6
