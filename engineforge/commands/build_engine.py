@@ -23,6 +23,9 @@ from engineforge.build.candidates import Candidate, build_candidates, check_cand
 from engineforge.build.config import StepConfig
 from engineforge.build.report import BuildReport
 from engineforge.build.search import run_candidates
+from engineforge.errors import ConfigError, UnsupportedStepError
+from engineforge.lm.build_entry import PreparedLMBuild, is_lm_request, prepare_lm_build
+from engineforge.lm.report import LMBuildReport
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,17 @@ def prepare_build(checkpoint: str | Path | None = None, *, preset: str | None = 
                   recipe: str | Path | None = None, steps: Sequence[StepConfig] | None = None,
                   output_dir: str | Path | None = None, data: Mapping[str, str | Path | None] | None = None,
                   budget: Mapping[str, float | None] | None = None, publish: bool | Mapping[str, Any] = True,
-                  overwrite: bool = False, **settings: Any) -> PreparedBuild:
-    """The candidates `build_engine` would try, each checked once; raises a typed error for an impossible build."""
+                  overwrite: bool = False, **settings: Any) -> PreparedBuild | PreparedLMBuild:
+    """The candidates `build_engine` would try, each checked once; raises a typed error for an impossible build.
+    A causal LM (or `task="text-generation"`, or an `lm-*` preset) is an LM build (engineforge.lm.build_entry)."""
+    if is_lm_request(checkpoint, preset, settings.get("task")):
+        _refuse_lm_steps(recipe, steps)
+        return prepare_lm_build(checkpoint, preset=preset, output_dir=output_dir,  # type: ignore[arg-type]
+                                data=data, budget=budget, publish=publish, overwrite=overwrite, **settings)
+    if budget and budget.get("max_ppl_increase") is not None:
+        raise ConfigError("--max-ppl-increase is the budget of decoder-LM builds; an encoder build is judged by "
+                          "--max-accuracy-drop and --min-agreement")
+    budget = {k: v for k, v in (budget or {}).items() if k != "max_ppl_increase"}
     candidates = build_candidates(
         Path(checkpoint) if checkpoint is not None else None, preset=preset,
         recipe=Path(recipe) if recipe is not None else None, steps=steps,
@@ -59,10 +71,27 @@ def build_engine(checkpoint: str | Path | None = None, *, preset: str | None = N
                  recipe: str | Path | None = None, steps: Sequence[StepConfig] | None = None,
                  output_dir: str | Path | None = None, data: Mapping[str, str | Path | None] | None = None,
                  budget: Mapping[str, float | None] | None = None, publish: bool | Mapping[str, Any] = True,
-                 overwrite: bool = False, **settings: Any) -> BuildReport:
+                 overwrite: bool = False, **settings: Any) -> BuildReport | LMBuildReport:
     """Check, then build: one of `preset` (default: the default preset), `recipe` or `steps`. `data`: eval_data,
     train_data, calibration_data, unlabelled_data, traffic_data. `budget`: validate's max_accuracy_drop / min_agreement.
     `publish`: False builds without publishing, a mapping sets publish's options (repo_dir, model_name, ...).
-    `settings`: max_sequence_length, intra_op_threads, task, max_build_minutes. Returns the chosen build's report."""
+    `settings`: max_sequence_length, intra_op_threads, task, max_build_minutes. Returns the chosen build's report.
+    A decoder LM builds through engineforge.lm.build (presets lm-int4, lm-int8, lm-nf4, lm-fp32; `budget`:
+    max_ppl_increase, min_agreement; `data`: eval_data) and returns an LMBuildReport."""
     return prepare_build(checkpoint, preset=preset, recipe=recipe, steps=steps, output_dir=output_dir, data=data,
                          budget=budget, publish=publish, overwrite=overwrite, **settings).run()
+
+
+def _refuse_lm_steps(recipe: str | Path | None, steps: Sequence[StepConfig] | None) -> None:
+    """Recipes and step lists describe encoder builds; pruning a decoder is refused with the reason."""
+    from engineforge.build.presets import load_recipe
+    from engineforge.build.steps import PruneConfig
+    from engineforge.lm.build import PRUNING_REFUSAL
+
+    if recipe is None and steps is None:
+        return
+    asked = tuple(steps) if steps is not None else tuple(load_recipe(Path(recipe)).get("steps") or ())  # type: ignore[arg-type]
+    if any(isinstance(step, PruneConfig) for step in asked):
+        raise UnsupportedStepError(PRUNING_REFUSAL)
+    raise ConfigError("recipes and step lists describe encoder builds; build a decoder LM with --preset "
+                      "lm-int4, lm-int8, lm-nf4 or lm-fp32")
