@@ -13,12 +13,13 @@ by importing `engineforge.serve.publish_step`). `build-engine`, the demos and th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import engineforge.serve.publish_step  # noqa: F401  (registers the publish step's function)
+from engineforge import progress
 from engineforge.build.candidates import Candidate, build_candidates, check_candidates
 from engineforge.build.config import StepConfig
 from engineforge.build.report import BuildReport
@@ -52,7 +53,8 @@ def prepare_build(checkpoint: str | Path | None = None, *, preset: str | None = 
     if is_lm_request(checkpoint, preset, settings.get("task")):
         _refuse_lm_steps(recipe, steps)
         return prepare_lm_build(checkpoint, preset=preset, output_dir=output_dir,  # type: ignore[arg-type]
-                                data=data, budget=budget, publish=publish, overwrite=overwrite, **settings)
+                                data=data, budget=budget, publish=publish, overwrite=overwrite,
+                                publisher=_lm_publisher(Path(checkpoint), publish), **settings)  # type: ignore[arg-type]
     if budget and budget.get("max_ppl_increase") is not None:
         raise ConfigError("--max-ppl-increase is the budget of decoder-LM builds; an encoder build is judged by "
                           "--max-accuracy-drop and --min-agreement")
@@ -95,3 +97,25 @@ def _refuse_lm_steps(recipe: str | Path | None, steps: Sequence[StepConfig] | No
         raise UnsupportedStepError(PRUNING_REFUSAL)
     raise ConfigError("recipes and step lists describe encoder builds; build a decoder LM with --preset "
                       "lm-int4, lm-int8, lm-nf4 or lm-fp32")
+
+
+def _lm_publisher(checkpoint: Path, publish: bool | Mapping[str, Any]) -> Callable[[Path], dict[str, Any]] | None:
+    """An LM bundle is published only to a repository asked for by name (--repo), by the serving side's
+    `publish_lm_bundle`; where that is not installed the build goes on as with --no-publish, and says so."""
+    if not isinstance(publish, Mapping) or not publish.get("repo_dir"):
+        return None
+    repo_dir = Path(publish["repo_dir"])
+    model_name = publish.get("model_name") or (checkpoint.stem if checkpoint.suffix == ".gguf" else checkpoint.name)
+    try:
+        from engineforge.serve.lm_publish import publish_lm_bundle  # type: ignore[import-not-found]
+    except ModuleNotFoundError as exc:
+        if exc.name != "engineforge.serve.lm_publish":
+            raise
+        progress.info(f"{repo_dir}: not publishing, engineforge.serve.lm_publish is not installed (built only)")
+        return lambda bundle: {"skipped": "engineforge.serve.lm_publish is not installed", "repo_dir": str(repo_dir)}
+
+    def run(bundle: Path) -> dict[str, Any]:
+        result = publish_lm_bundle(bundle, repo_dir, model_name)
+        published = {"repo_dir": str(repo_dir), "model_name": model_name}
+        return {**published, **result} if isinstance(result, dict) else {**published, "result": str(result)}
+    return run

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from engineforge import progress
-from engineforge.build.files import file_mb
 from engineforge.errors import (
     AccuracyBudgetExceeded,
     CheckpointError,
@@ -59,7 +59,7 @@ def check_lm_request(preset: str, eval_data: Path | None, prune: bool = False) -
 
 def build_lm_engine(checkpoint: str | Path, eval_data: str | Path | None, output_dir: str | Path | None = None, *,
                     preset: str = DEFAULT_LM_PRESET, budget: LMBudget | None = None, threads: int | None = None,
-                    publish: dict[str, Any] | None = None, overwrite: bool = False,
+                    publish: Callable[[Path], dict[str, Any]] | None = None, overwrite: bool = False,
                     new_tokens: int = DEFAULT_NEW_TOKENS, timed_tokens: int = DEFAULT_TIMED_TOKENS,
                     prune: bool = False) -> LMBuildReport:
     """Build, judge and keep the fastest candidate of `preset` within `budget`. `publish`: {"repo_dir",
@@ -78,8 +78,9 @@ def build_lm_engine(checkpoint: str | Path, eval_data: str | Path | None, output
     try:
         with progress.third_party_logs_to(out / "build.log"):
             _run(report, ckpt, data, candidates, budget, out, threads, new_tokens, timed_tokens)
-            if publish and publish.get("repo_dir"):
-                report.published = _publish(Path(report.bundle_dir or ""), publish, ckpt)
+            if publish is not None:
+                with progress.stage("publishing the bundle"):
+                    report.published = publish(Path(report.bundle_dir or ""))
         report.status = "ok"
     except BaseException as exc:
         report.status, report.error = "failed", str(exc) or type(exc).__name__
@@ -92,8 +93,6 @@ def build_lm_engine(checkpoint: str | Path, eval_data: str | Path | None, output
 
 def _run(report: LMBuildReport, ckpt: LMCheckpoint, data: LMEvalData, candidates: tuple[LMCandidate, ...],
          budget: LMBudget, out: Path, threads: int | None, new_tokens: int, timed_tokens: int) -> None:
-    from engineforge.engines.tokenize_runtime import load_tokenizer
-
     from .torch_engine import TorchLMEngine
 
     with progress.stage("fp32 reference (torch)"):
@@ -101,7 +100,7 @@ def _run(report: LMBuildReport, ckpt: LMCheckpoint, data: LMEvalData, candidates
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the build prints its own progress lines
-        tokenizer = load_tokenizer(ckpt.hf_dir)
+        tokenizer = _tokenizer(ckpt.hf_dir)
         model = AutoModelForCausalLM.from_pretrained(str(ckpt.hf_dir), local_files_only=True, device_map="cpu")
         reference = TorchLMEngine(model, _eos_ids(ckpt, tokenizer), threads=threads)
         ref_ppl = perplexity(reference, tokenizer, data.texts) if data.texts else None
@@ -170,7 +169,7 @@ def _measure(ckpt: LMCheckpoint, candidate: LMCandidate, bundle: Path, tokenizer
     speed = time_decode(engine, timing_prompt, timed_tokens)
     figures = comparison.figures()
     return spec, {"perplexity": figures["perplexity"], "perplexity_increase_pct": figures["perplexity_increase_pct"],
-                  "agreement": figures["agreement"], **speed, "size_mb": file_mb(bundle / "model"),
+                  "agreement": figures["agreement"], **speed, "size_mb": _mb(bundle / "model"),
                   "comparison": figures, "build_details": details, "settings": engine.settings(),
                   "violations": comparison.violations(budget)}
 
@@ -206,22 +205,6 @@ def _fail(report: LMBuildReport, budget: LMBudget) -> None:
         "--min-agreement) or choose a milder preset (lm-int8, lm-fp32)", figures=figures)
 
 
-def _publish(bundle: Path, publish: dict[str, Any], ckpt: LMCheckpoint) -> dict[str, Any]:
-    """Publish through the serving side's function when it is installed; otherwise the build stays unpublished."""
-    try:
-        from engineforge.serve.lm_publish import publish_lm_bundle  # type: ignore[import-not-found]
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("engineforge.serve.lm_publish", "engineforge.serve"):
-            raise
-        progress.info("not published: engineforge.serve.lm_publish is not installed here (the bundle is built)")
-        return {"skipped": "engineforge.serve.lm_publish is not installed"}
-    model_name = publish.get("model_name") or ckpt.source.stem
-    with progress.stage(f"publishing {model_name} to {publish['repo_dir']}"):
-        result = publish_lm_bundle(bundle, Path(publish["repo_dir"]), model_name)
-    published = {"repo_dir": str(publish["repo_dir"]), "model_name": model_name}
-    return {**published, **result} if isinstance(result, dict) else {**published, "result": str(result)}
-
-
 def _eos_ids(ckpt: LMCheckpoint, tokenizer: Any) -> tuple[int, ...]:
     """EOS ids from config.json (an int or a list) and the tokenizer: generation must stop on any of them."""
     ids = ckpt.config.get("eos_token_id")
@@ -249,8 +232,26 @@ def _prepare_output(out: Path, ckpt: LMCheckpoint, overwrite: bool) -> Path:
     return out
 
 
+def _tokenizer(hf_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), use_fast=True, local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{hf_dir}: cannot load the tokenizer ({exc}); save it with the model") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise CheckpointError(f"{hf_dir}: only a slow tokenizer loads; add tokenizer.json (serving needs a fast one)")
+    return tokenizer
+
+
+def _mb(path: Path) -> float:
+    """Size of a file, or of every file under a directory."""
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    return round(sum(p.stat().st_size for p in files) / 1e6, 2)
+
+
 def _weights_mb(hf_dir: Path) -> float:
-    return round(sum(file_mb(p) for p in hf_dir.glob("*.safetensors")) or file_mb(hf_dir), 2)
+    return round(sum(_mb(p) for p in hf_dir.glob("*.safetensors")) or _mb(hf_dir), 2)
 
 
 def _r(value: float | None) -> float | None:

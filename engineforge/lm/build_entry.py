@@ -7,7 +7,7 @@ The request is checked here before any work, like an encoder build's candidates:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ class PreparedLMBuild:
     preset: str
     budget: LMBudget
     threads: int | None = None
-    publish: dict[str, Any] | None = None
+    publish: Callable[[Path], dict[str, Any]] | None = None  # the serving side's publisher, when asked for
     overwrite: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # build_lm_engine's other keywords
 
@@ -73,8 +73,10 @@ class PreparedLMBuild:
 def prepare_lm_build(checkpoint: str | Path, *, preset: str | None = None, output_dir: str | Path | None = None,
                      data: Mapping[str, str | Path | None] | None = None,
                      budget: Mapping[str, float | None] | None = None, publish: bool | Mapping[str, Any] = True,
-                     overwrite: bool = False, **settings: Any) -> PreparedLMBuild:
-    """The LM build `build_engine`'s arguments ask for, checked (the eval data parsed) before any work."""
+                     overwrite: bool = False, publisher: Callable[[Path], dict[str, Any]] | None = None,
+                     **settings: Any) -> PreparedLMBuild:
+    """The LM build `build_engine`'s arguments ask for, checked (the eval data parsed) before any work.
+    `publisher`: how the chosen bundle is published (the build entry makes it from `publish`); None: not."""
     checkpoint = Path(checkpoint)
     if settings.get("task") == TEXT_GENERATION and checkpoint.suffix != ".gguf" and not is_causal_lm(checkpoint):
         raise UnsupportedArchitectureError(f"--task {TEXT_GENERATION} needs a causal LM (*ForCausalLM directory or "
@@ -94,4 +96,4 @@ def prepare_lm_build(checkpoint: str | Path, *, preset: str | None = None, outpu
     return PreparedLMBuild(
         checkpoint, Path(eval_data), Path(output_dir) if output_dir else DEFAULT_BUILDS_DIR / name,  # type: ignore[arg-type]
         preset, lm_budget, settings.get("intra_op_threads"),
-        publish=publish_options if publish is not False else None, overwrite=overwrite)
+        publish=publisher, overwrite=overwrite)

@@ -44,8 +44,9 @@ def test_lm_fp32_bundle_generates_what_the_fp32_model_does(lm_dirs: dict[str, Pa
     # A runtime with no builder comes first: it is listed as refused and the torch fallback is built.
     monkeypatch.setattr(lm_build, "lm_preset_candidates",
                         lambda name: (LMCandidate("no-such-runtime", "int4", 32), LMCandidate("torch", "fp32")))
-    report = lm_build.build_lm_engine(lm_dirs["llama"], lm_dirs["eval"], tmp_path / "out", preset="lm-fp32",
-                                      threads=1, publish={"repo_dir": str(tmp_path / "repo")})
+    report = prepare_build(lm_dirs["llama"], preset="lm-fp32", output_dir=tmp_path / "out",
+                           data={"eval_data": lm_dirs["eval"]}, publish={"repo_dir": str(tmp_path / "repo")},
+                           intra_op_threads=1).run()
     refused, chosen = report.candidates
     assert refused["status"] == REFUSED and "no-such-runtime is not installed or registered" in refused["reason"]
     assert chosen["status"] == CHOSEN and chosen["agreement"] == 1.0 and chosen["perplexity_increase_pct"] == 0
@@ -60,7 +61,7 @@ def test_lm_fp32_bundle_generates_what_the_fp32_model_does(lm_dirs: dict[str, Pa
     assert "| torch | fp32 | – |" in markdown and "refused: no-such-runtime" in markdown
     assert not (tmp_path / "out" / "candidates").exists()  # only the chosen engine is kept
     if importlib.util.find_spec("engineforge.serve.lm_publish") is None:
-        assert report.published == {"skipped": "engineforge.serve.lm_publish is not installed"}
+        assert report.published and report.published["skipped"] == "engineforge.serve.lm_publish is not installed"
 
 
 def test_lm_nf4_on_gpt2_is_built_or_refused_with_its_reason(lm_dirs: dict[str, Path], tmp_path: Path) -> None:
