@@ -22,11 +22,9 @@ from typing import Any
 
 from engineforge import progress
 from engineforge.errors import (
-    AccuracyBudgetExceeded,
     CheckpointError,
     ConfigError,
     EngineforgeError,
-    StepFailedError,
     UnsupportedStepError,
 )
 
@@ -35,8 +33,17 @@ from .bundle import LMEngineSpec, open_lm_bundle
 from .checkpoint import LMCheckpoint, read_lm_checkpoint
 from .eval_data import LMEvalData, read_lm_eval_data
 from .presets import DEFAULT_LM_PRESET, lm_preset_candidates
-from .quality import DEFAULT_NEW_TOKENS, LMBudget, compare_lm, encode, greedy_continuations, perplexity
-from .report import CHOSEN, FAILED, OVER, REFUSED, WITHIN, LMBuildReport
+from .quality import (
+    DEFAULT_NEW_TOKENS,
+    LMBudget,
+    agreement,
+    compare_lm,
+    completion_ids,
+    encode,
+    greedy_continuations,
+    perplexity,
+)
+from .report import CHOSEN, FAILED, OVER, REFUSED, WITHIN, LMBuildReport, no_candidate_error
 from .speed import DEFAULT_TIMED_TOKENS, time_decode
 
 BUNDLE_DIR = "bundle"
@@ -104,10 +111,12 @@ def _run(report: LMBuildReport, ckpt: LMCheckpoint, data: LMEvalData, candidates
         model = AutoModelForCausalLM.from_pretrained(str(ckpt.hf_dir), local_files_only=True, device_map="cpu")
         reference = TorchLMEngine(model, _eos_ids(ckpt, tokenizer), threads=threads)
         ref_ppl = perplexity(reference, tokenizer, data.texts) if data.texts else None
-        ref_ids = greedy_continuations(reference, tokenizer, data.prompt_texts, new_tokens)
+        ref_ids = _references(data, greedy_continuations(reference, tokenizer, data.prompt_texts, new_tokens),
+                              tokenizer, report, budget, new_tokens)
         timing_prompt = encode(tokenizer, data.prompt_texts[0] if data.prompts else data.texts[0])[:32]
-        report.reference = {"perplexity": _r(ref_ppl), "prompts": len(ref_ids), "size_mb": _weights_mb(ckpt.hf_dir),
-                            **time_decode(reference, timing_prompt, timed_tokens)}
+        report.reference.update({"perplexity": _r(ref_ppl), "prompts": len(ref_ids),
+                                 "size_mb": _weights_mb(ckpt.hf_dir),
+                                 **time_decode(reference, timing_prompt, timed_tokens)})
         progress.info(f"fp32 perplexity {_r(ref_ppl)}, {report.reference['tokens_per_s']} tokens/s")
         del reference, model
     work = out / "candidates"
@@ -131,10 +140,12 @@ def _run(report: LMBuildReport, ckpt: LMCheckpoint, data: LMEvalData, candidates
             else:
                 problems = figures.pop("violations")
                 row.update(figures, status=OVER if problems else WITHIN, reason="; ".join(problems) or None)
+            if row["status"] != WITHIN:  # cannot be chosen: its files (GBs for a real LM) go now
+                shutil.rmtree(work / f"{number}", ignore_errors=True)
             progress.info(f"{candidate.name}: {row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
     within = [(i, row) for i, row in enumerate(report.candidates, start=1) if row["status"] == WITHIN]
     if not within:
-        _fail(report, budget)
+        raise no_candidate_error(report, budget)
     number, chosen = max(within, key=lambda item: item[1].get("tokens_per_s") or 0.0)
     chosen["status"] = CHOSEN
     report.chosen = chosen["candidate"]
@@ -174,6 +185,24 @@ def _measure(ckpt: LMCheckpoint, candidate: LMCandidate, bundle: Path, tokenizer
                   "violations": comparison.violations(budget)}
 
 
+def _references(data: LMEvalData, fp32_ids: list[list[int]], tokenizer: Any, report: LMBuildReport,
+                budget: LMBudget, n: int) -> list[list[int]]:
+    """What each prompt's continuation is judged against: its given completion, else fp32's own greedy output.
+    How well fp32 itself follows the given completions goes in the report: below the agreement budget, no
+    quantized engine is likely to meet it."""
+    given = [i for i, p in enumerate(data.prompts) if p.completion is not None]
+    if not given:
+        return fp32_ids
+    references = [completion_ids(tokenizer, p.prompt, p.completion) if p.completion is not None else ids
+                  for p, ids in zip(data.prompts, fp32_ids, strict=True)]
+    fp32_agreement = agreement([references[i] for i in given], [fp32_ids[i] for i in given], n)
+    report.reference["agreement_with_completions"] = round(fp32_agreement, 4)
+    if fp32_agreement < budget.min_agreement:
+        progress.info(f"fp32 itself continues only {fp32_agreement:.0%} of the {len(given)} given completions "
+                      f"(budget >= {budget.min_agreement:.0%}): the agreement budget may be out of reach")
+    return references
+
+
 def _refusal(family: str, candidate: LMCandidate) -> str:
     """Why `candidate` cannot be built here ("" when it can): its runtime not installed, or why_not's reason."""
     try:
@@ -182,27 +211,6 @@ def _refusal(family: str, candidate: LMCandidate) -> str:
         return (f"{candidate.runtime} is not installed or registered here (no LM builder for it); the preset's "
                 "next candidate is tried")
     return why_not(family, candidate)
-
-
-def _fail(report: LMBuildReport, budget: LMBudget) -> None:
-    """No candidate within budget: name each one's figures (or why it was not built) and what to change."""
-    def describe(row: dict[str, Any]) -> str:
-        if row["status"] in (REFUSED, FAILED):
-            return f"{row['candidate']}: {row['status']} ({row.get('reason')})"
-        return (f"{row['candidate']}: perplexity {row.get('perplexity')} ({_signed(row.get('perplexity_increase_pct'))}"
-                f" vs fp32 {report.reference.get('perplexity')}), agreement {_pct(row.get('agreement'))}, "
-                f"{row.get('tokens_per_s')} tokens/s - {row.get('reason')}")
-    summary = "; ".join(describe(row) for row in report.candidates)
-    measured = [row for row in report.candidates if row["status"] == OVER]
-    if not measured:
-        raise StepFailedError(f"no candidate of preset {report.preset} could be built here: {summary}. Choose a "
-                              "preset whose runtime is installed (e.g. --preset lm-fp32 builds with torch)")
-    figures = [{"candidate": r["candidate"], **r.get("comparison", {}), "tokens_per_s": r.get("tokens_per_s")}
-               for r in measured]
-    raise AccuracyBudgetExceeded(
-        f"no candidate of preset {report.preset} is within the LM budget ({budget.describe()}): "
-        f"{summary}. Loosen the budget (--max-ppl-increase, "
-        "--min-agreement) or choose a milder preset (lm-int8, lm-fp32)", figures=figures)
 
 
 def _eos_ids(ckpt: LMCheckpoint, tokenizer: Any) -> tuple[int, ...]:
@@ -256,11 +264,3 @@ def _weights_mb(hf_dir: Path) -> float:
 
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
-
-
-def _signed(value: float | None) -> str:
-    return "–" if value is None else f"{value:+.2f}%"
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0%}"

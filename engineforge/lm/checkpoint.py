@@ -47,7 +47,10 @@ def is_causal_lm(path: Path) -> bool:
     path = Path(path)
     if path.suffix == ".gguf":
         return True
-    config = _config(path) if path.is_dir() else None
+    try:
+        config = _config(path) if path.is_dir() else None
+    except CheckpointError:  # not readable: whichever build is chosen reports it
+        return False
     architectures = (config or {}).get("architectures") or []
     return any(str(a).endswith(_CAUSAL_HEADS) for a in architectures)
 

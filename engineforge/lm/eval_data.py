@@ -3,9 +3,9 @@
     {"text": "..."}                            perplexity is measured on the whole text
     {"prompt": "...", "completion": "..."}     greedy continuation of the prompt; completion is optional
 
-A prompt without a completion is compared with the fp32 model's own greedy output (the usual case: a build asks
-"does the quantized engine say what fp32 says", not "is the model right"). A completion, when given, is kept for
-the report; agreement is still judged against fp32, because a build must not be punished for the model's mistakes.
+A prompt's given completion is what the engine's greedy continuation is judged against; without one, the fp32
+model's own greedy output is (the usual case: "does the quantized engine say what fp32 says"). The build reports
+how well fp32 itself follows the given completions, since that bounds what any quantized engine can reach.
 """
 
 from __future__ import annotations

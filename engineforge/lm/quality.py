@@ -58,6 +58,15 @@ def greedy_continuations(engine: LMEngine, tokenizer: Any, prompts: Sequence[str
     return outputs
 
 
+def completion_ids(tokenizer: Any, prompt: str, completion: str) -> list[int]:
+    """The token ids a given completion continues `prompt` with: as the model reads prompt + completion, so a BPE
+    merge across the boundary is kept; the completion on its own where the prompt's ids are not a prefix."""
+    prompt_ids, whole = encode(tokenizer, prompt), encode(tokenizer, prompt + completion)
+    if whole[: len(prompt_ids)] == prompt_ids and len(whole) > len(prompt_ids):
+        return whole[len(prompt_ids):]
+    return list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+
+
 def first_difference(reference: Sequence[int], engine: Sequence[int], n: int = DEFAULT_NEW_TOKENS) -> int | None:
     """Position of the first new token where `engine` differs from `reference` within the first `n` (None: they
     agree). A reference that ended by EOS before `n` is compared over its own length, EOS included, so an engine

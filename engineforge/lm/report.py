@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from engineforge.errors import AccuracyBudgetExceeded, EngineforgeError, StepFailedError
+
 from .quality import LMBudget
 
 # A candidate's status: chosen; within budget but slower; over budget; refused before building; failed to build.
@@ -98,3 +100,32 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def no_candidate_error(report: LMBuildReport, budget: LMBudget) -> EngineforgeError:
+    """No candidate within budget: name each one's figures (or why it was not built) and what to change."""
+    def describe(row: dict[str, Any]) -> str:
+        if row["status"] in (REFUSED, FAILED):
+            return f"{row['candidate']}: {row['status']} ({row.get('reason')})"
+        return (f"{row['candidate']}: perplexity {row.get('perplexity')} ({_signed(row.get('perplexity_increase_pct'))}"
+                f" vs fp32 {report.reference.get('perplexity')}), agreement {_pct(row.get('agreement'))}, "
+                f"{row.get('tokens_per_s')} tokens/s - {row.get('reason')}")
+    summary = "; ".join(describe(row) for row in report.candidates)
+    measured = [row for row in report.candidates if row["status"] == OVER]
+    if not measured:
+        return StepFailedError(f"no candidate of preset {report.preset} could be built here: {summary}. Choose a "
+                              "preset whose runtime is installed (e.g. --preset lm-fp32 builds with torch)")
+    figures = [{"candidate": r["candidate"], **r.get("comparison", {}), "tokens_per_s": r.get("tokens_per_s")}
+               for r in measured]
+    return AccuracyBudgetExceeded(
+        f"no candidate of preset {report.preset} is within the LM budget ({budget.describe()}): "
+        f"{summary}. Loosen the budget (--max-ppl-increase, "
+        "--min-agreement) or choose a milder preset (lm-int8, lm-fp32)", figures=figures)
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}%"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"

@@ -19,7 +19,7 @@ from engineforge.lm.builders import LMCandidate
 from engineforge.lm.bundle import open_lm_bundle
 from engineforge.lm.quality import LMBudget, greedy_continuations
 from engineforge.lm.report import CHOSEN, REFUSED
-from tests.helpers.tiny_lm import LM_PROMPTS, make_tiny_lm, write_lm_eval_data
+from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS, make_tiny_lm, write_lm_eval_data
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,20 @@ def test_lm_nf4_on_gpt2_is_built_or_refused_with_its_reason(lm_dirs: dict[str, P
     agreeing = sum(a == b for a, b in zip(greedy_continuations(engine, tokenizer, LM_PROMPTS),
                                           _fp32_greedy(lm_dirs["gpt2"]), strict=True))
     assert agreeing / len(LM_PROMPTS) == row["agreement"]  # the report's figure is the bundle's
+
+
+def test_given_completions_are_the_reference_and_fp32s_own_agreement_is_reported(lm_dirs: dict[str, Path],
+                                                                                tmp_path: Path) -> None:
+    rows = [{"prompt": " ".join(t.split()[:3]), "completion": " " + " ".join(t.split()[3:])} for t in LM_TEXTS[:4]]
+    rows.append({"prompt": "this prompt", "completion": " was never seen in training at all"})
+    eval_data = tmp_path / "completions.jsonl"
+    eval_data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = prepare_build(lm_dirs["llama"], preset="lm-fp32", output_dir=tmp_path / "out", publish=False,
+                           data={"eval_data": eval_data}, budget={"min_agreement": 0.0}, intra_op_threads=1).run()
+    fp32_own = report.reference["agreement_with_completions"]
+    assert fp32_own <= 0.8  # the unseen completion is not what the model says
+    assert report.chosen_row is not None and report.chosen_row["agreement"] == fp32_own  # torch fp32 is fp32
+    assert report.reference["perplexity"] is None and report.chosen_row["perplexity"] is None  # no text rows
 
 
 def test_a_budget_no_candidate_meets_fails_naming_figures(lm_dirs: dict[str, Path], tmp_path: Path) -> None:

@@ -11,7 +11,14 @@ import pytest
 from engineforge.errors import ConfigError, DataError
 from engineforge.lm.eval_data import LMPrompt, read_lm_eval_data
 from engineforge.lm.presets import LM_PRESET_NAMES, lm_preset_candidates
-from engineforge.lm.quality import LMBudget, agreement, compare_lm, first_difference, perplexity
+from engineforge.lm.quality import (
+    LMBudget,
+    agreement,
+    compare_lm,
+    completion_ids,
+    first_difference,
+    perplexity,
+)
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -56,7 +63,7 @@ class _FixedEngine:
 
 
 class _SplitTokenizer:
-    def __call__(self, text: str) -> dict[str, list[int]]:
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         return {"input_ids": [len(word) for word in text.split()]}
 
 
@@ -121,3 +128,9 @@ def test_lm_presets_list_ort_genai_first_and_torch_fallbacks() -> None:
     assert [c.name for c in lm_preset_candidates("lm-fp32")] == ["onnxruntime-genai fp32", "torch fp32"]
     with pytest.raises(ConfigError, match="unknown LM preset 'int8'"):
         lm_preset_candidates("int8")
+
+
+def test_a_given_completion_is_tokenized_as_the_model_reads_it_after_the_prompt() -> None:
+    assert completion_ids(_SplitTokenizer(), "a bb", " ccc dddd") == [3, 4]
+    # "a b" + "b" reads as "a bb": the prompt's ids are no prefix, so the completion is tokenized alone
+    assert completion_ids(_SplitTokenizer(), "a b", "b") == [1]
