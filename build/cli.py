@@ -25,11 +25,15 @@ def make_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="build-engine",
-        description="Optimize a fine-tuned Hugging Face classifier, validate it against fp32 and publish it to Triton.",
+        description="Optimize a fine-tuned Hugging Face classifier, validate it against fp32 and publish it to Triton. "
+        "A causal LM (*ForCausalLM directory or .gguf) is built with an lm-* preset and judged by perplexity and "
+        "greedy agreement with fp32.",
     )
     parser.add_argument("checkpoint", nargs="?", type=Path, help="checkpoint dir (config, weights, tokenizer)")
     parser.add_argument("--output", "-o", type=Path, help="build dir (default artifacts/builds/NAME)")
-    parser.add_argument("--eval-data", type=Path, help="labelled eval data (.jsonl/.csv with text,label)")
+    parser.add_argument("--eval-data", type=Path, help="labelled eval data (.jsonl/.csv with text,label); for a causal "
+                        "LM, JSONL rows {\"text\": ...} (perplexity) and {\"prompt\": ..., \"completion\": ...} "
+                        "(greedy agreement; completion optional)")
     parser.add_argument("--train-data", type=Path, help="training text for pruning importance and distillation")
     parser.add_argument("--calibration-data", type=Path, help="representative texts for static int8 calibration")
     parser.add_argument("--unlabelled-data", type=Path,

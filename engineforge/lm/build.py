@@ -69,9 +69,10 @@ def build_lm_engine(checkpoint: str | Path, eval_data: str | Path | None, output
                     publish: Callable[[Path], dict[str, Any]] | None = None, overwrite: bool = False,
                     new_tokens: int = DEFAULT_NEW_TOKENS, timed_tokens: int = DEFAULT_TIMED_TOKENS,
                     prune: bool = False) -> LMBuildReport:
-    """Build, judge and keep the fastest candidate of `preset` within `budget`. `publish`: {"repo_dir",
-    "model_name"} publishes the bundle when engineforge.serve.lm_publish is installed. Raises
-    AccuracyBudgetExceeded (figures of every candidate) when none is within budget."""
+    """Build, judge and keep the fastest candidate of `preset` within `budget`; `output_dir` gets `bundle/` and
+    build_report.{md,json}. `publish(bundle_dir) -> details`, when given, publishes the chosen bundle (the build
+    entry makes one from serve.lm_publish for --repo). Raises AccuracyBudgetExceeded (figures of every measured
+    candidate) when none is within budget, StepFailedError when none could be built here."""
     candidates = check_lm_request(preset, Path(eval_data) if eval_data is not None else None, prune)
     budget = budget or LMBudget()
     started = time.perf_counter()
@@ -79,7 +80,8 @@ def build_lm_engine(checkpoint: str | Path, eval_data: str | Path | None, output
     with progress.stage("reading the checkpoint"):
         ckpt = read_lm_checkpoint(Path(checkpoint))
         progress.info(f"{ckpt.source}: {ckpt.model_type} causal LM; eval data {data.summary()}")
-    out = _prepare_output(Path(output_dir or Path("artifacts/builds") / Path(checkpoint).stem), ckpt, overwrite)
+    name = ckpt.source.stem if ckpt.source.suffix == ".gguf" else ckpt.source.name
+    out = _prepare_output(Path(output_dir or Path("artifacts/builds") / name), ckpt, overwrite)
     report = LMBuildReport(preset, ckpt.to_dict(), data.summary(), budget.to_dict(),
                            {"threads": threads, "new_tokens": new_tokens, "timed_tokens": timed_tokens})
     try:
@@ -145,6 +147,7 @@ def _run(report: LMBuildReport, ckpt: LMCheckpoint, data: LMEvalData, candidates
             progress.info(f"{candidate.name}: {row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
     within = [(i, row) for i, row in enumerate(report.candidates, start=1) if row["status"] == WITHIN]
     if not within:
+        shutil.rmtree(work, ignore_errors=True)
         raise no_candidate_error(report, budget)
     number, chosen = max(within, key=lambda item: item[1].get("tokens_per_s") or 0.0)
     chosen["status"] = CHOSEN
