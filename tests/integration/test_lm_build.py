@@ -111,6 +111,21 @@ def test_a_budget_no_candidate_meets_fails_naming_figures(lm_dirs: dict[str, Pat
         pytest.fail("a 0 % perplexity budget with 100 % agreement was met by nf4")
 
 
+def test_a_candidate_whose_build_raises_is_listed_failed_and_the_build_says_why(
+        lm_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engineforge.lm.builders import LMBuilder
+
+    def refuse_shape(hf_dir: Path, candidate: LMCandidate, model_dir: Path, threads: int | None) -> dict[str, str]:
+        raise RuntimeError("bitsandbytes CPU kernel: in_features 48 is not a multiple of 64")
+
+    monkeypatch.setattr(lm_build, "lm_builder", lambda runtime: LMBuilder(runtime, refuse_shape, lambda f, c: ""))
+    with pytest.raises(StepFailedError, match="no candidate of preset lm-nf4 could be built here: torch nf4: failed "
+                       r"\(RuntimeError: bitsandbytes CPU kernel: in_features 48"):
+        lm_build.build_lm_engine(lm_dirs["llama"], lm_dirs["eval"], tmp_path / "out", preset="lm-nf4", threads=1)
+    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
+    assert report["candidates"][0]["status"] == "failed" and not (tmp_path / "out" / "candidates").exists()
+
+
 def test_build_engine_cli_builds_an_lm_directory(lm_dirs: dict[str, Path], tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
