@@ -17,17 +17,23 @@ from engineforge.errors import UsageError
 
 def make_parser() -> argparse.ArgumentParser:
     from engineforge.engines.engine_spec import TASKS
+    from engineforge.lm.bundle import TEXT_GENERATION
+    from engineforge.lm.presets import DEFAULT_LM_PRESET, LM_PRESET_NAMES
 
     from .accuracy import DEFAULT_BUDGET
     from .presets import DEFAULT_PRESET, PRESET_NAMES
 
     parser = argparse.ArgumentParser(
         prog="build-engine",
-        description="Optimize a fine-tuned Hugging Face classifier, validate it against fp32 and publish it to Triton.",
+        description="Optimize a fine-tuned Hugging Face classifier, validate it against fp32 and publish it to Triton. "
+        "A causal LM (*ForCausalLM directory or .gguf) is built with an lm-* preset and judged by perplexity and "
+        "greedy agreement with fp32.",
     )
     parser.add_argument("checkpoint", nargs="?", type=Path, help="checkpoint dir (config, weights, tokenizer)")
     parser.add_argument("--output", "-o", type=Path, help="build dir (default artifacts/builds/NAME)")
-    parser.add_argument("--eval-data", type=Path, help="labelled eval data (.jsonl/.csv with text,label)")
+    parser.add_argument("--eval-data", type=Path, help="labelled eval data (.jsonl/.csv with text,label); for a causal "
+                        "LM, JSONL rows {\"text\": ...} (perplexity) and {\"prompt\": ..., \"completion\": ...} "
+                        "(greedy agreement; completion optional)")
     parser.add_argument("--train-data", type=Path, help="training text for pruning importance and distillation")
     parser.add_argument("--calibration-data", type=Path, help="representative texts for static int8 calibration")
     parser.add_argument("--unlabelled-data", type=Path,
@@ -36,7 +42,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="real requests (.jsonl/.csv with a 'text' column, labels not needed): runtimes are timed "
                         "on their token lengths (default: the eval texts)")
     parser.add_argument("--preset", help=", ".join(f"{name} (default)" if name == DEFAULT_PRESET else name
-                                                   for name in PRESET_NAMES))
+                                                   for name in PRESET_NAMES)
+                        + "; decoder LMs: " + ", ".join(f"{name} (default)" if name == DEFAULT_LM_PRESET else name
+                                                         for name in LM_PRESET_NAMES))
     parser.add_argument("--recipe", type=Path, help="TOML recipe describing the whole build")
     parser.add_argument("--repo", help="Triton model repository to publish to (default model_repo)")
     parser.add_argument("--model-name", help="name of the served model (default: checkpoint directory name)")
@@ -51,6 +59,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help=f"budget: max accuracy drop in points (default {DEFAULT_BUDGET.max_accuracy_drop})")
     parser.add_argument("--min-agreement", type=float,
                         help=f"budget: min argmax agreement with fp32 (default {DEFAULT_BUDGET.min_agreement})")
+    parser.add_argument("--max-ppl-increase", type=float,
+                        help="decoder-LM budget: max perplexity increase over fp32 in percent, for every precision "
+                        "(default fp32 1, int8 3, int4 8, nf4 8)")
     parser.add_argument("--max-seq-len", type=int, help="max tokens per text when served (default 128)")
     parser.add_argument("--threads", type=int, help="engine runtime intra-op threads (default 2)")
     parser.add_argument("--max-build-minutes", type=float,
@@ -58,7 +69,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "the time left are skipped, a running distillation stops at its next step, and a build that "
                         "chose nothing in time fails naming the candidate closest to the budget")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    parser.add_argument("--task", choices=TASKS,
+    parser.add_argument("--task", choices=(*TASKS, TEXT_GENERATION),
                         help="what the checkpoint is for (default: read from its architecture and files)")
     parser.add_argument("--debug", action="store_true", help="print the traceback after an error")
     return parser
@@ -78,7 +89,8 @@ def prepared_from_args(args: argparse.Namespace) -> Any:  # -> engineforge.comma
             data={"eval_data": args.eval_data, "train_data": args.train_data,
                   "calibration_data": args.calibration_data, "unlabelled_data": args.unlabelled_data,
                   "traffic_data": args.traffic_data},
-            budget={"max_accuracy_drop": args.max_accuracy_drop, "min_agreement": args.min_agreement},
+            budget={"max_accuracy_drop": args.max_accuracy_drop, "min_agreement": args.min_agreement,
+                    "max_ppl_increase": args.max_ppl_increase},
             publish=False if args.no_publish else {"repo_dir": args.repo, "model_name": args.model_name,
                                                    "long_texts": args.long_texts, "text_path": args.text_path},
             overwrite=args.overwrite, max_sequence_length=args.max_seq_len, intra_op_threads=args.threads,

@@ -1,0 +1,31 @@
+"""LM build presets: the candidates a preset tries, in order, the first being the one wanted most. The build keeps
+the fastest candidate within budget, so a later one is a fallback (another runtime, or a milder precision) when an
+earlier one cannot be built here or misses the budget."""
+
+from __future__ import annotations
+
+from engineforge.errors import ConfigError
+
+from .builders import LMCandidate
+
+ORT_GENAI = "onnxruntime-genai"
+_PRESETS: dict[str, tuple[LMCandidate, ...]] = {
+    # Default: block-wise int4 weights (group 32) in ONNX Runtime GenAI; bitsandbytes NF4 in torch as the fallback.
+    "lm-int4": (LMCandidate(ORT_GENAI, "int4", 32), LMCandidate("torch", "nf4")),
+    "lm-int8": (LMCandidate(ORT_GENAI, "int8"), LMCandidate("torch", "fp32")),
+    "lm-nf4": (LMCandidate("torch", "nf4"),),
+    "lm-fp32": (LMCandidate(ORT_GENAI, "fp32"), LMCandidate("torch", "fp32")),
+}
+LM_PRESET_NAMES = tuple(_PRESETS)
+DEFAULT_LM_PRESET = "lm-int4"
+
+
+def is_lm_preset(name: str | None) -> bool:
+    return bool(name) and str(name).startswith("lm-")
+
+
+def lm_preset_candidates(name: str) -> tuple[LMCandidate, ...]:
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown LM preset {name!r}: a decoder LM is built with one of {', '.join(LM_PRESET_NAMES)} "
+                          f"(default {DEFAULT_LM_PRESET})")
+    return _PRESETS[name]
