@@ -22,7 +22,7 @@ import triton_python_backend_utils as pb_utils
 
 try:
     from engineforge.lm.bundle import open_lm_bundle
-    from engineforge.lm.engine import CANCELLED, InvalidGenerationRequest
+    from engineforge.lm.engine import CANCELLED, ERROR, InvalidGenerationRequest
     from engineforge.lm.generation import Piece, Scheduler
     from engineforge.serve.lm_publish import LM_HASH_KEYS
     from engineforge.serve.lm_requests import INPUTS, LMLimits, parse_request, piece_arrays
@@ -90,8 +90,12 @@ class _Stream:
             if _cancelled(self.request, self.sender):
                 self.cancel()
                 return
+        if piece.finish_reason == ERROR:  # the engine failed: a typed server error, not its message as text
+            response = _error(f"the LM engine failed: {piece.text or 'no reason given'}", pb_utils.TritonError.INTERNAL)
+        else:
+            response = _response(piece)
         try:
-            self.sender.send(_response(piece), flags=FINAL if final else 0)
+            self.sender.send(response, flags=FINAL if final else 0)
         except Exception:  # the client went away: stop decoding for it
             if not final:
                 self.cancel()
