@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from engineforge import grpc_errors
 from engineforge.errors import InferenceRequestError, ServerError
 
 from .client_connection import Connection, NotReadyYet
+from .lm_requests import ENGINE_FAILED, INTERNAL_ERROR
 
 _END = object()
 
@@ -127,7 +129,7 @@ def stream_generate(connection: Connection, model: str, inputs: dict[str, np.nda
             at, result, error = arrived.get()
             if error is not None:
                 finished = True
-                raise connection._translate(error, model) from error
+                raise _stream_error(connection, model, error) from error
             piece, finished = _piece(result, at, started)
             if piece is not None:
                 yield piece
@@ -137,6 +139,15 @@ def stream_generate(connection: Connection, model: str, inputs: dict[str, np.nda
             client.stop_stream(cancel_requests=not finished)
         finally:
             client.close()
+
+
+def _stream_error(connection: Connection, model: str, error: Exception) -> Exception:
+    """A stream's error, typed: Triton sends a model's error over a stream as a message without its code, so the
+    LM model's own failures are told apart by their words (lm_requests.ENGINE_FAILED); the rest is the request's."""
+    message = grpc_errors.message_of(error)
+    if not grpc_errors.status_of(error) and message.startswith((ENGINE_FAILED, INTERNAL_ERROR)):
+        return ServerError(f"Triton at {connection.url} failed while running {model}: {message}")
+    return connection._translate(error, model)
 
 
 def _piece(result: Any, at: float, started: float) -> tuple[GeneratedPiece | None, bool]:

@@ -38,6 +38,9 @@ OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
     "PROMPT_TOKENS": ("TYPE_INT32", (1,)),
     "COMPLETION_TOKENS": ("TYPE_INT32", (1,)),
 }
+# Triton's gRPC stream carries an error's message but not its code: the model starts the messages of its own
+# failures (never the request's fault) with these, so the client can tell a server failure from a refused request.
+ENGINE_FAILED, INTERNAL_ERROR = "the LM engine failed", "internal error"
 PREFIX = "lm."  # config parameter "lm.<field>" holds a limit, "why.lm.<field>" its reason
 WHY = "why."
 MAX_STOP_STRINGS = 16  # like OpenAI's API (4) and vLLM (unbounded), a small bound: each is searched every step

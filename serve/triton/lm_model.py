@@ -25,7 +25,14 @@ try:
     from engineforge.lm.engine import CANCELLED, ERROR, InvalidGenerationRequest
     from engineforge.lm.generation import Piece, Scheduler
     from engineforge.serve.lm_publish import LM_HASH_KEYS
-    from engineforge.serve.lm_requests import INPUTS, LMLimits, parse_request, piece_arrays
+    from engineforge.serve.lm_requests import (
+        ENGINE_FAILED,
+        INPUTS,
+        INTERNAL_ERROR,
+        LMLimits,
+        parse_request,
+        piece_arrays,
+    )
     from engineforge.serve.published import verify_published_files
 except ImportError as exc:  # the stub runs the python found on PATH; it must have engineforge
     raise ImportError(
@@ -91,7 +98,7 @@ class _Stream:
                 self.cancel()
                 return
         if piece.finish_reason == ERROR:  # the engine failed: a typed server error, not its message as text
-            response = _error(f"the LM engine failed: {piece.text or 'no reason given'}", pb_utils.TritonError.INTERNAL)
+            response = _error(f"{ENGINE_FAILED}: {piece.text or 'no reason given'}", pb_utils.TritonError.INTERNAL)
         else:
             response = _response(piece)
         try:
@@ -144,7 +151,7 @@ class TritonPythonModel:
             except InvalidGenerationRequest as exc:
                 sender.send(_error(str(exc), pb_utils.TritonError.INVALID_ARG), flags=FINAL)
             except Exception as exc:  # never crash the stub: the request gets the reason instead
-                sender.send(_error(f"internal error: {type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL),
+                sender.send(_error(f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL),
                             flags=FINAL)
         return None  # decoupled: responses go through each request's sender
 
