@@ -141,7 +141,7 @@ class EngineforgeClient(Connection):
         """Stream a published LM's continuation of `prompt` (text, or token ids): pieces (text, token ids, arrival
         times; the last with finish_reason and counts) as the server decodes them. Parameters left None take the
         server's defaults (greedy, max_tokens what fits up to 128). Stopping the iteration cancels the request on
-        the server. `serve.lm_client.collect` gathers the pieces into one Generation (text, ttft, tokens/s)."""
+        the server. `serve.lm_client.collect` gathers the pieces into one GenerationResult (text, ttft, tokens/s)."""
         check_generation_args(prompt)
         inputs = generation_inputs(prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                    seed=seed, stop=stop)

@@ -41,7 +41,7 @@ class GeneratedPiece:
 
 
 @dataclass
-class Generation:
+class GenerationResult:
     """A whole generation gathered from its pieces (`collect`)."""
 
     prompt: str
@@ -61,8 +61,8 @@ class Generation:
         return (self.completion_tokens - 1) / (self.total_s - self.ttft_s)
 
 
-def collect(prompt: str, pieces: Iterator[GeneratedPiece]) -> Generation:
-    result = Generation(prompt)
+def collect(prompt: str, pieces: Iterator[GeneratedPiece]) -> GenerationResult:
+    result = GenerationResult(prompt)
     for piece in pieces:
         result.text += piece.text
         result.token_ids += piece.token_ids
@@ -186,4 +186,4 @@ def check_generation_args(prompt: Any) -> None:
         raise InferenceRequestError("the prompt has no token ids")
 
 
-__all__ = ["GeneratedPiece", "Generation", "collect", "generation_inputs", "stream_generate"]
+__all__ = ["GeneratedPiece", "GenerationResult", "collect", "generation_inputs", "stream_generate"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
@@ -41,6 +42,9 @@ except ImportError as exc:  # the stub runs the python found on PATH; it must ha
     ) from exc
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Asking Triton whether a request was cancelled is a round trip to the server process: at most this often per stream
+# (a cancelled sequence then decodes at most this long more), not once per token.
+CANCEL_CHECK_S = 0.02
 
 
 def _error(message: str, code: int) -> pb_utils.InferenceResponse:
@@ -73,6 +77,7 @@ class _Stream:
         self.model, self.request, self.sender = model, request, sender
         self.handle: list[int] | None = None
         self.cancelling = False
+        self.checked_at = 0.0
         self.lock = threading.Lock()  # the callback may run before submit() has returned the handle
 
     def start(self, prompt_ids: list[int], params) -> None:
@@ -94,9 +99,12 @@ class _Stream:
         if not final:
             if self.cancelling:
                 return  # the CANCELLED piece follows at the next step and sends the final flag
-            if _cancelled(self.request, self.sender):
-                self.cancel()
-                return
+            now = time.monotonic()
+            if now - self.checked_at >= CANCEL_CHECK_S:
+                self.checked_at = now
+                if _cancelled(self.request, self.sender):
+                    self.cancel()
+                    return
         if piece.finish_reason == ERROR:  # the engine failed: a typed server error, not its message as text
             response = _error(f"{ENGINE_FAILED}: {piece.text or 'no reason given'}", pb_utils.TritonError.INTERNAL)
         else:
