@@ -251,3 +251,26 @@ def test_generate_command_errors_without_traceback(served: Served) -> None:
     ):
         done = _cli(*args, "refunds are")
         assert done.returncode != 0 and words in done.stderr and "Traceback" not in done.stderr, (error, done.stderr)
+
+
+def test_a_drain_lets_accepted_streams_finish(served: Served, tmp_path: Path) -> None:
+    """What SIGTERM does to `engineforge serve`: a stream accepted before the drain runs to its end (the gate counts a
+    request until its final response), while a new request is refused."""
+    with TritonServer(served.server.repo, model_control_mode="explicit", load_models=["long"],
+                      log_file=tmp_path / "drain.log", startup_timeout_s=180) as server:
+        pieces = []
+        stream = EngineforgeClient(server.grpc_url, timeout_s=20).generate("refunds are", model="long",
+                                                                         max_tokens=LONG)
+        pieces += [next(stream) for _ in range(3)]
+        drained: list[tuple[bool, float]] = []
+        started = time.perf_counter()
+        draining = threading.Thread(target=lambda: drained.append((server.drain(timeout_s=30), time.perf_counter())))
+        draining.start()
+        pieces += list(stream)
+        draining.join(40)
+        assert drained and drained[0][0], "the drain gave up"
+        assert pieces[-1].finish_reason == "length" and sum(len(p.token_ids) for p in pieces) == LONG
+        assert pieces[-1].time_s > started, "the stream ended before the drain began: nothing was tested"
+        assert drained[0][1] >= pieces[-1].time_s - 0.01, "the drain ended while the stream was still running"
+        with pytest.raises(ServerError):
+            list(EngineforgeClient(server.grpc_url, timeout_s=3, retry=False).generate("hi", model="long"))
