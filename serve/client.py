@@ -20,6 +20,7 @@ import numpy as np
 from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_MODEL_NAME
 from engineforge.engines.engine_spec import EMBEDDINGS, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 from engineforge.errors import InferenceRequestError, ModelNotReadyError, ServerError
+from engineforge.lm.bundle import TEXT_GENERATION
 
 from .client_connection import Connection, NotReadyYet
 from .lm_client import GeneratedPiece, check_generation_args, generation_inputs, stream_generate
@@ -63,6 +64,9 @@ class EngineforgeClient(Connection):
                 return self._client.get_model_config(model, client_timeout=timeout).config
 
             config = self._call(fetch, model)
+            if "task" in config.parameters and config.parameters["task"].string_value == TEXT_GENERATION:
+                raise InferenceRequestError(f"model {model!r} is a text-generation LM: call generate() "
+                                            "(`engineforge generate`) instead")
             if LABELS_PARAMETER not in config.parameters:
                 raise ModelNotReadyError(
                     f"model {model!r} has no '{LABELS_PARAMETER}' parameter; it was not published by engineforge"

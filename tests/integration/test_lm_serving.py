@@ -221,6 +221,8 @@ def test_client_errors_are_typed(served: Served, client: EngineforgeClient) -> N
         list(served.client(timeout_s=5, retry=False).generate("hi", model="nope"))
     with pytest.raises(InferenceRequestError, match="empty"):
         list(client.generate("", model="lm"))
+    with pytest.raises(InferenceRequestError, match="text-generation LM"):
+        client.classify("where is my order", model="lm")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
