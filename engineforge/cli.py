@@ -1,5 +1,5 @@
-"""`engineforge`: one command family (build, serve, infer, rollback, tune, k8s, loadtest, demo). Thin: parse, then
-call functions."""
+"""`engineforge`: one command family (build, serve, infer, generate, rollback, tune, k8s, loadtest, demo). Thin:
+parse, then call functions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def make_parser() -> argparse.ArgumentParser:
     from engineforge.demo import run as demo
     from engineforge.loadtest import cli as loadtest_cli
     from engineforge.serve import cli as serve_cli
-    from engineforge.serve import kubernetes, versions
+    from engineforge.serve import kubernetes, lm_cli, versions
 
     parser = argparse.ArgumentParser(prog="engineforge", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="print the traceback after an error")
@@ -21,6 +21,7 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("build_args", nargs=argparse.REMAINDER)
     build.set_defaults(func=_run_build)
     serve_cli.add_parsers(sub)
+    lm_cli.add_parser(sub)
     versions.add_parser(sub)
     tune.add_parser(sub)
     kubernetes.add_parser(sub)

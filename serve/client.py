@@ -11,7 +11,7 @@ retries and typed errors are client_connection.Connection's (TLS with `tls=Clien
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +20,10 @@ import numpy as np
 from engineforge.defaults import DEFAULT_GRPC_URL, DEFAULT_MODEL_NAME
 from engineforge.engines.engine_spec import EMBEDDINGS, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 from engineforge.errors import InferenceRequestError, ModelNotReadyError, ServerError
+from engineforge.lm.bundle import TEXT_GENERATION
 
 from .client_connection import Connection, NotReadyYet
+from .lm_client import GeneratedPiece, check_generation_args, generation_inputs, stream_generate
 from .model_layout import ENGINE_SUFFIX, LABELS_PARAMETER
 
 _NUMPY_TO_TRITON = {
@@ -62,6 +64,9 @@ class EngineforgeClient(Connection):
                 return self._client.get_model_config(model, client_timeout=timeout).config
 
             config = self._call(fetch, model)
+            if "task" in config.parameters and config.parameters["task"].string_value == TEXT_GENERATION:
+                raise InferenceRequestError(f"model {model!r} is a text-generation LM: call generate() "
+                                            "(`engineforge generate`) instead")
             if LABELS_PARAMETER not in config.parameters:
                 raise ModelNotReadyError(
                     f"model {model!r} has no '{LABELS_PARAMETER}' parameter; it was not published by engineforge"
@@ -132,6 +137,19 @@ class EngineforgeClient(Connection):
             raise ServerError(f"{model} returned EMBEDDING of shape {getattr(embeddings, 'shape', None)} for {rows} "
                               "inputs; is the numpy in the server's environment < 2?")
         return embeddings
+
+    def generate(self, prompt: str | Sequence[int], *, model: str = DEFAULT_MODEL_NAME, max_tokens: int | None = None,
+                 temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                 seed: int | None = None, stop: Sequence[str] | str | None = None,
+                 stream_timeout_s: float | None = None) -> Iterator[GeneratedPiece]:
+        """Stream a published LM's continuation of `prompt` (text, or token ids): pieces (text, token ids, arrival
+        times; the last with finish_reason and counts) as the server decodes them. Parameters left None take the
+        server's defaults (greedy, max_tokens what fits up to 128). Stopping the iteration cancels the request on
+        the server. `serve.lm_client.collect` gathers the pieces into one GenerationResult (text, ttft, tokens/s)."""
+        check_generation_args(prompt)
+        inputs = generation_inputs(prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                   seed=seed, stop=stop)
+        return stream_generate(self, model, inputs, stream_timeout_s)
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """Low-level call: numpy arrays in (dtype sent as is), numpy arrays out, errors typed."""

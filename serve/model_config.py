@@ -128,6 +128,7 @@ class ModelConfig:
     default_model_filename: str = ""  # e.g. "model.plan"; empty = the backend's default
     model_warmup: tuple[WarmupSample, ...] = ()
     versions: tuple[int, ...] = ()  # version_policy specific: the versions Triton loads; empty = the latest
+    decoupled: bool = False  # model_transaction_policy: any number of responses per request (streamed LM tokens)
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
@@ -239,6 +240,8 @@ class ModelConfig:
             config.backend = self.backend
         else:
             config.platform = self.platform
+        if self.decoupled:
+            config.model_transaction_policy.decoupled = True
         if self.default_model_filename:
             config.default_model_filename = self.default_model_filename
         if self.versions:
