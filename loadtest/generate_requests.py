@@ -29,6 +29,9 @@ from .generate_records import GenerationRecord, StreamCollector
 from .prompts import GenerateRequest, request_plan
 from .records import ERR_BAD_OUTPUT, ERR_CLIENT, ERR_SERVER, ERR_TIMEOUT, ERR_UNAVAILABLE, clock
 
+# The streamed piece's text (an output may not share the TEXT input's name in a Triton model config).
+TEXT_OUTPUT = "TEXT_OUTPUT"
+
 FINAL_FLAG = "triton_final_response"
 
 
@@ -46,7 +49,7 @@ class GenerateRequestFn:
         self._plan = list(plan)
         self.plan_offset = plan_offset
         self._outputs = [grpcclient.InferRequestedOutput(n) for n in
-                         ("TEXT", "TOKEN_IDS", "FINISH_REASON", "PROMPT_TOKENS", "COMPLETION_TOKENS")]
+                         (TEXT_OUTPUT, "TOKEN_IDS", "FINISH_REASON", "PROMPT_TOKENS", "COMPLETION_TOKENS")]
         self._client: Any = None
 
     async def __call__(self, seq: int) -> GenerationRecord:
@@ -151,7 +154,7 @@ def _inputs(request: GenerateRequest) -> list[grpcclient.InferInput]:
 def _take(result: Any, collector: StreamCollector) -> bool:
     """Add one response to `collector`; True when it is the final one."""
     ids = result.as_numpy("TOKEN_IDS")
-    text = result.as_numpy("TEXT")
+    text = result.as_numpy(TEXT_OUTPUT)
     piece = "".join(_str(v) for v in np.ravel(text)) if text is not None else ""
     collector.piece(int(np.size(ids)) if ids is not None else 0, piece)
     reason = result.as_numpy("FINISH_REASON")

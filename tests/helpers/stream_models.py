@@ -26,7 +26,7 @@ input [
   {{ name: "MAX_TOKENS" data_type: TYPE_INT32 dims: [ 1 ] optional: true }}
 ]
 output [
-  {{ name: "TEXT" data_type: TYPE_STRING dims: [ -1 ] }},
+  {{ name: "TEXT_OUTPUT" data_type: TYPE_STRING dims: [ -1 ] }},
   {{ name: "TOKEN_IDS" data_type: TYPE_INT64 dims: [ -1 ] }},
   {{ name: "FINISH_REASON" data_type: TYPE_STRING dims: [ 1 ] }},
   {{ name: "PROMPT_TOKENS" data_type: TYPE_INT32 dims: [ 1 ] }},
@@ -77,7 +77,7 @@ class TritonPythonModel:
             ids = list(range(i, i + (2 if len(word) > 5 else 1)))[: limit - sent]
             sent += len(ids)
             sender.send(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("TEXT", np.array([word.encode()], dtype=np.object_)),
+                pb_utils.Tensor("TEXT_OUTPUT", np.array([word.encode()], dtype=np.object_)),
                 pb_utils.Tensor("TOKEN_IDS", np.array(ids, dtype=np.int64)),
             ]))
             time.sleep(PIECE_S)
