@@ -276,3 +276,24 @@ def test_a_drain_lets_accepted_streams_finish(served: Served, tmp_path: Path) ->
         assert drained[0][1] >= pieces[-1].time_s - 0.01, "the drain ended while the stream was still running"
         with pytest.raises(ServerError):
             list(EngineforgeClient(server.grpc_url, timeout_s=3, retry=False).generate("hi", model="long"))
+
+
+def test_loadtest_generate_mode_measures_the_served_lm(served: Served, tmp_path: Path) -> None:
+    """`engineforge loadtest --mode generate` against the real LM model: every stream counted with the server's own
+    token counts, TTFT before the end of each request, streams sharing the engine at concurrency 3."""
+    from engineforge.loadtest import cli as loadtest_cli
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in LM_PROMPTS))
+    out = tmp_path / "out"
+    rc = loadtest_cli.main(["--model", "long", "--url", served.server.grpc_url, "--mode", "generate",
+                            "--concurrency", "1,3", "--duration", "2", "--warmup", "0.5", "--prompts", str(prompts),
+                            "--max-tokens", "12", "--out", str(out), "--name", "lm", "--no-plot"])
+    assert rc == 0
+    report = json.loads((out / "lm.json").read_text())
+    for level in report["levels"]:
+        g = level["generation"]
+        assert g["completed"] >= 2 and g["errors"] == 0 and g["token_count_mismatch"] == 0
+        assert g["finish_reasons"] == {"length": g["completed"]}  # `long` never emits EOS: max_tokens ends each
+        assert g["output_tokens_total"] == 12 * g["completed"]
+        assert 0 < g["ttft_ms"]["p50"] < g["e2e_ms"]["p50"] and g["itl_ms"]["p50"] > 0
