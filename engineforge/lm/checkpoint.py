@@ -174,6 +174,19 @@ def gguf_to_hf(gguf_file: Path, out_dir: Path) -> Path:
             f"architectures {', '.join(LM_MODEL_TYPES[:-1])} (llama.cpp naming); convert other files to a Hugging "
             "Face directory first") from exc
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
+    _plain_copy(model).save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
+
+
+def _plain_copy(model: Any) -> Any:
+    """transformers marks a model read from GGUF as gguf-quantized and refuses to save it, though its weights are
+    already dequantized fp32: the same weights in a model made from the config without the quantization record."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype="float32")
+    plain.load_state_dict(model.state_dict())
+    return plain.eval()
