@@ -168,6 +168,10 @@ class OrtGenAIEngine:
             turn = self._turns.pop(seq_id)
             del self._by_request[id(turn.request)]
             turn.request.close()
+        if token is None and reason == EOS and len(self.eos_token_ids) == 1:
+            # og's EOS event carries no token; the torch engine emits the EOS token with it, and so does this
+            # one when there is only one it can be (with several, which one ended it is unknown: None).
+            token = next(iter(self.eos_token_ids))
         if token is None and reason is None:
             return None
         return TokenEvent(seq_id, None if reason == CANCELLED else token, reason)
