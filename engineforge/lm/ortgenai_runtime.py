@@ -6,15 +6,20 @@ together (up to `max_batch`), and one added while a batch runs waits until that 
 attention, which lets requests join a running batch, is CUDA-only in the model builder). Outputs do not depend on
 the batch. A per-turn seed is refused by a statically batched og.Engine, so a seeded sampling request runs on its own
 `og.Generator` (seeded through its search options) and advances in the same `step()`.
+
+og.Engine accepts calls only from the thread that created it, while the driver may call `add` from a request's
+thread and `step` from its scheduler thread: every og call therefore runs on one owner thread this engine keeps.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +29,7 @@ from .engine import CANCELLED, EOS, ERROR, LENGTH, STOP, InvalidGenerationReques
 from .runtimes import register_lm_runtime
 
 GENAI_CONFIG = "genai_config.json"
+T = TypeVar("T")
 
 
 @dataclass
@@ -48,10 +54,37 @@ class OrtGenAIEngine:
 
     def __init__(self, model_dir: Path, eos_token_ids: Sequence[int], max_batch: int = 8,
                  threads: int | None = None, precision: str = "fp32") -> None:
+        self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ortgenai-engine")
+        self._owner_thread = self._owner.submit(threading.current_thread).result()
+        try:
+            self._on_owner(self._open, Path(model_dir), eos_token_ids, max_batch, threads, precision)
+        except BaseException:
+            self._owner.shutdown(wait=False)
+            raise
+
+    def _on_owner(self, call: Callable[..., T], *args: Any) -> T:
+        if threading.current_thread() is self._owner_thread:
+            return call(*args)
+        return self._owner.submit(call, *args).result()
+
+    def close(self) -> None:
+        """Release the og objects on their owner thread, then stop it (the engine is unusable afterwards)."""
+        self._on_owner(self._release)
+        self._owner.shutdown(wait=True)
+
+    def _release(self) -> None:
+        for turn in self._turns.values():
+            turn.request.close()
+        self._turns.clear()
+        self._by_request.clear()
+        self._seeded.clear()
+        self._engine = self._model = self._buffer = None
+
+    def _open(self, model_dir: Path, eos_token_ids: Sequence[int], max_batch: int, threads: int | None,
+              precision: str) -> None:
         import onnxruntime_genai as og
 
         self._og = og
-        model_dir = Path(model_dir)
         genai = _read_genai_config(model_dir)
         model = genai["model"]
         self.max_length = int(model.get("context_length") or genai.get("search", {}).get("max_length") or 0)
@@ -78,6 +111,9 @@ class OrtGenAIEngine:
         self._cancelled: set[int] = set()
 
     def add(self, prompt_ids: Sequence[int], params: SamplingParams) -> int:
+        return self._on_owner(self._add, prompt_ids, params)
+
+    def _add(self, prompt_ids: Sequence[int], params: SamplingParams) -> int:
         ids = self._check_prompt(prompt_ids, params.max_tokens)
         seq_id = self._next_id
         self._next_id += 1
@@ -131,6 +167,9 @@ class OrtGenAIEngine:
         return bool(self._turns or self._seeded or self._cancelled)
 
     def step(self) -> list[TokenEvent]:
+        return self._on_owner(self._step)
+
+    def _step(self) -> list[TokenEvent]:
         events = self._take_cancelled()
         if self._engine.has_pending_requests():
             for event in self._engine.run(self._buffer):
@@ -187,8 +226,10 @@ class OrtGenAIEngine:
         return TokenEvent(seq_id, token, reason)
 
     def log_probs(self, ids: Sequence[int]) -> list[float]:
+        return self._on_owner(self._log_probs, [int(t) for t in ids])
+
+    def _log_probs(self, ids: list[int]) -> list[float]:
         """A fresh og.Generator prefills `ids` once; the decoder's logits output holds every position's scores."""
-        ids = [int(t) for t in ids]
         if len(ids) < 2 or len(ids) > self.max_length:
             raise InvalidGenerationRequest(f"log_probs needs 2 to {self.max_length} tokens, got {len(ids)}")
         og = self._og

@@ -197,3 +197,40 @@ def test_gguf_input_is_read_back_as_the_same_model(llama: Family, tmp_path: Path
     converted = AutoModelForCausalLM.from_pretrained(str(checkpoint.hf_dir))
     with torch.inference_mode():
         torch.testing.assert_close(converted(ids).logits, llama.torch.model(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_scheduler_serves_concurrent_requests_and_stop_strings(llama: Family) -> None:
+    import threading
+
+    from engineforge.lm.generation import Scheduler
+
+    greedy = SamplingParams(max_tokens=40)
+    full = llama.tokenizer.decode(_pieces(llama.engine, llama, PROMPTS[0], greedy)[0], skip_special_tokens=True)
+    stop = full.split()[2]  # a word in the middle of the greedy continuation
+    requests = {"stop": (PROMPTS[0], SamplingParams(max_tokens=40, stop=(stop,))), "plain": (PROMPTS[1], greedy)}
+    texts: dict[str, str] = {name: "" for name in requests}
+    reasons: dict[str, str] = {}
+    done = threading.Event()
+    scheduler = Scheduler(llama.engine, llama.tokenizer)
+
+    def receiver(name: str) -> Callable[[Any], None]:
+        def receive(piece: Any) -> None:
+            texts[name] += piece.text
+            if piece.finish_reason is not None:
+                reasons[name] = piece.finish_reason
+                if len(reasons) == len(requests):
+                    done.set()
+        return receive
+
+    try:
+        for name, (prompt, params) in requests.items():
+            scheduler.submit(llama.ids(prompt), params, receiver(name))
+        assert done.wait(60), reasons
+    finally:
+        scheduler.close()
+    assert reasons["stop"] == "stop", texts
+    assert texts["stop"] == full[:full.index(stop)]
+    alone = _pieces(llama.engine, llama, PROMPTS[1], greedy)
+    assert texts["plain"] == llama.tokenizer.decode(alone[0], skip_special_tokens=True)
+    assert reasons["plain"] == alone[1]
+    assert not llama.engine.has_work()
