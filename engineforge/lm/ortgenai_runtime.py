@@ -1,10 +1,11 @@
 """Registers the `onnxruntime-genai` LM runtime: a model-builder folder (model.onnx, genai_config.json) served by
 ONNX Runtime GenAI's `og.Engine`, which keeps every request's KV cache and decodes its resident requests together.
 
-On the CPU execution provider og.Engine (0.18) batches statically: the requests waiting when a batch starts decode
-together (up to `max_batch`), and one added while a batch runs waits until that batch has drained (measured; paged
-attention, which lets requests join a running batch, is CUDA-only in the model builder). Outputs do not depend on
-the batch. A per-turn seed is refused by a statically batched og.Engine, so a seeded sampling request runs on its own
+On the CPU execution provider og.Engine (0.18) batches statically: the requests begun together decode together, and
+one begun while they run waits until they have drained (measured; paged attention, which lets requests join a
+running batch, is CUDA-only in the model builder). Its scheduler ignores the configured batch size and takes at most
+4 (measured), so this engine begins at most `max_batch` turns at a time itself. Outputs do not depend on the batch.
+A per-turn seed is refused by a statically batched og.Engine, so a seeded sampling request runs on its own
 `og.Generator` (seeded through its search options) and advances in the same `step()`.
 
 og.Engine accepts calls only from the thread that created it, while the driver may call `add` from a request's
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -78,6 +80,7 @@ class OrtGenAIEngine:
         self._turns.clear()
         self._by_request.clear()
         self._seeded.clear()
+        self._waiting.clear()
         self._engine = self._model = self._buffer = None
 
     def _open(self, model_dir: Path, eos_token_ids: Sequence[int], max_batch: int, threads: int | None,
@@ -102,9 +105,12 @@ class OrtGenAIEngine:
         config.overlay(json.dumps(overlay))
         self._model = og.Model(config)
         self._engine = og.Engine(self._model)
-        self.max_batch = int(self._engine.get_capabilities().configured_max_batch_size)
+        # og 0.18's CPU static scheduler reports max_batch_size but decodes up to 4 begun turns together whatever
+        # it says (measured), so turns are begun here only while fewer than max_batch are resident.
+        self.max_batch = int(max_batch)
         self._buffer = self._engine.create_event_buffer(max(64, 4 * self.max_batch))
         self._next_id = 0
+        self._waiting: deque[tuple[int, list[int], SamplingParams]] = deque()  # not yet begun on og.Engine
         self._turns: dict[int, _Turn] = {}
         self._by_request: dict[int, int] = {}  # id(og request) -> seq_id
         self._seeded: dict[int, _Seeded] = {}
@@ -120,22 +126,31 @@ class OrtGenAIEngine:
         if not params.greedy and params.seed is not None:
             self._seeded[seq_id] = self._seeded_sequence(ids, params)
             return seq_id
-        request = self._engine.create_request()
-        options = self._og.TurnOptions(request)
-        options.set_max_generated_tokens(params.max_tokens)
-        options.set_do_sample(not params.greedy)
-        if not params.greedy:
-            options.set_temperature(params.temperature)
-            options.set_top_k(params.top_k or self.vocab_size)  # our 0 means no cut
-            options.set_top_p(params.top_p)
-        try:
-            turn_id = request.begin_turn(np.asarray(ids, dtype=np.int32), options)
-        except RuntimeError as exc:  # og's own limit checks, e.g. the session length
-            request.close()
-            raise InvalidGenerationRequest(f"onnxruntime-genai refused the prompt: {exc}") from exc
-        self._turns[seq_id] = _Turn(request, turn_id)
-        self._by_request[id(request)] = seq_id
+        self._waiting.append((seq_id, ids, params))
         return seq_id
+
+    def _admit(self) -> list[TokenEvent]:
+        """Begin waiting turns while fewer than max_batch are resident (og checks the session length again)."""
+        events = []
+        while self._waiting and len(self._turns) < self.max_batch:
+            seq_id, ids, params = self._waiting.popleft()
+            request = self._engine.create_request()
+            options = self._og.TurnOptions(request)
+            options.set_max_generated_tokens(params.max_tokens)
+            options.set_do_sample(not params.greedy)
+            if not params.greedy:
+                options.set_temperature(params.temperature)
+                options.set_top_k(params.top_k or self.vocab_size)  # our 0 means no cut
+                options.set_top_p(params.top_p)
+            try:
+                turn_id = request.begin_turn(np.asarray(ids, dtype=np.int32), options)
+            except RuntimeError:  # add() checked the limits it knows; anything else ends this sequence only
+                request.close()
+                events.append(TokenEvent(seq_id, None, ERROR))
+                continue
+            self._turns[seq_id] = _Turn(request, turn_id)
+            self._by_request[id(request)] = seq_id
+        return events
 
     def _check_prompt(self, prompt_ids: Sequence[int], max_tokens: int) -> list[int]:
         ids = [int(t) for t in prompt_ids]
@@ -164,13 +179,14 @@ class OrtGenAIEngine:
         self._cancelled.add(seq_id)
 
     def has_work(self) -> bool:
-        return bool(self._turns or self._seeded or self._cancelled)
+        return bool(self._waiting or self._turns or self._seeded or self._cancelled)
 
     def step(self) -> list[TokenEvent]:
         return self._on_owner(self._step)
 
     def _step(self) -> list[TokenEvent]:
         events = self._take_cancelled()
+        events += self._admit()
         if self._engine.has_pending_requests():
             for event in self._engine.run(self._buffer):
                 mapped = self._map_event(event)
@@ -187,6 +203,9 @@ class OrtGenAIEngine:
                 turn = self._turns[seq_id]
                 turn.request.cancel_turn(turn.turn_id)
             elif self._seeded.pop(seq_id, None) is not None:
+                events.append(TokenEvent(seq_id, None, CANCELLED))
+            elif any(waiting[0] == seq_id for waiting in self._waiting):
+                self._waiting = deque(w for w in self._waiting if w[0] != seq_id)
                 events.append(TokenEvent(seq_id, None, CANCELLED))
         self._cancelled.clear()
         return events
@@ -249,7 +268,8 @@ class OrtGenAIEngine:
     def settings(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "precision": self.precision, "threads": self.threads,
                 "max_batch": self.max_batch, "max_length": self.max_length, "execution_provider": "cpu",
-                "batching": "static (og.Engine on CPU: requests added during a batch wait for it to drain)"}
+                "batching": "static: og.Engine on CPU decodes the turns begun together (at most max_batch, and at "
+                            "most 4 in og 0.18); a request added while they run waits for them to drain"}
 
 
 _FINISH = {"EOS": EOS, "MAX_GENERATED_TOKENS": LENGTH, "MAX_SESSION_TOKENS": LENGTH, "CANCELLED": CANCELLED,

@@ -104,6 +104,12 @@ def test_threads_and_batch_size_reach_the_engine(llama: Family) -> None:
     spec = LMEngineSpec.load(llama.bundle)
     engine = open_lm_engine(spec, llama.bundle / "model", threads=2, max_batch=3)
     assert (engine.settings()["threads"], engine.max_batch, engine.max_length) == (2, 3, 256)
+    seqs = [engine.add(llama.ids(p), SamplingParams(max_tokens=4)) for p in LM_PROMPTS[:6]]
+    assert {e.seq_id for e in engine.step()} == set(seqs[:3])  # three decode together, three wait
+    engine.cancel(seqs[5])
+    assert TokenEvent(seqs[5], None, CANCELLED) in engine.step()
+    events = _run(engine, {seq: [] for seq in seqs})
+    assert all(events[seq][-1].finish_reason in (EOS, LENGTH) for seq in seqs[:5])
 
 
 @pytest.mark.parametrize(("precision", "group"), [("int4", 32), ("int8", 64)])
