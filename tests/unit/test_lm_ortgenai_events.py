@@ -3,12 +3,14 @@ events of requests the engine no longer follows (fake events; the real engine is
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import onnxruntime_genai as og
 import pytest
 
+from engineforge.errors import EngineLoadError
 from engineforge.lm.engine import CANCELLED, EOS, ERROR, LENGTH, TokenEvent
 from engineforge.lm.ortgenai_runtime import OrtGenAIEngine, _Turn
 
@@ -66,3 +68,16 @@ def test_events_of_unknown_requests_are_dropped() -> None:
     engine, _ = _engine()
     assert engine._map_event(_event(FakeRequest(), TOKEN, 5)) is None
     assert 7 in engine._turns
+
+
+def test_a_folder_without_a_valid_genai_config_is_an_engine_load_error(tmp_path: Path) -> None:
+    from engineforge.lm.bundle import LMEngineSpec
+    from engineforge.lm.runtimes import open_lm_engine
+
+    spec = LMEngineSpec("onnxruntime-genai", "int4", "llama", 256, (0,), group_size=32)
+    (tmp_path / "model").mkdir()
+    with pytest.raises(EngineLoadError, match=r"genai_config\.json is missing"):
+        open_lm_engine(spec, tmp_path / "model")
+    (tmp_path / "model" / "genai_config.json").write_text('{"model": {}}')
+    with pytest.raises(EngineLoadError, match="not a valid genai config"):
+        open_lm_engine(spec, tmp_path / "model")
