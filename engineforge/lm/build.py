@@ -77,11 +77,13 @@ def build_lm_engine(checkpoint: str | Path, eval_data: str | Path | None, output
     budget = budget or LMBudget()
     started = time.perf_counter()
     data = read_lm_eval_data(Path(eval_data))  # type: ignore[arg-type]  # checked above
+    given = Path(checkpoint)
+    name = given.stem if given.suffix == ".gguf" else given.name
+    out = _prepare_output(Path(output_dir or Path("artifacts/builds") / name), given, overwrite)
     with progress.stage("reading the checkpoint"):
-        ckpt = read_lm_checkpoint(Path(checkpoint))
-        progress.info(f"{ckpt.source}: {ckpt.model_type} causal LM; eval data {data.summary()}")
-    name = ckpt.source.stem if ckpt.source.suffix == ".gguf" else ckpt.source.name
-    out = _prepare_output(Path(output_dir or Path("artifacts/builds") / name), ckpt, overwrite)
+        # A .gguf is dequantized into the output's work dir: every later step reads one Hugging Face layout.
+        ckpt = read_lm_checkpoint(given, work_dir=out / "work")
+        progress.info(f"{given}: {ckpt.model_type} causal LM ({ckpt.source}); eval data {data.summary()}")
     report = LMBuildReport(preset, ckpt.to_dict(), data.summary(), budget.to_dict(),
                            {"threads": threads, "new_tokens": new_tokens, "timed_tokens": timed_tokens})
     try:
@@ -126,7 +128,7 @@ def _run(report: LMBuildReport, ckpt: LMCheckpoint, data: LMEvalData, candidates
         row: dict[str, Any] = {"candidate": candidate.name, "runtime": candidate.runtime,
                                "precision": candidate.precision, "group_size": candidate.group_size}
         report.candidates.append(row)
-        reason = _refusal(ckpt.family, candidate)
+        reason = _refusal(ckpt.family.name, candidate)
         if reason:
             row.update(status=REFUSED, reason=reason)
             progress.info(f"candidate {number}/{len(candidates)} {candidate.name}: refused ({reason})")
@@ -172,7 +174,7 @@ def _measure(ckpt: LMCheckpoint, candidate: LMCandidate, bundle: Path, tokenizer
     tokenizer.save_pretrained(str(bundle / "tokenizer"))
     config = ckpt.config
     max_length = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
-    spec = LMEngineSpec(candidate.runtime, candidate.precision, ckpt.family, max_length, _eos_ids(ckpt, tokenizer),
+    spec = LMEngineSpec(candidate.runtime, candidate.precision, ckpt.family.name, max_length, _eos_ids(ckpt, tokenizer),
                         group_size=candidate.group_size, threads=threads)
     spec.save(bundle)
     spec, engine, served_tokenizer = open_lm_bundle(bundle, threads=threads)
@@ -228,11 +230,11 @@ def _eos_ids(ckpt: LMCheckpoint, tokenizer: Any) -> tuple[int, ...]:
     return tuple(sorted(int(i) for i in found))
 
 
-def _prepare_output(out: Path, ckpt: LMCheckpoint, overwrite: bool) -> Path:
+def _prepare_output(out: Path, given: Path, overwrite: bool) -> Path:
     """Create the output dir; refuse the checkpoint's own directory, or an earlier build unless asked."""
-    resolved, source = out.resolve(), ckpt.source.resolve()
+    resolved, source = out.resolve(), given.resolve()
     if resolved == source or resolved.is_relative_to(source) or source.is_relative_to(resolved):
-        raise ConfigError(f"output directory {out} would overwrite the input checkpoint {ckpt.source}: choose a "
+        raise ConfigError(f"output directory {out} would overwrite the input checkpoint {given}: choose a "
                           "directory outside it (e.g. artifacts/builds/NAME)")
     if out.exists() and any(out.iterdir()):
         if not overwrite:

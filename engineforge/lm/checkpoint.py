@@ -1,96 +1,198 @@
-"""Reading a causal-LM checkpoint: a Hugging Face `*ForCausalLM` directory, or a `.gguf` file (converted to one,
-because every LM builder starts from a Hugging Face directory).
+"""Causal-LM checkpoints: which families engineforge builds, with which runtimes, and how an input is read.
 
-Minimal version written for the LM build; the LM checkpoint owner's module keeps this API:
-`read_lm_checkpoint(path) -> LMCheckpoint(hf_dir, family, model_type, config, source)` and `is_causal_lm(path)`.
+An input is a Hugging Face `*ForCausalLM` (or `GPT2LMHeadModel`) directory, or a `.gguf` file. A GGUF file is
+dequantized to fp32 by transformers (through the `gguf` package) and saved as a Hugging Face directory in the build's
+work dir, so every later step (builders, the reference torch engine, quality checks) reads one layout.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engineforge.errors import CheckpointError, UnsupportedArchitectureError
+from engineforge.errors import CheckpointError, ConfigError, UnsupportedArchitectureError
 
-_CAUSAL_HEADS = ("ForCausalLM", "LMHeadModel")
+TORCH, ORTGENAI = "torch", "onnxruntime-genai"
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+GGUF_DIR = "hf-from-gguf"
+
+
+@dataclass(frozen=True)
+class LMFamily:
+    name: str
+    model_types: tuple[str, ...]
+    runtimes: tuple[str, ...]  # runtimes whose builder can build this family
+    refusals: tuple[tuple[str, str], ...] = ()  # (runtime, why it cannot build this family)
+
+    def why_not(self, runtime: str) -> str:
+        """"" when `runtime` builds this family, else the reason."""
+        if runtime in self.runtimes:
+            return ""
+        reason = dict(self.refusals).get(runtime, f"the {runtime} runtime has no builder for {self.name}")
+        return f"{self.name}: {reason}; runtimes that build it: {', '.join(self.runtimes)}"
+
+
+_NO_GPT2 = ("onnxruntime-genai's model builder has no GPT-2 exporter (it raises NotImplementedError "
+            "'model is not currently supported')")
+LM_FAMILIES = (
+    LMFamily("llama", ("llama",), (TORCH, ORTGENAI)),
+    LMFamily("qwen2", ("qwen2",), (TORCH, ORTGENAI)),
+    LMFamily("mistral", ("mistral",), (TORCH, ORTGENAI)),
+    LMFamily("phi3", ("phi3",), (TORCH, ORTGENAI)),
+    LMFamily("gpt2", ("gpt2",), (TORCH,), refusals=((ORTGENAI, _NO_GPT2),)),
+)
+LM_MODEL_TYPES = tuple(t for f in LM_FAMILIES for t in f.model_types)
 
 
 @dataclass(frozen=True)
 class LMCheckpoint:
-    hf_dir: Path  # a Hugging Face directory the builders read (for a .gguf: the converted copy)
-    family: str  # what builders decide by (the model_type)
+    hf_dir: Path  # a Hugging Face directory (the dequantized copy for a GGUF input)
+    family: LMFamily
     model_type: str
     config: dict[str, Any]
-    source: Path  # what the caller gave
+    source: str  # "hf" or "gguf"
+    given: Path | None = None  # the path the caller passed (a .gguf file, or the directory itself)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.source), "hf_dir": str(self.hf_dir), "family": self.family,
-                "model_type": self.model_type, "architecture": (self.config.get("architectures") or ["?"])[0]}
+        return {"path": str(self.given or self.hf_dir), "hf_dir": str(self.hf_dir), "family": self.family.name,
+                "model_type": self.model_type, "source": self.source,
+                "architecture": (self.config.get("architectures") or ["?"])[0]}
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.config.get("max_position_embeddings") or self.config.get("n_positions") or 0)
 
 
-def _config(path: Path) -> dict[str, Any] | None:
-    file = Path(path) / "config.json"
-    if not file.is_file():
-        return None
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{file} is not valid JSON ({exc}): the checkpoint is corrupt; re-save it") from exc
-    return config if isinstance(config, dict) else None
+def lm_family(model_type: str | None, where: str = "config.json") -> LMFamily:
+    for family in LM_FAMILIES:
+        if model_type in family.model_types:
+            return family
+    raise UnsupportedArchitectureError(
+        f"{where}: model_type {model_type!r} is not a causal-LM family engineforge builds; supported: "
+        f"{', '.join(LM_MODEL_TYPES)}")
 
 
 def is_causal_lm(path: Path) -> bool:
-    """True for a `.gguf` file or a directory whose config names a `*ForCausalLM` / `*LMHeadModel` architecture."""
+    """True for a `.gguf` file or a directory whose config.json names a `*ForCausalLM`/`*LMHeadModel` (task
+    detection: never raises)."""
     path = Path(path)
-    if path.suffix == ".gguf":
-        return True
+    if path.is_file():
+        return path.suffix.lower() == ".gguf"
     try:
-        config = _config(path) if path.is_dir() else None
-    except CheckpointError:  # not readable: whichever build is chosen reports it
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
         return False
-    architectures = (config or {}).get("architectures") or []
-    return any(str(a).endswith(_CAUSAL_HEADS) for a in architectures)
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    return any(str(a).endswith(CAUSAL_SUFFIXES) for a in architectures or ())
 
 
 def read_lm_checkpoint(path: Path, work_dir: Path | None = None) -> LMCheckpoint:
-    """The checkpoint at `path`, checked without loading weights (a .gguf is converted into `work_dir`)."""
-    source = Path(path)
-    if not source.exists():
-        raise CheckpointError(f"checkpoint {source} does not exist")
-    hf_dir = _from_gguf(source, work_dir) if source.suffix == ".gguf" else source
-    if not hf_dir.is_dir():
-        raise CheckpointError(f"checkpoint {source} is a file but not a .gguf; pass a Hugging Face directory "
-                              "(config.json, weights, tokenizer) or a .gguf file")
-    config = _config(hf_dir)
-    if config is None:
-        raise CheckpointError(f"{hf_dir} has no config.json: pass the directory save_pretrained wrote")
-    if not is_causal_lm(hf_dir):
+    """Check (and for GGUF, convert) a causal-LM input; every problem is a CheckpointError naming the fix."""
+    path = given = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass a Hugging Face causal-LM directory or a "
+                              ".gguf file")
+    source = "hf"
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise CheckpointError(f"checkpoint {path} is a file but not a .gguf: pass the directory that holds "
+                                  "config.json, or a GGUF file")
+        if work_dir is None:
+            raise ConfigError(f"reading {path} needs a work dir to save its dequantized Hugging Face copy in")
+        path, source = gguf_to_hf(path, Path(work_dir) / GGUF_DIR), "gguf"
+    config = _read_config(path)
+    model_type = config.get("model_type")
+    _refuse_non_causal(path, config)
+    family = lm_family(model_type, str(path / "config.json"))
+    _check_files(path)
+    return LMCheckpoint(path, family, str(model_type), config, source, given)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} is not a Hugging Face checkpoint: it has no config.json (pass the directory "
+                              "save_pretrained wrote)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_file} is not valid JSON ({exc}): the checkpoint is corrupt; re-save it") \
+            from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file} does not hold a JSON object: the checkpoint is corrupt; re-save it")
+    return config
+
+
+def _refuse_non_causal(path: Path, config: dict[str, Any]) -> None:
+    """An encoder (or an LM with a classification head) sent to the LM path gets the build that fits it."""
+    architectures = [str(a) for a in config.get("architectures") or ()]
+    if architectures and not any(a.endswith(CAUSAL_SUFFIXES) for a in architectures):
         raise UnsupportedArchitectureError(
-            f"{hf_dir} holds {(config.get('architectures') or ['no architecture'])[0]}, not a causal LM "
-            "(*ForCausalLM); build encoders with an encoder preset, or pass a decoder checkpoint")
-    if not any((hf_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        raise CheckpointError(f"{hf_dir} has no tokenizer (tokenizer.json): save the tokenizer with the model")
-    model_type = str(config.get("model_type") or "")
-    if not model_type:
-        raise CheckpointError(f"{hf_dir / 'config.json'} has no model_type: re-save the model with transformers")
-    return LMCheckpoint(hf_dir, model_type, model_type, config, source)
+            f"{path} is a {', '.join(architectures)} checkpoint, not a causal LM (*ForCausalLM): build it with "
+            "--task text-classification, token-classification or embeddings, or pass a *ForCausalLM checkpoint")
+    if not architectures and config.get("model_type") not in LM_MODEL_TYPES:
+        raise UnsupportedArchitectureError(
+            f"{path}: model_type {config.get('model_type')!r} with no architectures is not a causal LM; "
+            f"supported causal-LM model types: {', '.join(LM_MODEL_TYPES)}")
 
 
-def _from_gguf(path: Path, work_dir: Path | None) -> Path:
-    """transformers dequantizes a .gguf into a float model; saved once as the directory the builders read."""
+def _check_files(path: Path) -> None:
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise CheckpointError(f"{path} has no weights: expected one of {', '.join(WEIGHT_FILES)} (save the model "
+                              "with save_pretrained)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the tokenizer "
+                              "with the model (tokenizer.save_pretrained(dir))")
+    for weights in sorted(path.glob("*.safetensors")):
+        _check_safetensors(weights)
+
+
+def _check_safetensors(weights: Path) -> None:
+    """Open the header: safetensors checks that it parses and that its tensors cover the file exactly, so a
+    truncated or garbled file fails here, with its name, and not halfway through a build."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="np") as handle:
+            handle.keys()
+    except Exception as exc:  # safetensors raises its own error types for garbled headers
+        raise CheckpointError(f"{weights} is corrupt ({type(exc).__name__}: {exc}); re-save the checkpoint with "
+                              "save_pretrained") from exc
+
+
+def gguf_to_hf(gguf_file: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF file to an fp32 Hugging Face directory (model + tokenizer) at `out_dir`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = Path(work_dir) / "hf_from_gguf" if work_dir else Path(tempfile.mkdtemp(prefix="engineforge-gguf-"))
-    out.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: transformers cannot read this GGUF file ({type(exc).__name__}: {exc}); "
-                              "its architecture or quantization type may be unsupported") from exc
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    return out
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name,
+                                                     dtype="float32")
+    except Exception as exc:  # transformers raises ValueError/KeyError/RuntimeError for unsupported or bad files
+        raise CheckpointError(
+            f"could not read GGUF file {gguf_file}: {type(exc).__name__}: {exc}. transformers reads GGUF for "
+            f"architectures {', '.join(LM_MODEL_TYPES[:-1])} (llama.cpp naming); convert other files to a Hugging "
+            "Face directory first") from exc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _plain_copy(model).save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def _plain_copy(model: Any) -> Any:
+    """transformers marks a model read from GGUF as gguf-quantized and refuses to save it, though its weights are
+    already dequantized fp32: the same weights in a model made from the config without the quantization record."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype="float32")
+    plain.load_state_dict(model.state_dict())
+    return plain.eval()
