@@ -16,9 +16,9 @@ from engineforge.errors import UsageError
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from engineforge.build.lm.presets import DEFAULT_LM_PRESET, LM_PRESET_NAMES
     from engineforge.engines.engine_spec import TASKS
     from engineforge.lm.bundle import TEXT_GENERATION
-    from engineforge.lm.presets import DEFAULT_LM_PRESET, LM_PRESET_NAMES
 
     from .accuracy import DEFAULT_BUDGET
     from .presets import DEFAULT_PRESET, PRESET_NAMES

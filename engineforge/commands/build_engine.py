@@ -22,11 +22,11 @@ import engineforge.serve.publish_step  # noqa: F401  (registers the publish step
 from engineforge import progress
 from engineforge.build.candidates import Candidate, build_candidates, check_candidates
 from engineforge.build.config import StepConfig
+from engineforge.build.lm.build_entry import PreparedLMBuild, is_lm_request, prepare_lm_build
+from engineforge.build.lm.report import LMBuildReport
 from engineforge.build.report import BuildReport
 from engineforge.build.search import run_candidates
 from engineforge.errors import ConfigError, UnsupportedStepError
-from engineforge.lm.build_entry import PreparedLMBuild, is_lm_request, prepare_lm_build
-from engineforge.lm.report import LMBuildReport
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def prepare_build(checkpoint: str | Path | None = None, *, preset: str | None = 
                   budget: Mapping[str, float | None] | None = None, publish: bool | Mapping[str, Any] = True,
                   overwrite: bool = False, **settings: Any) -> PreparedBuild | PreparedLMBuild:
     """The candidates `build_engine` would try, each checked once; raises a typed error for an impossible build.
-    A causal LM (or `task="text-generation"`, or an `lm-*` preset) is an LM build (engineforge.lm.build_entry)."""
+    A causal LM (or `task="text-generation"`, or an `lm-*` preset) is an LM build (engineforge.build.lm.build_entry)."""
     if is_lm_request(checkpoint, preset, settings.get("task")):
         _refuse_lm_steps(recipe, steps)
         return prepare_lm_build(checkpoint, preset=preset, output_dir=output_dir,  # type: ignore[arg-type]
@@ -78,7 +78,7 @@ def build_engine(checkpoint: str | Path | None = None, *, preset: str | None = N
     train_data, calibration_data, unlabelled_data, traffic_data. `budget`: validate's max_accuracy_drop / min_agreement.
     `publish`: False builds without publishing, a mapping sets publish's options (repo_dir, model_name, ...).
     `settings`: max_sequence_length, intra_op_threads, task, max_build_minutes. Returns the chosen build's report.
-    A decoder LM builds through engineforge.lm.build (presets lm-int4, lm-int8, lm-nf4, lm-fp32; `budget`:
+    A decoder LM builds through engineforge.build.lm.build (presets lm-int4, lm-int8, lm-nf4, lm-fp32; `budget`:
     max_ppl_increase, min_agreement; `data`: eval_data) and returns an LMBuildReport."""
     return prepare_build(checkpoint, preset=preset, recipe=recipe, steps=steps, output_dir=output_dir, data=data,
                          budget=budget, publish=publish, overwrite=overwrite, **settings).run()
@@ -86,9 +86,9 @@ def build_engine(checkpoint: str | Path | None = None, *, preset: str | None = N
 
 def _refuse_lm_steps(recipe: str | Path | None, steps: Sequence[StepConfig] | None) -> None:
     """Recipes and step lists describe encoder builds; pruning a decoder is refused with the reason."""
+    from engineforge.build.lm.build import PRUNING_REFUSAL
     from engineforge.build.presets import load_recipe
     from engineforge.build.steps import PruneConfig
-    from engineforge.lm.build import PRUNING_REFUSAL
 
     if recipe is None and steps is None:
         return

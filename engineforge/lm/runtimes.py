@@ -1,7 +1,7 @@
 """The LM runtime registry: how each runtime opens a bundle's model files as an `LMEngine`.
 
 A runtime is one module with an opener decorated by `register_lm_runtime`; the bundle's spec names it. Builders
-(how a checkpoint becomes a runtime's files) live with the build (`lm/build_*.py`).
+(how a checkpoint becomes a runtime's files) live in the build layer (`engineforge.build.lm`).
 """
 
 from __future__ import annotations

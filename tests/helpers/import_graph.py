@@ -54,7 +54,8 @@ def layer(name: str) -> str:
     parts = name.split(".")
     if parts[-1] == "cli" or parts[1:2] in (["demo"], ["commands"]):
         return "top"
-    return {"engines": "engines", "build": "build", "serve": "serve", "loadtest": "loadtest"}.get(
+    # engineforge.lm is the LM engine layer (engines, the generation driver, bundles); its build is build.lm.
+    return {"engines": "engines", "lm": "engines", "build": "build", "serve": "serve", "loadtest": "loadtest"}.get(
         parts[1] if len(parts) > 1 else "", "core")
 
 

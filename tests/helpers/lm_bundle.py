@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engineforge.lm.builders import LMCandidate, lm_builder
+from engineforge.build.lm.builders import LMCandidate, lm_builder
 from engineforge.lm.bundle import LMEngineSpec
 
 from .tiny_lm import make_tiny_lm

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from engineforge.build.cli import main
+from engineforge.build.lm.builders import LMCandidate
+from engineforge.build.lm.quality import LMBudget, greedy_continuations
+from engineforge.build.lm.report import CHOSEN, REFUSED
 from engineforge.build.steps import PruneConfig
 from engineforge.commands.build_engine import prepare_build
 from engineforge.errors import AccuracyBudgetExceeded, StepFailedError, UnsupportedStepError
 from engineforge.lm import build as lm_build
-from engineforge.lm.builders import LMCandidate
 from engineforge.lm.bundle import open_lm_bundle
-from engineforge.lm.quality import LMBudget, greedy_continuations
-from engineforge.lm.report import CHOSEN, REFUSED
 from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS, make_tiny_lm, write_lm_eval_data
 
 
@@ -113,7 +113,7 @@ def test_a_budget_no_candidate_meets_fails_naming_figures(lm_dirs: dict[str, Pat
 
 def test_a_candidate_whose_build_raises_is_listed_failed_and_the_build_says_why(
         lm_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engineforge.lm.builders import LMBuilder
+    from engineforge.build.lm.builders import LMBuilder
 
     def refuse_shape(hf_dir: Path, candidate: LMCandidate, model_dir: Path, threads: int | None) -> dict[str, str]:
         raise RuntimeError("bitsandbytes CPU kernel: in_features 48 is not a multiple of 64")

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engineforge.lm.builders import LMCandidate, lm_builder
+from engineforge.build.lm.builders import LMCandidate, lm_builder
+from engineforge.build.lm.checkpoint import read_lm_checkpoint
 from engineforge.lm.bundle import LMEngineSpec, open_lm_bundle
-from engineforge.lm.checkpoint import read_lm_checkpoint
 from engineforge.lm.engine import CANCELLED, EOS, LENGTH, InvalidGenerationRequest, SamplingParams, TokenEvent
 from engineforge.lm.generation import generate
 from engineforge.lm.runtimes import open_lm_engine

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engineforge.build.lm.builders import LMCandidate, why_not
+from engineforge.build.lm.checkpoint import LM_MODEL_TYPES, is_causal_lm, read_lm_checkpoint
+from engineforge.build.lm.ortgenai_builder import _builder_input, build_ortgenai, builder_options
 from engineforge.errors import CheckpointError, ConfigError, UnsupportedArchitectureError
-from engineforge.lm.builders import LMCandidate, why_not
-from engineforge.lm.checkpoint import LM_MODEL_TYPES, is_causal_lm, read_lm_checkpoint
-from engineforge.lm.ortgenai_builder import _builder_input, build_ortgenai, builder_options
 
 ORT = "onnxruntime-genai"
 

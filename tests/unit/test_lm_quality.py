@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engineforge.errors import ConfigError, DataError
-from engineforge.lm.eval_data import LMPrompt, read_lm_eval_data
-from engineforge.lm.presets import LM_PRESET_NAMES, lm_preset_candidates
-from engineforge.lm.quality import (
+from engineforge.build.lm.eval_data import LMPrompt, read_lm_eval_data
+from engineforge.build.lm.presets import LM_PRESET_NAMES, lm_preset_candidates
+from engineforge.build.lm.quality import (
     LMBudget,
     agreement,
     compare_lm,
@@ -19,6 +18,7 @@ from engineforge.lm.quality import (
     first_difference,
     perplexity,
 )
+from engineforge.errors import ConfigError, DataError
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from engineforge.build.lm.build_entry import is_lm_request
+from engineforge.build.lm.checkpoint import is_causal_lm
 from engineforge.errors import ConfigError
-from engineforge.lm.build_entry import is_lm_request
-from engineforge.lm.checkpoint import is_causal_lm
 
 
 def _checkpoint(tmp_path: Path, architecture: str) -> Path:

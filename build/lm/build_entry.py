@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from engineforge.errors import ConfigError, UnsupportedArchitectureError
+from engineforge.lm.bundle import TEXT_GENERATION
 
 from .build import build_lm_engine, check_lm_request
-from .bundle import TEXT_GENERATION
 from .checkpoint import is_causal_lm
 from .eval_data import read_lm_eval_data
 from .presets import DEFAULT_LM_PRESET, LM_PRESET_NAMES, is_lm_preset

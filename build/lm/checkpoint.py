@@ -81,8 +81,10 @@ def is_causal_lm(path: Path) -> bool:
     """True for a `.gguf` file or a directory whose config.json names a `*ForCausalLM`/`*LMHeadModel` (task
     detection: never raises)."""
     path = Path(path)
+    if path.suffix.lower() == ".gguf":  # even a missing one: the LM build then says it is missing
+        return True
     if path.is_file():
-        return path.suffix.lower() == ".gguf"
+        return False
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):

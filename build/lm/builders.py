@@ -1,6 +1,6 @@
 """The LM builder registry: how a Hugging Face causal-LM directory becomes one runtime's model files at one
 precision (an `LMCandidate`). Each runtime module registers its builder and says which families and precisions it
-can build; the LM build (`lm/build.py`) tries the candidates a preset names and keeps the fastest within budget.
+can build; the LM build (`build.py`) tries the candidates a preset names and keeps the fastest within budget.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def why_not(family: str, candidate: LMCandidate) -> str:
 def _import_builtins() -> None:
     import importlib
 
-    for module in ("engineforge.lm.torch_builder", "engineforge.lm.ortgenai_builder"):
+    for module in ("engineforge.build.lm.torch_builder", "engineforge.build.lm.ortgenai_builder"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

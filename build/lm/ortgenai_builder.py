@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engineforge.build.files import file_mb
 from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 
+from ..files import file_mb
 from .builders import LMCandidate, register_lm_builder
 from .checkpoint import LM_FAMILIES, ORTGENAI
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .engine import LMEngine, SamplingParams
+from engineforge.lm.engine import LMEngine, SamplingParams
 
 DEFAULT_TIMED_TOKENS = 32
 DEFAULT_RUNS = 3

@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from engineforge.errors import ConfigError, DataError
-
-from .engine import LMEngine, SamplingParams
-from .generation import generate
+from engineforge.lm.engine import LMEngine, SamplingParams
+from engineforge.lm.generation import generate
 
 DEFAULT_NEW_TOKENS = 16  # greedy tokens compared per prompt
 

@@ -27,9 +27,9 @@ from engineforge.errors import (
     EngineforgeError,
     UnsupportedStepError,
 )
+from engineforge.lm.bundle import LMEngineSpec, open_lm_bundle
 
 from .builders import LMCandidate, lm_builder, why_not
-from .bundle import LMEngineSpec, open_lm_bundle
 from .checkpoint import LMCheckpoint, read_lm_checkpoint
 from .eval_data import LMEvalData, read_lm_eval_data
 from .presets import DEFAULT_LM_PRESET, lm_preset_candidates
@@ -102,9 +102,10 @@ def build_lm_engine(checkpoint: str | Path, eval_data: str | Path | None, output
     return report
 
 
-def _run(report: LMBuildReport, ckpt: LMCheckpoint, data: LMEvalData, candidates: tuple[LMCandidate, ...],
-         budget: LMBudget, out: Path, threads: int | None, new_tokens: int, timed_tokens: int) -> None:
-    from .torch_engine import TorchLMEngine
+def _reference(report: LMBuildReport, ckpt: LMCheckpoint, data: LMEvalData, budget: LMBudget, threads: int | None,
+               new_tokens: int, timed_tokens: int) -> tuple[Any, float | None, list[list[int]], list[int]]:
+    """The fp32 model in torch: (tokenizer, perplexity, reference continuations, the timing prompt)."""
+    from engineforge.lm.torch_engine import TorchLMEngine
 
     with progress.stage("fp32 reference (torch)"):
         from transformers import AutoModelForCausalLM
@@ -123,6 +124,13 @@ def _run(report: LMBuildReport, ckpt: LMCheckpoint, data: LMEvalData, candidates
                                  **time_decode(reference, timing_prompt, timed_tokens)})
         progress.info(f"fp32 perplexity {_r(ref_ppl)}, {report.reference['tokens_per_s']} tokens/s")
         del reference, model
+    return tokenizer, ref_ppl, ref_ids, timing_prompt
+
+
+def _run(report: LMBuildReport, ckpt: LMCheckpoint, data: LMEvalData, candidates: tuple[LMCandidate, ...],
+         budget: LMBudget, out: Path, threads: int | None, new_tokens: int, timed_tokens: int) -> None:
+    tokenizer, ref_ppl, ref_ids, timing_prompt = _reference(report, ckpt, data, budget, threads, new_tokens,
+                                                            timed_tokens)
     work = out / "candidates"
     for number, candidate in enumerate(candidates, start=1):
         row: dict[str, Any] = {"candidate": candidate.name, "runtime": candidate.runtime,

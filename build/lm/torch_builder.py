@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engineforge.build.files import file_mb
-
+from ..files import file_mb
 from .builders import LMCandidate, register_lm_builder
 
 
