@@ -54,9 +54,19 @@ def _model(layout: str, vocab: int, eos: int):
     raise ValueError(f"unknown layout {layout!r}; one of {LAYOUTS}")
 
 
+_MADE: dict[tuple[str, int, int, int], Path] = {}  # one training per model in a pytest run; later calls copy it
+
+
 def make_tiny_lm(path: Path, layout: str = "llama", vocab_size: int = 320, steps: int = 120, seed: int = 0) -> Path:
     """Save a briefly trained tiny `*ForCausalLM` with its tokenizer at `path`; returns `path`."""
+    import shutil
+
     import torch
+
+    key = (layout, vocab_size, steps, seed)
+    if key in _MADE and (_MADE[key] / "config.json").is_file():
+        shutil.copytree(_MADE[key], path)
+        return path
 
     torch.manual_seed(seed)
     tokenizer = _tokenizer(vocab_size)
@@ -74,6 +84,7 @@ def make_tiny_lm(path: Path, layout: str = "llama", vocab_size: int = 320, steps
     model.eval()
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
+    _MADE[key] = Path(path)
     return path
 
 

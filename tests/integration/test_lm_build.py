@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from engineforge.build.cli import main
+from engineforge.build.lm import build as lm_build
 from engineforge.build.lm.builders import LMCandidate
 from engineforge.build.lm.quality import LMBudget, greedy_continuations
 from engineforge.build.lm.report import CHOSEN, REFUSED
 from engineforge.build.steps import PruneConfig
 from engineforge.commands.build_engine import prepare_build
 from engineforge.errors import AccuracyBudgetExceeded, StepFailedError, UnsupportedStepError
-from engineforge.lm import build as lm_build
 from engineforge.lm.bundle import open_lm_bundle
 from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS, make_tiny_lm, write_lm_eval_data
 
