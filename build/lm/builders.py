@@ -13,6 +13,7 @@ from typing import Any
 from engineforge.errors import ConfigError
 
 PRECISIONS = ("fp32", "int8", "int4", "nf4")
+METHODS = (None, "rtn", "k_quant_mixed")
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,13 @@ class LMCandidate:
     runtime: str
     precision: str
     group_size: int | None = None  # block size of block-wise weight quantization (int4/int8)
+    # How int4 weights are rounded and placed: None/"rtn" round to nearest, every MatMul int4; "k_quant_mixed"
+    # k-quant rounding with the last MatMul (lm_head) and the most sensitive layers in int8 (llama.cpp's Q4_K_M idea).
+    method: str | None = None
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"LM quantization method {self.method!r}: choose from {', '.join(map(str, METHODS))}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"LM precision {self.precision!r}: choose from {', '.join(PRECISIONS)}")
         if self.group_size is not None and (self.group_size < 16 or self.group_size & (self.group_size - 1)):
@@ -30,7 +36,8 @@ class LMCandidate:
     @property
     def name(self) -> str:
         group = f" g{self.group_size}" if self.group_size else ""
-        return f"{self.runtime} {self.precision}{group}"
+        method = f" {self.method}" if self.method else ""
+        return f"{self.runtime} {self.precision}{group}{method}"
 
 
 # (hf_dir, candidate, model_dir, threads) -> details for the report (sizes, settings); writes model_dir.

@@ -47,6 +47,8 @@ def _check(family: str, candidate: LMCandidate) -> str:
         return f"onnxruntime-genai builds {', '.join(PRECISIONS)} on CPU, not {candidate.precision}"
     if candidate.precision == "fp32" and candidate.group_size:
         return "fp32 has no quantization groups: leave group_size unset"
+    if candidate.method not in (None, "rtn") and candidate.precision != "int4":
+        return f"method {candidate.method} applies to int4 weights only"
     if candidate.group_size and candidate.group_size not in BLOCK_SIZES:
         return (f"group_size {candidate.group_size}: the model builder's block_size takes "
                 f"{', '.join(map(str, BLOCK_SIZES))}")
@@ -57,7 +59,10 @@ def builder_options(candidate: LMCandidate) -> dict[str, Any]:
     """The model builder's --extra_options for a candidate (the names of onnxruntime-genai 0.18)."""
     if candidate.precision == "fp32":
         return {}
-    return {"block_size": candidate.group_size or DEFAULT_BLOCK, "accuracy_level": ACCURACY_LEVEL}
+    options: dict[str, Any] = {"block_size": candidate.group_size or DEFAULT_BLOCK, "accuracy_level": ACCURACY_LEVEL}
+    if candidate.method and candidate.precision == "int4":
+        options["algo_config"] = candidate.method
+    return options
 
 
 @register_lm_builder(ORTGENAI, _check)
@@ -73,7 +78,7 @@ def build_ortgenai(hf_dir: Path, candidate: LMCandidate, model_dir: Path, thread
         _run_builder(source, model_dir, candidate.precision, Path(scratch) / "cache", options)
     write_runtime_settings(model_dir, threads)
     block_sizes = matmulnbits_block_sizes(model_dir / "model.onnx")
-    if candidate.precision != "fp32" and block_sizes != [options["block_size"]]:
+    if candidate.precision != "fp32" and options["block_size"] not in block_sizes:
         raise CheckpointError(f"the model builder wrote block sizes {block_sizes}, not the {options['block_size']} "
                               "asked for; rebuild with another group size")
     weights = [p for p in model_dir.iterdir() if p.name.startswith("model.onnx")]

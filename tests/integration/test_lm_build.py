@@ -168,3 +168,42 @@ def test_pruning_a_decoder_is_refused_with_the_reason(lm_dirs: dict[str, Path], 
         prepare_build(lm_dirs["llama"], steps=[PruneConfig()], data={"eval_data": lm_dirs["eval"]})
     with pytest.raises(UnsupportedStepError, match="pruning decoder LMs is not supported"):
         lm_build.build_lm_engine(lm_dirs["llama"], lm_dirs["eval"], tmp_path / "out", prune=True)
+
+
+@pytest.mark.parametrize(("layout", "preset"), [("qwen2", "lm-int4"), ("llama", "lm-int8")])
+def test_each_onnxruntime_genai_preset_builds_a_bundle_that_keeps_its_figures(tmp_path: Path, layout: str,
+                                                                             preset: str) -> None:
+    """Every candidate of the preset is built and judged; the fastest within budget is kept, and its bundle
+    generates what the report says it does."""
+    from engineforge.build.lm.presets import lm_preset_candidates
+
+    hf_dir = make_tiny_lm(tmp_path / layout, layout)
+    eval_data = write_lm_eval_data(tmp_path / "eval.jsonl")
+    report = lm_build.build_lm_engine(hf_dir, eval_data, tmp_path / "out", preset=preset, threads=1)
+    rows = {row["candidate"]: row for row in report.candidates}
+    assert list(rows) == [c.name for c in lm_preset_candidates(preset)]
+    assert {row["status"] for row in rows.values()} <= {"chosen", "within budget", "over budget", "failed", "refused"}
+    chosen = report.chosen_row
+    assert chosen is not None and chosen["status"] == CHOSEN
+    within = [r for r in rows.values() if r["status"] in (CHOSEN, "within budget")]
+    assert chosen["tokens_per_s"] == max(r["tokens_per_s"] for r in within)  # the fastest within budget
+    for row in rows.values():
+        if row["runtime"] == "onnxruntime-genai" and row["precision"] != "fp32" and row["status"] != "failed":
+            assert row["group_size"] == 32 or preset == "lm-int8"
+    spec, engine, tokenizer = open_lm_bundle(Path(report.bundle_dir or ""))
+    assert (spec.runtime, spec.precision) == (chosen["runtime"], chosen["precision"])
+    agreeing = sum(a == b for a, b in zip(greedy_continuations(engine, tokenizer, LM_PROMPTS),
+                                          _fp32_greedy(hf_dir), strict=True))
+    assert agreeing / len(LM_PROMPTS) == chosen["agreement"]
+
+
+def test_gpt2_lists_onnxruntime_genai_as_refused_with_its_reason(lm_dirs: dict[str, Path], tmp_path: Path) -> None:
+    try:
+        report = lm_build.build_lm_engine(lm_dirs["gpt2"], lm_dirs["eval"], tmp_path / "out", preset="lm-int4",
+                                          threads=1)
+        rows = report.candidates
+    except (StepFailedError, AccuracyBudgetExceeded) as exc:  # nf4 may fail on bitsandbytes' CPU shapes
+        rows = exc.report.candidates if hasattr(exc, "report") else []  # type: ignore[attr-defined]
+        assert "no GPT-2 exporter" in str(exc)
+    ort = [r for r in rows if r["runtime"] == "onnxruntime-genai"]
+    assert ort and all(r["status"] == REFUSED and "no GPT-2 exporter" in r["reason"] for r in ort)

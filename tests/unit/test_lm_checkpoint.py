@@ -133,3 +133,16 @@ def test_phi3_without_longrope_is_staged_with_matching_lengths(tmp_path: Path) -
     assert (staged / "model.safetensors").resolve() == (source / "model.safetensors").resolve()
     llama = _checkpoint(tmp_path / "l")
     assert _builder_input(llama, json.loads((llama / "config.json").read_text()), tmp_path / "s2") == llama
+
+
+def test_int4_method_reaches_the_model_builder_and_is_refused_elsewhere():
+    from engineforge.build.lm.builders import LMCandidate, why_not
+    from engineforge.build.lm.ortgenai_builder import builder_options
+    from engineforge.errors import ConfigError
+
+    mixed = LMCandidate("onnxruntime-genai", "int4", 32, "k_quant_mixed")
+    assert builder_options(mixed)["algo_config"] == "k_quant_mixed" and builder_options(mixed)["block_size"] == 32
+    assert "algo_config" not in builder_options(LMCandidate("onnxruntime-genai", "int4", 32))
+    assert "int4 weights only" in why_not("llama", LMCandidate("onnxruntime-genai", "int8", None, "k_quant_mixed"))
+    with pytest.raises(ConfigError, match="choose from"):
+        LMCandidate("onnxruntime-genai", "int4", 32, "gptq")
