@@ -24,7 +24,7 @@ from engineforge.errors import EngineforgeError, UsageError
 # What the demo's last lines suggest sending to the model it built, per --task.
 QUERY_EXAMPLES = {TEXT_CLASSIFICATION: "where is my parcel? it was due on monday",
                   "ner": "the blue hoodie from order 44019 still hasn't arrived",
-                  EMBEDDINGS: "where is my parcel?"}
+                  EMBEDDINGS: "where is my parcel?", "generation": "How long does a refund take?"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ def add_parser(subparsers: Any) -> None:
     defaults = DemoSettings()
     parser.add_argument("--task", choices=tuple(QUERY_EXAMPLES), default=TEXT_CLASSIFICATION,
                         help="text-classification: the intent classifier (default); ner: support-message entities; "
-                             "embeddings: the packaged all-MiniLM-L6-v2 sentence embedder")
+                             "embeddings: the packaged all-MiniLM-L6-v2 sentence embedder; generation: SmolLM2-135M-"
+                             "Instruct (GGUF) streaming answers")
     parser.add_argument("--preset", help="build preset (default: fast-cpu; int8-static for ner and embeddings)")
     parser.add_argument("--duration", type=float, default=defaults.duration_s, help="seconds per load level")
     parser.add_argument("--concurrency", default=",".join(map(str, defaults.concurrency)), help="e.g. 1,4")
@@ -66,6 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     from engineforge.build.presets import PRESET_NAMES
     from engineforge.loadtest.config import parse_concurrency
 
+    if args.task == "generation":
+        return _run_generation(args)
     if args.preset is None:
         args.preset = "int8-static" if args.task in ("ner", EMBEDDINGS) else DemoSettings().preset
     if args.preset not in PRESET_NAMES:
@@ -104,6 +107,32 @@ def _run(args: argparse.Namespace) -> int:
     print(summary["markdown"])
     print(next_steps(settings.repo_dir, settings.model_name, QUERY_EXAMPLES[args.task], args.keep_serving),
           flush=True)
+    return keep_serving(settings.repo_dir) if args.keep_serving else 0
+
+
+def _run_generation(args: argparse.Namespace) -> int:
+    from engineforge.build.lm.presets import DEFAULT_LM_PRESET, LM_PRESET_NAMES
+    from engineforge.loadtest.config import parse_concurrency
+
+    from .flow import program
+    from .generation import GenerationDemoSettings, run_generation_demo
+
+    preset = args.preset or DEFAULT_LM_PRESET
+    if preset not in LM_PRESET_NAMES:
+        raise UsageError(f"--task generation builds a decoder LM: --preset one of {', '.join(LM_PRESET_NAMES)}")
+    try:
+        concurrency = parse_concurrency(args.concurrency)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"--concurrency: {exc}") from exc
+    out = args.out if args.out != DemoSettings().report_dir else GenerationDemoSettings().report_dir
+    settings = GenerationDemoSettings(preset=preset, duration_s=args.duration, repo_dir=args.repo, report_dir=out,
+                                      concurrency=concurrency)
+    summary = run_generation_demo(settings)
+    print(summary["markdown"])
+    print(f"Serve it: {program()} serve --repo {settings.repo_dir}; then: {program()} generate --model "
+          f"{settings.model_name} --stream \"{QUERY_EXAMPLES['generation']}\"", flush=True)
+    from .flow import keep_serving
+
     return keep_serving(settings.repo_dir) if args.keep_serving else 0
 
 
