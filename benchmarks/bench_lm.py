@@ -2,7 +2,7 @@
 `llama_cpp` imports), batch-1 decode speed and time to first token, then streams sharing the engine.
 
     .venv/bin/python benchmarks/bench_lm.py --checkpoint CKPT_DIR --bundle BUILD/engine \\
-        [--gguf FILE.gguf] [--new-tokens 64] [--rounds 3] [--threads 2] [--streams 8]
+        [--gguf FILE.gguf --llama-cpp-python PY] [--new-tokens 64] [--rounds 3] [--threads 2] [--streams 8]
 
 In ONE run, on one machine, each at --threads threads:
 1. batch 1: every system answers the same chat prompts greedily with exactly --new-tokens new tokens; decode
@@ -75,22 +75,17 @@ def eager_runner(checkpoint: Path, n: int) -> Callable[[list[int]], Timing]:
     return run
 
 
-def llama_cpp_runner(gguf: Path, threads: int, n: int) -> Callable[[list[int]], Timing] | None:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
-    llm = Llama(model_path=str(gguf), n_threads=threads, n_ctx=1024, verbose=False)
+def llama_cpp_timings(python: Path, gguf: Path, threads: int, n: int, rounds: int,
+                      prompts: list[list[int]]) -> dict[str, float] | str:
+    """llama.cpp on the same GGUF, alone, in the interpreter that has llama-cpp-python (it needs numpy >= 2)."""
+    import subprocess
 
-    def run(ids: list[int]) -> Timing:
-        llm.reset()
-        start, stamps = time.perf_counter(), []
-        for count, _ in enumerate(llm.generate(ids, temp=0.0, top_k=1, reset=True)):
-            stamps.append(time.perf_counter())
-            if count + 1 >= n:
-                break
-        return _timing(start, stamps)
-    return run
+    done = subprocess.run([str(python), str(ROOT / "benchmarks" / "llama_cpp_timing.py"), str(gguf), str(threads),
+                           str(n), str(rounds)], input=json.dumps(prompts), capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"llama.cpp did not run: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
+    timings = json.loads(done.stdout)
+    return {key: statistics.median(t[key] for t in timings) for key in ("ttft_ms", "decode_tok_s")}
 
 
 def _timing(start: float, stamps: list[float]) -> Timing:
@@ -137,7 +132,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="the fp32 HF dir built from")
     parser.add_argument("--bundle", type=Path, required=True, help="the built engine bundle (BUILD/engine)")
-    parser.add_argument("--gguf", type=Path, help="the GGUF file for llama.cpp (llama-cpp-python), if installed")
+    parser.add_argument("--gguf", type=Path, help="the GGUF file for llama.cpp")
+    parser.add_argument("--llama-cpp-python", type=Path, help="a python interpreter with llama-cpp-python installed")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -151,14 +147,14 @@ def main() -> int:
     n = args.new_tokens
     runners = {f"engine ({spec.runtime} {spec.precision})": engine_runner(engine, tokenizer, n),
                "PyTorch fp32 eager": eager_runner(args.checkpoint, n)}
-    llama = llama_cpp_runner(args.gguf, args.threads, n) if args.gguf else None
-    if llama is not None:
-        runners["llama.cpp (same GGUF)"] = llama
     batch1 = time_systems(runners, prompts, args.rounds)
+    llama: dict[str, float] | str = "not timed: give --gguf and --llama-cpp-python"
+    if args.gguf and args.llama_cpp_python:
+        llama = llama_cpp_timings(args.llama_cpp_python, args.gguf, args.threads, n, args.rounds, prompts)
     one = streams_throughput(engine, tokenizer, prompts, 1, n)
     many = streams_throughput(engine, tokenizer, prompts, args.streams, n)
     result = {"new_tokens": n, "threads": args.threads, "rounds": args.rounds, "batch1": batch1,
-              "llama_cpp": "timed" if llama else "llama_cpp not importable (llama-cpp-python not installed)",
+              "llama_cpp": llama,
               "streams": {"1": one, "n": args.streams, "many": many, "ratio": many / one}, "spec": spec.runtime}
     write(result, list(runners))
     return 0
@@ -179,7 +175,11 @@ def write(result: dict[str, Any], names: list[str]) -> None:
                      f"{ratio[0]:.2f}x / {ratio[1]:.2f}x | {row['alone']['ttft_ms']:.1f} | "
                      f"{row['interleaved']['ttft_ms']:.1f} |")
     streams = result["streams"]
-    lines += ["", f"llama.cpp: {result['llama_cpp']}", "",
+    llama = result["llama_cpp"]
+    engine = result["batch1"][names[0]]["alone"]["decode_tok_s"]
+    lines += ["", f"llama.cpp (same GGUF, alone): {llama['decode_tok_s']:.1f} tok/s, TTFT {llama['ttft_ms']:.1f} ms; "
+              f"engine / llama.cpp = {engine / llama['decode_tok_s']:.2f}x (target >= 1/1.2 = 0.83x)"
+              if isinstance(llama, dict) else f"llama.cpp: {llama}", "",
               f"Streams through the scheduler: 1 stream {streams['1']:.1f} output tok/s; {streams['n']} streams "
               f"{streams['many']:.1f} tok/s ({streams['ratio']:.2f}x; target >= 3x)."]
     (OUT / "bench_lm.md").write_text("\n".join(lines) + "\n")
