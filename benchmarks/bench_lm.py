@@ -11,8 +11,9 @@ In ONE run, on one machine, each at --threads threads:
    generate). Timed alone (each system's rounds back to back) and interleaved (round-robin), medians reported.
 2. streams: the engine's output tokens/s with --streams concurrent requests through the scheduler (continuous
    batching) against 1 stream.
+3. with --url: the served model (the same bundle published), same prompt ids over a gRPC stream, timed with the rest.
 Targets (issue 22): engine decode >= 3x PyTorch fp32 eager; within 1.2x of llama.cpp where it builds; output
-tokens/s at 8 streams >= 3x one stream. Writes reports/bench-lm/bench_lm.{md,json}.
+tokens/s at 8 streams >= 3x one stream; served TTFT p50 <= 1.3x in-process. Writes reports/bench-lm/bench_lm.{md,json}.
 """
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ def engine_runner(engine: Any, tokenizer: Any, n: int) -> Callable[[list[int]], 
         for piece in generate(engine, tokenizer, ids, SamplingParams(max_tokens=n)):
             stamps.extend([time.perf_counter()] * len(piece.token_ids))
         return _timing(start, stamps)
+    return run
+
+
+def served_runner(url: str, model: str, n: int) -> Callable[[list[int]], Timing]:
+    """The same prompt ids over gRPC to the served model (a Triton stream); timed from the request's send."""
+    from engineforge.serve.client import EngineforgeClient
+
+    client = EngineforgeClient(url)
+
+    def run(ids: list[int]) -> Timing:
+        stamps, sent = [], None
+        for piece in client.generate(ids, model=model, max_tokens=n):
+            sent = piece.time_s - piece.since_start_s if sent is None else sent
+            stamps.extend([piece.time_s] * len(piece.token_ids))
+        return _timing(sent or stamps[0], stamps)
     return run
 
 
@@ -134,6 +150,8 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, required=True, help="the built engine bundle (BUILD/engine)")
     parser.add_argument("--gguf", type=Path, help="the GGUF file for llama.cpp")
     parser.add_argument("--llama-cpp-python", type=Path, help="a python interpreter with llama-cpp-python installed")
+    parser.add_argument("--url", help="a running server's gRPC address: also time the served model (--model)")
+    parser.add_argument("--model", default="support-lm", help="the served LM built from --bundle")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -147,6 +165,8 @@ def main() -> int:
     n = args.new_tokens
     runners = {f"engine ({spec.runtime} {spec.precision})": engine_runner(engine, tokenizer, n),
                "PyTorch fp32 eager": eager_runner(args.checkpoint, n)}
+    if args.url:
+        runners[f"served {args.model} (Triton, gRPC stream)"] = served_runner(args.url, args.model, n)
     batch1 = time_systems(runners, prompts, args.rounds)
     llama: dict[str, float] | str = "not timed: give --gguf and --llama-cpp-python"
     if args.gguf and args.llama_cpp_python:

@@ -170,7 +170,9 @@ def _check_safetensors(weights: Path) -> None:
 def gguf_to_hf(gguf_file: Path, out_dir: Path) -> Path:
     """Dequantize a GGUF file to an fp32 Hugging Face directory (model + tokenizer) at `out_dir`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the build prints its own progress lines
     out_dir = Path(out_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
