@@ -8,6 +8,7 @@ are decoded. `generate()` is the in-process, single-caller form used by builds, 
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -123,6 +124,11 @@ class Scheduler:
         self._closed = False
         self.steps = 0
         self.busy_seconds = 0.0
+        # Pieces go out on their own thread: a send (one gRPC response each when served) then overlaps the next
+        # engine step instead of delaying it. One FIFO thread keeps every request's pieces in order.
+        self._outbox: queue.SimpleQueue[tuple[Callback, Piece] | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, name="lm-sender", daemon=True)
+        self._sender.start()
         self._thread = threading.Thread(target=self._loop, name="lm-scheduler", daemon=True)
         self._thread.start()
 
@@ -156,6 +162,12 @@ class Scheduler:
                 self._cancels.add(seq_id)
             self._lock.notify()
         self._thread.join(timeout=30)
+        self._outbox.put(None)
+        self._sender.join(timeout=30)
+
+    def _send_loop(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            _deliver(*item)
 
     def _loop(self) -> None:
         while True:
@@ -173,12 +185,11 @@ class Scheduler:
                 except Exception as exc:  # an engine failure ends every active request with an error, not a hang
                     failed, self._active = self._active, {}
                     for generation, callback in failed.values():
-                        _deliver(callback, Piece(f"engine failed: {exc}", [], ERROR, len(generation.prompt_ids),
-                                                 len(generation.token_ids)))
+                        self._outbox.put((callback, Piece(f"engine failed: {exc}", [], ERROR,
+                                                          len(generation.prompt_ids), len(generation.token_ids))))
                     continue
                 self.busy_seconds += time.perf_counter() - started
                 self.steps += 1
-                deliveries = []
                 for event in events:
                     entry = self._active.get(event.seq_id)
                     if entry is None:
@@ -190,9 +201,7 @@ class Scheduler:
                         if event.finish_reason is None:  # a stop string ended it: free the engine's sequence
                             self.engine.cancel(event.seq_id)
                     if piece is not None:
-                        deliveries.append((callback, piece))
-            for callback, piece in deliveries:  # outside the lock: a slow client never stalls the engine's lock
-                _deliver(callback, piece)
+                        self._outbox.put((callback, piece))
 
 
 def _deliver(callback: Callback, piece: Piece) -> None:
