@@ -110,6 +110,7 @@ def generate(engine: LMEngine, tokenizer: Any, prompt_ids: Sequence[int], params
 
 
 Callback = Callable[[Piece], None]
+AHEAD = 16  # pieces the engine may decode ahead of what has been sent
 
 
 class Scheduler:
@@ -126,7 +127,10 @@ class Scheduler:
         self.busy_seconds = 0.0
         # Pieces go out on their own thread: a send (one gRPC response each when served) then overlaps the next
         # engine step instead of delaying it. One FIFO thread keeps every request's pieces in order.
+        # Bounded: the engine runs at most AHEAD pieces ahead of the sends, so a slow client holds the engine back
+        # (backpressure, and a cancelled stream is noticed before its sequence decodes much further).
         self._outbox: queue.SimpleQueue[tuple[Callback, Piece] | None] = queue.SimpleQueue()
+        self._room = threading.Semaphore(AHEAD)
         self._sender = threading.Thread(target=self._send_loop, name="lm-sender", daemon=True)
         self._sender.start()
         self._thread = threading.Thread(target=self._loop, name="lm-scheduler", daemon=True)
@@ -168,6 +172,14 @@ class Scheduler:
     def _send_loop(self) -> None:
         while (item := self._outbox.get()) is not None:
             _deliver(*item)
+            self._room.release()
+
+    def _send(self, deliveries: list[tuple[Callback, Piece]]) -> None:
+        """Queue pieces for the sender; called outside the lock (it may wait for room, and a send's callback may
+        cancel a sequence, which takes the lock)."""
+        for item in deliveries:
+            self._room.acquire()
+            self._outbox.put(item)
 
     def _loop(self) -> None:
         while True:
@@ -176,32 +188,37 @@ class Scheduler:
                     self._lock.wait()
                 if self._closed and not self._active:
                     return
-                for seq_id in self._cancels:
-                    self.engine.cancel(seq_id)
-                self._cancels.clear()
-                started = time.perf_counter()
-                try:
-                    events = self.engine.step()
-                except Exception as exc:  # an engine failure ends every active request with an error, not a hang
-                    failed, self._active = self._active, {}
-                    for generation, callback in failed.values():
-                        self._outbox.put((callback, Piece(f"engine failed: {exc}", [], ERROR,
-                                                          len(generation.prompt_ids), len(generation.token_ids))))
-                    continue
-                self.busy_seconds += time.perf_counter() - started
-                self.steps += 1
-                for event in events:
-                    entry = self._active.get(event.seq_id)
-                    if entry is None:
-                        continue
-                    generation, callback = entry
-                    piece = generation.on_token(event.token_id, event.finish_reason)
-                    if generation.finish_reason is not None:
-                        del self._active[event.seq_id]
-                        if event.finish_reason is None:  # a stop string ended it: free the engine's sequence
-                            self.engine.cancel(event.seq_id)
-                    if piece is not None:
-                        self._outbox.put((callback, piece))
+                deliveries = self._step_locked()
+            self._send(deliveries)
+
+    def _step_locked(self) -> list[tuple[Callback, Piece]]:
+        """One engine step under the lock; the pieces it produced, to send."""
+        for seq_id in self._cancels:
+            self.engine.cancel(seq_id)
+        self._cancels.clear()
+        started = time.perf_counter()
+        try:
+            events = self.engine.step()
+        except Exception as exc:  # an engine failure ends every active request with an error, not a hang
+            failed, self._active = self._active, {}
+            return [(callback, Piece(f"engine failed: {exc}", [], ERROR, len(generation.prompt_ids),
+                                     len(generation.token_ids))) for generation, callback in failed.values()]
+        self.busy_seconds += time.perf_counter() - started
+        self.steps += 1
+        deliveries = []
+        for event in events:
+            entry = self._active.get(event.seq_id)
+            if entry is None:
+                continue
+            generation, callback = entry
+            piece = generation.on_token(event.token_id, event.finish_reason)
+            if generation.finish_reason is not None:
+                del self._active[event.seq_id]
+                if event.finish_reason is None:  # a stop string ended it: free the engine's sequence
+                    self.engine.cancel(event.seq_id)
+            if piece is not None:
+                deliveries.append((callback, piece))
+        return deliveries
 
 
 def _deliver(callback: Callback, piece: Piece) -> None:
