@@ -13,9 +13,10 @@ from typing import Any
 _PACKAGES = ("engineforge", "torch", "transformers", "onnx", "onnxruntime", "numpy", "tokenizers")
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    """The installed version of each package that built an engine, and Python's."""
     versions = {}
-    for name in _PACKAGES:
+    for name in packages:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

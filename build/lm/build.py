@@ -25,6 +25,7 @@ from engineforge.errors import (
     CheckpointError,
     ConfigError,
     EngineforgeError,
+    RepositoryError,
     UnsupportedStepError,
 )
 from engineforge.lm.bundle import LMEngineSpec, open_lm_bundle
@@ -254,15 +255,13 @@ def _prepare_output(out: Path, given: Path, overwrite: bool) -> Path:
 
 
 def _tokenizer(hf_dir: Path) -> Any:
-    from transformers import AutoTokenizer
+    """The checkpoint's fast tokenizer, loaded as a served bundle's is."""
+    from engineforge.engines.tokenize_runtime import load_tokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), use_fast=True, local_files_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{hf_dir}: cannot load the tokenizer ({exc}); save it with the model") from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise CheckpointError(f"{hf_dir}: only a slow tokenizer loads; add tokenizer.json (serving needs a fast one)")
-    return tokenizer
+        return load_tokenizer(hf_dir)
+    except RepositoryError as exc:
+        raise CheckpointError(f"{exc} (the checkpoint's tokenizer: save it with the model)") from exc
 
 
 def _mb(path: Path) -> float:

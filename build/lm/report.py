@@ -4,30 +4,18 @@ and the chosen engine. JSON for machines, Markdown for people, beside the bundle
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from engineforge.errors import AccuracyBudgetExceeded, EngineforgeError, StepFailedError
 
+from ..report import package_versions
 from .quality import LMBudget
 
 # A candidate's status: chosen; within budget but slower; over budget; refused before building; failed to build.
 CHOSEN, WITHIN, OVER, REFUSED, FAILED = "chosen", "within budget", "over budget", "refused", "failed"
-_PACKAGES = ("engineforge", "torch", "transformers", "bitsandbytes", "onnxruntime-genai", "tokenizers")
-
-
-def package_versions() -> dict[str, str]:
-    """What built the engine (the build layer has its own list, for encoders)."""
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return {**versions, "python": platform.python_version()}
+LM_PACKAGES = ("engineforge", "torch", "transformers", "bitsandbytes", "onnxruntime-genai", "tokenizers")
 
 
 @dataclass
@@ -45,7 +33,7 @@ class LMBuildReport:
     bundle_dir: str | None = None
     published: dict[str, Any] | None = None
     total_seconds: float = 0.0
-    versions: dict[str, str] = field(default_factory=package_versions)
+    versions: dict[str, str] = field(default_factory=lambda: package_versions(LM_PACKAGES))
 
     @property
     def chosen_row(self) -> dict[str, Any] | None:
