@@ -113,7 +113,7 @@ class ScriptedEngine:
 
 def test_the_scheduler_routes_interleaved_sequences_and_batches_them(tokenizer) -> None:
     a, b = tokenizer(" refunds are processed").input_ids, tokenizer(" your order has shipped").input_ids
-    engine = ScriptedEngine({(1,): a + [0], (2,): b})
+    engine = ScriptedEngine({(1,): [*a, 0], (2,): b})
     scheduler = Scheduler(engine, tokenizer)
     got: dict[str, list] = {"a": [], "b": []}
     done = threading.Semaphore(0)
@@ -130,7 +130,7 @@ def test_the_scheduler_routes_interleaved_sequences_and_batches_them(tokenizer) 
     scheduler.close()
     assert "".join(p.text for p in got["a"]) == " refunds are processed" and got["a"][-1].finish_reason == EOS
     assert "".join(p.text for p in got["b"]) == " your order has shipped" and got["b"][-1].finish_reason == LENGTH
-    assert [t for p in got["a"] for t in p.token_ids] == a + [0]
+    assert [t for p in got["a"] for t in p.token_ids] == [*a, 0]
     assert max(engine.steps_with) == 2  # both sequences decoded in the same steps
     assert scheduler.active == 0
 
