@@ -5,8 +5,9 @@ On the CPU execution provider og.Engine (0.18) batches statically: the requests 
 one begun while they run waits until they have drained (measured; paged attention, which lets requests join a
 running batch, is CUDA-only in the model builder). Its scheduler ignores the configured batch size and takes at most
 4 (measured), so this engine begins at most `max_batch` turns at a time itself. Outputs do not depend on the batch.
-A per-turn seed is refused by a statically batched og.Engine, so a seeded sampling request runs on its own
-`og.Generator` (seeded through its search options) and advances in the same `step()`.
+A request that arrives while a batch decodes would wait for the whole batch (seconds under load), and a per-turn seed
+is refused by a statically batched og.Engine: such a request runs on its own `og.Generator` ("solo", seeded through
+its search options when sampling) and advances in the same `step()`, so it starts at once.
 
 og.Engine accepts calls only from the thread that created it, while the driver may call `add` from a request's
 thread and `step` from its scheduler thread: every og call therefore runs on one owner thread this engine keeps.
@@ -44,7 +45,7 @@ class _Turn:
 
 @dataclass
 class _Seeded:
-    """A seeded sampling sequence on its own og.Generator."""
+    """A sequence on its own og.Generator: seeded sampling, or begun while a batch decodes."""
 
     generator: Any
     max_tokens: int
@@ -123,7 +124,7 @@ class OrtGenAIEngine:
         ids = self._check_prompt(prompt_ids, params.max_tokens)
         seq_id = self._next_id
         self._next_id += 1
-        if not params.greedy and params.seed is not None:
+        if (not params.greedy and params.seed is not None) or self._turns:
             self._seeded[seq_id] = self._seeded_sequence(ids, params)
             return seq_id
         self._waiting.append((seq_id, ids, params))
@@ -168,9 +169,10 @@ class OrtGenAIEngine:
     def _seeded_sequence(self, ids: list[int], params: SamplingParams) -> _Seeded:
         og = self._og
         search = og.GeneratorParams(self._model)
-        search.set_search_options(max_length=len(ids) + params.max_tokens, do_sample=True,
-                                  temperature=params.temperature, top_k=params.top_k or self.vocab_size,
-                                  top_p=params.top_p, random_seed=params.seed, num_beams=1)
+        sampling = {} if params.greedy else {"temperature": params.temperature, "top_p": params.top_p,
+                                             "top_k": params.top_k or self.vocab_size, "random_seed": params.seed}
+        search.set_search_options(max_length=len(ids) + params.max_tokens, do_sample=not params.greedy,
+                                  num_beams=1, **{k: v for k, v in sampling.items() if v is not None})
         generator = og.Generator(self._model, search)
         generator.append_tokens(np.asarray([ids], dtype=np.int32))
         return _Seeded(generator, params.max_tokens)

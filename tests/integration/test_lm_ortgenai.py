@@ -143,6 +143,18 @@ def test_sequences_added_at_different_steps_match_running_alone(llama: Family) -
     assert events[first][-1].finish_reason == LENGTH and events[second][-1].finish_reason == LENGTH
 
 
+def test_a_sequence_added_while_a_batch_decodes_starts_at_the_next_step(llama: Family) -> None:
+    """og.Engine on CPU batches statically: a turn begun mid-batch would wait for the whole batch to drain. The
+    engine starts it on its own generator instead, so its first token comes from the very next step."""
+    engine, params = llama.engine, SamplingParams(max_tokens=12)
+    first = engine.add(llama.ids(PROMPTS[0]), params)
+    engine.step()
+    second = engine.add(llama.ids(PROMPTS[1]), params)
+    step = engine.step()
+    assert {e.seq_id for e in step if e.token_id is not None} == {first, second}
+    _run(engine, {first: [], second: []})
+
+
 def test_sequences_added_together_decode_in_the_same_steps(llama: Family) -> None:
     engine = llama.engine
     seqs = [engine.add(llama.ids(p), SamplingParams(max_tokens=5)) for p in PROMPTS]
