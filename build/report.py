@@ -13,6 +13,14 @@ from typing import Any
 _PACKAGES = ("engineforge", "torch", "transformers", "onnx", "onnxruntime", "numpy", "tokenizers")
 
 
+def write_report_files(out_dir: Path, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """build_report.json (for machines) and build_report.md (for people) in `out_dir`: every build's report."""
+    json_path, md_path = Path(out_dir) / "build_report.json", Path(out_dir) / "build_report.md"
+    json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    md_path.write_text(markdown)
+    return json_path, md_path
+
+
 def package_versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
     """The installed version of each package that built an engine, and Python's."""
     versions = {}
@@ -79,10 +87,7 @@ class BuildReport:
         return cls.from_dict(json.loads((Path(out_dir) / "build_report.json").read_text()))
 
     def write(self, out_dir: Path) -> tuple[Path, Path]:
-        json_path, md_path = Path(out_dir) / "build_report.json", Path(out_dir) / "build_report.md"
-        json_path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        md_path.write_text(self.to_markdown())
-        return json_path, md_path
+        return write_report_files(out_dir, self.to_dict(), self.to_markdown())
 
     def to_markdown(self) -> str:
         ckpt = self.checkpoint or {}

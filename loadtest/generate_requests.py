@@ -28,6 +28,7 @@ from .config import DEFAULT_TIMEOUT_S, LoadTestConfig
 from .generate_records import GenerationRecord, StreamCollector
 from .prompts import GenerateRequest, request_plan
 from .records import ERR_BAD_OUTPUT, ERR_CLIENT, ERR_SERVER, ERR_TIMEOUT, ERR_UNAVAILABLE, clock
+from .triton_requests import close_quietly
 
 # The streamed piece's text (an output may not share the TEXT input's name in a Triton model config).
 TEXT_OUTPUT = "TEXT_OUTPUT"
@@ -111,12 +112,8 @@ class GenerateRequestFn:
         return "the stream closed before the final response", ERR_BAD_OUTPUT
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            try:
-                await client.close()
-            except Exception:  # closing a broken channel must not hide the run's results
-                pass
+        client, self._client = self._client, None
+        await close_quietly(client)
 
 
 def build_generate_fn(config: LoadTestConfig, metadata: dict[str, Any] | None = None,

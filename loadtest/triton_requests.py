@@ -135,12 +135,17 @@ class TritonRequestFn:
             delay = min(2 * delay, 0.5)
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            try:
-                await client.close()
-            except Exception:  # closing a broken channel must not hide the run's results
-                pass
+        client, self._client = self._client, None
+        await close_quietly(client)
+
+
+async def close_quietly(client: Any) -> None:
+    """Close a request function's gRPC client, if it opened one."""
+    if client is not None:
+        try:
+            await client.close()
+        except Exception:  # closing a broken channel must not hide the run's results
+            pass
 
 
 class _Failed(Exception):

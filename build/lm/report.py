@@ -3,14 +3,13 @@ and the chosen engine. JSON for machines, Markdown for people, beside the bundle
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engineforge.errors import AccuracyBudgetExceeded, EngineforgeError, StepFailedError
 
-from ..report import package_versions
+from ..report import package_versions, write_report_files
 from .quality import LMBudget
 
 # A candidate's status: chosen; within budget but slower; over budget; refused before building; failed to build.
@@ -43,10 +42,7 @@ class LMBuildReport:
         return asdict(self)
 
     def write(self, out_dir: Path) -> tuple[Path, Path]:
-        json_path, md_path = Path(out_dir) / "build_report.json", Path(out_dir) / "build_report.md"
-        json_path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        md_path.write_text(self.to_markdown())
-        return json_path, md_path
+        return write_report_files(out_dir, self.to_dict(), self.to_markdown())
 
     def to_markdown(self) -> str:
         ckpt, ref = self.checkpoint, self.reference
