@@ -34,9 +34,10 @@ def main(argv: list[str]) -> int:
     profile = profile_from_texts(tokenizer, texts, spec.max_sequence_length, str(data))
     path = bundle / spec.model_file
 
-    def open_engine(length_buckets: tuple[int, ...] = (), threads: int | None = None) -> object:
+    def open_engine(length_buckets: tuple[int, ...] = (), threads: int | None = None,
+                    bucket_max_batch: int = 0) -> object:
         return load_engine(path, spec.runtime, spec.intra_op_threads if threads is None else threads,
-                           length_buckets=length_buckets)
+                           length_buckets=length_buckets, bucket_max_batch=bucket_max_batch)
 
     ctx = SimpleNamespace(runtime=spec.runtime, onnx_path=path, vocab_size=spec.vocab_size or len(tokenizer),
                           open_engine=open_engine)
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> int:
     print(profile.describe())
     buckets = plan_buckets(ctx, config, profile)
     print("length buckets:", buckets["reason"])
-    layout = plan_layout(ctx, config, profile, tuple(buckets["buckets"]))
+    layout = plan_layout(ctx, config, profile, tuple(buckets["buckets"]), buckets["max_batch"])
     print("| instances x threads | batch-1 p50 ms | batch-1 p99 ms | req/s at 4 callers | batch per instance |")
     print("|---|---:|---:|---:|---:|")
     for row in layout["candidates"]:
