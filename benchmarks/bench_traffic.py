@@ -11,7 +11,9 @@ before (no traffic profile, no length buckets, instances cores // threads) and p
    baseline of the latency target);
 2. the transport floor: a python-backend model that computes nothing (bench_serving.py's), p50 at concurrency 1;
 3. `engineforge loadtest --model NAME_before,NAME,...` (loadtest.compare.run_comparison: every model at each level
-   in turn, the first rotating), raw text from --texts-file, concurrency 1 and 4.
+   in turn, the first rotating), raw text from --texts-file, concurrency 1 and 4; --rounds times, the model order
+   rotating between rounds. Whole runs on these shared 2-core machines move by 15-25 %, so each figure is the
+   median of the rounds and each ratio the median of the rounds' ratios (every round's figures are kept).
 Targets (issue 21): NEW p50 at concurrency 1 <= 1.3 x in-process + the floor; NEW req/s at concurrency 4 >= 1.5 x
 OLD's. Writes reports/bench-traffic/ (bench_traffic.{md,json} and the load test's comparison report).
 Run it on a quiet machine: at 2 shared cores the load generator competes with the server.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -87,6 +90,26 @@ def rows_of(pairs: dict[str, tuple[Path, Path]], results: list[Any], inproc: dic
     return rows
 
 
+def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per build, the median of each figure over the rounds (the ratio: the median of the rounds' ratios), with
+    every round's row kept under "rounds"."""
+    merged = []
+    for i, row in enumerate(rounds[0]):
+        each = [r[i] for r in rounds]
+        mid = {side: {k: statistics.median(r[side][k] for r in each) for k in row[side]}
+               for side in ("before", "after")}
+        ratio = round(statistics.median(r["throughput_ratio"] for r in each), 3)
+        merged.append(row | mid | {"throughput_ratio": ratio,
+                                   "p50_target_met": mid["after"]["p50_c1_ms"] <= row["target_p50_ms"],
+                                   "rounds": each})
+    return merged
+
+
+def ratios_per_round(rows: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{r['build']} " + ", ".join(f"{each['throughput_ratio']:.2f}×" for each in r["rounds"])
+                     for r in rows)
+
+
 def table(rows: list[dict[str, Any]], floor_ms: float) -> str:
     lines = ["| build | p50 @c1 before → after (ms) | p99 @c1 before → after (ms) | in-process (ms) | target p50 "
              f"(1.3× + floor {floor_ms:.2f}) | met | req/s @c4 before → after | after / before | ≥ 1.5× |",
@@ -108,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per level and model")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--iterations", type=int, default=300, help="in-process calls per build")
+    parser.add_argument("--rounds", type=int, default=3, help="load-test rounds (medians are reported)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     pairs = parse_pairs(args.pairs)
@@ -129,17 +153,22 @@ def main(argv: list[str] | None = None) -> int:
             config = LoadTestConfig(model=models[0], url=server.grpc_url, mode="text", concurrency=(1, 4),
                                     duration_s=args.duration, warmup_s=args.warmup, texts=texts,
                                     texts_source=str(args.texts_file), progress_every_s=0)
-            results = run_comparison(config, models)
+            rounds = [run_comparison(config, models[r % len(models):] + models[:r % len(models)])
+                      for r in range(args.rounds)]
     args.out.mkdir(parents=True, exist_ok=True)
-    write_comparison(results, args.out, stem="comparison")
-    rows = rows_of(pairs, results, inproc, floor["p50_c1_ms"])
+    for r, results in enumerate(rounds, 1):
+        write_comparison(results, args.out, stem=f"comparison_round{r}")
+    rows = median_rows([rows_of(pairs, results, inproc, floor["p50_c1_ms"]) for results in rounds])
     setup = "\n".join(f"- `{n}`: before {s['before']}, two-hop; after {s['after']}, one-hop" for n, s in
                       settings.items())
     markdown = (f"# Served speed on the traffic users send: before vs after issue 21\n\nTexts: {args.texts_file} "
                 f"({len(texts)}), one per request; {args.duration:g} s per level and model after {args.warmup:g} s "
-                f"warm-up, models interleaved level by level.\n\n{setup}\n\n{table(rows, floor['p50_c1_ms'])}\n"
+                f"warm-up, models interleaved level by level; {args.rounds} round(s), medians (ratio: the median "
+                f"of the rounds' ratios).\n\n{setup}\n\n{table(rows, floor['p50_c1_ms'])}\n"
+                f"Throughput ratio @c4 per round: {ratios_per_round(rows)}.\n\n"
                 f"Transport floor (python model computing nothing, token ids): p50 @c1 {floor['p50_c1_ms']:.2f} ms.\n"
-                f"\n## The load test's own comparison\n\n{comparison_table(results)}\n")
+                + "".join(f"\n## Round {r}: the load test's own comparison\n\n{comparison_table(results)}\n"
+                          for r, results in enumerate(rounds, 1)))
     print(markdown)
     (args.out / "bench_traffic.md").write_text(markdown, encoding="utf-8")
     (args.out / "bench_traffic.json").write_text(json.dumps({"rows": rows, "settings": settings, "floor": floor,

@@ -83,19 +83,26 @@ def _entities(path: Path, line_no: int, text: str, value: object) -> tuple[dict[
     return tuple(sorted(out, key=lambda e: e["start"]))
 
 
-def read_jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) per non-blank line; DataError naming the line for bad JSON or a non-object."""
+def read_jsonl_rows(path: Path, example: str = '{"text": ...}') -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line; DataError naming the line and showing `example` (what one line
+    should look like) for text that is not UTF-8, bad JSON or a non-object."""
     with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object with a 'text' field")
-            yield line_no, row
+        try:
+            lines = list(handle)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8 JSONL") from exc
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg}); each line must be one object like "
+                            f"{example}") from exc
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{line_no}: a {type(row).__name__}, not an object; each line must be one "
+                            f"object like {example}")
+        yield line_no, row
 
 
 def read_csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -10,12 +10,12 @@ once, seeded, and cycled by request number, so every run (and every worker proce
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from engineforge.data import read_jsonl_rows
 from engineforge.errors import ConfigError, DataError
 
 from .lengths import parse_lengths
@@ -54,15 +54,8 @@ def load_prompts(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"prompts file {path} does not exist; give a JSONL file with one {{\"prompt\": ...}} per line")
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not JSON ({exc.msg}); each line must be an object like "
-                            "{\"prompt\": \"...\"}") from None
-        text = row.get("prompt", row.get("text")) if isinstance(row, dict) else None
+    for number, row in read_jsonl_rows(path, '{"prompt": "..."}'):
+        text = row.get("prompt", row.get("text"))
         if not isinstance(text, str) or not text:
             raise DataError(f"{path}:{number}: no \"prompt\" or \"text\" string; each line must be an object like "
                             "{\"prompt\": \"...\"}")

@@ -10,10 +10,10 @@ how well fp32 itself follows the given completions, since that bounds what any q
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from engineforge.data import read_jsonl_rows
 from engineforge.errors import DataError
 
 _EXAMPLE = '{"text": "..."} or {"prompt": "...", "completion": "..."}'
@@ -48,30 +48,17 @@ def read_lm_eval_data(path: Path) -> LMEvalData:
                         "(--eval-data)")
     texts: list[str] = []
     prompts: list[LMPrompt] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8 JSONL") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {number} is not valid JSON ({exc.msg}): each line must be one object "
-                            f"like {_EXAMPLE}") from exc
-        if not isinstance(row, dict):
-            raise DataError(f"{path} line {number} is a {type(row).__name__}, not an object: write {_EXAMPLE}")
+    for number, row in read_jsonl_rows(path, _EXAMPLE):
         text, prompt = row.get("text"), row.get("prompt")
         if text is None and prompt is None:
-            raise DataError(f"{path} line {number} has neither 'text' nor 'prompt' (keys: {sorted(row)}): write "
+            raise DataError(f"{path}:{number}: neither 'text' nor 'prompt' key (keys: {sorted(row)}); write "
                             f"{_EXAMPLE}")
         if text is not None:
             texts.append(_non_empty(text, "text", path, number))
         if prompt is not None:
             completion = row.get("completion")
             if completion is not None and not isinstance(completion, str):
-                raise DataError(f"{path} line {number}: 'completion' must be a string (or left out)")
+                raise DataError(f"{path}:{number}: 'completion' must be a string (or left out)")
             prompts.append(LMPrompt(_non_empty(prompt, "prompt", path, number), completion))
     if not texts and not prompts:
         raise DataError(f"{path} holds no rows: add at least one {_EXAMPLE}")
@@ -80,5 +67,5 @@ def read_lm_eval_data(path: Path) -> LMEvalData:
 
 def _non_empty(value: object, key: str, path: Path, number: int) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{path} line {number}: {key!r} must be a non-empty string, got {value!r}")
+        raise DataError(f"{path}:{number}: {key!r} must be a non-empty string, got {value!r}")
     return value

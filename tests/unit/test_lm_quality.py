@@ -36,10 +36,10 @@ def test_eval_data_reads_texts_and_prompts_with_optional_completion(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("content", "expected"), [
-    ('{"text": "ok"}\n{"text": broken}\n', "line 2 is not valid JSON"),
-    ('{"text": "ok"}\n{"label": 1}\n', "line 2 has neither 'text' nor 'prompt'"),
+    ('{"text": "ok"}\n{"text": broken}\n', ":2: not valid JSON"),
+    ('{"text": "ok"}\n{"label": 1}\n', ":2: neither 'text' nor 'prompt'"),
     ('\n\n', "holds no rows"),
-    ('["text"]\n', "line 1 is a list, not an object"),
+    ('["text"]\n', ":1: a list, not an object"),
     ('{"prompt": ""}\n', "'prompt' must be a non-empty string"),
     ('{"prompt": "x", "completion": 3}\n', "'completion' must be a string"),
 ])

@@ -55,7 +55,7 @@ def test_prompts_file_reads_prompt_or_text_and_names_the_bad_line(tmp_path):
     with pytest.raises(DataError, match=r"p\.jsonl:2: no \"prompt\""):
         load_prompts(path)
     path.write_text("not json\n")
-    with pytest.raises(DataError, match=r"p\.jsonl:1: not JSON"):
+    with pytest.raises(DataError, match=r"p\.jsonl:1: not valid JSON"):
         load_prompts(path)
     path.write_text("\n")
     with pytest.raises(DataError, match="has no prompts"):
