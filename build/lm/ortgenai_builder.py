@@ -23,7 +23,7 @@ from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 
 from ..files import file_mb
 from .builders import LMCandidate, register_lm_builder
-from .checkpoint import LM_FAMILIES, ORTGENAI
+from .checkpoint import LM_FAMILIES, ORT, ORTGENAI
 
 PRECISIONS = ("fp32", "int8", "int4")
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # what the builder's block_size option accepts
@@ -32,19 +32,19 @@ ACCURACY_LEVEL = 4  # int8 activations in MatMulNBits: the CPU EP's fast path (t
 GENAI_CONFIG = "genai_config.json"
 
 
-def _family_reason(family: str) -> str:
+def _family_reason(family: str, runtime: str) -> str:
     for record in LM_FAMILIES:
         if family == record.name or family in record.model_types:
-            return record.why_not(ORTGENAI)
+            return record.why_not(runtime)
     return f"{family!r} is not a causal-LM family engineforge builds"
 
 
 def _check(family: str, candidate: LMCandidate) -> str:
-    reason = _family_reason(family)
+    reason = _family_reason(family, candidate.runtime)
     if reason:
         return reason
     if candidate.precision not in PRECISIONS:
-        return f"onnxruntime-genai builds {', '.join(PRECISIONS)} on CPU, not {candidate.precision}"
+        return f"the model builder builds {', '.join(PRECISIONS)} on CPU, not {candidate.precision}"
     if candidate.precision == "fp32" and candidate.group_size:
         return "fp32 has no quantization groups: leave group_size unset"
     if candidate.method not in (None, "rtn") and candidate.precision != "int4":
@@ -65,6 +65,7 @@ def builder_options(candidate: LMCandidate) -> dict[str, Any]:
     return options
 
 
+@register_lm_builder(ORT, _check)  # the same folder: the runtimes differ in how they batch, not in the files
 @register_lm_builder(ORTGENAI, _check)
 def build_ortgenai(hf_dir: Path, candidate: LMCandidate, model_dir: Path, threads: int | None) -> dict[str, Any]:
     hf_dir, model_dir = Path(hf_dir), Path(model_dir)

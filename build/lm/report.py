@@ -14,7 +14,8 @@ from .quality import LMBudget
 
 # A candidate's status: chosen; within budget but slower; over budget; refused before building; failed to build.
 CHOSEN, WITHIN, OVER, REFUSED, FAILED = "chosen", "within budget", "over budget", "refused", "failed"
-LM_PACKAGES = ("engineforge", "torch", "transformers", "bitsandbytes", "onnxruntime-genai", "tokenizers")
+LM_PACKAGES = ("engineforge", "torch", "transformers", "bitsandbytes", "onnxruntime", "onnxruntime-genai",
+               "tokenizers")
 
 
 @dataclass

@@ -89,7 +89,7 @@ class OrtGenAIEngine:
         import onnxruntime_genai as og
 
         self._og = og
-        genai = _read_genai_config(model_dir)
+        genai = read_genai_config(model_dir)
         model = genai["model"]
         self.max_length = int(model.get("context_length") or genai.get("search", {}).get("max_length") or 0)
         self.vocab_size = int(model["vocab_size"])
@@ -278,7 +278,7 @@ _FINISH = {"EOS": EOS, "MAX_GENERATED_TOKENS": LENGTH, "MAX_SESSION_TOKENS": LEN
            "STOP_STRING": STOP, "FAILED": ERROR}
 
 
-def _read_genai_config(model_dir: Path) -> dict[str, Any]:
+def read_genai_config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / GENAI_CONFIG
     if not path.is_file():
         raise EngineLoadError(f"{path} is missing: {model_dir} is not an ONNX Runtime GenAI model folder; rebuild "

@@ -18,7 +18,8 @@ from .engine import LMEngine
 Opener = Callable[..., LMEngine]  # (spec, model_dir, threads=, max_batch=) -> LMEngine
 _OPENERS: dict[str, Opener] = {}
 # Modules that register the built-in runtimes when imported (imported lazily: each pulls in its runtime).
-_BUILTIN = {"torch": "engineforge.lm.torch_runtime", "onnxruntime-genai": "engineforge.lm.ortgenai_runtime"}
+_BUILTIN = {"torch": "engineforge.lm.torch_runtime", "onnxruntime-genai": "engineforge.lm.ortgenai_runtime",
+            "onnxruntime": "engineforge.lm.ort_decoder_runtime"}
 
 
 def register_lm_runtime(name: str) -> Callable[[Opener], Opener]:

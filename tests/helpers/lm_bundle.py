@@ -12,18 +12,19 @@ from .tiny_lm import make_tiny_lm
 
 
 def make_lm_bundle(bundle: Path, hf_dir: Path, *, max_length: int = 256, max_batch: int = 8,
-                   eos_token_ids: list[int] | None = None) -> Path:
-    """A torch fp32 bundle of the tiny LM saved at `hf_dir`; `eos_token_ids` replaces the tokenizer's EOS (an id the
-    model never emits makes every generation run to max_tokens: long streams for concurrency and cancellation)."""
+                   eos_token_ids: list[int] | None = None, runtime: str = "torch") -> Path:
+    """An fp32 bundle of the tiny LM saved at `hf_dir` (torch, or another runtime with an LM builder);
+    `eos_token_ids` replaces the tokenizer's EOS (an id the model never emits makes every generation run to
+    max_tokens: long streams for concurrency and cancellation)."""
     from transformers import AutoConfig, AutoTokenizer
 
     bundle.mkdir(parents=True)
-    lm_builder("torch").build(hf_dir, LMCandidate("torch", "fp32"), bundle / "model", 1)
+    lm_builder(runtime).build(hf_dir, LMCandidate(runtime, "fp32"), bundle / "model", 1)
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     tokenizer.save_pretrained(str(bundle / "tokenizer"))
     family = AutoConfig.from_pretrained(str(hf_dir)).model_type
     eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
-    LMEngineSpec(runtime="torch", precision="fp32", family=family, max_length=max_length, eos_token_ids=eos,
+    LMEngineSpec(runtime=runtime, precision="fp32", family=family, max_length=max_length, eos_token_ids=eos,
                  max_batch=max_batch, threads=1).save(bundle)
     return bundle
 

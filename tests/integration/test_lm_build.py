@@ -188,7 +188,7 @@ def test_each_onnxruntime_genai_preset_builds_a_bundle_that_keeps_its_figures(tm
     within = [r for r in rows.values() if r["status"] in (CHOSEN, "within budget")]
     assert chosen["tokens_per_s"] == max(r["tokens_per_s"] for r in within)  # the fastest within budget
     for row in rows.values():
-        if row["runtime"] == "onnxruntime-genai" and row["precision"] != "fp32" and row["status"] != "failed":
+        if row["runtime"] == "onnxruntime" and row["precision"] != "fp32" and row["status"] != "failed":
             assert row["group_size"] == 32 or preset == "lm-int8"
     spec, engine, tokenizer = open_lm_bundle(Path(report.bundle_dir or ""))
     assert (spec.runtime, spec.precision) == (chosen["runtime"], chosen["precision"])
@@ -197,7 +197,7 @@ def test_each_onnxruntime_genai_preset_builds_a_bundle_that_keeps_its_figures(tm
     assert agreeing / len(LM_PROMPTS) == chosen["agreement"]
 
 
-def test_gpt2_lists_onnxruntime_genai_as_refused_with_its_reason(lm_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_gpt2_lists_the_model_builder_runtime_as_refused(lm_dirs: dict[str, Path], tmp_path: Path) -> None:
     try:
         report = lm_build.build_lm_engine(lm_dirs["gpt2"], lm_dirs["eval"], tmp_path / "out", preset="lm-int4",
                                           threads=1)
@@ -205,5 +205,5 @@ def test_gpt2_lists_onnxruntime_genai_as_refused_with_its_reason(lm_dirs: dict[s
     except (StepFailedError, AccuracyBudgetExceeded) as exc:  # nf4 may fail on bitsandbytes' CPU shapes
         rows = exc.report.candidates if hasattr(exc, "report") else []  # type: ignore[attr-defined]
         assert "no GPT-2 exporter" in str(exc)
-    ort = [r for r in rows if r["runtime"] == "onnxruntime-genai"]
+    ort = [r for r in rows if r["runtime"] == "onnxruntime"]
     assert ort and all(r["status"] == REFUSED and "no GPT-2 exporter" in r["reason"] for r in ort)

@@ -68,9 +68,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("lm_serving")
     hf_dir = make_tiny_lm(root / "tiny-llama", "llama")
     bundles = {"lm": make_lm_bundle(root / "lm", hf_dir),
-               "long": make_lm_bundle(root / "long", hf_dir, eos_token_ids=[NEVER_EMITTED])}
+               "long": make_lm_bundle(root / "long", hf_dir, eos_token_ids=[NEVER_EMITTED]),
+               "ort": make_lm_bundle(root / "ort", hf_dir, runtime="onnxruntime")}
     repo = root / "repo"
     publish_lm_bundle(bundles["lm"], repo, "lm", max_prompt_tokens=PROMPT_LIMIT)
+    publish_lm_bundle(bundles["ort"], repo, "ort")
     publish_lm_bundle(bundles["long"], repo, "long", max_sequences=4)
     log = root / "tritonserver.log"
     with TritonServer(repo, log_file=log, startup_timeout_s=180) as server:
@@ -89,6 +91,27 @@ def test_served_greedy_equals_in_process(served: Served, client: EngineforgeClie
         text, ids, reason = served.local("lm", prompt, 60)
         assert (result.text, result.token_ids, result.finish_reason) == (text, ids, reason), prompt
         assert prompt + result.text in LM_TEXTS and reason == "eos"  # the tiny model says its training sentence
+
+
+def test_concurrent_streams_on_the_continuous_batching_runtime_each_equal_in_process(served: Served) -> None:
+    """The `onnxruntime` runtime decodes the overlapping requests together (rows of different lengths in one call);
+    each still gets exactly its in-process answer."""
+    prompts = LM_PROMPTS[:4]
+    results: dict[str, object] = {}
+
+    def ask(prompt: str) -> None:
+        with served.client(timeout_s=30) as own:
+            results[prompt] = collect(prompt, own.generate(prompt, model="ort", max_tokens=60))
+
+    threads = [threading.Thread(target=ask, args=(prompt,)) for prompt in prompts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for prompt in prompts:
+        result = results[prompt]
+        assert (result.text, result.token_ids, result.finish_reason) == served.local("ort", prompt, 60), prompt
+        assert result.text == served.local("lm", prompt, 60)[0]  # and the torch engine's answer
 
 
 def test_token_id_prompt_equals_text_prompt(served: Served, client: EngineforgeClient) -> None:

@@ -1,0 +1,159 @@
+"""The `onnxruntime` LM runtime (the model builder's graph with engineforge's continuous batching) on real builds of
+tiny trained LMs: it reproduces the torch engine; sequences decoding together, joining mid-way, leaving (their rows
+compacted) or outgrowing the KV buffer each get exactly the tokens they get alone; limits and seeded sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engineforge.build.lm.builders import LMCandidate, lm_builder
+from engineforge.lm import kv_slots
+from engineforge.lm.bundle import LMEngineSpec, open_lm_bundle
+from engineforge.lm.engine import CANCELLED, EOS, LENGTH, InvalidGenerationRequest, SamplingParams, TokenEvent
+from engineforge.lm.generation import generate
+from engineforge.lm.runtimes import open_lm_engine
+from engineforge.lm.torch_engine import TorchLMEngine
+from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS, make_tiny_lm
+
+ORT = "onnxruntime"
+
+
+class Tiny:
+    """A tiny LM's HF dir, tokenizer, torch reference engine and an fp32 `onnxruntime` bundle."""
+
+    def __init__(self, root: Path, layout: str) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.hf_dir = make_tiny_lm(root / layout, layout)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.hf_dir))
+        self.eos = self.tokenizer.eos_token_id
+        self.torch = TorchLMEngine(AutoModelForCausalLM.from_pretrained(str(self.hf_dir)), [self.eos])
+        self.bundle = root / f"{layout}-ort"
+        lm_builder(ORT).build(self.hf_dir, LMCandidate(ORT, "fp32"), self.bundle / "model", 1)
+        self.tokenizer.save_pretrained(str(self.bundle / "tokenizer"))
+        LMEngineSpec(ORT, "fp32", layout, 256, (self.eos,), max_batch=4, threads=1).save(self.bundle)
+
+    def engine(self, max_batch: int = 4, eos: list[int] | None = None) -> object:
+        spec = LMEngineSpec.load(self.bundle)
+        if eos is not None:  # an id the model never emits: every sequence runs to max_tokens
+            spec = LMEngineSpec(ORT, "fp32", spec.family, spec.max_length, tuple(eos), max_batch=max_batch, threads=1)
+        return open_lm_engine(spec, self.bundle / "model", threads=1, max_batch=max_batch)
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text).input_ids
+
+
+def _tiny(layout: str) -> Callable[..., Tiny]:
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+        return Tiny(tmp_path_factory.mktemp(f"lm-ort-{layout}"), layout)
+    return fixture
+
+
+llama = _tiny("llama")
+qwen2 = _tiny("qwen2")
+NEVER = [10_000 - 1]  # not emitted by the tiny models in these lengths: sequences run to max_tokens
+
+
+def _run(engine: object, seqs: list[int]) -> dict[int, list[TokenEvent]]:
+    events: dict[int, list[TokenEvent]] = {seq: [] for seq in seqs}
+    while engine.has_work():
+        for event in engine.step():
+            events[event.seq_id].append(event)
+    return events
+
+
+def _alone(tiny: Tiny, prompt: str, n: int) -> list[int]:
+    engine = tiny.engine(max_batch=1, eos=NEVER)
+    seq = engine.add(tiny.ids(prompt), SamplingParams(max_tokens=n))
+    return [e.token_id for e in _run(engine, [seq])[seq]]
+
+
+@pytest.mark.parametrize("layout", ["llama", "qwen2"])
+def test_greedy_tokens_and_log_probs_match_torch(layout: str, request: pytest.FixtureRequest) -> None:
+    tiny: Tiny = request.getfixturevalue(layout)
+    _, engine, _ = open_lm_bundle(tiny.bundle)
+    assert engine.runtime == ORT and engine.settings()["batching"].startswith("continuous")
+    outputs = []
+    for prompt in LM_PROMPTS[:3]:
+        ours = [t for p in generate(engine, tiny.tokenizer, tiny.ids(prompt), SamplingParams(max_tokens=40))
+                for t in p.token_ids]
+        assert ours == [t for p in generate(tiny.torch, tiny.tokenizer, tiny.ids(prompt),
+                                            SamplingParams(max_tokens=40)) for t in p.token_ids], prompt
+        outputs.append(tuple(ours))
+    assert len(set(outputs)) == 3  # the model is not degenerate
+    ids = tiny.ids(LM_TEXTS[0])
+    np.testing.assert_allclose(engine.log_probs(ids), tiny.torch.log_probs(ids), atol=1e-3)
+
+
+def test_rows_of_different_lengths_joining_and_leaving_get_the_tokens_they_get_alone(llama: Tiny) -> None:
+    prompts = LM_PROMPTS[:4]
+    alone = {p: _alone(llama, p, 14) for p in prompts}
+    assert len({len(llama.ids(p)) for p in prompts}) > 1  # rows of different lengths share the calls
+    engine = llama.engine(eos=NEVER)
+    params = SamplingParams(max_tokens=14)
+    first, second = engine.add(llama.ids(prompts[0]), params), engine.add(llama.ids(prompts[1]), params)
+    engine.step()
+    engine.step()
+    late = engine.add(llama.ids(prompts[2]), params)  # joins two steps later: first token at the next step
+    joined = engine.step()
+    assert {e.seq_id for e in joined if e.token_id is not None} == {first, second, late}
+    engine.cancel(first)  # row 0 leaves: the last row's cache moves into it
+    last = engine.add(llama.ids(prompts[3]), params)
+    events = _run(engine, [first, second, late, last])
+    assert events[first] == [TokenEvent(first, None, CANCELLED)]
+    assert [e.token_id for e in events[second]] == alone[prompts[1]][3:]
+    assert [late_event.token_id for late_event in [*[e for e in joined if e.seq_id == late], *events[late]]] \
+        == alone[prompts[2]]
+    assert [e.token_id for e in events[last]] == alone[prompts[3]]
+    assert all(events[s][-1].finish_reason == LENGTH for s in (second, late, last))
+
+
+def test_the_kv_buffer_grows_without_changing_any_sequence(llama: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts = LM_PROMPTS[:2]
+    alone = {p: _alone(llama, p, 40) for p in prompts}
+    monkeypatch.setattr(kv_slots, "MIN_CAPACITY", 8)  # grows 8 -> 16 -> 32 -> 64 while they decode
+    engine = llama.engine(eos=NEVER)
+    assert engine.kv.capacity == 8
+    seqs = [engine.add(llama.ids(p), SamplingParams(max_tokens=40)) for p in prompts]
+    events = _run(engine, seqs)
+    assert engine.kv.capacity == 64
+    for seq, prompt in zip(seqs, prompts, strict=True):
+        assert [e.token_id for e in events[seq]] == alone[prompt]
+
+
+def test_more_sequences_than_rows_wait_for_a_free_row(llama: Tiny) -> None:
+    engine = llama.engine(max_batch=2, eos=NEVER)
+    short, long_, waiting = (engine.add(llama.ids(LM_PROMPTS[i]), SamplingParams(max_tokens=n))
+                             for i, n in ((0, 2), (1, 6), (2, 3)))
+    assert {e.seq_id for e in engine.step()} == {short, long_}
+    second = engine.step()  # `short` ends here; its row frees and `waiting` is prefilled in the same step
+    assert {(e.seq_id, e.finish_reason) for e in second} >= {(short, LENGTH), (waiting, None)}
+    events = _run(engine, [short, long_, waiting])
+    tokens = [e.token_id for e in second if e.seq_id == waiting] + [e.token_id for e in events[waiting]]
+    assert tokens == _alone(llama, LM_PROMPTS[2], 3)
+
+
+def test_limits_and_seeded_sampling(llama: Tiny) -> None:
+    engine = llama.engine()
+    with pytest.raises(InvalidGenerationRequest, match="exceeds the model's 256 positions"):
+        engine.add([5] * 250, SamplingParams(max_tokens=16))
+    with pytest.raises(InvalidGenerationRequest, match="empty"):
+        engine.add([], SamplingParams())
+    with pytest.raises(InvalidGenerationRequest, match="outside the vocabulary"):
+        engine.add([1, 10_000], SamplingParams(max_tokens=4))
+    assert not engine.has_work()
+
+    def sample(seed: int) -> tuple[int | None, ...]:
+        seq = engine.add(llama.ids(LM_PROMPTS[1]), SamplingParams(max_tokens=12, temperature=1.5, top_k=50,
+                                                                   top_p=0.95, seed=seed))
+        return tuple(e.token_id for e in _run(engine, [seq])[seq])
+
+    runs = [sample(seed) for seed in (1, 2, 3)]
+    assert sample(1) == runs[0] and len(set(runs)) > 1
+    seqs = [engine.add(llama.ids(p), SamplingParams(max_tokens=60)) for p in LM_PROMPTS[:4]]
+    assert EOS in {events[-1].finish_reason for events in _run(engine, seqs).values()}
