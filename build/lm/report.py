@@ -62,13 +62,13 @@ class LMBuildReport:
                       f"perplexity {_fmt(ref.get('perplexity'))}, {_fmt(ref.get('tokens_per_s'))} tokens/s, "
                       f"TTFT {_fmt(ref.get('ttft_ms'))} ms, {_fmt(ref.get('size_mb'))} MB"]
         lines += ["", "## Candidates (preset order)", "",
-                  "| runtime | precision | group | perplexity | Δ% | agreement | tokens/s | TTFT ms | MB | status |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| candidate | perplexity | Δ% | agreement | tokens/s | TTFT ms | MB | status |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in self.candidates:
             agreement = c.get("agreement")
             status = c["status"] + (f": {c['reason'][:300]}" if c.get("reason") else "")
-            lines.append(f"| {c['runtime']} | {c['precision']} | {_fmt(c.get('group_size'))} | "
-                         f"{_fmt(c.get('perplexity'))} | {_fmt(c.get('perplexity_increase_pct'))} | "
+            lines.append(f"| {c['candidate']} | {_fmt(c.get('perplexity'))} | "
+                         f"{_fmt(c.get('perplexity_increase_pct'))} | "
                          f"{'–' if agreement is None else f'{agreement:.0%}'} | {_fmt(c.get('tokens_per_s'))} | "
                          f"{_fmt(c.get('ttft_ms'))} | {_fmt(c.get('size_mb'))} | {status.replace('|', '/')} |")
         if self.bundle_dir:

@@ -169,10 +169,19 @@ def render(summary: dict[str, Any], settings: GenerationDemoSettings) -> str:
               for a in summary["answers"]]
     for level in summary["loadtest"].get("levels", []):
         g = level.get("generation", {})
-        lines.append(f"- load, concurrency {level.get('concurrency')}: TTFT p50 {g.get('ttft_ms', {}).get('p50')} ms, "
-                     f"ITL p50 {g.get('itl_ms', {}).get('p50')} ms, {g.get('output_tokens_per_s')} output tok/s")
+        lines.append(f"- load, concurrency {level.get('concurrency')}: "
+                     f"TTFT p50 {_ms(g.get('ttft_ms', {}).get('p50'))}, ITL p50 {_ms(g.get('itl_ms', {}).get('p50'))}, "
+                     f"{_num(g.get('output_tokens_per_s'))} output tok/s")
     lines += ["", f"Reports: {settings.build_dir}/build_report.md, {settings.report_dir}/loadtest.md"]
     return "\n".join(lines) + "\n"
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.1f} ms" if isinstance(value, int | float) else "– (no request finished)"
+
+
+def _num(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, int | float) else "–"
 
 
 def _pct(value: Any) -> str:

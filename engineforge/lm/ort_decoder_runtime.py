@@ -51,6 +51,7 @@ class OrtDecoderEngine:
                  threads: int | None = None, precision: str = "fp32") -> None:
         import onnxruntime as ort
 
+        self._ort = ort
         genai = read_genai_config(model_dir)
         model, decoder = genai["model"], genai["model"].get("decoder", {})
         try:
@@ -78,10 +79,11 @@ class OrtDecoderEngine:
         self._ids, self._mask = names["input_ids"], names["attention_mask"]
         self._positions = names.get("position_ids") if names.get("position_ids") in types else None
         self._logits = names["out_logits"]
-        self._types = types
+        self._types = types | {o.name: _DTYPES.get(o.type, np.float32) for o in self.session.get_outputs()}
         self.kv = KVSlots(layers, kv_heads, head_size, self.max_batch, self.max_length,
                           types[names["past_key_names"] % 0], names["past_key_names"], names["past_value_names"],
                           names["out_present_key_names"], names["out_present_value_names"])
+        self._bindings: dict[tuple[int, int, int], Any] = {}  # (first row, rows, capacity) -> KV bound once
         self._next_id = 0
         self._waiting: deque[_Sequence] = deque()
         self._rows: list[_Sequence] = []  # row i of the KV cache holds self._rows[i]
@@ -145,15 +147,28 @@ class OrtDecoderEngine:
     def _run(self, ids: np.ndarray, mask: np.ndarray, first_row: int, positions: np.ndarray) -> np.ndarray:
         """One call over KV rows first_row..first_row+len(ids)-1, their caches updated in place; the logits."""
         self.kv.ensure(mask.shape[1])  # before binding: growing replaces the buffers
-        binding = self.session.io_binding()
+        binding = self._binding(first_row, ids.shape[0])
         binding.bind_cpu_input(self._ids, ids.astype(self._types[self._ids]))
         binding.bind_cpu_input(self._mask, mask.astype(self._types[self._mask]))
         if self._positions:
             binding.bind_cpu_input(self._positions, positions.astype(self._types[self._positions]))
-        binding.bind_output(self._logits)  # first output bound: get_outputs()[0]
-        self.kv.bind(binding, first_row, ids.shape[0])
+        # Our own buffer each call: a reused binding would otherwise keep the last call's logits shape.
+        logits = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), self._types[self._logits])
+        binding.bind_ortvalue_output(self._logits, self._ort.OrtValue.ortvalue_from_numpy(logits))
         self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()
+        return logits
+
+    def _binding(self, first_row: int, rows: int) -> Any:
+        """The KV rows bound once and reused while the rows and the buffers stay (a decode step's usual case):
+        binding 2 x layers caches each call cost more than the small inputs."""
+        key = (first_row, rows, self.kv.capacity)
+        if key not in self._bindings:
+            if len(self._bindings) >= 4 * self.max_batch or any(k[2] != key[2] for k in self._bindings):
+                self._bindings.clear()  # the buffers grew (old views are stale) or too many shapes are kept
+            binding = self.session.io_binding()
+            self.kv.bind(binding, first_row, rows)
+            self._bindings[key] = binding
+        return self._bindings[key]
 
     def _advance(self, seq: _Sequence, logits: np.ndarray) -> TokenEvent:
         token = choose_token(logits, seq.params, seq.rng)

@@ -58,7 +58,8 @@ def test_lm_fp32_bundle_generates_what_the_fp32_model_does(lm_dirs: dict[str, Pa
     saved = json.loads((tmp_path / "out" / "build_report.json").read_text())
     assert saved["status"] == "ok" and saved["chosen"] == "torch fp32"
     markdown = (tmp_path / "out" / "build_report.md").read_text()
-    assert "| torch | fp32 | – |" in markdown and "refused: no-such-runtime" in markdown
+    assert "| torch fp32 | " in markdown and "| no-such-runtime int4 g32 | – |" in markdown
+    assert "refused: no-such-runtime" in markdown
     assert not (tmp_path / "out" / "candidates").exists()  # only the chosen engine is kept
     if importlib.util.find_spec("engineforge.serve.lm_publish") is None:
         assert report.published and report.published["skipped"] == "engineforge.serve.lm_publish is not installed"

@@ -166,3 +166,16 @@ def test_engineforge_demo_prints_its_report_then_the_next_commands(monkeypatch, 
     assert served == []
     assert run.run(parser.parse_args(["demo", "--preset", "int8", "--keep-serving"])) == 0
     assert served == [Path("model_repo")] and "Serving model_repo until Ctrl-C" in capsys.readouterr().out
+
+
+def test_generation_summary_rounds_load_figures_and_says_when_none_happened():
+    from engineforge.demo.generation import GenerationDemoSettings, render
+
+    levels = [{"concurrency": 1, "generation": {"ttft_ms": {"p50": 34.82996649836423}, "itl_ms": {"p50": 23.9377},
+                                                "output_tokens_per_s": 41.61234}},
+              {"concurrency": 4, "generation": {"ttft_ms": {}, "itl_ms": {}, "output_tokens_per_s": None}}]
+    summary = {"build": {"preset": "lm-int4", "chosen": "onnxruntime fp32", "candidates": []}, "answers": [],
+               "loadtest": {"levels": levels}}
+    text = render(summary, GenerationDemoSettings())
+    assert "- load, concurrency 1: TTFT p50 34.8 ms, ITL p50 23.9 ms, 41.6 output tok/s" in text
+    assert "- load, concurrency 4: TTFT p50 – (no request finished), ITL p50 – (no request finished), – output" in text
