@@ -61,6 +61,23 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+def check_prompt_ids(prompt_ids: Sequence[int], max_tokens: int, max_length: int,
+                     vocab_size: int | None = None) -> list[int]:
+    """The prompt as ints, or InvalidGenerationRequest when an engine of `max_length` positions (and `vocab_size`
+    ids, where known) cannot take it with `max_tokens` more."""
+    ids = [int(t) for t in prompt_ids]
+    if not ids:
+        raise InvalidGenerationRequest("the prompt is empty: send at least one token")
+    if len(ids) + max_tokens > max_length:
+        raise InvalidGenerationRequest(
+            f"prompt of {len(ids)} tokens + max_tokens {max_tokens} exceeds the model's {max_length} "
+            "positions; shorten the prompt or lower max_tokens")
+    bad = [t for t in ids if vocab_size is not None and not 0 <= t < vocab_size]
+    if bad:
+        raise InvalidGenerationRequest(f"token ids {bad[:5]} are outside the vocabulary (0-{vocab_size - 1})")
+    return ids
+
+
 @dataclass(frozen=True)
 class TokenEvent:
     """One step's outcome for one sequence: a new token, and/or its end (finish_reason set; token_id may then be

@@ -22,11 +22,19 @@ import numpy as np
 
 from engineforge.errors import EngineLoadError
 
-from .engine import CANCELLED, EOS, LENGTH, InvalidGenerationRequest, SamplingParams, TokenEvent
+from .engine import (
+    CANCELLED,
+    EOS,
+    LENGTH,
+    InvalidGenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    check_prompt_ids,
+)
 from .kv_slots import KVSlots
 from .ortgenai_runtime import read_genai_config
 from .runtimes import register_lm_runtime
-from .sampling import choose_token, new_rng
+from .sampling import choose_token, new_rng, next_token_log_probs
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
            "tensor(int32)": np.int32}
@@ -90,16 +98,7 @@ class OrtDecoderEngine:
         self._cancelled: set[int] = set()
 
     def add(self, prompt_ids: Sequence[int], params: SamplingParams) -> int:
-        ids = [int(t) for t in prompt_ids]
-        if not ids:
-            raise InvalidGenerationRequest("the prompt is empty: send at least one token")
-        if len(ids) + params.max_tokens > self.max_length:
-            raise InvalidGenerationRequest(
-                f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds the model's {self.max_length} "
-                "positions; shorten the prompt or lower max_tokens")
-        bad = [t for t in ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidGenerationRequest(f"token ids {bad[:5]} are outside the vocabulary (0-{self.vocab_size - 1})")
+        ids = check_prompt_ids(prompt_ids, params.max_tokens, self.max_length, self.vocab_size)
         seq = _Sequence(self._next_id, ids, params, new_rng(params))
         self._next_id += 1
         self._waiting.append(seq)
@@ -213,10 +212,7 @@ class OrtDecoderEngine:
         if self._positions:
             feeds[self._positions] = np.arange(len(ids), dtype=self._types[self._positions])[None]
         feeds |= self.kv.empty_past()
-        logits = np.asarray(self.session.run([self._logits], feeds)[0][0, :-1], dtype=np.float64)
-        top = logits.max(axis=-1, keepdims=True)
-        logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
-        return logp[np.arange(len(ids) - 1), ids[1:]].tolist()
+        return next_token_log_probs(self.session.run([self._logits], feeds)[0][0, :-1], ids)
 
     def settings(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "precision": self.precision, "threads": self.threads,

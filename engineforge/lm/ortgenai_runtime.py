@@ -28,8 +28,19 @@ import numpy as np
 
 from engineforge.errors import EngineLoadError
 
-from .engine import CANCELLED, EOS, ERROR, LENGTH, STOP, InvalidGenerationRequest, SamplingParams, TokenEvent
+from .engine import (
+    CANCELLED,
+    EOS,
+    ERROR,
+    LENGTH,
+    STOP,
+    InvalidGenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    check_prompt_ids,
+)
 from .runtimes import register_lm_runtime
+from .sampling import next_token_log_probs
 
 GENAI_CONFIG = "genai_config.json"
 T = TypeVar("T")
@@ -121,7 +132,7 @@ class OrtGenAIEngine:
         return self._on_owner(self._add, prompt_ids, params)
 
     def _add(self, prompt_ids: Sequence[int], params: SamplingParams) -> int:
-        ids = self._check_prompt(prompt_ids, params.max_tokens)
+        ids = check_prompt_ids(prompt_ids, params.max_tokens, self.max_length, self.vocab_size)
         seq_id = self._next_id
         self._next_id += 1
         if (not params.greedy and params.seed is not None) or self._turns:
@@ -152,19 +163,6 @@ class OrtGenAIEngine:
             self._turns[seq_id] = _Turn(request, turn_id)
             self._by_request[id(request)] = seq_id
         return events
-
-    def _check_prompt(self, prompt_ids: Sequence[int], max_tokens: int) -> list[int]:
-        ids = [int(t) for t in prompt_ids]
-        if not ids:
-            raise InvalidGenerationRequest("the prompt is empty: send at least one token")
-        if len(ids) + max_tokens > self.max_length:
-            raise InvalidGenerationRequest(
-                f"prompt of {len(ids)} tokens + max_tokens {max_tokens} exceeds the model's {self.max_length} "
-                "positions; shorten the prompt or lower max_tokens")
-        bad = [t for t in ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidGenerationRequest(f"token ids {bad[:5]} are outside the vocabulary (0-{self.vocab_size - 1})")
-        return ids
 
     def _seeded_sequence(self, ids: list[int], params: SamplingParams) -> _Seeded:
         og = self._og
@@ -262,10 +260,7 @@ class OrtGenAIEngine:
         if logits.shape[0] != len(ids):
             raise EngineLoadError(f"the decoder returned logits for {logits.shape[0]} of {len(ids)} positions "
                                   "(built with prune_lm_head?); rebuild without it to measure perplexity")
-        logits = logits[:-1]
-        top = logits.max(axis=-1, keepdims=True)
-        logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
-        return logp[np.arange(len(ids) - 1), ids[1:]].tolist()
+        return next_token_log_probs(logits[:-1], ids)
 
     def settings(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "precision": self.precision, "threads": self.threads,

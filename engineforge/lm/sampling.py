@@ -29,3 +29,11 @@ def choose_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
         kept[keep] = probs[keep]
         probs = kept / kept.sum()
     return int(rng.choice(probs.size, p=probs))
+
+
+def next_token_log_probs(logits: np.ndarray, ids: list[int]) -> list[float]:
+    """log p(ids[i + 1] | ids[:i + 1]) from `logits` [len(ids) - 1, vocab] (every position's scores but the last)."""
+    scores = np.asarray(logits, dtype=np.float64)
+    top = scores.max(axis=-1, keepdims=True)
+    logp = scores - top - np.log(np.exp(scores - top).sum(axis=-1, keepdims=True))
+    return logp[np.arange(len(ids) - 1), ids[1:]].tolist()

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import CANCELLED, EOS, LENGTH, InvalidGenerationRequest, SamplingParams, TokenEvent
+from .engine import CANCELLED, EOS, LENGTH, SamplingParams, TokenEvent, check_prompt_ids
 from .sampling import choose_token, new_rng
 
 
@@ -51,13 +51,7 @@ class TorchLMEngine:
         self._cancelled: set[int] = set()
 
     def add(self, prompt_ids: Sequence[int], params: SamplingParams) -> int:
-        ids = [int(t) for t in prompt_ids]
-        if not ids:
-            raise InvalidGenerationRequest("the prompt is empty: send at least one token")
-        if len(ids) + params.max_tokens > self.max_length:
-            raise InvalidGenerationRequest(
-                f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds the model's {self.max_length} "
-                "positions; shorten the prompt or lower max_tokens")
+        ids = check_prompt_ids(prompt_ids, params.max_tokens, self.max_length)
         seq = _Sequence(self._next_id, ids, params, new_rng(params), len(ids))
         self._next_id += 1
         self._waiting.append(seq)
