@@ -36,6 +36,7 @@ from .ortgenai_runtime import read_genai_config
 from .runtimes import register_lm_runtime
 from .sampling import choose_token, new_rng, next_token_log_probs
 
+PREFILL_CHUNK = 256  # prompt tokens per prefill call
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
            "tensor(int32)": np.int32}
 
@@ -136,10 +137,15 @@ class OrtDecoderEngine:
         return events
 
     def _prefill(self, seq: _Sequence) -> TokenEvent:
+        """The prompt into a free row, PREFILL_CHUNK tokens per call: the graph returns logits for every position
+        it is given (a long prompt in one call would hold prompt x vocab floats at once)."""
         row = len(self._rows)
         self._rows.append(seq)
         count = len(seq.ids)
-        logits = self._run(np.array([seq.ids]), np.ones((1, count), np.int64), row, np.arange(count)[None])
+        for start in range(0, count, PREFILL_CHUNK):
+            chunk = seq.ids[start:start + PREFILL_CHUNK]
+            end = start + len(chunk)
+            logits = self._run(np.array([chunk]), np.ones((1, end), np.int64), row, np.arange(start, end)[None])
         seq.length = count
         return self._advance(seq, logits[0, -1])
 

@@ -157,3 +157,17 @@ def test_limits_and_seeded_sampling(llama: Tiny) -> None:
     assert sample(1) == runs[0] and len(set(runs)) > 1
     seqs = [engine.add(llama.ids(p), SamplingParams(max_tokens=60)) for p in LM_PROMPTS[:4]]
     assert EOS in {events[-1].finish_reason for events in _run(engine, seqs).values()}
+
+
+def test_a_prompt_prefilled_in_chunks_gets_the_tokens_it_gets_in_one_call(
+        llama: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engineforge.lm import ort_decoder_runtime
+
+    prompt = " ".join(LM_TEXTS[:3])
+    whole = _alone(llama, prompt, 12)
+    monkeypatch.setattr(ort_decoder_runtime, "PREFILL_CHUNK", 5)  # the prompt goes in as several calls
+    assert len(llama.ids(prompt)) > 15
+    assert _alone(llama, prompt, 12) == whole
+    engine = llama.engine()
+    ids = llama.ids(prompt)
+    np.testing.assert_allclose(engine.log_probs(ids), llama.torch.log_probs(ids), atol=1e-3)
