@@ -78,6 +78,15 @@ def check_prompt_ids(prompt_ids: Sequence[int], max_tokens: int, max_length: int
     return ids
 
 
+def finish_reason_after(token: int, generated: int, max_tokens: int, eos_token_ids: frozenset[int],
+                        out_of_room: bool = False) -> str | None:
+    """Why a sequence ends with `token`, its `generated`-th: EOS, or LENGTH at max_tokens (or when the runtime has
+    no room left); None while it goes on. Every runtime ends sequences by this one rule."""
+    if token in eos_token_ids:
+        return EOS
+    return LENGTH if generated >= max_tokens or out_of_room else None
+
+
 @dataclass(frozen=True)
 class TokenEvent:
     """One step's outcome for one sequence: a new token, and/or its end (finish_reason set; token_id may then be

@@ -24,12 +24,11 @@ from engineforge.errors import EngineLoadError
 
 from .engine import (
     CANCELLED,
-    EOS,
-    LENGTH,
     InvalidGenerationRequest,
     SamplingParams,
     TokenEvent,
     check_prompt_ids,
+    finish_reason_after,
 )
 from .kv_slots import KVSlots
 from .ortgenai_runtime import read_genai_config
@@ -47,8 +46,7 @@ class _Sequence:
     ids: list[int]
     params: SamplingParams
     rng: np.random.Generator
-    length: int = 0  # positions in the KV cache
-    next_token: int = 0  # chosen, not yet fed through the model
+    length: int = 0  # positions in the KV cache (ids[-1], once chosen, is not yet among them)
     generated: int = 0
     finish: str | None = None
 
@@ -128,7 +126,7 @@ class OrtDecoderEngine:
         mask = np.zeros((len(rows), total), np.int64)
         for row, seq in enumerate(rows):
             mask[row, : seq.length + 1] = 1
-        logits = self._run(np.array([[seq.next_token] for seq in rows]), mask, 0,
+        logits = self._run(np.array([[seq.ids[-1]] for seq in rows]), mask, 0,
                            np.array([[seq.length] for seq in rows]))
         events = []
         for row, seq in enumerate(rows):
@@ -178,10 +176,8 @@ class OrtDecoderEngine:
     def _advance(self, seq: _Sequence, logits: np.ndarray) -> TokenEvent:
         token = choose_token(logits, seq.params, seq.rng)
         seq.ids.append(token)
-        seq.next_token = token
         seq.generated += 1
-        seq.finish = (EOS if token in self.eos_token_ids else
-                      LENGTH if seq.generated >= seq.params.max_tokens else None)
+        seq.finish = finish_reason_after(token, seq.generated, seq.params.max_tokens, self.eos_token_ids)
         return TokenEvent(seq.seq_id, token, seq.finish)
 
     def _release_finished(self) -> None:

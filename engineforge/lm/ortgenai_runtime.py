@@ -38,6 +38,7 @@ from .engine import (
     SamplingParams,
     TokenEvent,
     check_prompt_ids,
+    finish_reason_after,
 )
 from .runtimes import register_lm_runtime
 from .sampling import next_token_log_probs
@@ -238,8 +239,8 @@ class OrtGenAIEngine:
         seq.generator.generate_next_token()
         token = int(seq.generator.get_next_tokens()[0])
         seq.generated += 1
-        reason = (EOS if token in self.eos_token_ids else
-                  LENGTH if seq.generated >= seq.max_tokens or seq.generator.is_done() else None)
+        reason = finish_reason_after(token, seq.generated, seq.max_tokens, self.eos_token_ids,
+                                     out_of_room=seq.generator.is_done())
         if reason is not None:
             del self._seeded[seq_id]
         return TokenEvent(seq_id, token, reason)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import CANCELLED, EOS, LENGTH, SamplingParams, TokenEvent, check_prompt_ids
+from .engine import CANCELLED, SamplingParams, TokenEvent, check_prompt_ids, finish_reason_after
 from .sampling import choose_token, new_rng
 
 
@@ -25,7 +25,6 @@ class _Sequence:
     rng: np.random.Generator
     prompt_len: int
     cache: Any = None
-    next_token: int | None = None  # chosen, not yet fed through the model
     generated: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -72,15 +71,13 @@ class TorchLMEngine:
             self._active[seq.seq_id] = seq
         with torch.inference_mode():
             for seq in list(self._active.values()):
-                feed = seq.ids if seq.cache is None else [seq.next_token]
+                feed = seq.ids if seq.cache is None else seq.ids[-1:]  # the last token chosen is not cached yet
                 out = self.model(input_ids=torch.tensor([feed]), cache=seq.cache, use_cache=True)
                 seq.cache = out.cache
                 token = choose_token(out.logits[0, -1].float().numpy(), seq.params, seq.rng)
                 seq.ids.append(token)
                 seq.generated += 1
-                seq.next_token = token
-                reason = (EOS if token in self.eos_token_ids else
-                          LENGTH if seq.generated >= seq.params.max_tokens else None)
+                reason = finish_reason_after(token, seq.generated, seq.params.max_tokens, self.eos_token_ids)
                 events.append(TokenEvent(seq.seq_id, token, reason))
                 if reason is not None:
                     del self._active[seq.seq_id]

@@ -13,10 +13,11 @@ import pytest
 from engineforge.build.lm.builders import LMCandidate, lm_builder
 from engineforge.lm import kv_slots
 from engineforge.lm.bundle import LMEngineSpec, open_lm_bundle
-from engineforge.lm.engine import CANCELLED, EOS, LENGTH, InvalidGenerationRequest, SamplingParams, TokenEvent
+from engineforge.lm.engine import CANCELLED, EOS, LENGTH, SamplingParams, TokenEvent
 from engineforge.lm.generation import generate
 from engineforge.lm.runtimes import open_lm_engine
 from engineforge.lm.torch_engine import TorchLMEngine
+from tests.helpers.lm_limits import assert_refuses_unservable_prompts
 from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS, make_tiny_lm
 
 ORT = "onnxruntime"
@@ -140,13 +141,7 @@ def test_more_sequences_than_rows_wait_for_a_free_row(llama: Tiny) -> None:
 
 def test_limits_and_seeded_sampling(llama: Tiny) -> None:
     engine = llama.engine()
-    with pytest.raises(InvalidGenerationRequest, match="exceeds the model's 256 positions"):
-        engine.add([5] * 250, SamplingParams(max_tokens=16))
-    with pytest.raises(InvalidGenerationRequest, match="empty"):
-        engine.add([], SamplingParams())
-    with pytest.raises(InvalidGenerationRequest, match="outside the vocabulary"):
-        engine.add([1, 10_000], SamplingParams(max_tokens=4))
-    assert not engine.has_work()
+    assert_refuses_unservable_prompts(engine)
 
     def sample(seed: int) -> tuple[int | None, ...]:
         seq = engine.add(llama.ids(LM_PROMPTS[1]), SamplingParams(max_tokens=12, temperature=1.5, top_k=50,

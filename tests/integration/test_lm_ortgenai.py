@@ -15,10 +15,11 @@ import pytest
 from engineforge.build.lm.builders import LMCandidate, lm_builder
 from engineforge.build.lm.checkpoint import read_lm_checkpoint
 from engineforge.lm.bundle import LMEngineSpec, open_lm_bundle
-from engineforge.lm.engine import CANCELLED, EOS, LENGTH, InvalidGenerationRequest, SamplingParams, TokenEvent
+from engineforge.lm.engine import CANCELLED, EOS, LENGTH, SamplingParams, TokenEvent
 from engineforge.lm.generation import generate
 from engineforge.lm.runtimes import open_lm_engine
 from engineforge.lm.torch_engine import TorchLMEngine
+from tests.helpers.lm_limits import assert_refuses_unservable_prompts
 from tests.helpers.tiny_gguf import write_llama_gguf
 from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS, make_tiny_lm
 
@@ -179,13 +180,7 @@ def test_cancel_ends_a_sequence_with_a_cancelled_event(llama: Family) -> None:
 
 def test_prompts_the_model_cannot_take_are_refused(llama: Family) -> None:
     engine = llama.engine
-    with pytest.raises(InvalidGenerationRequest, match="exceeds the model's 256 positions"):
-        engine.add([5] * 250, SamplingParams(max_tokens=16))
-    with pytest.raises(InvalidGenerationRequest, match="empty"):
-        engine.add([], SamplingParams())
-    with pytest.raises(InvalidGenerationRequest, match="outside the vocabulary"):
-        engine.add([1, 10_000], SamplingParams(max_tokens=4))
-    assert not engine.has_work()
+    assert_refuses_unservable_prompts(engine)
 
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent(llama: Family) -> None:
