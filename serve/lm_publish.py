@@ -25,6 +25,7 @@ from engineforge.errors import ConfigError, RepositoryError
 from engineforge.file_modes import make_readable
 from engineforge.lm.bundle import SPEC_FILE, LMEngineSpec
 
+from . import lm_compat
 from .lm_requests import INPUTS, OUTPUTS, derive_lm_limits
 from .model_config import InstanceGroup, ModelConfig, TensorSpec
 from .model_layout import parse_version_model
@@ -57,13 +58,13 @@ def check_lm_bundle(bundle_dir: str | os.PathLike[str]) -> LMEngineSpec:
 def lm_model_config(model_name: str, spec: LMEngineSpec, *, max_prompt_tokens: int | None = None,
                     max_tokens_limit: int | None = None, max_sequences: int | None = None,
                     instances: int = 1) -> ModelConfig:
-    """The decoupled model's config: every input optional to Triton (the model wants TEXT or INPUT_IDS), the limits
-    as `lm.*` parameters with their reasons."""
+    """The decoupled model's config: every input optional to Triton (the model wants TEXT or INPUT_IDS, or Triton's
+    LLM layout: lm_compat.py), the limits as `lm.*` parameters with their reasons."""
     limits = derive_lm_limits(spec.max_length, spec.max_batch, max_prompt_tokens=max_prompt_tokens,
                               max_tokens=max_tokens_limit, max_sequences=max_sequences)
     inputs = [TensorSpec(name, dtype, dims, optional=name not in REQUIRED_INPUTS)
-              for name, (dtype, _, dims) in INPUTS.items()]
-    outputs = [TensorSpec(name, dtype, dims) for name, (dtype, dims) in OUTPUTS.items()]
+              for name, (dtype, _, dims) in (INPUTS | lm_compat.INPUTS).items()]
+    outputs = [TensorSpec(name, dtype, dims) for name, (dtype, dims) in (OUTPUTS | lm_compat.OUTPUTS).items()]
     parameters = limits.parameters() | {TASK_PARAMETER: spec.task, "runtime": spec.runtime,
                                         "precision": spec.precision}
     return ModelConfig(name=model_name, inputs=tuple(inputs), outputs=tuple(outputs), max_batch_size=0,

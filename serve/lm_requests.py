@@ -222,9 +222,10 @@ def parse_request(arrays: Mapping[str, np.ndarray | None], limits: LMLimits,
 
 
 def piece_arrays(text: str, token_ids: list[int], finish_reason: str | None = None, prompt_tokens: int = 0,
-                 completion_tokens: int = 0) -> dict[str, np.ndarray]:
-    """The output tensors of one streamed piece; the final one (finish_reason set) also carries the counts."""
-    arrays = {"TEXT_OUTPUT": np.array([text.encode("utf-8")], dtype=object),
+                 completion_tokens: int = 0, text_name: str = "TEXT_OUTPUT") -> dict[str, np.ndarray]:
+    """The output tensors of one streamed piece; the final one (finish_reason set) also carries the counts.
+    `text_name`: text_output for a request in Triton's LLM layout (lm_compat.py)."""
+    arrays = {text_name: np.array([text.encode("utf-8")], dtype=object),
               "TOKEN_IDS": np.array(token_ids, dtype=np.int64)}
     if finish_reason is not None:
         arrays |= {"FINISH_REASON": np.array([finish_reason.encode()], dtype=object),

@@ -25,6 +25,7 @@ try:
     from engineforge.lm.bundle import open_lm_bundle
     from engineforge.lm.engine import CANCELLED, ERROR, InvalidGenerationRequest
     from engineforge.lm.generation import Piece, Scheduler
+    from engineforge.serve import lm_compat
     from engineforge.serve.lm_publish import LM_HASH_KEYS
     from engineforge.serve.lm_requests import (
         ENGINE_FAILED,
@@ -51,9 +52,9 @@ def _error(message: str, code: int) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
 
 
-def _response(piece: Piece) -> pb_utils.InferenceResponse:
-    arrays = piece_arrays(piece.text, piece.token_ids, piece.finish_reason, piece.prompt_tokens,
-                          piece.completion_tokens)
+def _response(piece: Piece, text: str, token_ids: list[int], text_name: str) -> pb_utils.InferenceResponse:
+    arrays = piece_arrays(text, token_ids, piece.finish_reason, piece.prompt_tokens, piece.completion_tokens,
+                          text_name)
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, a) for n, a in arrays.items()])
 
 
@@ -73,8 +74,11 @@ def _cancelled(request, sender) -> bool:
 class _Stream:
     """One request's stream: the scheduler's callback sends each piece; a cancelled client cancels the sequence."""
 
-    def __init__(self, model: TritonPythonModel, request, sender) -> None:
-        self.model, self.request, self.sender = model, request, sender
+    def __init__(self, model: TritonPythonModel, request, sender, layout: lm_compat.ResponseLayout) -> None:
+        self.model, self.request, self.sender, self.layout = model, request, sender, layout
+        # Text and ids not sent yet: the prompt when the client wants it echoed; everything when it asked for one
+        # response (stream false in Triton's LLM layout).
+        self.held_text, self.held_ids = layout.prefix, []
         self.handle: list[int] | None = None
         self.cancelling = False
         self.checked_at = 0.0
@@ -108,7 +112,12 @@ class _Stream:
         if piece.finish_reason == ERROR:  # the engine failed: a typed server error, not its message as text
             response = _error(f"{ENGINE_FAILED}: {piece.text or 'no reason given'}", pb_utils.TritonError.INTERNAL)
         else:
-            response = _response(piece)
+            text, ids = self.held_text + piece.text, self.held_ids + list(piece.token_ids)
+            if not final and not self.layout.stream:
+                self.held_text, self.held_ids = text, ids
+                return
+            self.held_text, self.held_ids = "", []
+            response = _response(piece, text, ids, self.layout.text_name)
         try:
             self.sender.send(response, flags=FINAL if final else 0)
         except Exception:  # the client went away: stop decoding for it
@@ -136,7 +145,7 @@ class TritonPythonModel:
 
     def _arrays(self, request) -> dict:
         arrays = {}
-        for name in INPUTS:
+        for name in (*INPUTS, *lm_compat.INPUTS):
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 arrays[name] = tensor.as_numpy()
@@ -146,8 +155,9 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                prompt_ids, params = parse_request(self._arrays(request), self.limits, self.tokenizer)
-                stream = _Stream(self, request, sender)
+                arrays, layout = lm_compat.translate(self._arrays(request))
+                prompt_ids, params = parse_request(arrays, self.limits, self.tokenizer)
+                stream = _Stream(self, request, sender, layout)
                 with self.streams_lock:
                     self.streams.add(stream)
                 try:

@@ -237,6 +237,63 @@ def test_bad_requests_are_invalid_argument_and_the_server_keeps_serving(served: 
     assert collect("x", client.generate("refunds are", model="lm")).finish_reason == "eos"
 
 
+def _raw_stream(url: str, model: str, inputs: dict[str, np.ndarray]) -> tuple[list[dict], Exception | None]:
+    """Every response of one request on a plain tritonclient stream (as a tool built for Triton LLMs sends it):
+    ([{output name: array}], the error)."""
+    responses: list[dict] = []
+    errors: list = []
+    done = threading.Event()
+
+    def on_response(result: object, error: Exception | None) -> None:
+        if error is not None:
+            errors.append(error)
+            done.set()
+            return
+        response = result.get_response()  # type: ignore[attr-defined]
+        responses.append({o.name: result.as_numpy(o.name) for o in response.outputs})  # type: ignore[attr-defined]
+        if response.parameters.get("triton_final_response") and response.parameters["triton_final_response"].bool_param:
+            done.set()
+
+    triton = grpcclient.InferenceServerClient(url)
+    types = {"object": "BYTES", "int32": "INT32", "bool": "BOOL"}
+    tensors = []
+    for name, array in inputs.items():
+        tensors.append(grpcclient.InferInput(name, list(array.shape), types[array.dtype.name]))
+        tensors[-1].set_data_from_numpy(array)
+    triton.start_stream(on_response)
+    triton.async_stream_infer(model, tensors, enable_empty_final_response=True)
+    done.wait(30)
+    triton.stop_stream()
+    triton.close()
+    return responses, errors[0] if errors else None
+
+
+def _llm_layout(prompt: str, stream: bool = True, exclude: bool = True, **sampling: object) -> dict[str, np.ndarray]:
+    return {"text_input": np.array([prompt.encode()], dtype=object), "stream": np.array([stream]),
+            "exclude_input_in_output": np.array([exclude]),
+            "sampling_parameters": np.array([json.dumps(sampling).encode()], dtype=object)}
+
+
+def test_triton_llm_layout_streams_the_same_answer_as_text_output(served: Served) -> None:
+    """What GenAI-Perf (vLLM backend layout) sends: text_input + sampling_parameters with max_tokens as a string;
+    the pieces come back as text_output and join into exactly the in-process answer."""
+    prompt = LM_PROMPTS[0]
+    text, ids, _ = served.local("lm", prompt, 60)
+    responses, error = _raw_stream(served.server.grpc_url, "lm", _llm_layout(prompt, max_tokens="60"))
+    assert error is None
+    pieces = [r for r in responses if "text_output" in r]
+    assert len(pieces) > 1 and all("TEXT_OUTPUT" not in r for r in responses)
+    assert "".join(r["text_output"][0].decode() for r in pieces) == text
+    assert [int(t) for r in pieces for t in r["TOKEN_IDS"]] == ids
+    # One response with the whole text when not streamed; the prompt first when not excluded.
+    whole, error = _raw_stream(served.server.grpc_url, "lm", _llm_layout(prompt, stream=False, max_tokens=60))
+    assert error is None and [r["text_output"][0].decode() for r in whole if "text_output" in r] == [text]
+    echoed, _ = _raw_stream(served.server.grpc_url, "lm", _llm_layout(prompt, exclude=False, max_tokens=60))
+    assert "".join(r["text_output"][0].decode() for r in echoed if "text_output" in r) == prompt + text
+    _, error = _raw_stream(served.server.grpc_url, "lm", _llm_layout(prompt, min_tokens=5))
+    assert error is not None and "min_tokens" in error.message()  # refused, not ignored
+
+
 def test_client_errors_are_typed(served: Served, client: EngineforgeClient) -> None:
     with pytest.raises(InferenceRequestError, match="max_tokens=-1"):
         list(client.generate("refunds are", model="lm", max_tokens=-1))

@@ -12,6 +12,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from engineforge.errors import RepositoryError
 from engineforge.lm.bundle import LMEngineSpec
+from engineforge.serve import lm_compat
 from engineforge.serve.lm_publish import LM_HASH_KEYS, publish_lm_bundle
 from engineforge.serve.lm_requests import INPUTS, OUTPUTS, LMLimits
 from engineforge.serve.published import file_sha256
@@ -43,14 +44,15 @@ def test_publish_writes_a_decoupled_python_model(tmp_path: Path) -> None:
     assert config.model_transaction_policy.decoupled
     assert config.instance_group[0].count == 2 and config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
     inputs = {i.name: i for i in config.input}
-    assert set(inputs) == set(INPUTS) and all(i.optional for i in inputs.values())
+    assert set(inputs) == set(INPUTS) | set(lm_compat.INPUTS) and all(i.optional for i in inputs.values())
+    assert pb.DataType.Name(inputs["stream"].data_type) == "TYPE_BOOL"  # Triton's LLM layout too (lm_compat.py)
     assert pb.DataType.Name(inputs["TEXT"].data_type) == "TYPE_STRING" and list(inputs["TEXT"].dims) == [1]
     assert pb.DataType.Name(inputs["MAX_TOKENS"].data_type) == "TYPE_INT32"
     assert pb.DataType.Name(inputs["SEED"].data_type) == "TYPE_INT64"
     assert pb.DataType.Name(inputs["TEMPERATURE"].data_type) == "TYPE_FP32"
     assert list(inputs["STOP"].dims) == [-1] and list(inputs["INPUT_IDS"].dims) == [-1]
     outputs = {o.name: o for o in config.output}
-    assert set(outputs) == set(OUTPUTS)
+    assert set(outputs) == set(OUTPUTS) | {"text_output"}
     assert pb.DataType.Name(outputs["TOKEN_IDS"].data_type) == "TYPE_INT64"
     assert pb.DataType.Name(outputs["COMPLETION_TOKENS"].data_type) == "TYPE_INT32"
     params = {key: value.string_value for key, value in config.parameters.items()}
