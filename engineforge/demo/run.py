@@ -53,6 +53,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--concurrency", default=",".join(map(str, defaults.concurrency)), help="e.g. 1,4")
     parser.add_argument("--repo", type=Path, default=defaults.repo_dir, help="Triton model repository")
     parser.add_argument("--out", type=Path, default=defaults.report_dir, help="report directory")
+    parser.add_argument("--no-finetune", dest="finetune", action="store_false",
+                        help="generation: build the instruct model as is (default: a brief fine-tune on the shipped "
+                             "support answers first, cached)")
     parser.add_argument("--keep-serving", action="store_true",
                         help="after the report, serve the repository as `engineforge serve` does (gRPC "
                              "127.0.0.1:8001) until Ctrl-C, to query it with `engineforge infer`")
@@ -126,7 +129,7 @@ def _run_generation(args: argparse.Namespace) -> int:
         raise UsageError(f"--concurrency: {exc}") from exc
     out = args.out if args.out != DemoSettings().report_dir else GenerationDemoSettings().report_dir
     settings = GenerationDemoSettings(preset=preset, duration_s=args.duration, repo_dir=args.repo, report_dir=out,
-                                      concurrency=concurrency)
+                                      concurrency=concurrency, finetune=args.finetune)
     summary = run_generation_demo(settings)
     print(summary["markdown"])
     print(f"Serve it: {program()} serve --repo {settings.repo_dir}; then: {program()} generate --model "

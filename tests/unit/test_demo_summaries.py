@@ -179,3 +179,7 @@ def test_generation_summary_rounds_load_figures_and_says_when_none_happened():
     text = render(summary, GenerationDemoSettings())
     assert "- load, concurrency 1: TTFT p50 34.8 ms, ITL p50 23.9 ms, 41.6 output tok/s" in text
     assert "- load, concurrency 4: TTFT p50 – (no request finished), ITL p50 – (no request finished), – output" in text
+    assert "The instruct model as is (no fine-tune)." in text
+    finetune = {"examples": 40, "steps": 15, "train_seconds": 70.0, "eval_perplexity_before": 68.25,
+                "eval_perplexity_after": 48.543}
+    assert "eval replies 68.25 -> 48.543." in render(summary | {"finetune": finetune}, GenerationDemoSettings())

@@ -17,6 +17,7 @@ from engineforge.build.lm.quality import (
     completion_ids,
     first_difference,
     perplexity,
+    shorten_prompt,
 )
 from engineforge.errors import ConfigError, DataError
 
@@ -106,6 +107,8 @@ def test_comparison_names_the_worst_prompt_and_first_differing_token() -> None:
     assert comparison.agreement == pytest.approx(1 / 3) and comparison.agreeing == 1
     assert comparison.perplexity_increase_pct == pytest.approx(10.0)
     assert (comparison.worst_prompt, comparison.worst_position) == ("your order", 1)  # earliest divergence
+    chat = "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n" * 3 + "<|im_start|>user\nWhere is it?"
+    assert shorten_prompt(chat).endswith("user\nWhere is it?") and len(shorten_prompt(chat)) == 80
     problems = comparison.violations(LMBudget())
     assert problems[0] == "perplexity rose 10.00% (10 fp32 -> 11), budget 8% for int4"
     assert "greedy agreement with fp32 is 33.33% (1/3 prompts), budget >= 90%" in problems[1]
