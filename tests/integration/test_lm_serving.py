@@ -190,26 +190,7 @@ def test_a_cancelled_stream_frees_its_sequence(served: Served, client: Enginefor
 
 def _raw_stream_error(url: str, model: str, inputs: dict[str, np.ndarray]) -> Exception | None:
     """The error a plain tritonclient stream gets (checks the status code, not just engineforge's wording)."""
-    errors: list = []
-    done = threading.Event()
-
-    def on_response(result: object, error: Exception | None) -> None:
-        if error is not None:
-            errors.append(error)
-        done.set()
-
-    triton = grpcclient.InferenceServerClient(url)
-    types = {"object": "BYTES", "int32": "INT32", "int64": "INT64", "float32": "FP32"}
-    tensors = []
-    for name, array in inputs.items():
-        tensors.append(grpcclient.InferInput(name, list(array.shape), types[array.dtype.name]))
-        tensors[-1].set_data_from_numpy(array)
-    triton.start_stream(on_response)
-    triton.async_stream_infer(model, tensors)
-    done.wait(20)
-    triton.stop_stream(cancel_requests=True)
-    triton.close()
-    return errors[0] if errors else None
+    return _raw_stream(url, model, inputs)[1]
 
 
 BAD = [
@@ -255,7 +236,7 @@ def _raw_stream(url: str, model: str, inputs: dict[str, np.ndarray]) -> tuple[li
             done.set()
 
     triton = grpcclient.InferenceServerClient(url)
-    types = {"object": "BYTES", "int32": "INT32", "bool": "BOOL"}
+    types = {"object": "BYTES", "int32": "INT32", "int64": "INT64", "float32": "FP32", "bool": "BOOL"}
     tensors = []
     for name, array in inputs.items():
         tensors.append(grpcclient.InferInput(name, list(array.shape), types[array.dtype.name]))
