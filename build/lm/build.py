@@ -137,7 +137,7 @@ def _run(report: LMBuildReport, ckpt: LMCheckpoint, data: LMEvalData, candidates
         row: dict[str, Any] = {"candidate": candidate.name, "runtime": candidate.runtime,
                                "precision": candidate.precision, "group_size": candidate.group_size}
         report.candidates.append(row)
-        reason = _refusal(ckpt.family.name, candidate)
+        reason = _refusal(ckpt, candidate)
         if reason:
             row.update(status=REFUSED, reason=reason)
             progress.info(f"candidate {number}/{len(candidates)} {candidate.name}: refused ({reason})")
@@ -217,14 +217,17 @@ def _references(data: LMEvalData, fp32_ids: list[list[int]], tokenizer: Any, rep
     return references
 
 
-def _refusal(family: str, candidate: LMCandidate) -> str:
+def _refusal(ckpt: LMCheckpoint, candidate: LMCandidate) -> str:
     """Why `candidate` cannot be built here ("" when it can): its runtime not installed, or why_not's reason."""
     try:
         lm_builder(candidate.runtime)
     except ConfigError:
         return (f"{candidate.runtime} is not installed or registered here (no LM builder for it); the preset's "
                 "next candidate is tried")
-    return why_not(family, candidate)
+    reason = why_not(ckpt.family.name, candidate)
+    if not reason and candidate.method == "gguf" and ckpt.source != "gguf":
+        reason = "keeps a .gguf checkpoint's own 4-bit blocks; this checkpoint is a Hugging Face directory"
+    return reason
 
 
 def _eos_ids(ckpt: LMCheckpoint, tokenizer: Any) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ from typing import Any
 from engineforge.errors import ConfigError
 
 PRECISIONS = ("fp32", "int8", "int4", "nf4")
-METHODS = (None, "rtn", "k_quant_mixed")
+METHODS = (None, "rtn", "k_quant_mixed", "gguf")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class LMCandidate:
     precision: str
     group_size: int | None = None  # block size of block-wise weight quantization (int4/int8)
     # How int4 weights are rounded and placed: None/"rtn" round to nearest, every MatMul int4; "k_quant_mixed"
-    # k-quant rounding with the last MatMul (lm_head) and the most sensitive layers in int8 (llama.cpp's Q4_K_M idea).
+    # k-quant rounding with the last MatMul (lm_head) and the most sensitive layers in int8 (llama.cpp's Q4_K_M idea);
+    # "gguf" a .gguf checkpoint's own Q4_0 / Q4_1 blocks kept as they are (gguf_blocks.py).
     method: str | None = None
 
     def __post_init__(self) -> None:

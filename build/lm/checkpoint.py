@@ -14,6 +14,8 @@ from typing import Any
 
 from engineforge.errors import CheckpointError, ConfigError, UnsupportedArchitectureError
 
+from .gguf_blocks import record_source
+
 # ORT: the model builder's graph run by ONNX Runtime with engineforge's continuous batching (the default);
 # ORTGENAI: the same graph served by ONNX Runtime GenAI's og.Engine.
 TORCH, ORT, ORTGENAI = "torch", "onnxruntime", "onnxruntime-genai"
@@ -188,6 +190,7 @@ def gguf_to_hf(gguf_file: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     _plain_copy(model).save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    record_source(out_dir, gguf_file)  # the gguf int4 method reads the file's own blocks
     return out_dir
 
 

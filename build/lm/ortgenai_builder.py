@@ -1,7 +1,8 @@
 """Builds `onnxruntime-genai` LM engines with ONNX Runtime GenAI's model builder, for the CPU execution provider.
 
 fp32 exports the graph as is; int4 and int8 quantize every MatMul weight block-wise (MatMulNBits, symmetric, the
-candidate's group size as the block size; accuracy_level 4 so activations run in int8 on CPU). The output folder is
+candidate's group size as the block size; accuracy_level 4 so activations run in int8 on CPU); the `gguf` method
+then writes a .gguf checkpoint's own blocks into that graph (gguf_blocks.py). The output folder is
 self-contained: model.onnx (+ model.onnx.data), genai_config.json, tokenizer files. The thread count is written into
 genai_config.json's decoder session options, so the served engine runs with the threads the build measured.
 
@@ -24,6 +25,8 @@ from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 from ..files import file_mb
 from .builders import LMCandidate, register_lm_builder
 from .checkpoint import LM_FAMILIES, ORT, ORTGENAI
+from .gguf_blocks import BLOCK as GGUF_BLOCK
+from .gguf_blocks import gguf_source, keep_gguf_blocks
 
 PRECISIONS = ("fp32", "int8", "int4")
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # what the builder's block_size option accepts
@@ -49,6 +52,10 @@ def _check(family: str, candidate: LMCandidate) -> str:
         return "fp32 has no quantization groups: leave group_size unset"
     if candidate.method not in (None, "rtn") and candidate.precision != "int4":
         return f"method {candidate.method} applies to int4 weights only"
+    if candidate.method == "gguf" and (candidate.group_size or DEFAULT_BLOCK) != GGUF_BLOCK:
+        return f"a GGUF's 4-bit blocks hold {GGUF_BLOCK} weights: use group_size {GGUF_BLOCK}"
+    if candidate.method == "gguf" and family not in ("llama", "mistral"):
+        return f"the gguf method reads llama-layout GGUF files (llama, mistral), not {family}"
     if candidate.group_size and candidate.group_size not in BLOCK_SIZES:
         return (f"group_size {candidate.group_size}: the model builder's block_size takes "
                 f"{', '.join(map(str, BLOCK_SIZES))}")
@@ -60,6 +67,10 @@ def builder_options(candidate: LMCandidate) -> dict[str, Any]:
     if candidate.precision == "fp32":
         return {}
     options: dict[str, Any] = {"block_size": candidate.group_size or DEFAULT_BLOCK, "accuracy_level": ACCURACY_LEVEL}
+    if candidate.method == "gguf":
+        # The layout the GGUF's blocks are written into: a zero point per block (Q4_1 needs one) and the lm_head in
+        # 8 bits (a Q8_0 head or tied embedding goes in as it is).
+        return options | {"is_symmetric": False, "algo_config": "rtn_last"}
     if candidate.method and candidate.precision == "int4":
         options["algo_config"] = candidate.method
     return options
@@ -74,9 +85,11 @@ def build_ortgenai(hf_dir: Path, candidate: LMCandidate, model_dir: Path, thread
     if reason:
         raise UnsupportedArchitectureError(f"cannot build {candidate.name} from {hf_dir}: {reason}")
     options = builder_options(candidate)
+    gguf = gguf_source(hf_dir) if candidate.method == "gguf" else None  # before the builder's minutes
     with tempfile.TemporaryDirectory(prefix="ortgenai-build-") as scratch:
         source = _builder_input(hf_dir, config, Path(scratch) / "input")
         _run_builder(source, model_dir, candidate.precision, Path(scratch) / "cache", options)
+    kept = keep_gguf_blocks(model_dir, gguf) if gguf else None
     write_runtime_settings(model_dir, threads)
     block_sizes = matmulnbits_block_sizes(model_dir / "model.onnx")
     if candidate.precision != "fp32" and options["block_size"] not in block_sizes:
@@ -85,7 +98,7 @@ def build_ortgenai(hf_dir: Path, candidate: LMCandidate, model_dir: Path, thread
     weights = [p for p in model_dir.iterdir() if p.name.startswith("model.onnx")]
     return {"size_mb": round(sum(file_mb(p) for p in weights), 3), "group_size": options.get("block_size"),
             "builder_options": {"precision": candidate.precision, "execution_provider": "cpu", **options},
-            "matmulnbits_block_sizes": block_sizes, "threads": threads}
+            "matmulnbits_block_sizes": block_sizes, "threads": threads} | ({"gguf_blocks": kept} if kept else {})
 
 
 def _builder_input(hf_dir: Path, config: dict[str, Any], staged: Path) -> Path:

@@ -12,11 +12,13 @@ from .builders import LMCandidate
 # 8 concurrent streams gave 4.6x one stream's tokens/s on SmolLM2-135M, where og.Engine's static batching gave 2.3x.
 ORT = "onnxruntime"
 _PRESETS: dict[str, tuple[LMCandidate, ...]] = {
-    # Default: block-wise int4 weights (group 32) from ONNX Runtime GenAI's model builder, round-to-nearest, then
+    # Default: a .gguf checkpoint's own 4-bit blocks kept as they are (refused for other checkpoints); block-wise int4
+    # weights (group 32) from ONNX Runtime GenAI's model builder, round-to-nearest, then
     # k-quant with the lm_head and sensitive layers in int8; bitsandbytes NF4 in torch; then int8 weights and the
     # builder's fp32, so a model too small to keep its answers in 4 bits (SmolLM2-135M: +29 % perplexity, 15 % greedy
     # agreement) still gets the fastest engine that holds the budget, with the 4-bit figures in the report.
-    "lm-int4": (LMCandidate(ORT, "int4", 32), LMCandidate(ORT, "int4", 32, "k_quant_mixed"),
+    "lm-int4": (LMCandidate(ORT, "int4", 32, "gguf"), LMCandidate(ORT, "int4", 32),
+                LMCandidate(ORT, "int4", 32, "k_quant_mixed"),
                 LMCandidate("torch", "nf4"), LMCandidate(ORT, "int8"), LMCandidate(ORT, "fp32")),
     "lm-int8": (LMCandidate(ORT, "int8"), LMCandidate("torch", "fp32")),
     "lm-nf4": (LMCandidate("torch", "nf4"),),

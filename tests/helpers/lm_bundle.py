@@ -31,3 +31,19 @@ def make_lm_bundle(bundle: Path, hf_dir: Path, *, max_length: int = 256, max_bat
 
 def tiny_lm_dir(root: Path, layout: str = "llama") -> Path:
     return make_tiny_lm(root / f"tiny-{layout}", layout)
+
+
+def bundle_for_model_dir(bundle: Path, hf_dir: Path, precision: str = "int4", runtime: str = "onnxruntime"):
+    """(engine, tokenizer) of a builder's output already at `bundle/model`, opened as served: its tokenizer and spec
+    written beside it."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from engineforge.lm.bundle import open_lm_bundle
+
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    tokenizer.save_pretrained(str(bundle / "tokenizer"))
+    family = AutoConfig.from_pretrained(str(hf_dir)).model_type
+    LMEngineSpec(runtime=runtime, precision=precision, family=family, max_length=256,
+                 eos_token_ids=[tokenizer.eos_token_id], max_batch=1, threads=1).save(bundle)
+    _, engine, served_tokenizer = open_lm_bundle(bundle, threads=1)
+    return engine, served_tokenizer

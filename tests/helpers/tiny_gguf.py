@@ -32,7 +32,9 @@ def _gguf_name(name: str) -> str:
     return f"blk.{layer}.{_LAYER_TENSORS[module]}.weight"
 
 
-def write_llama_gguf(hf_dir: Path, path: Path) -> Path:
+def write_llama_gguf(hf_dir: Path, path: Path, blocks: str | None = None) -> Path:
+    """`blocks` ("Q4_0", "Q4_1"): layer weights quantized in those blocks and the embedding / output in Q8_0, as
+    llama.cpp's quantized files are; None: every tensor fp32."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -49,7 +51,7 @@ def write_llama_gguf(hf_dir: Path, path: Path) -> Path:
     writer.add_head_count_kv(kv_heads)
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_rope_freq_base(float((config.get("rope_parameters") or {}).get("rope_theta", 10000.0)))
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if blocks is None else gguf.LlamaFileType[f"MOSTLY_{blocks}"])
 
     vocab = tokenizer["model"]["vocab"]
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
@@ -70,7 +72,12 @@ def write_llama_gguf(hf_dir: Path, path: Path) -> Path:
             tensor = _permute(tensor, heads)
         elif name.endswith("k_proj.weight"):
             tensor = _permute(tensor, kv_heads)
-        writer.add_tensor(_gguf_name(name), tensor)
+        kind = blocks if name.startswith("model.layers.") and tensor.ndim == 2 else "Q8_0"
+        if blocks is None or tensor.ndim != 2:
+            writer.add_tensor(_gguf_name(name), tensor)
+        else:
+            qtype = gguf.GGMLQuantizationType[kind]
+            writer.add_tensor(_gguf_name(name), gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

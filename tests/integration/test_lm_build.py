@@ -189,8 +189,8 @@ def test_each_onnxruntime_genai_preset_builds_a_bundle_that_keeps_its_figures(tm
     within = [r for r in rows.values() if r["status"] in (CHOSEN, "within budget")]
     assert chosen["tokens_per_s"] == max(r["tokens_per_s"] for r in within)  # the fastest within budget
     for row in rows.values():
-        if row["runtime"] == "onnxruntime" and row["precision"] != "fp32" and row["status"] != "failed":
-            assert row["group_size"] == 32 or preset == "lm-int8"
+        if row["runtime"] == "onnxruntime" and row["precision"] == "int4" and row["status"] != "failed":
+            assert row["group_size"] == 32
     spec, engine, tokenizer = open_lm_bundle(Path(report.bundle_dir or ""))
     assert (spec.runtime, spec.precision) == (chosen["runtime"], chosen["precision"])
     agreeing = sum(a == b for a, b in zip(greedy_continuations(engine, tokenizer, LM_PROMPTS),

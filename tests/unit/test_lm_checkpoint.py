@@ -118,6 +118,21 @@ def test_gpt2_build_is_refused_before_the_builder_runs(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_the_gguf_method_is_refused_where_it_cannot_keep_blocks(tmp_path: Path) -> None:
+    from engineforge.build.lm.build import _refusal
+
+    gguf = LMCandidate(ORT, "int4", 32, "gguf")
+    assert why_not("llama", gguf) == "" and why_not("mistral", gguf) == ""
+    assert "llama-layout" in why_not("qwen2", gguf)
+    assert "group_size 32" in why_not("llama", LMCandidate(ORT, "int4", 64, "gguf"))
+    assert "int4 weights only" in why_not("llama", LMCandidate(ORT, "int8", 32, "gguf"))
+    assert builder_options(gguf) == {"block_size": 32, "accuracy_level": 4, "is_symmetric": False,
+                                     "algo_config": "rtn_last"}
+    hf_dir = read_lm_checkpoint(_checkpoint(tmp_path / "l", "llama", "LlamaForCausalLM"))
+    assert "Hugging Face directory" in _refusal(hf_dir, gguf)
+    assert _refusal(hf_dir, LMCandidate(ORT, "int4", 32)) == ""
+
+
 def test_builder_options_carry_the_group_size() -> None:
     assert builder_options(LMCandidate(ORT, "int4", 64)) == {"block_size": 64, "accuracy_level": 4}
     assert builder_options(LMCandidate(ORT, "int8"))["block_size"] == 32
