@@ -8,6 +8,9 @@ batching). `execute` only parses and submits, then returns at once (decoupled), 
 requests: a request joins the running batch at the next step. Each piece goes to its request's response sender from
 the scheduler's thread; the last carries FINISH_REASON, the counts and the COMPLETE_FINAL flag.
 
+A request in Triton's LLM layout (text_input + sampling_parameters: lm_compat.py, what GenAI-Perf sends) is
+translated first; its pieces come back as text_output, held into one response when it asked for stream false.
+
 A client that cancels its stream or goes away is noticed at its next piece (`is_cancelled`): its sequence is
 cancelled in the engine, which frees it at the next step, and the final flag is sent.
 """

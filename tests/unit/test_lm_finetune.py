@@ -64,3 +64,13 @@ def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path: Path) -> None:
     plain = make_tiny_lm(tmp_path / "plain", "llama", steps=1)
     with pytest.raises(ValueError, match="no chat template"):
         lm_finetune.finetune_lm(plain, tmp_path / "out", [], LMFinetuneSettings(threads=1))
+
+
+def test_the_demo_judges_prompts_in_the_chat_format_it_serves(chat_lm: Path, tmp_path: Path) -> None:
+    from engineforge.demo.generation import EVAL_FILE, chat_eval_file
+
+    shipped = [json.loads(line) for line in EVAL_FILE.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in chat_eval_file(chat_lm, tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [r.get("text") for r in rows] == [r.get("text") for r in shipped]  # texts as they are
+    question = next(r["prompt"] for r in shipped if "prompt" in r)
+    assert next(r["prompt"] for r in rows if "prompt" in r) == f"<|end|>user: {question}<|end|><|end|>assistant: "
