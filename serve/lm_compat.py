@@ -5,11 +5,13 @@ beside the model's own tensors so tools written for Triton LLMs can drive an eng
     sampling_parameters       BYTES [1]   JSON: max_tokens, temperature, top_p,       -> MAX_TOKENS, TEMPERATURE, ...
                                           top_k, seed, stop (numbers may be strings,
                                           as GenAI-Perf sends them)
-    stream                    BOOL  [1]   false: one response with the whole text (default: streamed)
-    exclude_input_in_output   BOOL  [1]   false: the prompt text precedes the generated text (default: true)
+    stream                    BOOL  [1]   true: a response per piece; false (default): one with the whole text
+    exclude_input_in_output   BOOL  [1]   false: the prompt text precedes the generated text; default: true when
+                                          streaming, false otherwise (false while streaming is refused)
     -> text_output            BYTES [1]   each piece's text (instead of TEXT_OUTPUT)
 
-Plain functions of numpy arrays, unit-tested without Triton; the python-backend model only calls `translate`.
+The defaults are the vLLM backend's, so a client written for it gets what it expects. Plain functions of numpy
+arrays, unit-tested without Triton; the python-backend model only calls `translate`.
 A sampling parameter the engine does not implement (min_tokens, ignore_eos, ...) is refused, never ignored: a
 request must not get an answer to a question it did not ask.
 """
@@ -67,7 +69,11 @@ def translate(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], 
     out: dict[str, np.ndarray] = {"TEXT": arrays["text_input"]}
     if "sampling_parameters" in arrays:
         out |= _sampling(arrays["sampling_parameters"])
-    stream, exclude = _flag(arrays, "stream", True), _flag(arrays, "exclude_input_in_output", True)
+    stream = _flag(arrays, "stream", False)
+    exclude = _flag(arrays, "exclude_input_in_output", stream)
+    if stream and not exclude:
+        raise InvalidGenerationRequest("exclude_input_in_output false is not allowed while streaming (as in Triton's "
+                                       "vLLM backend): send stream false to get the prompt before the answer")
     prefix = "" if exclude else _prompt_text(arrays["text_input"])
     return out, ResponseLayout(TEXT_OUTPUT, stream, prefix)
 

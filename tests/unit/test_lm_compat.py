@@ -41,12 +41,13 @@ def test_genai_perf_request_becomes_the_same_native_request() -> None:
     assert params.top_p == pytest.approx(0.9)
 
 
-def test_stream_false_and_echoed_prompt_shape_the_responses() -> None:
-    _, layout = translate({"text_input": _text("say"), "stream": np.array([False]),
-                           "exclude_input_in_output": np.array([False])})
-    assert not layout.stream and layout.prefix == "say"
+def test_stream_and_echoed_prompt_default_as_in_the_vllm_backend() -> None:
     _, default = translate({"text_input": _text("say")})
-    assert default.stream and default.prefix == ""
+    assert not default.stream and default.prefix == "say"  # one response, the prompt first
+    _, streamed = translate({"text_input": _text("say"), "stream": np.array([True])})
+    assert streamed.stream and streamed.prefix == ""
+    _, whole = translate({"text_input": _text("say"), "exclude_input_in_output": np.array([True])})
+    assert not whole.stream and whole.prefix == ""
 
 
 @pytest.mark.parametrize("arrays, words", [
@@ -60,8 +61,10 @@ def test_stream_false_and_echoed_prompt_shape_the_responses() -> None:
     ({"text_input": _text("a"), "sampling_parameters": _sampling(max_tokens=2**40)}, "out of range"),
     ({"text_input": _text("a"), "sampling_parameters": _sampling(stop=[1])}, "stop"),
     ({"text_input": _text("a"), "stream": np.array([1], np.int32)}, "BOOL"),
+    ({"text_input": _text("a"), "stream": np.array([True]), "exclude_input_in_output": np.array([False])},
+     "not allowed while streaming"),
 ], ids=["mixed-layouts", "no-prompt", "unsupported-parameter", "bad-json", "not-object", "fractional", "bool",
-        "overflow", "stop-not-strings", "stream-not-bool"])
+        "overflow", "stop-not-strings", "stream-not-bool", "echo-while-streaming"])
 def test_bad_layout_requests_are_refused_not_ignored(arrays: dict, words: str) -> None:
     with pytest.raises(InvalidGenerationRequest, match=words):
         translate(arrays)
