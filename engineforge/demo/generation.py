@@ -90,6 +90,7 @@ def _checkpoint(settings: GenerationDemoSettings) -> tuple[Path, dict[str, Any] 
     """What the demo builds: the GGUF itself, or its fine-tuned copy (the GGUF's dequantized Hugging Face copy,
     cached beside it, fine-tuned on lm_train.jsonl)."""
     from engineforge.build.lm.checkpoint import gguf_to_hf
+    from engineforge.build.lm.eval_data import read_lm_eval_data
 
     gguf = fetch_gguf(settings.gguf_path)
     if not settings.finetune:
@@ -100,22 +101,21 @@ def _checkpoint(settings: GenerationDemoSettings) -> tuple[Path, dict[str, Any] 
     weights = base / "model.safetensors"
     if not weights.is_file() or weights.stat().st_mtime < gguf.stat().st_mtime:
         gguf_to_hf(gguf, base)
-    texts = [row["text"] for row in _eval_rows() if "text" in row]
+    texts = list(read_lm_eval_data(EVAL_FILE).texts)
     return settings.finetuned_dir, prepare_finetuned_lm(base, settings.finetuned_dir, texts)
-
-
-def _eval_rows() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in EVAL_FILE.read_text().splitlines() if line.strip()]
 
 
 def chat_eval_file(checkpoint: Path, out: Path) -> Path:
     """The shipped eval data with each prompt in the checkpoint's chat format (texts as they are)."""
     from transformers import AutoTokenizer
 
+    from engineforge.data import read_jsonl_rows
+
     source = checkpoint.parent if checkpoint.is_file() else checkpoint
     gguf = {"gguf_file": checkpoint.name} if checkpoint.is_file() else {}
     tokenizer = AutoTokenizer.from_pretrained(str(source), **gguf)
-    rows = [{"prompt": chat_prompt(tokenizer, row["prompt"])} if "prompt" in row else row for row in _eval_rows()]
+    rows = [{"prompt": chat_prompt(tokenizer, row["prompt"])} if "prompt" in row else row
+            for _, row in read_jsonl_rows(EVAL_FILE, '{"text": ...} or {"prompt": ...}')]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return out
@@ -123,6 +123,7 @@ def chat_eval_file(checkpoint: Path, out: Path) -> Path:
 
 def _serve_stream_and_load(settings: GenerationDemoSettings, bundle: Path,
                            eval_file: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from engineforge.build.lm.eval_data import read_lm_eval_data
     from engineforge.loadtest import cli as loadtest_cli
     from engineforge.serve.server import TritonServer
 
@@ -134,8 +135,8 @@ def _serve_stream_and_load(settings: GenerationDemoSettings, bundle: Path,
         answers = stream_answers(server.grpc_url, settings.model_name, bundle, settings.max_tokens)
         with progress.stage("demo 4/4: streaming load test"):
             prompts = settings.report_dir / "prompts.jsonl"
-            rows = [json.loads(line) for line in eval_file.read_text().splitlines() if line.strip()]
-            prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows if "prompt" in r))
+            served_prompts = read_lm_eval_data(eval_file).prompt_texts  # the eval prompts, in the served format
+            prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in served_prompts))
             code = loadtest_cli.main([
                 "--model", settings.model_name, "--url", server.grpc_url, "--mode", "generate",
                 "--concurrency", ",".join(map(str, settings.concurrency)), "--duration", str(settings.duration_s),

@@ -138,16 +138,9 @@ def _batch(examples: list[tuple[list[int], int]], pad: int) -> tuple[Any, Any, A
 
 
 def _perplexity(model: Any, tokenizer: Any, texts: list[str]) -> float:
-    """Token-weighted perplexity of `texts` (as build/lm/quality.perplexity measures engines)."""
-    import torch
+    """The build's perplexity (build/lm/quality.py) of the model in training, so the report's figures are the ones
+    the LM build states for the same checkpoint."""
+    from engineforge.build.lm.quality import perplexity
+    from engineforge.lm.torch_engine import TorchLMEngine
 
-    nll, count = 0.0, 0
-    with torch.inference_mode():
-        for text in texts:
-            ids = torch.tensor([tokenizer(text, add_special_tokens=True)["input_ids"]])
-            if ids.shape[1] < 2:
-                continue
-            loss = model(input_ids=ids, labels=ids).loss
-            nll += float(loss) * (ids.shape[1] - 1)
-            count += ids.shape[1] - 1
-    return math.exp(nll / max(count, 1))
+    return perplexity(TorchLMEngine(model, eos_token_ids=()), tokenizer, texts)

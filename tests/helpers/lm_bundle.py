@@ -16,15 +16,22 @@ def make_lm_bundle(bundle: Path, hf_dir: Path, *, max_length: int = 256, max_bat
     """An fp32 bundle of the tiny LM saved at `hf_dir` (torch, or another runtime with an LM builder);
     `eos_token_ids` replaces the tokenizer's EOS (an id the model never emits makes every generation run to
     max_tokens: long streams for concurrency and cancellation)."""
-    from transformers import AutoConfig, AutoTokenizer
-
     bundle.mkdir(parents=True)
     lm_builder(runtime).build(hf_dir, LMCandidate(runtime, "fp32"), bundle / "model", 1)
+    return write_bundle_files(bundle, hf_dir, runtime, "fp32", max_length=max_length, max_batch=max_batch,
+                              eos_token_ids=eos_token_ids)
+
+
+def write_bundle_files(bundle: Path, hf_dir: Path, runtime: str, precision: str, *, max_length: int = 256,
+                       max_batch: int = 8, eos_token_ids: list[int] | None = None) -> Path:
+    """The tokenizer and spec beside a builder's output at `bundle/model`, as the LM build writes them."""
+    from transformers import AutoConfig, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     tokenizer.save_pretrained(str(bundle / "tokenizer"))
     family = AutoConfig.from_pretrained(str(hf_dir)).model_type
     eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
-    LMEngineSpec(runtime=runtime, precision="fp32", family=family, max_length=max_length, eos_token_ids=eos,
+    LMEngineSpec(runtime=runtime, precision=precision, family=family, max_length=max_length, eos_token_ids=eos,
                  max_batch=max_batch, threads=1).save(bundle)
     return bundle
 
@@ -34,16 +41,9 @@ def tiny_lm_dir(root: Path, layout: str = "llama") -> Path:
 
 
 def bundle_for_model_dir(bundle: Path, hf_dir: Path, precision: str = "int4", runtime: str = "onnxruntime"):
-    """(engine, tokenizer) of a builder's output already at `bundle/model`, opened as served: its tokenizer and spec
-    written beside it."""
-    from transformers import AutoConfig, AutoTokenizer
-
+    """(engine, tokenizer) of a builder's output already at `bundle/model`, opened as served."""
     from engineforge.lm.bundle import open_lm_bundle
 
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
-    tokenizer.save_pretrained(str(bundle / "tokenizer"))
-    family = AutoConfig.from_pretrained(str(hf_dir)).model_type
-    LMEngineSpec(runtime=runtime, precision=precision, family=family, max_length=256,
-                 eos_token_ids=[tokenizer.eos_token_id], max_batch=1, threads=1).save(bundle)
+    write_bundle_files(bundle, hf_dir, runtime, precision, max_batch=1)
     _, engine, served_tokenizer = open_lm_bundle(bundle, threads=1)
     return engine, served_tokenizer
