@@ -83,7 +83,8 @@ def why_not(family: str, candidate: LMCandidate) -> str:
 def _import_builtins() -> None:
     import importlib
 
-    for module in ("engineforge.build.lm.torch_builder", "engineforge.build.lm.ortgenai_builder"):
+    for module in ("engineforge.build.lm.torch_builder", "engineforge.build.lm.ortgenai_builder",
+                   "engineforge.build.lm.openvino_builder"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

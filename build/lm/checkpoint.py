@@ -17,8 +17,9 @@ from engineforge.errors import CheckpointError, ConfigError, UnsupportedArchitec
 from .gguf_blocks import record_source
 
 # ORT: the model builder's graph run by ONNX Runtime with engineforge's continuous batching (the default);
-# ORTGENAI: the same graph served by ONNX Runtime GenAI's og.Engine.
-TORCH, ORT, ORTGENAI = "torch", "onnxruntime", "onnxruntime-genai"
+# ORTGENAI: the same graph served by ONNX Runtime GenAI's og.Engine; OVGENAI: a stateful OpenVINO IR served by
+# OpenVINO GenAI's continuous-batching pipeline.
+TORCH, ORT, ORTGENAI, OVGENAI = "torch", "onnxruntime", "onnxruntime-genai", "openvino-genai"
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -44,11 +45,11 @@ class LMFamily:
 _NO_GPT2 = ("onnxruntime-genai's model builder has no GPT-2 exporter (it raises NotImplementedError "
             "'model is not currently supported')")
 LM_FAMILIES = (
-    LMFamily("llama", ("llama",), (TORCH, ORT, ORTGENAI)),
-    LMFamily("qwen2", ("qwen2",), (TORCH, ORT, ORTGENAI)),
-    LMFamily("mistral", ("mistral",), (TORCH, ORT, ORTGENAI)),
-    LMFamily("phi3", ("phi3",), (TORCH, ORT, ORTGENAI)),
-    LMFamily("gpt2", ("gpt2",), (TORCH,), refusals=((ORT, _NO_GPT2), (ORTGENAI, _NO_GPT2))),
+    LMFamily("llama", ("llama",), (TORCH, ORT, ORTGENAI, OVGENAI)),
+    LMFamily("qwen2", ("qwen2",), (TORCH, ORT, ORTGENAI, OVGENAI)),
+    LMFamily("mistral", ("mistral",), (TORCH, ORT, ORTGENAI, OVGENAI)),
+    LMFamily("phi3", ("phi3",), (TORCH, ORT, ORTGENAI, OVGENAI)),
+    LMFamily("gpt2", ("gpt2",), (TORCH, OVGENAI), refusals=((ORT, _NO_GPT2), (ORTGENAI, _NO_GPT2))),
 )
 LM_MODEL_TYPES = tuple(t for f in LM_FAMILIES for t in f.model_types)
 

@@ -19,7 +19,8 @@ Opener = Callable[..., LMEngine]  # (spec, model_dir, threads=, max_batch=) -> L
 _OPENERS: dict[str, Opener] = {}
 # Modules that register the built-in runtimes when imported (imported lazily: each pulls in its runtime).
 _BUILTIN = {"torch": "engineforge.lm.torch_runtime", "onnxruntime-genai": "engineforge.lm.ortgenai_runtime",
-            "onnxruntime": "engineforge.lm.ort_decoder_runtime"}
+            "onnxruntime": "engineforge.lm.ort_decoder_runtime",
+            "openvino-genai": "engineforge.lm.openvino_genai_runtime"}
 
 
 def register_lm_runtime(name: str) -> Callable[[Opener], Opener]:

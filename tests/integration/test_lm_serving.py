@@ -69,10 +69,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     hf_dir = make_tiny_lm(root / "tiny-llama", "llama")
     bundles = {"lm": make_lm_bundle(root / "lm", hf_dir),
                "long": make_lm_bundle(root / "long", hf_dir, eos_token_ids=[NEVER_EMITTED]),
-               "ort": make_lm_bundle(root / "ort", hf_dir, runtime="onnxruntime")}
+               "ort": make_lm_bundle(root / "ort", hf_dir, runtime="onnxruntime"),
+               "ov": make_lm_bundle(root / "ov", hf_dir, runtime="openvino-genai")}
     repo = root / "repo"
     publish_lm_bundle(bundles["lm"], repo, "lm", max_prompt_tokens=PROMPT_LIMIT)
     publish_lm_bundle(bundles["ort"], repo, "ort")
+    publish_lm_bundle(bundles["ov"], repo, "ov")
     publish_lm_bundle(bundles["long"], repo, "long", max_sequences=4)
     log = root / "tritonserver.log"
     with TritonServer(repo, log_file=log, startup_timeout_s=180) as server:
@@ -93,15 +95,17 @@ def test_served_greedy_equals_in_process(served: Served, client: EngineforgeClie
         assert prompt + result.text in LM_TEXTS and reason == "eos"  # the tiny model says its training sentence
 
 
-def test_concurrent_streams_on_the_continuous_batching_runtime_each_equal_in_process(served: Served) -> None:
-    """The `onnxruntime` runtime decodes the overlapping requests together (rows of different lengths in one call);
-    each still gets exactly its in-process answer."""
+@pytest.mark.parametrize("model", ["ort", "ov"])
+def test_concurrent_streams_on_the_continuous_batching_runtime_each_equal_in_process(served: Served,
+                                                                                    model: str) -> None:
+    """The `onnxruntime` and `openvino-genai` runtimes decode the overlapping requests together (rows of different
+    lengths in one call); each still gets exactly its in-process answer."""
     prompts = LM_PROMPTS[:4]
     results: dict[str, object] = {}
 
     def ask(prompt: str) -> None:
         with served.client(timeout_s=30) as own:
-            results[prompt] = collect(prompt, own.generate(prompt, model="ort", max_tokens=60))
+            results[prompt] = collect(prompt, own.generate(prompt, model=model, max_tokens=60))
 
     threads = [threading.Thread(target=ask, args=(prompt,)) for prompt in prompts]
     for thread in threads:
@@ -110,7 +114,7 @@ def test_concurrent_streams_on_the_continuous_batching_runtime_each_equal_in_pro
         thread.join(60)
     for prompt in prompts:
         result = results[prompt]
-        assert (result.text, result.token_ids, result.finish_reason) == served.local("ort", prompt, 60), prompt
+        assert (result.text, result.token_ids, result.finish_reason) == served.local(model, prompt, 60), prompt
         assert result.text == served.local("lm", prompt, 60)[0]  # and the torch engine's answer
 
 

@@ -128,10 +128,11 @@ def test_comparison_without_prompts_or_texts_judges_what_was_measured() -> None:
 def test_lm_presets_list_the_model_builder_graph_first_and_torch_fallbacks() -> None:
     assert LM_PRESET_NAMES == ("lm-int4", "lm-int8", "lm-nf4", "lm-fp32")
     assert [c.name for c in lm_preset_candidates("lm-int4")] == [
-        "onnxruntime int4 g32 gguf", "onnxruntime int4 g32", "onnxruntime int4 g32 k_quant_mixed", "torch nf4",
-        "onnxruntime int8",
-        "onnxruntime fp32"]
-    assert [c.name for c in lm_preset_candidates("lm-fp32")] == ["onnxruntime fp32", "torch fp32"]
+        "onnxruntime int4 g32 gguf", "onnxruntime int4 g32", "onnxruntime int4 g32 k_quant_mixed",
+        "openvino-genai int4 g32", "torch nf4", "onnxruntime int8", "openvino-genai int8", "onnxruntime fp32",
+        "openvino-genai fp32"]
+    assert [c.name for c in lm_preset_candidates("lm-fp32")] == ["onnxruntime fp32", "openvino-genai fp32",
+                                                                 "torch fp32"]
     with pytest.raises(ConfigError, match="unknown LM preset 'int8'"):
         lm_preset_candidates("int8")
 
