@@ -54,6 +54,14 @@ LM_FAMILIES = (
 LM_MODEL_TYPES = tuple(t for f in LM_FAMILIES for t in f.model_types)
 
 
+def family_runtime_reason(family: str, runtime: str) -> str:
+    """"" when `runtime`'s builder builds `family` (a family name or model_type), else the reason."""
+    for record in LM_FAMILIES:
+        if family == record.name or family in record.model_types:
+            return record.why_not(runtime)
+    return f"{family!r} is not a causal-LM family engineforge builds"
+
+
 @dataclass(frozen=True)
 class LMCheckpoint:
     hf_dir: Path  # a Hugging Face directory (the dequantized copy for a GGUF input)

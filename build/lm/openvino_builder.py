@@ -28,7 +28,7 @@ from engineforge.lm.openvino_genai_runtime import LAYOUT_FILE, MODEL_XML
 
 from ..files import file_mb
 from .builders import LMCandidate, register_lm_builder
-from .checkpoint import LM_FAMILIES, OVGENAI
+from .checkpoint import OVGENAI, family_runtime_reason
 
 PRECISIONS = ("fp32", "int8", "int4")
 DEFAULT_GROUP = 32
@@ -36,12 +36,7 @@ CHECK_TOLERANCE = 1e-3  # max |logit difference| / max |logit|, IR vs torch (fp3
 
 
 def _check(family: str, candidate: LMCandidate) -> str:
-    for record in LM_FAMILIES:
-        if family == record.name or family in record.model_types:
-            reason = record.why_not(candidate.runtime)
-            break
-    else:
-        reason = f"{family!r} is not a causal-LM family engineforge builds"
+    reason = family_runtime_reason(family, candidate.runtime)
     if reason:
         return reason
     if candidate.precision not in PRECISIONS:

@@ -24,7 +24,7 @@ from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 
 from ..files import file_mb
 from .builders import LMCandidate, register_lm_builder
-from .checkpoint import LM_FAMILIES, ORT, ORTGENAI
+from .checkpoint import ORT, ORTGENAI, family_runtime_reason
 from .gguf_blocks import BLOCK as GGUF_BLOCK
 from .gguf_blocks import gguf_source, keep_gguf_blocks
 
@@ -35,15 +35,8 @@ ACCURACY_LEVEL = 4  # int8 activations in MatMulNBits: the CPU EP's fast path (t
 GENAI_CONFIG = "genai_config.json"
 
 
-def _family_reason(family: str, runtime: str) -> str:
-    for record in LM_FAMILIES:
-        if family == record.name or family in record.model_types:
-            return record.why_not(runtime)
-    return f"{family!r} is not a causal-LM family engineforge builds"
-
-
 def _check(family: str, candidate: LMCandidate) -> str:
-    reason = _family_reason(family, candidate.runtime)
+    reason = family_runtime_reason(family, candidate.runtime)
     if reason:
         return reason
     if candidate.precision not in PRECISIONS:
