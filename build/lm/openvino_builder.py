@@ -10,7 +10,9 @@ Steps, without optimum-intel (it would replace this project's torch and transfor
 4. Compress weights: int8 per channel (INT8_ASYM), or int4 block-wise (INT4_SYM, the candidate's group size; NNCF
    keeps embeddings and the last MatMul in int8). Data-free: no calibration text is needed.
 
-The folder holds openvino_model.xml/.bin and openvino_lm.json (max length, vocabulary, KV bytes per token).
+The folder holds openvino_model.xml/.bin and openvino_lm.json (max length, vocabulary, KV bytes per token). A
+sliding-window model is served up to its window only: the trace and GenAI's paged attention attend to every
+position, which equals the model's own attention only while the sequence fits the window.
 Tokenization stays engineforge's (the bundle's Hugging Face tokenizer), so GenAI needs no tokenizer IR.
 """
 
@@ -61,6 +63,11 @@ def build_openvino(hf_dir: Path, candidate: LMCandidate, model_dir: Path, thread
         raise UnsupportedArchitectureError(f"cannot build {candidate.name} from {hf_dir}: {reason}")
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), local_files_only=True, dtype=torch.float32,
                                                  attn_implementation="sdpa").eval()
+    window = sliding_window(config)
+    if window:  # traced with full attention, which equals the window's within it (max_length is capped below)
+        model.config.sliding_window = None
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = ["full_attention"] * len(model.config.layer_types)
     layers, kv_heads, head_dim = _cache_layout(model)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks frozen by the trace; step 3 checks
@@ -76,7 +83,9 @@ def build_openvino(hf_dir: Path, candidate: LMCandidate, model_dir: Path, thread
     model_dir.mkdir(parents=True, exist_ok=True)
     ov.save_model(traced, model_dir / MODEL_XML, compress_to_fp16=False)
     max_length = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
-    layout = {"max_length": max_length, "vocab_size": int(model.config.vocab_size),
+    if window and window < max_length:  # beyond it GenAI's paged attention (full) would answer differently
+        max_length = window
+    layout = {"max_length": max_length, "sliding_window": window, "vocab_size": int(model.config.vocab_size),
               "kv_bytes_per_token": 2 * layers * kv_heads * head_dim * 4, "layers": layers, "kv_heads": kv_heads,
               "head_dim": head_dim}
     (model_dir / LAYOUT_FILE).write_text(json.dumps(layout, indent=2) + "\n")
@@ -85,6 +94,18 @@ def build_openvino(hf_dir: Path, candidate: LMCandidate, model_dir: Path, thread
             "ir_vs_torch_relative_logit_diff": float(f"{difference:.3g}"),
             "compression": {"fp32": "none", "int8": "INT8_ASYM per channel",
                             "int4": f"INT4_SYM group {group}, embeddings and last MatMul INT8"}[candidate.precision]}
+
+
+def sliding_window(config: dict[str, Any]) -> int | None:
+    """The attention window of a checkpoint whose layers attend to a sliding window (Mistral, Phi-3), else None
+    (Qwen2 declares a window it does not use unless use_sliding_window is set)."""
+    window = config.get("sliding_window")
+    layer_types = config.get("layer_types")
+    if not window or config.get("use_sliding_window") is False:
+        return None
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
 
 
 def _flat_cache_module(model: Any, layers: int) -> Any:

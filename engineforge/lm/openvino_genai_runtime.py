@@ -200,8 +200,7 @@ class OpenVINOGenAIEngine:
         if self._scorer is None:
             import openvino as ov
 
-            compiled = ov.Core().compile_model(str(self.model_dir / MODEL_XML), "CPU", self._properties | {
-                "KV_CACHE_PRECISION": "f32"})
+            compiled = ov.Core().compile_model(str(self.model_dir / MODEL_XML), "CPU", self._properties)
             self._has_positions = any("position_ids" in i.get_names() for i in compiled.inputs)
             self._scorer = compiled.create_infer_request()
         return self._scorer

@@ -5,6 +5,7 @@ batching gives sequences joining mid-way, and ones cancelled, what they get alon
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import pytest
 
 from engineforge.build.lm import openvino_builder
 from engineforge.build.lm.builders import LMCandidate, lm_builder
+from engineforge.build.lm.openvino_builder import sliding_window
 from engineforge.errors import CheckpointError, EngineLoadError
 from engineforge.lm.bundle import LMEngineSpec
-from engineforge.lm.engine import CANCELLED, EOS, LENGTH, SamplingParams, TokenEvent
+from engineforge.lm.engine import CANCELLED, EOS, LENGTH, InvalidGenerationRequest, SamplingParams, TokenEvent
 from engineforge.lm.generation import generate
 from engineforge.lm.openvino_genai_runtime import LAYOUT_FILE, MODEL_XML, cache_gigabytes
 from engineforge.lm.runtimes import open_lm_engine
@@ -157,6 +159,20 @@ def test_a_bad_trace_and_a_foreign_folder_are_refused_with_the_fix(llama: Tiny, 
     (tmp_path / "foreign").mkdir()
     with pytest.raises(EngineLoadError, match="not an openvino-genai engine folder; rebuild"):
         llama.engine(model_dir=tmp_path / "foreign")
+
+
+def test_a_sliding_window_model_is_served_within_its_window(mistral: Tiny, tmp_path: Path) -> None:
+    windowed = tmp_path / "windowed"
+    shutil.copytree(mistral.hf_dir, windowed)
+    config = json.loads((windowed / "config.json").read_text())
+    (windowed / "config.json").write_text(json.dumps(config | {"sliding_window": 64}))
+    lm_builder(OV).build(windowed, LMCandidate(OV, "fp32"), tmp_path / "model", 1)
+    assert json.loads((tmp_path / "model" / LAYOUT_FILE).read_text())["max_length"] == 64
+    engine = mistral.engine(model_dir=tmp_path / "model")
+    with pytest.raises(InvalidGenerationRequest, match="exceeds the model's 64 positions"):
+        engine.add(mistral.ids(LM_PROMPTS[0]), SamplingParams(max_tokens=60))
+    assert sliding_window({"sliding_window": 4096, "use_sliding_window": False}) is None
+    assert sliding_window({"sliding_window": 4096, "layer_types": ["full_attention"]}) is None
 
 
 def test_the_kv_cache_cap_covers_every_sequence_at_its_longest() -> None:
