@@ -183,6 +183,7 @@ def _measure(ckpt: LMCheckpoint, candidate: LMCandidate, bundle: Path, tokenizer
     tokenizer.save_pretrained(str(bundle / "tokenizer"))
     config = ckpt.config
     max_length = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
+    max_length = min(max_length, int(details.get("max_length") or max_length))  # a builder may serve fewer
     spec = LMEngineSpec(candidate.runtime, candidate.precision, ckpt.family.name, max_length, _eos_ids(ckpt, tokenizer),
                         group_size=candidate.group_size, threads=threads)
     spec.save(bundle)

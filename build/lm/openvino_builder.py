@@ -90,7 +90,7 @@ def build_openvino(hf_dir: Path, candidate: LMCandidate, model_dir: Path, thread
               "head_dim": head_dim}
     (model_dir / LAYOUT_FILE).write_text(json.dumps(layout, indent=2) + "\n")
     size = sum(file_mb(p) for p in model_dir.glob("openvino_model.*"))
-    return {"size_mb": round(size, 3), "group_size": group, "threads": threads,
+    return {"size_mb": round(size, 3), "group_size": group, "threads": threads, "max_length": max_length,
             "ir_vs_torch_relative_logit_diff": float(f"{difference:.3g}"),
             "compression": {"fp32": "none", "int8": "INT8_ASYM per channel",
                             "int4": f"INT4_SYM group {group}, embeddings and last MatMul INT8"}[candidate.precision]}

@@ -166,7 +166,8 @@ def test_a_sliding_window_model_is_served_within_its_window(mistral: Tiny, tmp_p
     shutil.copytree(mistral.hf_dir, windowed)
     config = json.loads((windowed / "config.json").read_text())
     (windowed / "config.json").write_text(json.dumps(config | {"sliding_window": 64}))
-    lm_builder(OV).build(windowed, LMCandidate(OV, "fp32"), tmp_path / "model", 1)
+    details = lm_builder(OV).build(windowed, LMCandidate(OV, "fp32"), tmp_path / "model", 1)
+    assert details["max_length"] == 64  # the LM build's spec (and the limits published from it) take it
     assert json.loads((tmp_path / "model" / LAYOUT_FILE).read_text())["max_length"] == 64
     engine = mistral.engine(model_dir=tmp_path / "model")
     with pytest.raises(InvalidGenerationRequest, match="exceeds the model's 64 positions"):
