@@ -31,7 +31,7 @@ from engineforge.errors import (
 from engineforge.lm.bundle import LMEngineSpec, open_lm_bundle
 
 from .builders import LMCandidate, lm_builder, why_not
-from .checkpoint import LMCheckpoint, read_lm_checkpoint
+from .checkpoint import LMCheckpoint, context_length, read_lm_checkpoint
 from .eval_data import LMEvalData, read_lm_eval_data
 from .presets import DEFAULT_LM_PRESET, lm_preset_candidates
 from .quality import (
@@ -181,8 +181,7 @@ def _measure(ckpt: LMCheckpoint, candidate: LMCandidate, bundle: Path, tokenizer
     bundle.mkdir(parents=True, exist_ok=True)
     details = lm_builder(candidate.runtime).build(ckpt.hf_dir, candidate, bundle / "model", threads)
     tokenizer.save_pretrained(str(bundle / "tokenizer"))
-    config = ckpt.config
-    max_length = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
+    max_length = context_length(ckpt.config)
     max_length = min(max_length, int(details.get("max_length") or max_length))  # a builder may serve fewer
     spec = LMEngineSpec(candidate.runtime, candidate.precision, ckpt.family.name, max_length, _eos_ids(ckpt, tokenizer),
                         group_size=candidate.group_size, threads=threads)

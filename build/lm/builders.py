@@ -5,12 +5,13 @@ can build; the LM build (`build.py`) tries the candidates a preset names and kee
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engineforge.errors import ConfigError
+from engineforge.errors import ConfigError, UnsupportedArchitectureError
 
 PRECISIONS = ("fp32", "int8", "int4", "nf4")
 METHODS = (None, "rtn", "k_quant_mixed", "gguf")
@@ -55,6 +56,16 @@ class LMBuilder:
 
 
 _BUILDERS: dict[str, LMBuilder] = {}
+
+
+def buildable_config(hf_dir: Path, candidate: LMCandidate, check: CheckFn) -> dict[str, Any]:
+    """config.json of `hf_dir`, once `check` has passed its model_type for `candidate` (a builder's first step);
+    UnsupportedArchitectureError with the reason otherwise."""
+    config = json.loads((Path(hf_dir) / "config.json").read_text())
+    reason = check(str(config.get("model_type")), candidate)
+    if reason:
+        raise UnsupportedArchitectureError(f"cannot build {candidate.name} from {hf_dir}: {reason}")
+    return config
 
 
 def register_lm_builder(runtime: str, check: CheckFn) -> Callable[[BuildFn], BuildFn]:

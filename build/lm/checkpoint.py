@@ -54,6 +54,11 @@ LM_FAMILIES = (
 LM_MODEL_TYPES = tuple(t for f in LM_FAMILIES for t in f.model_types)
 
 
+def context_length(config: dict[str, Any], default: int = 2048) -> int:
+    """Positions a checkpoint's config declares (GPT-2 names them n_positions), else `default`."""
+    return int(config.get("max_position_embeddings") or config.get("n_positions") or default)
+
+
 def family_runtime_reason(family: str, runtime: str) -> str:
     """"" when `runtime`'s builder builds `family` (a family name or model_type), else the reason."""
     for record in LM_FAMILIES:
@@ -78,7 +83,7 @@ class LMCheckpoint:
 
     @property
     def max_positions(self) -> int:
-        return int(self.config.get("max_position_embeddings") or self.config.get("n_positions") or 0)
+        return context_length(self.config, default=0)
 
 
 def lm_family(model_type: str | None, where: str = "config.json") -> LMFamily:

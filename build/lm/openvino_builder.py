@@ -29,8 +29,8 @@ from engineforge.errors import CheckpointError, UnsupportedArchitectureError
 from engineforge.lm.openvino_genai_runtime import LAYOUT_FILE, MODEL_XML
 
 from ..files import file_mb
-from .builders import LMCandidate, register_lm_builder
-from .checkpoint import OVGENAI, family_runtime_reason
+from .builders import LMCandidate, buildable_config, register_lm_builder
+from .checkpoint import OVGENAI, context_length, family_runtime_reason
 
 PRECISIONS = ("fp32", "int8", "int4")
 DEFAULT_GROUP = 32
@@ -57,10 +57,7 @@ def build_openvino(hf_dir: Path, candidate: LMCandidate, model_dir: Path, thread
     from transformers import AutoModelForCausalLM
 
     hf_dir, model_dir = Path(hf_dir), Path(model_dir)
-    config = json.loads((hf_dir / "config.json").read_text())
-    reason = _check(str(config.get("model_type")), candidate)
-    if reason:
-        raise UnsupportedArchitectureError(f"cannot build {candidate.name} from {hf_dir}: {reason}")
+    config = buildable_config(hf_dir, candidate, _check)
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), local_files_only=True, dtype=torch.float32,
                                                  attn_implementation="sdpa").eval()
     window = sliding_window(config)
@@ -82,7 +79,7 @@ def build_openvino(hf_dir: Path, candidate: LMCandidate, model_dir: Path, thread
     traced, group = _compress(traced, candidate)
     model_dir.mkdir(parents=True, exist_ok=True)
     ov.save_model(traced, model_dir / MODEL_XML, compress_to_fp16=False)
-    max_length = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
+    max_length = context_length(config)
     if window and window < max_length:  # beyond it GenAI's paged attention (full) would answer differently
         max_length = window
     layout = {"max_length": max_length, "sliding_window": window, "vocab_size": int(model.config.vocab_size),

@@ -20,10 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engineforge.errors import CheckpointError, UnsupportedArchitectureError
+from engineforge.errors import CheckpointError
 
 from ..files import file_mb
-from .builders import LMCandidate, register_lm_builder
+from .builders import LMCandidate, buildable_config, register_lm_builder
 from .checkpoint import ORT, ORTGENAI, family_runtime_reason
 from .gguf_blocks import BLOCK as GGUF_BLOCK
 from .gguf_blocks import gguf_source, keep_gguf_blocks
@@ -73,10 +73,7 @@ def builder_options(candidate: LMCandidate) -> dict[str, Any]:
 @register_lm_builder(ORTGENAI, _check)
 def build_ortgenai(hf_dir: Path, candidate: LMCandidate, model_dir: Path, threads: int | None) -> dict[str, Any]:
     hf_dir, model_dir = Path(hf_dir), Path(model_dir)
-    config = json.loads((hf_dir / "config.json").read_text())
-    reason = _check(str(config.get("model_type")), candidate)
-    if reason:
-        raise UnsupportedArchitectureError(f"cannot build {candidate.name} from {hf_dir}: {reason}")
+    config = buildable_config(hf_dir, candidate, _check)
     options = builder_options(candidate)
     gguf = gguf_source(hf_dir) if candidate.method == "gguf" else None  # before the builder's minutes
     with tempfile.TemporaryDirectory(prefix="ortgenai-build-") as scratch:

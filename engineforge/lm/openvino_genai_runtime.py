@@ -13,7 +13,6 @@ SmolLM2-135M int8, 2 threads: 8 streams gave 3.6x one stream's tokens/s.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +96,6 @@ class OpenVINOGenAIEngine:
             self._pipe = ov_genai.ContinuousBatchingPipeline(str(self.model_dir), scheduler, "CPU", self._properties)
         except RuntimeError as exc:
             raise EngineLoadError(f"OpenVINO GenAI cannot open {self.model_dir}: {exc}; rebuild the engine") from exc
-        self._lock = threading.Lock()  # add/cancel may come from request threads, step from the driver's
         self._next_id = 0
         self._requests: dict[int, _Request] = {}
         self._cancelled: set[int] = set()
@@ -107,12 +105,11 @@ class OpenVINOGenAIEngine:
         import openvino as ov
 
         ids = check_prompt_ids(prompt_ids, params.max_tokens, self.max_length, self.vocab_size)
-        config = self._generation_config(params)
-        with self._lock:
-            seq_id = self._next_id
-            self._next_id += 1
-            handle = self._pipe.add_request(seq_id, ov.Tensor(np.asarray([ids], dtype=np.int64)), config)
-            self._requests[seq_id] = _Request(handle, params.max_tokens)
+        seq_id = self._next_id
+        self._next_id += 1
+        handle = self._pipe.add_request(seq_id, ov.Tensor(np.asarray([ids], dtype=np.int64)),
+                                        self._generation_config(params))
+        self._requests[seq_id] = _Request(handle, params.max_tokens)
         return seq_id
 
     def _generation_config(self, params: SamplingParams) -> Any:
@@ -133,34 +130,28 @@ class OpenVINOGenAIEngine:
         return config
 
     def cancel(self, seq_id: int) -> None:
-        with self._lock:
-            self._cancelled.add(seq_id)
+        self._cancelled.add(seq_id)
 
     def has_work(self) -> bool:
-        with self._lock:
-            return bool(self._requests or self._cancelled)
+        return bool(self._requests or self._cancelled)
 
     def step(self) -> list[TokenEvent]:
         events = self._take_cancelled()
-        with self._lock:
-            running = bool(self._requests)
-        if running:
+        if self._requests:
             self._pipe.step()
-        with self._lock:
-            for seq_id, request in list(self._requests.items()):
-                events += self._read(seq_id, request)
+        for seq_id, request in list(self._requests.items()):
+            events += self._read(seq_id, request)
         return events
 
     def _take_cancelled(self) -> list[TokenEvent]:
-        with self._lock:
-            cancelled, self._cancelled = self._cancelled, set()
-            events = []
-            for seq_id in cancelled:
-                request = self._requests.pop(seq_id, None)
-                if request is not None:
-                    request.handle.cancel()  # GenAI frees its KV blocks at its next step
-                    events.append(TokenEvent(seq_id, None, CANCELLED))
-            return events
+        events = []
+        for seq_id in self._cancelled:
+            request = self._requests.pop(seq_id, None)
+            if request is not None:
+                request.handle.cancel()  # GenAI frees its KV blocks at its next step
+                events.append(TokenEvent(seq_id, None, CANCELLED))
+        self._cancelled.clear()
+        return events
 
     def _read(self, seq_id: int, request: _Request) -> list[TokenEvent]:
         genai = self._genai
@@ -173,12 +164,11 @@ class OpenVINOGenAIEngine:
                                                  self.eos_token_ids)
                     events.append(TokenEvent(seq_id, int(token), reason))
         status = request.handle.get_status()
-        ended = events and events[-1].finish_reason is not None
-        if ended or status not in (genai.GenerationStatus.RUNNING, genai.GenerationStatus.FINISHED):
+        if events and events[-1].finish_reason is not None:
             del self._requests[seq_id]
-            if not ended:  # dropped by the pipeline (out of KV cache) or stopped without a reason we know
-                events.append(TokenEvent(seq_id, None, ERROR))
-        elif status == genai.GenerationStatus.FINISHED and not request.handle.can_read():
+        # Dropped by the pipeline (out of KV cache), or finished with nothing left to read and no reason we know.
+        elif status != genai.GenerationStatus.RUNNING and (status != genai.GenerationStatus.FINISHED
+                                                           or not request.handle.can_read()):
             del self._requests[seq_id]
             events.append(TokenEvent(seq_id, None, ERROR))
         return events

@@ -21,25 +21,19 @@ from engineforge.lm.engine import CANCELLED, EOS, LENGTH, InvalidGenerationReque
 from engineforge.lm.generation import generate
 from engineforge.lm.openvino_genai_runtime import LAYOUT_FILE, MODEL_XML, cache_gigabytes
 from engineforge.lm.runtimes import open_lm_engine
-from engineforge.lm.torch_engine import TorchLMEngine
 from tests.helpers.lm_limits import assert_refuses_unservable_prompts
-from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS, make_tiny_lm
+from tests.helpers.lm_reference import TinyLMReference, run_events
+from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS
 
 OV = "openvino-genai"
 NEVER = [10_000 - 1]  # an id the tiny models cannot emit: sequences run to max_tokens
 
 
-class Tiny:
-    """A tiny LM's HF dir, tokenizer, torch reference engine and an fp32 `openvino-genai` build."""
+class Tiny(TinyLMReference):
+    """A tiny LM (its torch reference) and an fp32 `openvino-genai` build."""
 
     def __init__(self, root: Path, layout: str) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.layout = layout
-        self.hf_dir = make_tiny_lm(root / layout, layout)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.hf_dir))
-        self.eos = self.tokenizer.eos_token_id
-        self.torch = TorchLMEngine(AutoModelForCausalLM.from_pretrained(str(self.hf_dir)), [self.eos])
+        super().__init__(root, layout)
         self.model_dir = root / f"{layout}-ov" / "model"
         self.details = lm_builder(OV).build(self.hf_dir, LMCandidate(OV, "fp32"), self.model_dir, 1)
 
@@ -48,9 +42,6 @@ class Tiny:
         spec = LMEngineSpec(OV, precision, self.layout, 256, tuple(eos or [self.eos]), max_batch=max_batch,
                             threads=1)
         return open_lm_engine(spec, model_dir or self.model_dir, threads=1, max_batch=max_batch)
-
-    def ids(self, text: str) -> list[int]:
-        return self.tokenizer(text).input_ids
 
 
 def _tiny(layout: str) -> Callable[..., Tiny]:
@@ -67,14 +58,6 @@ mistral = _tiny("mistral")
 phi3 = _tiny("phi3")
 LAYOUTS = ["llama", "qwen2", "gpt2", pytest.param("mistral", marks=pytest.mark.slow),
            pytest.param("phi3", marks=pytest.mark.slow)]
-
-
-def _run(engine: object, seqs: list[int]) -> dict[int, list[TokenEvent]]:
-    events: dict[int, list[TokenEvent]] = {seq: [] for seq in seqs}
-    while engine.has_work():
-        for event in engine.step():
-            events[event.seq_id].append(event)
-    return events
 
 
 def _greedy(engine: object, tiny: Tiny, prompt: str, n: int = 40) -> tuple[list[int], str | None]:
@@ -118,7 +101,7 @@ def test_sequences_joining_and_cancelled_get_what_they_get_alone(llama: Tiny) ->
     for prompt in prompts:
         engine = llama.engine(max_batch=1, eos=NEVER)
         seq = engine.add(llama.ids(prompt), SamplingParams(max_tokens=12))
-        alone[prompt] = [e.token_id for e in _run(engine, [seq])[seq]]
+        alone[prompt] = [e.token_id for e in run_events(engine, [seq])[seq]]
     engine = llama.engine(eos=NEVER)
     params = SamplingParams(max_tokens=12)
     first, doomed = engine.add(llama.ids(prompts[0]), params), engine.add(llama.ids(prompts[1]), params)
@@ -126,7 +109,7 @@ def test_sequences_joining_and_cancelled_get_what_they_get_alone(llama: Tiny) ->
     engine.step()
     late = engine.add(llama.ids(prompts[2]), params)  # joins while the others decode
     engine.cancel(doomed)
-    events = _run(engine, [first, doomed, late])
+    events = run_events(engine, [first, doomed, late])
     assert [e.token_id for e in events[first]] == alone[prompts[0]][2:]
     assert [e.token_id for e in events[late]] == alone[prompts[2]]
     assert events[doomed] == [TokenEvent(doomed, None, CANCELLED)]
@@ -140,12 +123,12 @@ def test_limits_seeded_sampling_and_eos(llama: Tiny) -> None:
     def sample(seed: int) -> tuple[int | None, ...]:
         seq = engine.add(llama.ids(LM_PROMPTS[1]), SamplingParams(max_tokens=12, temperature=1.5, top_k=50,
                                                                    top_p=0.95, seed=seed))
-        return tuple(e.token_id for e in _run(engine, [seq])[seq])
+        return tuple(e.token_id for e in run_events(engine, [seq])[seq])
 
     runs = [sample(seed) for seed in (1, 2, 3)]
     assert sample(1) == runs[0] and len(set(runs)) > 1
     seqs = [engine.add(llama.ids(p), SamplingParams(max_tokens=60)) for p in LM_PROMPTS[:4]]
-    ends = _run(engine, seqs)
+    ends = run_events(engine, seqs)
     assert {events[-1].finish_reason for events in ends.values()} == {EOS}
     assert all(events[-1].token_id == llama.eos for events in ends.values())
 

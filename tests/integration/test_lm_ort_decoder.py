@@ -16,23 +16,18 @@ from engineforge.lm.bundle import LMEngineSpec, open_lm_bundle
 from engineforge.lm.engine import CANCELLED, EOS, LENGTH, SamplingParams, TokenEvent
 from engineforge.lm.generation import generate
 from engineforge.lm.runtimes import open_lm_engine
-from engineforge.lm.torch_engine import TorchLMEngine
 from tests.helpers.lm_limits import assert_refuses_unservable_prompts
-from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS, make_tiny_lm
+from tests.helpers.lm_reference import TinyLMReference, run_events
+from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS
 
 ORT = "onnxruntime"
 
 
-class Tiny:
-    """A tiny LM's HF dir, tokenizer, torch reference engine and an fp32 `onnxruntime` bundle."""
+class Tiny(TinyLMReference):
+    """A tiny LM (its torch reference) and an fp32 `onnxruntime` bundle."""
 
     def __init__(self, root: Path, layout: str) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.hf_dir = make_tiny_lm(root / layout, layout)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.hf_dir))
-        self.eos = self.tokenizer.eos_token_id
-        self.torch = TorchLMEngine(AutoModelForCausalLM.from_pretrained(str(self.hf_dir)), [self.eos])
+        super().__init__(root, layout)
         self.bundle = root / f"{layout}-ort"
         lm_builder(ORT).build(self.hf_dir, LMCandidate(ORT, "fp32"), self.bundle / "model", 1)
         self.tokenizer.save_pretrained(str(self.bundle / "tokenizer"))
@@ -43,9 +38,6 @@ class Tiny:
         if eos is not None:  # an id the model never emits: every sequence runs to max_tokens
             spec = LMEngineSpec(ORT, "fp32", spec.family, spec.max_length, tuple(eos), max_batch=max_batch, threads=1)
         return open_lm_engine(spec, self.bundle / "model", threads=1, max_batch=max_batch)
-
-    def ids(self, text: str) -> list[int]:
-        return self.tokenizer(text).input_ids
 
 
 def _tiny(layout: str) -> Callable[..., Tiny]:
@@ -60,18 +52,10 @@ qwen2 = _tiny("qwen2")
 NEVER = [10_000 - 1]  # not emitted by the tiny models in these lengths: sequences run to max_tokens
 
 
-def _run(engine: object, seqs: list[int]) -> dict[int, list[TokenEvent]]:
-    events: dict[int, list[TokenEvent]] = {seq: [] for seq in seqs}
-    while engine.has_work():
-        for event in engine.step():
-            events[event.seq_id].append(event)
-    return events
-
-
 def _alone(tiny: Tiny, prompt: str, n: int) -> list[int]:
     engine = tiny.engine(max_batch=1, eos=NEVER)
     seq = engine.add(tiny.ids(prompt), SamplingParams(max_tokens=n))
-    return [e.token_id for e in _run(engine, [seq])[seq]]
+    return [e.token_id for e in run_events(engine, [seq])[seq]]
 
 
 @pytest.mark.parametrize("layout", ["llama", "qwen2"])
@@ -105,7 +89,7 @@ def test_rows_of_different_lengths_joining_and_leaving_get_the_tokens_they_get_a
     assert {e.seq_id for e in joined if e.token_id is not None} == {first, second, late}
     engine.cancel(first)  # row 0 leaves: the last row's cache moves into it
     last = engine.add(llama.ids(prompts[3]), params)
-    events = _run(engine, [first, second, late, last])
+    events = run_events(engine, [first, second, late, last])
     assert events[first] == [TokenEvent(first, None, CANCELLED)]
     assert [e.token_id for e in events[second]] == alone[prompts[1]][3:]
     assert [late_event.token_id for late_event in [*[e for e in joined if e.seq_id == late], *events[late]]] \
@@ -121,7 +105,7 @@ def test_the_kv_buffer_grows_without_changing_any_sequence(llama: Tiny, monkeypa
     engine = llama.engine(eos=NEVER)
     assert engine.kv.capacity == 8
     seqs = [engine.add(llama.ids(p), SamplingParams(max_tokens=40)) for p in prompts]
-    events = _run(engine, seqs)
+    events = run_events(engine, seqs)
     assert engine.kv.capacity == 64
     for seq, prompt in zip(seqs, prompts, strict=True):
         assert [e.token_id for e in events[seq]] == alone[prompt]
@@ -134,7 +118,7 @@ def test_more_sequences_than_rows_wait_for_a_free_row(llama: Tiny) -> None:
     assert {e.seq_id for e in engine.step()} == {short, long_}
     second = engine.step()  # `short` ends here; its row frees and `waiting` is prefilled in the same step
     assert {(e.seq_id, e.finish_reason) for e in second} >= {(short, LENGTH), (waiting, None)}
-    events = _run(engine, [short, long_, waiting])
+    events = run_events(engine, [short, long_, waiting])
     tokens = [e.token_id for e in second if e.seq_id == waiting] + [e.token_id for e in events[waiting]]
     assert tokens == _alone(llama, LM_PROMPTS[2], 3)
 
@@ -146,12 +130,12 @@ def test_limits_and_seeded_sampling(llama: Tiny) -> None:
     def sample(seed: int) -> tuple[int | None, ...]:
         seq = engine.add(llama.ids(LM_PROMPTS[1]), SamplingParams(max_tokens=12, temperature=1.5, top_k=50,
                                                                    top_p=0.95, seed=seed))
-        return tuple(e.token_id for e in _run(engine, [seq])[seq])
+        return tuple(e.token_id for e in run_events(engine, [seq])[seq])
 
     runs = [sample(seed) for seed in (1, 2, 3)]
     assert sample(1) == runs[0] and len(set(runs)) > 1
     seqs = [engine.add(llama.ids(p), SamplingParams(max_tokens=60)) for p in LM_PROMPTS[:4]]
-    assert EOS in {events[-1].finish_reason for events in _run(engine, seqs).values()}
+    assert EOS in {events[-1].finish_reason for events in run_events(engine, seqs).values()}
 
 
 def test_a_prompt_prefilled_in_chunks_gets_the_tokens_it_gets_in_one_call(

@@ -18,34 +18,25 @@ from engineforge.lm.bundle import LMEngineSpec, open_lm_bundle
 from engineforge.lm.engine import CANCELLED, EOS, LENGTH, SamplingParams, TokenEvent
 from engineforge.lm.generation import generate
 from engineforge.lm.runtimes import open_lm_engine
-from engineforge.lm.torch_engine import TorchLMEngine
 from tests.helpers.lm_limits import assert_refuses_unservable_prompts
+from tests.helpers.lm_reference import TinyLMReference, run_events
 from tests.helpers.tiny_gguf import write_llama_gguf
-from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS, make_tiny_lm
+from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS
 
 ORT = "onnxruntime-genai"
 PROMPTS = LM_PROMPTS[:3]
 
 
-class Family:
-    """One tiny LM: its HF dir, tokenizer, torch reference engine, and an fp32 onnxruntime-genai bundle."""
+class Family(TinyLMReference):
+    """One tiny LM (its torch reference) and an fp32 onnxruntime-genai bundle."""
 
     def __init__(self, root: Path, layout: str, steps: int) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.layout = layout
-        self.hf_dir = make_tiny_lm(root / layout, layout, steps=steps)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.hf_dir))
-        self.eos = self.tokenizer.eos_token_id
-        self.torch = TorchLMEngine(AutoModelForCausalLM.from_pretrained(str(self.hf_dir)), [self.eos])
+        super().__init__(root, layout, steps)
         self.bundle = root / f"{layout}-fp32"
         self.details = lm_builder(ORT).build(self.hf_dir, LMCandidate(ORT, "fp32"), self.bundle / "model", 1)
         self.tokenizer.save_pretrained(str(self.bundle / "tokenizer"))
         LMEngineSpec(ORT, "fp32", layout, 256, (self.eos,), max_batch=4, threads=1).save(self.bundle)
         _, self.engine, _ = open_lm_bundle(self.bundle)
-
-    def ids(self, text: str) -> list[int]:
-        return self.tokenizer(text).input_ids
 
 
 def _family(layout: str, steps: int = 120) -> Callable[..., Family]:
@@ -66,14 +57,6 @@ FAMILIES = ["llama", "qwen2", pytest.param("mistral", marks=pytest.mark.slow),
 def _pieces(engine: Any, family: Family, prompt: str, params: SamplingParams) -> tuple[list[int], str | None]:
     pieces = list(generate(engine, family.tokenizer, family.ids(prompt), params))
     return [t for p in pieces for t in p.token_ids], pieces[-1].finish_reason
-
-
-def _run(engine: Any, added: dict[int, list[int]]) -> dict[int, list[TokenEvent]]:
-    events: dict[int, list[TokenEvent]] = {seq: [] for seq in added}
-    while engine.has_work():
-        for event in engine.step():
-            events[event.seq_id].append(event)
-    return events
 
 
 @pytest.mark.parametrize("layout", FAMILIES)
@@ -109,7 +92,7 @@ def test_threads_and_batch_size_reach_the_engine(llama: Family) -> None:
     assert {e.seq_id for e in engine.step()} == set(seqs[:3])  # three decode together, three wait
     engine.cancel(seqs[5])
     assert TokenEvent(seqs[5], None, CANCELLED) in engine.step()
-    events = _run(engine, {seq: [] for seq in seqs})
+    events = run_events(engine, seqs)
     assert all(events[seq][-1].finish_reason in (EOS, LENGTH) for seq in seqs[:5])
 
 
@@ -132,12 +115,12 @@ def test_sequences_added_at_different_steps_match_running_alone(llama: Family) -
     alone = []
     for prompt in PROMPTS[:2]:
         seq = engine.add(llama.ids(prompt), params)
-        alone.append([e.token_id for e in _run(engine, {seq: []})[seq]])
+        alone.append([e.token_id for e in run_events(engine, [seq])[seq]])
     first = engine.add(llama.ids(PROMPTS[0]), params)
     engine.step()
     engine.step()
     second = engine.add(llama.ids(PROMPTS[1]), params)
-    events = _run(engine, {first: [], second: []})
+    events = run_events(engine, [first, second])
     # the two steps taken before `second` joined gave `first` its first two tokens
     assert [e.token_id for e in events[first]] == alone[0][2:]
     assert [e.token_id for e in events[second]] == alone[1]
@@ -153,7 +136,7 @@ def test_a_sequence_added_while_a_batch_decodes_starts_at_the_next_step(llama: F
     second = engine.add(llama.ids(PROMPTS[1]), params)
     step = engine.step()
     assert {e.seq_id for e in step if e.token_id is not None} == {first, second}
-    _run(engine, {first: [], second: []})
+    run_events(engine, [first, second])
 
 
 def test_sequences_added_together_decode_in_the_same_steps(llama: Family) -> None:
@@ -161,7 +144,7 @@ def test_sequences_added_together_decode_in_the_same_steps(llama: Family) -> Non
     seqs = [engine.add(llama.ids(p), SamplingParams(max_tokens=5)) for p in PROMPTS]
     first_step = engine.step()
     assert {e.seq_id for e in first_step} == set(seqs)
-    _run(engine, {seq: [] for seq in seqs})
+    run_events(engine, seqs)
 
 
 def test_cancel_ends_a_sequence_with_a_cancelled_event(llama: Family) -> None:
@@ -169,12 +152,12 @@ def test_cancel_ends_a_sequence_with_a_cancelled_event(llama: Family) -> None:
     seq = engine.add(llama.ids(PROMPTS[0]), SamplingParams(max_tokens=30))
     assert engine.step()[0].token_id is not None
     engine.cancel(seq)
-    events = _run(engine, {seq: []})[seq]
+    events = run_events(engine, [seq])[seq]
     assert events[-1] == TokenEvent(seq, None, CANCELLED) and len(events) <= 1
     seeded = engine.add(llama.ids(PROMPTS[1]), SamplingParams(max_tokens=30, temperature=1.0, seed=7))
     engine.step()
     engine.cancel(seeded)
-    assert _run(engine, {seeded: []})[seeded] == [TokenEvent(seeded, None, CANCELLED)]
+    assert run_events(engine, [seeded])[seeded] == [TokenEvent(seeded, None, CANCELLED)]
     assert not engine.has_work()
 
 
