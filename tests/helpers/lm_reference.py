@@ -1,5 +1,5 @@
 """What the LM runtime tests share: a tiny trained LM with its tokenizer and the torch engine every runtime is held
-to, and running an engine until its sequences end."""
+to, running an engine until its sequences end, and what seeded sampling must do on any engine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from engineforge.lm.engine import TokenEvent
+from engineforge.lm.engine import SamplingParams, TokenEvent
 from engineforge.lm.torch_engine import TorchLMEngine
 
 from .tiny_lm import make_tiny_lm
@@ -36,3 +36,13 @@ def run_events(engine: Any, seqs: Iterable[int]) -> dict[int, list[TokenEvent]]:
         for event in engine.step():
             events[event.seq_id].append(event)
     return events
+
+
+def assert_seeded_sampling_repeats(engine: Any, prompt_ids: list[int]) -> None:
+    """The same seed gives the same tokens; different seeds do not all agree."""
+    def sample(seed: int) -> tuple[int | None, ...]:
+        seq = engine.add(prompt_ids, SamplingParams(max_tokens=12, temperature=1.5, top_k=50, top_p=0.95, seed=seed))
+        return tuple(e.token_id for e in run_events(engine, [seq])[seq])
+
+    runs = [sample(seed) for seed in (1, 2, 3)]
+    assert sample(1) == runs[0] and len(set(runs)) > 1

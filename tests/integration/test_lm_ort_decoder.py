@@ -17,7 +17,7 @@ from engineforge.lm.engine import CANCELLED, EOS, LENGTH, SamplingParams, TokenE
 from engineforge.lm.generation import generate
 from engineforge.lm.runtimes import open_lm_engine
 from tests.helpers.lm_limits import assert_refuses_unservable_prompts
-from tests.helpers.lm_reference import TinyLMReference, run_events
+from tests.helpers.lm_reference import TinyLMReference, assert_seeded_sampling_repeats, run_events
 from tests.helpers.tiny_lm import LM_PROMPTS, LM_TEXTS
 
 ORT = "onnxruntime"
@@ -127,13 +127,7 @@ def test_limits_and_seeded_sampling(llama: Tiny) -> None:
     engine = llama.engine()
     assert_refuses_unservable_prompts(engine)
 
-    def sample(seed: int) -> tuple[int | None, ...]:
-        seq = engine.add(llama.ids(LM_PROMPTS[1]), SamplingParams(max_tokens=12, temperature=1.5, top_k=50,
-                                                                   top_p=0.95, seed=seed))
-        return tuple(e.token_id for e in run_events(engine, [seq])[seq])
-
-    runs = [sample(seed) for seed in (1, 2, 3)]
-    assert sample(1) == runs[0] and len(set(runs)) > 1
+    assert_seeded_sampling_repeats(engine, llama.ids(LM_PROMPTS[1]))
     seqs = [engine.add(llama.ids(p), SamplingParams(max_tokens=60)) for p in LM_PROMPTS[:4]]
     assert EOS in {events[-1].finish_reason for events in run_events(engine, seqs).values()}
 
